@@ -1,0 +1,1 @@
+"""auxray: auxiliary learning by implicit differentiation, at cluster scale."""

@@ -1,0 +1,225 @@
+"""Run configuration: pydantic schemas for one YAML file, validated on load, with ``--set`` overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from auxray.errors import UserError
+
+METHODS = (
+    "stl",
+    "equal",
+    "uncertainty",
+    "gcs",
+    "auxilearn_combine",
+    "auxilearn_labels",
+    "maxl",
+    "maxl_fo",
+    "jtds",
+)
+LEARNED_METHODS = ("auxilearn_combine", "auxilearn_labels", "maxl", "maxl_fo", "jtds")
+LABEL_METHODS = ("auxilearn_labels", "maxl", "maxl_fo")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    """Which data set, where it lives, and how the few-label / aux / validation splits are carved."""
+
+    dataset: Literal["cifar10", "imagefolder", "synthetic"] = "cifar10"
+    root: str = "../shared/data/cifar10-images.zip"
+    cache_dir: str | None = None
+    labeled_fraction: float | None = Field(0.05, gt=0, le=1)
+    labeled_per_class: int | None = Field(None, gt=0)
+    aux_fraction: float = Field(0.1, ge=0, lt=1)
+    val_fraction: float = Field(0.1, ge=0, lt=1)
+    test_limit: int | None = Field(None, gt=0)
+    augment: bool = True
+    image_size: int = Field(32, gt=0)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> "DataConfig":
+        if self.aux_fraction + self.val_fraction >= 1:
+            raise ValueError("aux_fraction + val_fraction must be below 1")
+        return self
+
+
+class ModelConfig(_Section):
+    """Backbone of the primary network (and of the label generator)."""
+
+    backbone: Literal["convnet4", "vgg16", "resnet18", "mlp"] = "convnet4"
+    width: int = Field(64, gt=0)
+
+
+class MethodConfig(_Section):
+    """The auxiliary-learning method and its own settings."""
+
+    name: Literal[METHODS] = "stl"  # type: ignore[valid-type]
+    aux_task: Literal["none", "rotation", "labels"] = "none"
+    combiner: Literal["linear", "nonlinear", "deep"] = "nonlinear"
+    combiner_hidden: list[int] = Field(default_factory=lambda: [10])
+    monotone: bool = False
+    psi: int | list[int] = 5
+    entropy_weight: float = Field(0.2, ge=0)
+    focal_gamma: float = Field(0.0, ge=0)
+    aux_lr: float = Field(1e-3, gt=0)
+    aux_weight_decay: float = Field(1e-5, ge=0)
+    aux_optimizer: Literal["adam", "sgd"] = "adam"
+    aux_grad_clip: float | None = Field(None, gt=0)
+
+    @field_validator("psi")
+    @classmethod
+    def _positive_psi(cls, v: int | list[int]) -> int | list[int]:
+        values = v if isinstance(v, list) else [v]
+        if not values or any(p < 1 for p in values):
+            raise ValueError("psi must be positive (one number, or one per class)")
+        return v
+
+
+class TrainerConfig(_Section):
+    """Inner (primary-network) optimisation, checkpoints and evaluation."""
+
+    epochs: int = Field(10, gt=0)
+    batch_size: int = Field(128, gt=0)
+    eval_batch_size: int = Field(1000, gt=0)
+    lr: float = Field(0.01, gt=0)
+    momentum: float = Field(0.9, ge=0)
+    weight_decay: float = Field(5e-4, ge=0)
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    scheduler: Literal["none", "cosine", "step"] = "cosine"
+    max_steps_per_epoch: int | None = Field(None, gt=0)
+    seed: int = 0
+    device: str = "auto"
+    threads: int | None = Field(None, gt=0)
+    checkpoint_dir: str | None = None
+    checkpoint_every: int = Field(1, gt=0)
+    dtype: Literal["float32", "float64"] = "float32"
+
+
+class HypergradConfig(_Section):
+    """How the auxiliary network's hypergradient is computed (DESIGN §3)."""
+
+    method: Literal["neumann", "cg", "exact", "unroll", "fd"] = "neumann"
+    steps: int = Field(3, ge=0)
+    alpha: float = Field(0.01, gt=0)
+    tol: float = Field(1e-6, gt=0)
+    damping: float = Field(0.0, ge=0)
+    every: int = Field(30, gt=0)
+    hvp: Literal["auto", "fwdrev", "revrev"] = "revrev"
+    unroll_lr: float | None = Field(None, gt=0)
+    fd_eps: float = Field(0.01, gt=0)
+    mode: Literal["global", "local"] = "global"
+
+
+class ScalingConfig(_Section):
+    """Data-parallel Ray Train settings; workers=1 and no address keeps the run in one process."""
+
+    workers: int = Field(1, ge=1)
+    gpus_per_worker: float = Field(0, ge=0)
+    use_ray: bool = False
+    address: str | None = None
+    max_failures: int = Field(2, ge=0)
+
+
+class TrackingConfig(_Section):
+    """MLflow tracking: None uses a local SQLite store in the working directory."""
+
+    uri: str | None = None
+    experiment: str = "auxray"
+    run_name: str | None = None
+    enabled: bool = True
+
+
+class RunConfig(_Section):
+    """One bi-level training run."""
+
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    method: MethodConfig = Field(default_factory=MethodConfig)
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+    hypergrad: HypergradConfig = Field(default_factory=HypergradConfig)
+    scaling: ScalingConfig = Field(default_factory=ScalingConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "RunConfig":
+        m = self.method
+        if m.name in ("equal", "uncertainty", "gcs", "auxilearn_combine", "jtds") and m.aux_task == "none":
+            raise ValueError(f"method {m.name!r} needs an auxiliary task (method.aux_task: rotation)")
+        if m.name in LABEL_METHODS and m.aux_task not in ("labels", "none"):
+            raise ValueError(f"method {m.name!r} learns its own auxiliary labels; leave method.aux_task unset")
+        return self
+
+
+def parse_value(text: str) -> Any:
+    """Parse one ``--set`` value as YAML, so ``3``, ``0.1``, ``true``, ``[2,3]`` and ``null`` get their types."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` overrides to a raw config mapping."""
+    for item in overrides:
+        if "=" not in item:
+            raise UserError(f"--set expects key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        parts = [p for p in key.strip().split(".") if p]
+        if not parts:
+            raise UserError(f"--set has an empty key in {item!r}")
+        node = raw
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise UserError(f"--set {key}: {part!r} is not a section")
+            node = child
+        node[parts[-1]] = parse_value(value)
+    return raw
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    """One line naming every invalid or unknown key."""
+    problems = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "<root>"
+        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        problems.append(f"{loc}: {msg}")
+    return f"invalid config {source}: " + "; ".join(problems)
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping, turning a missing or malformed file into a UserError."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"config file not found: {p}")
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise UserError(f"config {p} is not valid YAML{where}") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"config {p} must be a mapping of sections")
+    return raw
+
+
+def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> RunConfig:
+    """Validate a raw mapping into a RunConfig."""
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as err:
+        raise UserError(format_validation_error(err, source)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Load, override and validate a run config; relative data roots resolve against the working directory."""
+    raw = apply_overrides(read_yaml(path), overrides or [])
+    return config_from_dict(raw, str(path))
