@@ -35,6 +35,7 @@ class DataConfig(_Section):
     dataset: Literal["cifar10", "imagefolder", "synthetic"] = "cifar10"
     root: str = "../shared/data/cifar10-images.zip"
     cache_dir: str | None = None
+    download: bool = False
     labeled_fraction: float | None = Field(0.05, gt=0, le=1)
     labeled_per_class: int | None = Field(None, gt=0)
     aux_fraction: float = Field(0.1, ge=0, lt=1)
@@ -62,7 +63,7 @@ class MethodConfig(_Section):
     """The auxiliary-learning method and its own settings."""
 
     name: Literal[METHODS] = "stl"  # type: ignore[valid-type]
-    aux_task: Literal["none", "rotation", "labels"] = "none"
+    aux_task: Literal["none", "rotation", "targets", "labels"] = "none"
     combiner: Literal["linear", "nonlinear", "deep"] = "nonlinear"
     combiner_hidden: list[int] = Field(default_factory=lambda: [10])
     monotone: bool = False
@@ -152,7 +153,7 @@ class RunConfig(_Section):
     def _consistent(self) -> "RunConfig":
         m = self.method
         if m.name in ("equal", "uncertainty", "gcs", "auxilearn_combine", "jtds") and m.aux_task == "none":
-            raise ValueError(f"method {m.name!r} needs an auxiliary task (method.aux_task: rotation)")
+            raise ValueError(f"method {m.name!r} needs an auxiliary task (method.aux_task: rotation, or targets for data that carries them)")
         if m.name in LABEL_METHODS and m.aux_task not in ("labels", "none"):
             raise ValueError(f"method {m.name!r} learns its own auxiliary labels; leave method.aux_task unset")
         return self

@@ -1,0 +1,25 @@
+"""Auxiliary networks: loss combiners, label generators, the JTDS scheduler and uncertainty weighting."""
+
+from auxray.auxnets.combiners import DeepCombiner, LinearCombiner, NonlinearCombiner
+from auxray.auxnets.label_generator import (
+    LabelGenerator,
+    expand_psi,
+    hierarchy_mask,
+    label_entropy_regulariser,
+    soft_cross_entropy,
+)
+from auxray.auxnets.scheduler import TaskDataScheduler
+from auxray.auxnets.uncertainty import UncertaintyWeighting
+
+__all__ = [
+    "DeepCombiner",
+    "LabelGenerator",
+    "LinearCombiner",
+    "NonlinearCombiner",
+    "TaskDataScheduler",
+    "UncertaintyWeighting",
+    "expand_psi",
+    "hierarchy_mask",
+    "label_entropy_regulariser",
+    "soft_cross_entropy",
+]

@@ -1,0 +1,1 @@
+"""Benchmarks; each entry point returns a JSON-serialisable dict that the CLI prints."""

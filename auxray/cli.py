@@ -1,0 +1,137 @@
+"""`auxray` command line: train, bench (and, from their own modules, sweep and ui).
+Bad input is reported in one line with exit code 2, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable, NoReturn, Sequence
+
+from auxray.errors import UserError
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"auxray: error: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train one config (single process, or Ray Train with --workers)")
+    p.add_argument("config", help="YAML run config")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set trainer.epochs=1 (repeatable)")
+    p.add_argument("--json", action="store_true", help="print a JSON summary as the last stdout line")
+    p.add_argument("--resume", action="store_true", help="resume the newest run of this config from its checkpoint")
+    p.add_argument("--workers", type=int, default=None, help="data-parallel Ray Train workers")
+    p.add_argument("--gpus-per-worker", type=float, default=None)
+    p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local instance)")
+    p.add_argument("--name", default=None, help="run name (default: the config file's stem)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="benchmarks; each prints JSON")
+    bsub = p.add_subparsers(dest="bench", required=True, parser_class=_Parser)
+    h = bsub.add_parser("hypergrad", help="time hypergradient methods against a plain training step")
+    h.add_argument("--backbones", default="convnet4,resnet18")
+    h.add_argument("--ks", default="1,3,5,10")
+    h.add_argument("--batch-size", type=int, default=64)
+    h.add_argument("--repeats", type=int, default=3)
+    h.add_argument("--device", default="cpu")
+    h.add_argument("--out", default=None, help="also write the JSON to this file")
+    h.set_defaults(func=cmd_bench_hypergrad)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full `auxray` argument parser."""
+    parser = _Parser(prog="auxray", description="Auxiliary learning by implicit differentiation, on Ray.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _add_train(sub)
+    _add_bench(sub)
+    return parser
+
+
+def _print_json(result: dict[str, Any], out: str | None = None) -> None:
+    text = json.dumps(result, default=float)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(result, indent=2, default=float) + "\n")
+    print(text, flush=True)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """`auxray train CONFIG`: validate, then run in-process or on Ray Train."""
+    from auxray.config import load_config
+
+    overrides = list(args.overrides)
+    if args.workers is not None:
+        overrides.append(f"scaling.workers={args.workers}")
+    if args.gpus_per_worker is not None:
+        overrides.append(f"scaling.gpus_per_worker={args.gpus_per_worker}")
+    if args.address is not None:
+        overrides.append(f"scaling.address={args.address}")
+    cfg = load_config(args.config, overrides)
+    name = args.name or Path(args.config).stem
+    distributed = cfg.scaling.workers > 1 or cfg.scaling.use_ray or cfg.scaling.gpus_per_worker > 0
+    if distributed:
+        from auxray.train.ray_run import run_distributed
+
+        result = run_distributed(cfg, name=name, resume=args.resume, progress=not args.no_progress)
+    else:
+        from auxray.train.run import run_training
+
+        result = run_training(cfg, name=name, resume=args.resume, progress=not args.no_progress)
+    if args.json:
+        _print_json(result)
+    else:
+        acc = result.get("test_accuracy")
+        shown = f"test accuracy {acc:.4f}" if acc is not None else json.dumps(result)
+        print(f"{result['method']}: {shown} in {result['seconds']:.1f}s", flush=True)
+    return 0
+
+
+def cmd_bench_hypergrad(args: argparse.Namespace) -> int:
+    """`auxray bench hypergrad`: JSON timings of every hypergradient method."""
+    from auxray.bench.hypergrad import run_hypergrad_bench
+
+    result = run_hypergrad_bench(
+        backbones=tuple(b for b in args.backbones.split(",") if b),
+        ks=tuple(int(k) for k in args.ks.split(",") if k),
+        batch_size=args.batch_size,
+        repeats=args.repeats,
+        device=args.device,
+    )
+    _print_json(result, args.out)
+    return 0
+
+
+def run(argv: Sequence[str] | None, parser_factory: Callable[[], argparse.ArgumentParser] = build_parser) -> int:
+    """Parse and dispatch; UserError becomes one line on stderr and exit code 2."""
+    args = parser_factory().parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as err:
+        print(f"auxray: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("auxray: interrupted; checkpoints written so far are kept (resume with --resume)", file=sys.stderr)
+        return 130
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console-script entry point."""
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    raise SystemExit(run(argv))
+
+
+if __name__ == "__main__":
+    main()

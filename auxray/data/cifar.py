@@ -1,0 +1,85 @@
+"""CIFAR-10 as uint8 tensors, from the official python batches or from an ImageFolder folder / zip."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from auxray.data.imagefolder import ImageFolderData, load_imagefolder
+from auxray.data.tensors import TensorData
+from auxray.data.transforms import resize_images
+from auxray.errors import UserError
+
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+BATCHES_DIR = "cifar-10-batches-py"
+TRAIN_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
+TEST_BATCH = "test_batch"
+
+
+def find_batches_dir(root: Path) -> Path | None:
+    """The ``cifar-10-batches-py`` folder: `root` itself or a child of it; None when neither holds the batches."""
+    for candidate in (root, root / BATCHES_DIR):
+        if (candidate / TEST_BATCH).is_file() and all((candidate / b).is_file() for b in TRAIN_BATCHES):
+            return candidate
+    return None
+
+
+def _read_batches(folder: Path, names: list[str]) -> TensorData:
+    """Concatenate pickled batches (``data`` uint8 [n, 3072], ``labels``) into uint8 [N, 3, 32, 32]."""
+    xs, ys = [], []
+    for name in names:
+        with open(folder / name, "rb") as f:
+            entry = pickle.load(f, encoding="bytes")
+        xs.append(np.asarray(entry[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+        ys.extend(entry[b"labels"])
+    return TensorData(torch.from_numpy(np.concatenate(xs)), torch.tensor(ys, dtype=torch.long))
+
+
+def _class_names(folder: Path) -> list[str]:
+    """Label names from ``batches.meta`` (the official order), or the standard list when the file is absent."""
+    meta = folder / "batches.meta"
+    if not meta.is_file():
+        return list(CIFAR10_CLASSES)
+    with open(meta, "rb") as f:
+        names = pickle.load(f, encoding="bytes")[b"label_names"]
+    return [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+
+
+def load_cifar_batches(folder: Path) -> ImageFolderData:
+    """The official python release: 50,000 train and 10,000 test images."""
+    return ImageFolderData(_class_names(folder), _read_batches(folder, TRAIN_BATCHES), _read_batches(folder, [TEST_BATCH]))
+
+
+def download_cifar10(root: Path) -> Path:
+    """Fetch the official archive into `root` with torchvision (needs network access) and return the batches folder."""
+    from torchvision.datasets import CIFAR10
+
+    CIFAR10(str(root), train=True, download=True)
+    return root / BATCHES_DIR
+
+
+def load_cifar10(
+    root: str | Path, *, image_size: int = 32, cache_dir: str | Path | None = None, download: bool = False
+) -> ImageFolderData:
+    """CIFAR-10 from `root`: a ``cifar-10-batches-py`` folder (or its parent), an ImageFolder folder, or a zip."""
+    path = Path(root).expanduser()
+    if not path.exists() or (download and path.is_dir() and not any(path.iterdir())):
+        if not download:
+            raise UserError(f"data root not found: {path} (set data.download: true to fetch CIFAR-10 there)")
+        path.mkdir(parents=True, exist_ok=True)
+        data = load_cifar_batches(download_cifar10(path))
+    elif path.is_dir() and (batches := find_batches_dir(path)) is not None:
+        data = load_cifar_batches(batches)
+    else:
+        data = load_imagefolder(path, image_size, cache_dir)
+        if data.classes != CIFAR10_CLASSES:
+            raise UserError(f"{path} holds classes {data.classes}, not CIFAR-10's; use data.dataset: imagefolder")
+        return data
+    if image_size != 32:
+        data = ImageFolderData(data.classes, TensorData(resize_images(data.train.x, image_size), data.train.y),
+                               TensorData(resize_images(data.test.x, image_size), data.test.y))
+    return data
+

@@ -1,0 +1,35 @@
+"""Method registry: turns a RunConfig into the objective (inner/outer losses and aux net) it names."""
+
+from __future__ import annotations
+
+from auxray.config import LABEL_METHODS, RunConfig
+from auxray.methods.aux_tasks import build_aux_task
+from auxray.methods.base import Batch, InnerResult, Objective, accuracy, main_loss, main_target
+from auxray.methods.objectives import (
+    CombinerObjective,
+    GivenAuxObjective,
+    LabelObjective,
+    SchedulerObjective,
+    UncertaintyObjective,
+)
+
+__all__ = ["Batch", "InnerResult", "Objective", "accuracy", "build_objective", "main_loss", "main_target"]
+
+
+def build_objective(cfg: RunConfig, *, num_classes: int, task: str, feat_dim: int, in_channels: int) -> Objective:
+    """The objective for cfg.method.name; num_classes is the main head's size (1 for regression)."""
+    m = cfg.method
+    outputs = num_classes if task == "classification" else 1
+    if m.name in LABEL_METHODS:
+        if task != "classification":
+            raise ValueError(f"{m.name} generates class-conditional labels and needs a classification task")
+        return LabelObjective(m.name, num_classes, m.psi, cfg.model.backbone, cfg.model.width, in_channels,
+                              m.entropy_weight, m.focal_gamma)
+    aux_task = build_aux_task(m.aux_task, task)
+    if m.name == "auxilearn_combine":
+        return CombinerObjective(m.name, aux_task, outputs, m.combiner, m.combiner_hidden, m.monotone)
+    if m.name == "jtds":
+        return SchedulerObjective(m.name, aux_task, outputs, feat_dim)
+    if m.name == "uncertainty":
+        return UncertaintyObjective(m.name, aux_task, outputs)
+    return GivenAuxObjective(m.name, aux_task, outputs)

@@ -1,0 +1,80 @@
+"""The shape every method shares: an inner loss L_T(W, phi) and an outer loss L_A(W) over batches."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+Batch = dict[str, Tensor]  # "x", "y" and whatever the aux task prepared once per batch
+ForwardFn = Callable[..., dict[str, Tensor]]
+AuxFn = Callable[..., Tensor]
+
+
+@dataclass
+class InnerResult:
+    """One evaluation of the inner objective and what to log about it."""
+
+    loss: Tensor
+    main_loss: Tensor
+    logits: Tensor
+    aux_losses: dict[str, Tensor] = field(default_factory=dict)
+    task_weights: dict[str, Tensor] = field(default_factory=dict)
+    main_per_sample: Tensor | None = None
+    aux_per_sample: Tensor | None = None
+
+
+class Objective(Protocol):
+    """A method's losses, written against forward callables so that the same code serves the
+    ordinary inner step (modules) and the hyperstep (torch.func.functional_call over W and phi)."""
+
+    name: str
+    heads: dict[str, int]
+    learned: bool
+
+    def build_auxnet(self, model: nn.Module) -> nn.Module | None: ...
+
+    def prepare(self, x: Tensor, y: Tensor, generator: torch.Generator | None) -> Batch: ...
+
+    def inner(self, forward: ForwardFn, aux: AuxFn | None, batch: Batch) -> InnerResult: ...
+
+    def outer(self, forward: ForwardFn, batch: Batch) -> Tensor: ...
+
+    def regulariser(self, aux: AuxFn, batch: Batch) -> Tensor | None: ...
+
+
+def main_loss(logits: Tensor, y: Tensor, task: str) -> Tensor:
+    """Per-sample main-task loss: cross-entropy for classification, squared error for regression."""
+    if task == "regression":
+        return (logits.squeeze(-1) - y) ** 2
+    return F.cross_entropy(logits, y, reduction="none")
+
+
+def main_target(y: Tensor, task: str) -> Tensor:
+    """The main-task column of the targets (regression targets carry the auxiliaries as extra columns)."""
+    return y[:, 0] if task == "regression" and y.dim() > 1 else y
+
+
+def accuracy(logits: Tensor, y: Tensor) -> Tensor:
+    """Fraction of correct top-1 predictions."""
+    return (logits.argmax(dim=-1) == y).float().mean()
+
+
+class MainOuterMixin:
+    """Outer loss shared by all methods: the main-task loss on a held-out batch."""
+
+    task: str = "classification"
+
+    def outer(self, forward: ForwardFn, batch: Batch) -> Tensor:
+        return main_loss(forward(batch["x"])["main"], main_target(batch["y"], self.task), self.task).mean()
+
+    def regulariser(self, aux: AuxFn, batch: Batch) -> Tensor | None:
+        return None
+
+
+def stack_first_dim(*tensors: Tensor) -> Tensor:
+    """Concatenate along the batch dimension (one forward pass for several inputs)."""
+    return torch.cat(tensors, dim=0)

@@ -1,0 +1,158 @@
+"""Inner objectives of every method: fixed weightings (STL, equal, uncertainty, GCS) and learned
+auxiliary networks (AuxiLearn combiners and labels, MAXL, JTDS)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from auxray.auxnets import (
+    LabelGenerator,
+    LinearCombiner,
+    NonlinearCombiner,
+    TaskDataScheduler,
+    UncertaintyWeighting,
+    expand_psi,
+    label_entropy_regulariser,
+    soft_cross_entropy,
+)
+from auxray.methods.aux_tasks import AuxTask, TaskLosses
+from auxray.methods.base import AuxFn, Batch, ForwardFn, InnerResult, MainOuterMixin
+from auxray.models import build_trunk
+
+
+class GivenAuxObjective(MainOuterMixin):
+    """Main loss plus given auxiliary losses under a fixed rule: STL ignores them, equal sums them,
+    GCS sums them and lets the trainer drop conflicting gradients."""
+
+    learned = False
+    gradient_mode = "sum"
+
+    def __init__(self, name: str, aux_task: AuxTask, num_outputs: int) -> None:
+        self.name = name
+        self.aux_task = aux_task
+        self.task = aux_task.task
+        self.heads = {"main": num_outputs, **aux_task.heads}
+        self.aux_weight = 0.0 if name == "stl" else 1.0
+        if name == "gcs":
+            self.gradient_mode = "gcs"
+
+    def build_auxnet(self, model: nn.Module) -> nn.Module | None:
+        return None
+
+    def prepare(self, x: Tensor, y: Tensor, generator: torch.Generator | None) -> Batch:
+        return self.aux_task.prepare(x, y, generator)
+
+    def inner(self, forward: ForwardFn, aux: AuxFn | None, batch: Batch) -> InnerResult:
+        t = self.aux_task.losses(forward, batch)
+        loss = t.main.mean() + self.aux_weight * t.aux.sum(dim=1).mean()
+        return _result(loss, t, self.aux_task.names)
+
+
+class UncertaintyObjective(GivenAuxObjective):
+    """Kendall et al.: task weights exp(-s_t) from learned log-variances, trained with W (not bi-level)."""
+
+    trains_with_primary = True
+
+    def build_auxnet(self, model: nn.Module) -> nn.Module | None:
+        return UncertaintyWeighting(1 + len(self.aux_task.names))
+
+    def inner(self, forward: ForwardFn, aux: AuxFn | None, batch: Batch) -> InnerResult:
+        t = self.aux_task.losses(forward, batch)
+        task_losses = torch.cat([t.main.mean().unsqueeze(0), t.aux.mean(dim=0)])
+        result = _result(aux(task_losses), t, self.aux_task.names)
+        weights = aux.task_weights()  # type: ignore[union-attr]
+        result.task_weights = {n: weights[i + 1].detach() for i, n in enumerate(self.aux_task.names)}
+        return result
+
+
+class CombinerObjective(GivenAuxObjective):
+    """AuxiLearn loss combiner: L_T = mean(l_main + g(l; phi)), phi tuned by the implicit hypergradient."""
+
+    learned = True
+
+    def __init__(self, name: str, aux_task: AuxTask, num_outputs: int, kind: str, hidden: list[int], monotone: bool):
+        super().__init__(name, aux_task, num_outputs)
+        self.kind, self.hidden, self.monotone = kind, hidden, monotone
+
+    def build_auxnet(self, model: nn.Module) -> nn.Module:
+        n_aux = len(self.aux_task.names)
+        if self.kind == "linear":
+            return LinearCombiner(n_aux, monotone=True)
+        if self.kind == "nonlinear":
+            return NonlinearCombiner(n_aux, hidden=self.hidden, monotone=self.monotone)
+        raise ValueError("the deep combiner needs per-pixel losses; CIFAR classification has none")
+
+    def inner(self, forward: ForwardFn, aux: AuxFn | None, batch: Batch) -> InnerResult:
+        t = self.aux_task.losses(forward, batch)
+        losses = torch.cat([t.main.unsqueeze(1), t.aux], dim=1)
+        loss = (t.main + aux(losses)).mean()
+        return _result(loss, t, self.aux_task.names)
+
+
+class SchedulerObjective(GivenAuxObjective):
+    """JTDS: per-sample, per-task weights w_ij from the task-data scheduler over detached primary features."""
+
+    learned = True
+
+    def __init__(self, name: str, aux_task: AuxTask, num_outputs: int, feat_dim: int):
+        super().__init__(name, aux_task, num_outputs)
+        self.feat_dim = feat_dim
+
+    def build_auxnet(self, model: nn.Module) -> nn.Module:
+        return TaskDataScheduler(self.feat_dim, len(self.aux_task.names))
+
+    def inner(self, forward: ForwardFn, aux: AuxFn | None, batch: Batch) -> InnerResult:
+        t = self.aux_task.losses(forward, batch, features=True)
+        weights = aux(t.features.detach(), t.aux.detach())
+        loss = (t.main + (weights * t.aux).sum(dim=1)).mean()
+        result = _result(loss, t, self.aux_task.names)
+        result.task_weights = {n: weights[:, i].mean().detach() for i, n in enumerate(self.aux_task.names)}
+        return result
+
+
+class LabelObjective(MainOuterMixin):
+    """Learned auxiliary labels (AuxiLearn, MAXL): a generator g(x, y; phi) gives soft labels over
+    psi[y] sub-classes; the primary net's "labels" head learns them; an entropy term on the batch-mean
+    label distribution (a direct term on phi) keeps all sub-classes in use."""
+
+    learned = True
+    gradient_mode = "sum"
+    task = "classification"
+
+    def __init__(self, name: str, num_classes: int, psi: int | list[int], backbone: str, width: int,
+                 in_channels: int, entropy_weight: float, focal_gamma: float) -> None:
+        self.name = name
+        self.psi = expand_psi(psi, num_classes)
+        self.heads = {"main": num_classes, "labels": sum(self.psi)}
+        self.backbone, self.width, self.in_channels = backbone, width, in_channels
+        self.entropy_weight, self.focal_gamma = entropy_weight, focal_gamma
+
+    def build_auxnet(self, model: nn.Module) -> nn.Module:
+        trunk, feat_dim = build_trunk(self.backbone, in_channels=self.in_channels, width=self.width)
+        return LabelGenerator(trunk, feat_dim, self.psi)
+
+    def prepare(self, x: Tensor, y: Tensor, generator: torch.Generator | None) -> Batch:
+        return {"x": x, "y": y}
+
+    def inner(self, forward: ForwardFn, aux: AuxFn | None, batch: Batch) -> InnerResult:
+        x, y = batch["x"], batch["y"]
+        out = forward(x)
+        main = nn.functional.cross_entropy(out["main"], y, reduction="none")
+        targets = aux(x, y)
+        aux_loss = soft_cross_entropy(out["labels"], targets, gamma=self.focal_gamma)
+        loss = (main + aux_loss).mean()
+        return InnerResult(loss, main.mean().detach(), out["main"], {"labels": aux_loss.mean().detach()},
+                           main_per_sample=main, aux_per_sample=aux_loss.unsqueeze(1))
+
+    def regulariser(self, aux: AuxFn, batch: Batch) -> Tensor | None:
+        if self.entropy_weight == 0:
+            return None
+        return self.entropy_weight * label_entropy_regulariser(aux(batch["x"], batch["y"]))
+
+
+def _result(loss: Tensor, t: TaskLosses, names: tuple[str, ...]) -> InnerResult:
+    """Pack an inner loss with the per-task means to log."""
+    aux_means = {n: t.aux[:, i].mean().detach() for i, n in enumerate(names)}
+    return InnerResult(loss, t.main.mean().detach(), t.logits, aux_means,
+                       main_per_sample=t.main, aux_per_sample=t.aux)

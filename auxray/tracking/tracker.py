@@ -1,0 +1,333 @@
+"""One MLflow run per training run: params, per-epoch metrics, artifacts and a final status that is always
+set. When the store goes away mid-run, calls are buffered to a spool file instead of failing training."""
+
+from __future__ import annotations
+
+import json
+import math
+import numbers
+import re
+import sys
+import time
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Literal
+
+import yaml
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from auxray.config import RunConfig
+from auxray.errors import UserError
+from auxray.tracking.spool import Spool, apply_record, experiment_id, is_unavailable, now_ms, replay_spool
+from auxray.tracking.uri import http_limits, is_http, resolve_uri, server_healthy
+
+Status = Literal["FINISHED", "FAILED", "KILLED"]
+PARENT_TAG = "mlflow.parentRunId"
+SWEEP_TAG = "auxray.sweep"
+KIND_TAG = "auxray.kind"
+MAX_KEY_LENGTH = 250
+MAX_PARAM_LENGTH = 6000
+_BAD_KEY_CHARS = re.compile(r"[^/\w.\- :]")
+
+
+def sanitize_key(key: Any) -> str:
+    """A metric/param name MLflow accepts: alphanumerics, ``_ - . / : space``, no empty, ``.`` or ``..``
+    path parts, at most 250 characters."""
+    text = _BAD_KEY_CHARS.sub("_", str(key))[:MAX_KEY_LENGTH]
+    parts = [p for p in text.split("/") if p not in ("", ".", "..")]
+    return "/".join(parts) or "_"
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested mapping to dotted keys with string values (lists as JSON), e.g. ``hypergrad.steps``."""
+    out: dict[str, str] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, name + "."))
+        else:
+            text = json.dumps(value) if isinstance(value, (list, tuple)) else str(value)
+            out[sanitize_key(name)] = text[:MAX_PARAM_LENGTH]
+    return out
+
+
+def _as_number(value: Any) -> float | None:
+    """A float for plain numbers and one-element tensors/arrays; None for anything else (and bools)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
+        try:
+            return _as_number(value.item())
+        except (TypeError, ValueError):
+            return None
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:300]
+
+
+class RunTracker:
+    """Tracks one run in MLflow; also the trainer's epoch callback (``tracker(trainer, metrics)``).
+
+    Every call is fast-failing: MLflow's HTTP timeout and retries are kept short, and once the store is
+    unreachable nothing more is sent to it; calls go to ``<spool_dir>/<run_id>.jsonl`` (one warning line),
+    with a cheap health probe every `probe_interval` seconds that resends the spool when the store is back.
+    """
+
+    def __init__(self, uri: str | None, experiment: str = "auxray", run_name: str | None = None, *,
+                 parent_run_id: str | None = None, tags: dict[str, Any] | None = None,
+                 spool_dir: str | Path | None = None, timeout: float = 10.0, probe_interval: float = 60.0) -> None:
+        self.uri = resolve_uri(uri)
+        self.experiment, self.run_name = experiment, run_name
+        self.parent_run_id = parent_run_id
+        self.tags = {sanitize_key(k): str(v) for k, v in (tags or {}).items()}
+        self.spool_dir = Path(spool_dir) if spool_dir is not None else Path.cwd() / "mlflow-spool"
+        self.timeout, self.probe_interval = timeout, probe_interval
+        self.client = MlflowClient(tracking_uri=self.uri)
+        self.run_id: str | None = None
+        self.offline = False
+        self.status: str | None = None
+        self._spool: Spool | None = None
+        self._trainer: Any = None
+        self._created = now_ms()
+        self._last_probe = 0.0
+        self._warned: set[str] = set()
+
+    # ---- lifecycle -----------------------------------------------------------------------
+    @property
+    def ended(self) -> bool:
+        """True once the run's final status has been sent (or spooled)."""
+        return self.status is not None
+
+    @property
+    def spool_path(self) -> Path | None:
+        """The spool file of this run (it exists only once something was buffered)."""
+        if self._spool is not None:
+            return self._spool.path
+        return self.spool_dir / f"{self.run_id}.jsonl" if self.run_id else None
+
+    def start(self) -> str:
+        """Create the run (nested under parent_run_id when given) and return its id; an unreachable store
+        gives an ``offline-…`` id whose records a replay sends to a new run."""
+        tags = dict(self.tags)
+        if self.parent_run_id:
+            tags[PARENT_TAG] = self.parent_run_id
+        try:
+            with http_limits(self.timeout):
+                exp = experiment_id(self.client, self.uri, self.experiment)
+                run = self.client.create_run(exp, start_time=self._created, tags=tags, run_name=self.run_name)
+            self.run_id = run.info.run_id
+        except Exception as exc:
+            if not is_unavailable(exc):
+                raise
+            self.run_id = f"offline-{uuid.uuid4().hex}"
+            self._go_offline(exc)
+            self._get_spool().open()
+        return self.run_id
+
+    def end(self, status: Status = "FINISHED") -> None:
+        """Set the run's final status (once)."""
+        if self.ended or self.run_id is None:
+            return
+        self._send({"op": "status", "status": status, "end_time": now_ms()})
+        self.status = status
+
+    # ---- logging -------------------------------------------------------------------------
+    def log_params(self, params: dict[str, Any]) -> None:
+        """Parameters, flattened to dotted string values."""
+        flat = flatten(params)
+        if flat:
+            self._send({"op": "params", "params": flat})
+
+    def log_config(self, cfg: RunConfig) -> None:
+        """The run config as flattened params (``method.name``, ``hypergrad.steps``, …) and config.yaml."""
+        tree = cfg.model_dump(mode="json")
+        self.log_params(tree)
+        self.set_tags({"auxray.method": cfg.method.name})
+        self._send({"op": "text", "text": yaml.safe_dump(tree, sort_keys=False), "artifact_file": "config.yaml"})
+
+    def log_metrics(self, metrics: dict[str, Any], step: int = 0) -> None:
+        """Every numeric entry of `metrics` at `step` (keys sanitised; other values ignored)."""
+        ts = now_ms()
+        rows = []
+        for key, value in metrics.items():
+            number = _as_number(value)
+            if number is not None:
+                rows.append({"key": sanitize_key(key), "value": number, "step": int(step), "timestamp": ts})
+        if rows:
+            self._send({"op": "metrics", "metrics": rows})
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        """Run tags."""
+        if tags:
+            self._send({"op": "tags", "tags": {sanitize_key(k): str(v) for k, v in tags.items()}})
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        """One local file (or directory) as an artifact."""
+        path = Path(path).resolve()
+        if path.exists():
+            self._send({"op": "artifact", "path": str(path), "artifact_path": artifact_path})
+
+    def __call__(self, trainer: Any, metrics: dict[str, Any]) -> None:
+        """Epoch callback: all numeric metrics at step = metrics["epoch"] (rank 0 only)."""
+        if getattr(getattr(trainer, "collective", None), "rank", 0) != 0:
+            return
+        self._trainer = trainer
+        step = int(metrics.get("epoch", getattr(trainer, "epoch", 0)))
+        self.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step)
+
+    def finish(self, trainer: Any = None, result: dict[str, Any] | None = None, status: Status = "FINISHED") -> None:
+        """Final metrics (test accuracy, …), artifacts (best.pt, metrics.jsonl, plots), then the status.
+        Nothing here raises: a tracking problem never fails a finished training run."""
+        trainer = trainer if trainer is not None else self._trainer
+        result = result or {}
+        try:
+            final = {k: v for k, v in result.items() if k not in ("epochs", "steps")}
+            final = {k: v for k, v in final.items() if (n := _as_number(v)) is not None and math.isfinite(n)}
+            step = int(getattr(trainer, "epoch", None) or result.get("epochs") or 0)
+            self.log_metrics(final, step)
+            run_dir = Path(result["run_dir"]) if result.get("run_dir") else None
+            if run_dir is not None:
+                self.set_tags({"auxray.run_dir": str(run_dir)})
+                self.log_artifact(run_dir / "best.pt", "checkpoints")
+                self.log_artifact(run_dir / "metrics.jsonl")
+            if trainer is not None:
+                for png in self._plots(trainer, run_dir):
+                    self.log_artifact(png, "plots")
+        except Exception as exc:
+            self._warn_once("finish", f"auxray: tracking could not log the run's results: {_first_line(exc)}")
+        finally:
+            self.end(status)
+
+    def _plots(self, trainer: Any, run_dir: Path | None) -> list[Path]:
+        out = run_dir / "plots" if run_dir is not None else self.spool_dir / "plots" / str(self.run_id)
+        try:
+            from auxray.tracking.plots import write_plots
+
+            return write_plots(trainer, out)
+        except Exception as exc:
+            self._warn_once("plots", f"auxray: could not draw the run's plots: {_first_line(exc)}")
+            return []
+
+    # ---- delivery ------------------------------------------------------------------------
+    def _get_spool(self) -> Spool:
+        if self._spool is None:
+            self._spool = Spool(self.spool_path, {
+                "run_id": self.run_id, "uri": self.uri, "experiment": self.experiment, "run_name": self.run_name,
+                "tags": self.tags, "parent_run_id": self.parent_run_id, "created": self._created})
+        return self._spool
+
+    def _send(self, record: dict[str, Any]) -> None:
+        """Deliver one record now, or spool it when the store is (or just became) unreachable."""
+        if self.run_id is None:
+            raise RuntimeError("RunTracker.start() must be called before logging")
+        if self.offline and not self._recover():
+            self._get_spool().append(record)
+            return
+        try:
+            with http_limits(self.timeout):
+                apply_record(self.client, self.run_id, record)
+        except Exception as exc:
+            if is_unavailable(exc):
+                self._go_offline(exc)
+                self._get_spool().append(record)
+            else:
+                self._warn_once(f"reject:{record['op']}",
+                                f"auxray: MLflow rejected the run's {record['op']}: {_first_line(exc)}")
+
+    def _go_offline(self, exc: BaseException) -> None:
+        self.offline = True
+        self._last_probe = time.monotonic()
+        self._warn_once("offline", f"auxray: MLflow server unreachable; buffering to {self.spool_path}; "
+                                   f"resend with `auxray tracking replay {self.spool_path}` ({_first_line(exc)})")
+
+    def _recover(self) -> bool:
+        """At most every probe_interval seconds: if the store answers, resend the spool and go back online."""
+        if time.monotonic() - self._last_probe < self.probe_interval:
+            return False
+        self._last_probe = time.monotonic()
+        if is_http(self.uri) and not server_healthy(self.uri, timeout=1.0):
+            return False
+        try:
+            done = replay_spool(self.spool_path, self.uri, timeout=self.timeout)
+        except Exception:
+            return False
+        self.run_id, self.offline = done["run_id"], False
+        print(f"auxray: MLflow server reachable again; resent {done['sent']} buffered records to run "
+              f"{self.run_id}", file=sys.stderr, flush=True)
+        return True
+
+    def _warn_once(self, kind: str, message: str) -> None:
+        if kind not in self._warned:
+            self._warned.add(kind)
+            print(message, file=sys.stderr, flush=True)
+
+
+@contextmanager
+def tracked_run(uri: str | None, experiment: str = "auxray", run_name: str | None = None, *,
+                cfg: RunConfig | None = None, parent_run_id: str | None = None, tags: dict[str, Any] | None = None,
+                spool_dir: str | Path | None = None, **options: Any) -> Iterator[RunTracker]:
+    """A started RunTracker (with cfg logged when given) whose run always ends: FAILED when the body raises
+    (KeyboardInterrupt included, with the error as the tag auxray.error), else FINISHED unless
+    ``finish``/``end`` already set a status."""
+    tracker = RunTracker(uri, experiment, run_name, parent_run_id=parent_run_id, tags=tags, spool_dir=spool_dir,
+                         **options)
+    tracker.start()
+    try:
+        if cfg is not None:
+            tracker.log_config(cfg)
+        yield tracker
+    except BaseException as exc:
+        if not tracker.ended:
+            tracker.set_tags({"auxray.error": f"{type(exc).__name__}: {_first_line(exc)}"})
+            tracker.end("FAILED")
+        raise
+    else:
+        tracker.end("FINISHED")
+
+
+# ---- sweeps: one parent run, one child per trial ---------------------------------------------
+def start_parent(uri: str | None, experiment: str, sweep_name: str, tags: dict[str, Any] | None = None) -> str:
+    """Create the parent run of a sweep and return its id; children pass it as RunTracker(parent_run_id=…).
+    The store must be reachable (UserError otherwise); end it with end_parent."""
+    uri = resolve_uri(uri)
+    client = MlflowClient(tracking_uri=uri)
+    all_tags = {sanitize_key(k): str(v) for k, v in (tags or {}).items()}
+    all_tags.update({SWEEP_TAG: sweep_name, KIND_TAG: "sweep"})
+    try:
+        with http_limits():
+            exp = experiment_id(client, uri, experiment)
+            return client.create_run(exp, tags=all_tags, run_name=sweep_name).info.run_id
+    except MlflowException as exc:
+        if is_unavailable(exc):
+            raise UserError(f"MLflow tracking server at {uri} is unreachable: {_first_line(exc)}") from None
+        raise
+
+
+def find_parent(uri: str | None, experiment: str, sweep_name: str) -> str | None:
+    """The newest parent run of `sweep_name` (to reattach a resumed sweep), or None."""
+    uri = resolve_uri(uri)
+    client = MlflowClient(tracking_uri=uri)
+    with http_limits():
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None:
+            return None
+        name = sweep_name.replace("'", "\\'")
+        runs = client.search_runs([exp.experiment_id], max_results=1, order_by=["attributes.start_time DESC"],
+                                  filter_string=f"tags.`{SWEEP_TAG}` = '{name}' and tags.`{KIND_TAG}` = 'sweep'")
+    return runs[0].info.run_id if runs else None
+
+
+def end_parent(uri: str | None, run_id: str, status: Status = "FINISHED") -> None:
+    """End a sweep's parent run; a failure is one warning line, never an exception."""
+    try:
+        with http_limits():
+            MlflowClient(tracking_uri=resolve_uri(uri)).set_terminated(run_id, status)
+    except Exception as exc:
+        print(f"auxray: could not end MLflow parent run {run_id}: {_first_line(exc)}", file=sys.stderr, flush=True)

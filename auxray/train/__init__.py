@@ -1,0 +1,1 @@
+"""Training: the single-process bi-level loop, checkpoints, and (in ray_*) the distributed layer."""

@@ -1,0 +1,381 @@
+"""The bi-level training loop on one process. It knows nothing about Ray: a data-parallel layer
+passes a Collective (rank, all-reduce, model wrapping) and a phi updater, and reuses it unchanged."""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from typing import Any, Callable, Protocol, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from auxray.config import RunConfig
+from auxray.data import BatchIterator, DataBundle, TensorData
+from auxray.methods import Batch, Objective, accuracy, build_objective, main_loss, main_target
+from auxray.models import MultiHeadNet, build_trunk
+from auxray.train.checkpoint import rng_state, set_rng_state
+from auxray.train.hyperstep import batch_stats_only, compute_hypergrad
+from auxray.train.phi_optimizer import PhiOptimizer
+from auxray.train.progress import Progress
+
+EpochCallback = Callable[["BilevelTrainer", dict[str, Any]], None]
+
+
+class Collective:
+    """What the loop needs from a data-parallel layer; this base class is the one-process case."""
+
+    rank: int = 0
+    world_size: int = 1
+
+    def all_reduce_mean(self, tensors: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        return tensors
+
+    def all_reduce_sum(self, tensor: Tensor) -> Tensor:
+        return tensor
+
+    def wrap_model(self, model: nn.Module) -> nn.Module:
+        return model
+
+
+class PhiUpdater(Protocol):
+    """Applies an outer step's hypergradient to the aux net (locally, or through a coordinator)."""
+
+    def apply(self, grads: Sequence[Tensor], step: int) -> bool: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' picks CUDA when present, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch, numpy and random for a reproducible run."""
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class BilevelTrainer:
+    """Trains the primary net W on L_T(W, phi) and, every `hypergrad.every` inner steps, the aux net phi
+    on the hypergradient of L_A; evaluates, checkpoints and reports per-epoch metrics."""
+
+    def __init__(
+        self,
+        cfg: RunConfig,
+        data: DataBundle,
+        *,
+        collective: Collective | None = None,
+        phi_updater: Callable[[nn.Module], PhiUpdater] | None = None,
+        callbacks: Sequence[EpochCallback] = (),
+        progress: bool = True,
+    ) -> None:
+        self.cfg, self.data = cfg, data
+        self.collective = collective or Collective()
+        self.callbacks = list(callbacks)
+        self.progress = progress and self.collective.rank == 0
+        t = cfg.trainer
+        if t.threads:
+            torch.set_num_threads(t.threads)
+        self.device = resolve_device(t.device)
+        self.dtype = torch.float64 if t.dtype == "float64" else torch.float32
+        seed_everything(t.seed)
+
+        in_features = data.train.x.shape[1] if data.task == "regression" else None
+        trunk, feat_dim = build_trunk(cfg.model.backbone, in_channels=data.in_channels, width=cfg.model.width,
+                                      in_features=in_features)
+        self.objective: Objective = build_objective(cfg, num_classes=max(data.num_classes, 1), task=data.task,
+                                                    feat_dim=feat_dim, in_channels=data.in_channels)
+        self.model = MultiHeadNet(trunk, feat_dim, self.objective.heads).to(self.device, self.dtype)
+        auxnet = self.objective.build_auxnet(self.model)
+        self.auxnet = auxnet.to(self.device, self.dtype) if auxnet is not None else None
+        self.train_model = self.collective.wrap_model(self.model)
+
+        inner_params = list(self.model.parameters())
+        if self.auxnet is not None and getattr(self.objective, "trains_with_primary", False):
+            inner_params += list(self.auxnet.parameters())
+        self.opt_w = _make_inner_optimizer(inner_params, cfg)
+        self.train_iter = BatchIterator(data.train, t.batch_size, shuffle=True, seed=t.seed,
+                                        rank=self.collective.rank, world_size=self.collective.world_size,
+                                        drop_last=True, augment=cfg.data.augment and data.task == "classification",
+                                        device=self.device)
+        self.steps_per_epoch = min(len(self.train_iter), t.max_steps_per_epoch or len(self.train_iter))
+        if self.steps_per_epoch == 0:
+            raise ValueError("the training split is smaller than one batch per worker; lower trainer.batch_size")
+        self.sched_w = _make_scheduler(self.opt_w, cfg, t.epochs * self.steps_per_epoch)
+        self.phi: PhiUpdater | None = None
+        if self.objective.learned:
+            self.phi = phi_updater(self.auxnet) if phi_updater else PhiOptimizer(self.auxnet, cfg.method)
+            aux_bs = min(t.batch_size, max(1, len(data.aux) // self.collective.world_size))
+            self.aux_iter = BatchIterator(data.aux, aux_bs, shuffle=True, seed=t.seed + 1,
+                                          rank=self.collective.rank, world_size=self.collective.world_size,
+                                          drop_last=True, augment=False, device=self.device)
+        self.epoch = 0
+        self.step = 0
+        self.history: list[dict[str, Any]] = []
+        self.hypergrad_norms: list[tuple[int, float]] = []
+        self.best: dict[str, Any] = {"val_accuracy": -math.inf, "epoch": -1, "state": None}
+
+    # ---- one inner step -------------------------------------------------------------------
+    def _prepare(self, x: Tensor, y: Tensor, generator: torch.Generator) -> Batch:
+        x = x.to(self.device, self.dtype) if x.is_floating_point() else x.to(self.device)
+        y = y.to(self.device, self.dtype) if y.is_floating_point() else y.to(self.device)
+        return self.objective.prepare(x, y, generator)
+
+    def inner_step(self, batch: Batch) -> dict[str, float]:
+        """One optimizer step of W on L_T(W, phi) with phi held fixed."""
+        self.model.train()
+        fixed_phi = self.auxnet is not None and not getattr(self.objective, "trains_with_primary", False)
+        if fixed_phi:
+            self.auxnet.requires_grad_(False)
+        try:
+            self.opt_w.zero_grad(set_to_none=True)
+            gcs = getattr(self.objective, "gradient_mode", "sum") == "gcs"
+            # GCS takes per-loss gradients itself, so it runs the bare model and all-reduces by hand.
+            res = self.objective.inner(self.model if gcs else self.train_model, self.auxnet, batch)
+            if gcs:
+                cos = self._gcs_backward(res)
+            else:
+                res.loss.backward()
+                cos = None
+        finally:
+            if fixed_phi:
+                self.auxnet.requires_grad_(True)
+        self.opt_w.step()
+        self.sched_w.step()
+        out = {"loss": float(res.loss.detach()), "main_loss": float(res.main_loss)}
+        if self.data.task == "classification":
+            out["accuracy"] = float(accuracy(res.logits.detach(), main_target(batch["y"], self.data.task)))
+        for name, v in res.aux_losses.items():
+            out[f"aux_loss/{name}"] = float(v)
+        for name, v in res.task_weights.items():
+            out[f"task_weight/{name}"] = float(v)
+        if self.auxnet is not None and hasattr(self.auxnet, "task_weights") and res.aux_per_sample is not None \
+                and not res.task_weights and getattr(self.objective, "aux_task", None) is not None:
+            losses = torch.cat([res.main_per_sample.detach().unsqueeze(1), res.aux_per_sample.detach()], dim=1)
+            weights = self.auxnet.task_weights(losses)
+            for i, name in enumerate(self.objective.aux_task.names):
+                out[f"task_weight/{name}"] = float(weights[i])
+        if cos is not None:
+            out["grad_cosine/aux"] = cos
+        return out
+
+    def _gcs_backward(self, res: Any) -> float:
+        """Gradient cosine similarity (Du et al.): the auxiliary gradient on shared parameters is used
+        only when it does not point against the main task's gradient."""
+        shared = [p for p in self.model.trunk.parameters() if p.requires_grad]
+        heads = [p for n, p in self.model.named_parameters() if not n.startswith("trunk.") and p.requires_grad]
+        main = res.main_per_sample.mean()
+        aux = res.aux_per_sample.sum(dim=1).mean()
+        g_main = torch.autograd.grad(main, shared, retain_graph=True)
+        g_aux = torch.autograd.grad(aux, shared, retain_graph=True)
+        g_main = self.collective.all_reduce_mean(g_main)
+        g_aux = self.collective.all_reduce_mean(g_aux)
+        cos = float(_cosine(g_main, g_aux))
+        g_heads = torch.autograd.grad(main + aux, heads, allow_unused=True)
+        g_heads = self.collective.all_reduce_mean(tuple(torch.zeros_like(p) if g is None else g
+                                                        for p, g in zip(heads, g_heads)))
+        use_aux = 1.0 if cos > 0 else 0.0
+        for p, gm, ga in zip(shared, g_main, g_aux):
+            p.grad = gm + use_aux * ga
+        for p, g in zip(heads, g_heads):
+            p.grad = g
+        return cos
+
+    # ---- one outer step -------------------------------------------------------------------
+    def outer_step(self, train_batch: Batch, aux_batch: Batch) -> float:
+        """Hypergradient of the main loss on an aux batch w.r.t. phi, applied through the phi updater."""
+        reduce = self.collective.all_reduce_mean if self.collective.world_size > 1 else None
+        grads = compute_hypergrad(self.objective, self.model, self.auxnet, train_batch, aux_batch, self.cfg.hypergrad,
+                                  inner_lr=self.opt_w.param_groups[0]["lr"], reduce=reduce)
+        self.phi.apply(grads, self.step)
+        return math.sqrt(sum(float(g.pow(2).sum()) for g in grads))
+
+    def _aux_batches(self, epoch: int, generator: torch.Generator):
+        """An endless stream of aux-set batches whose order depends only on (seed, epoch)."""
+        k = 0
+        while True:
+            self.aux_iter.set_epoch(epoch * 1000 + k)
+            for x, y in self.aux_iter:
+                yield self._prepare(x, y, generator)
+            k += 1
+
+    # ---- epochs ---------------------------------------------------------------------------
+    def train_epoch(self) -> dict[str, Any]:
+        """One pass over this worker's shard of the training split."""
+        t0 = time.perf_counter()
+        gen = torch.Generator(device="cpu").manual_seed(self.cfg.trainer.seed * 1_000_003 + self.epoch * 101
+                                                        + self.collective.rank)
+        self.train_iter.set_epoch(self.epoch)
+        aux_stream = self._aux_batches(self.epoch, gen) if self.objective.learned else None
+        sums: dict[str, float] = {}
+        norms: list[float] = []
+        bar = Progress(self.steps_per_epoch, f"epoch {self.epoch + 1}/{self.cfg.trainer.epochs}", self.progress)
+        every = self.cfg.hypergrad.every
+        for i, (x, y) in enumerate(self.train_iter):
+            if i >= self.steps_per_epoch:
+                break
+            batch = self._prepare(x, y, gen)
+            stats = self.inner_step(batch)
+            self.step += 1
+            if aux_stream is not None and self.step % every == 0:
+                norm = self.outer_step(batch, next(aux_stream))
+                norms.append(norm)
+                self.hypergrad_norms.append((self.step, norm))
+            for k, v in stats.items():
+                sums[k] = sums.get(k, 0.0) + v
+            bar.update(loss=stats["loss"])
+        bar.close()
+        n = max(1, min(i + 1, self.steps_per_epoch))
+        metrics = {f"train_{k}" if "/" not in k else k: v / n for k, v in sums.items()}
+        if norms:
+            metrics["hypergrad_norm"] = sum(norms) / len(norms)
+            metrics["outer_steps"] = len(norms)
+        metrics["lr"] = self.opt_w.param_groups[0]["lr"]
+        metrics["epoch_seconds"] = time.perf_counter() - t0
+        return metrics
+
+    @torch.no_grad()
+    def evaluate(self, data: TensorData, *, model: nn.Module | None = None) -> dict[str, float]:
+        """Main-task loss and accuracy (or MSE) on a split, summed across data-parallel workers."""
+        net = model or self.model
+        net.eval()
+        it = BatchIterator(data, self.cfg.trainer.eval_batch_size, shuffle=False, seed=0, rank=self.collective.rank,
+                           world_size=self.collective.world_size, drop_last=False, augment=False, device=self.device)
+        total = torch.zeros(3, dtype=torch.float64, device=self.device)
+        for x, y in it:
+            x = x.to(self.device, self.dtype)
+            y = y.to(self.device, self.dtype) if y.is_floating_point() else y.to(self.device)
+            logits = net(x)["main"]
+            target = main_target(y, self.data.task)
+            loss = main_loss(logits, target, self.data.task)
+            correct = (logits.argmax(-1) == target).sum() if self.data.task == "classification" else 0
+            total += torch.tensor([float(loss.sum()), float(correct), len(target)], dtype=torch.float64,
+                                  device=self.device)
+        total = self.collective.all_reduce_sum(total)
+        n = max(float(total[2]), 1.0)
+        net.train()
+        if self.data.task == "regression":
+            return {"loss": float(total[0]) / n, "mse": float(total[0]) / n}
+        return {"loss": float(total[0]) / n, "accuracy": float(total[1]) / n}
+
+    def fit(self, until_epoch: int | None = None) -> list[dict[str, Any]]:
+        """Train from the current epoch to trainer.epochs (or `until_epoch`), evaluating on val each epoch."""
+        last = min(self.cfg.trainer.epochs, until_epoch or self.cfg.trainer.epochs)
+        while self.epoch < last:
+            metrics = self.train_epoch()
+            val = self.evaluate(self.data.val) if len(self.data.val) else {}
+            metrics.update({f"val_{k}": v for k, v in val.items()})
+            metrics.update(self.grad_cosines())
+            metrics["epoch"] = self.epoch + 1
+            metrics["step"] = self.step
+            self.epoch += 1
+            score = val.get("accuracy", -val.get("mse", 0.0)) if val else self.epoch
+            if score > self.best["val_accuracy"]:
+                self.best = {"val_accuracy": score, "epoch": self.epoch,
+                             "state": copy.deepcopy(self.model.state_dict())}
+            self.history.append(metrics)
+            for cb in self.callbacks:
+                cb(self, metrics)
+        return self.history
+
+    def grad_cosines(self) -> dict[str, float]:
+        """Cosine between the main and each auxiliary loss's gradient on the shared trunk (one batch)."""
+        if not self.objective.heads.keys() - {"main"}:
+            return {}
+        self.train_iter.set_epoch(self.epoch)
+        x, y = next(iter(self.train_iter))
+        gen = torch.Generator().manual_seed(self.epoch)
+        batch = self._prepare(x, y, gen)
+        self.model.train()
+        with batch_stats_only(self.model):
+            res = self.objective.inner(self.model, self.auxnet, batch)
+        if res.aux_per_sample is None or res.aux_per_sample.shape[1] == 0:
+            return {}
+        shared = [p for p in self.model.trunk.parameters() if p.requires_grad]
+        g_main = self.collective.all_reduce_mean(torch.autograd.grad(res.main_per_sample.mean(), shared,
+                                                                     retain_graph=True))
+        names = getattr(getattr(self.objective, "aux_task", None), "names", None) or ("labels",)
+        out = {}
+        for j, name in enumerate(names):
+            g_aux = torch.autograd.grad(res.aux_per_sample[:, j].mean(), shared, retain_graph=True, allow_unused=True)
+            g_aux = self.collective.all_reduce_mean(tuple(torch.zeros_like(p) if g is None else g
+                                                          for p, g in zip(shared, g_aux)))
+            out[f"grad_cosine/{name}"] = float(_cosine(g_main, g_aux))
+        self.model.zero_grad(set_to_none=True)
+        return out
+
+    def test(self, *, best: bool = True) -> dict[str, float]:
+        """Test-set metrics of the best-on-validation weights (or the final ones)."""
+        model = self.model
+        if best and self.best["state"] is not None:
+            model = copy.deepcopy(self.model)
+            model.load_state_dict(self.best["state"])
+        return self.evaluate(self.data.test, model=model)
+
+    # ---- checkpoints ------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed run needs: W, phi, both optimizers, the scheduler, counters, RNG, history."""
+        return {
+            "model": self.model.state_dict(),
+            "auxnet": self.auxnet.state_dict() if self.auxnet is not None else None,
+            "opt_w": self.opt_w.state_dict(),
+            "sched_w": self.sched_w.state_dict(),
+            "phi": self.phi.state_dict() if self.phi is not None else None,
+            "epoch": self.epoch,
+            "step": self.step,
+            "history": self.history,
+            "hypergrad_norms": self.hypergrad_norms,
+            "best": self.best,
+            "rng": rng_state(),
+            "config": self.cfg.model_dump(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a state written by state_dict."""
+        self.model.load_state_dict(state["model"])
+        if self.auxnet is not None and state["auxnet"] is not None:
+            self.auxnet.load_state_dict(state["auxnet"])
+        self.opt_w.load_state_dict(state["opt_w"])
+        self.sched_w.load_state_dict(state["sched_w"])
+        if self.phi is not None and state["phi"] is not None:
+            self.phi.load_state_dict(state["phi"])
+        self.epoch, self.step = state["epoch"], state["step"]
+        self.history = list(state["history"])
+        self.hypergrad_norms = list(state["hypergrad_norms"])
+        self.best = state["best"]
+        set_rng_state(state["rng"])
+
+
+def _cosine(a: Sequence[Tensor], b: Sequence[Tensor]) -> Tensor:
+    """Cosine similarity of two gradients given as tensor lists."""
+    fa = torch.cat([t.reshape(-1) for t in a])
+    fb = torch.cat([t.reshape(-1) for t in b])
+    return torch.nn.functional.cosine_similarity(fa, fb, dim=0, eps=1e-12)
+
+
+def _make_inner_optimizer(params: list[Tensor], cfg: RunConfig) -> torch.optim.Optimizer:
+    t = cfg.trainer
+    if t.optimizer == "adam":
+        return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
+    return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+
+
+def _make_scheduler(opt: torch.optim.Optimizer, cfg: RunConfig, total_steps: int):
+    kind = cfg.trainer.scheduler
+    if kind == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, total_steps))
+    if kind == "step":
+        return torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, total_steps // 3), gamma=0.1)
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)

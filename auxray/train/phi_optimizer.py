@@ -1,0 +1,51 @@
+"""The auxiliary network's optimizer, clipping and version: one object shared by the local loop
+and the Ray coordinator actor, so both apply hypergradients the same way."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from auxray.config import MethodConfig
+
+
+def make_phi_optimizer(params: Sequence[Tensor], cfg: MethodConfig) -> torch.optim.Optimizer:
+    """Adam (default, insensitive to the hypergradient's scale) or SGD over phi."""
+    if cfg.aux_optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.aux_lr, momentum=0.9, weight_decay=cfg.aux_weight_decay)
+    return torch.optim.Adam(params, lr=cfg.aux_lr, weight_decay=cfg.aux_weight_decay)
+
+
+class PhiOptimizer:
+    """Applies hypergradients to phi in place; a step id that was already applied is ignored."""
+
+    def __init__(self, auxnet: nn.Module, cfg: MethodConfig) -> None:
+        self.params = [p for p in auxnet.parameters() if p.requires_grad]
+        self.optimizer = make_phi_optimizer(self.params, cfg)
+        self.clip = cfg.aux_grad_clip
+        self.version = 0
+        self.last_step = -1
+
+    def apply(self, grads: Sequence[Tensor], step: int) -> bool:
+        """Set phi's gradients, clip, take one optimizer step; False when `step` was applied before."""
+        if step <= self.last_step:
+            return False
+        for p, g in zip(self.params, grads, strict=True):
+            p.grad = g.detach().to(device=p.device, dtype=p.dtype).clone()
+        if self.clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.params, self.clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.version += 1
+        self.last_step = step
+        return True
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict(), "version": self.version, "last_step": self.last_step}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.version = state["version"]
+        self.last_step = state["last_step"]

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The project's test command (README, .ci/run): installs what the tests need on a machine that has
+# only Python, then runs every test: the fast default set plus those marked slow and cluster.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+command -v uv >/dev/null 2>&1 || python3 -m pip install --quiet uv
+if ! command -v chromium >/dev/null 2>&1; then
+  # Headless Chromium for the MLflow UI test (Debian's package; no browser downloads at test time).
+  if [ "$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null;
+  else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; fi
+fi
+uv sync --frozen
+export RAY_AUTH_MODE="${RAY_AUTH_MODE:-disabled}"
+exec uv run --frozen pytest -m "" "$@"

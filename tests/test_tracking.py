@@ -1,0 +1,344 @@
+"""MLflow tracking: local SQLite store end to end, FAILED on errors, fast failure for an unreachable server,
+the offline spool and its replay, parent/child runs, plots, and (marked cluster) a real server killed
+mid-run and brought back."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import requests
+import torch
+from mlflow import MlflowClient
+from PIL import Image
+from torch import nn
+
+from auxray.config import RunConfig, TrackingConfig
+from auxray.errors import UserError
+from auxray.tracking import (
+    RunTracker,
+    check_reachable,
+    end_parent,
+    find_parent,
+    label_assignment,
+    plot_hypergrad_norms,
+    plot_label_assignment,
+    plot_task_weights,
+    replay_spool,
+    resolve_uri,
+    sanitize_key,
+    serve_ui,
+    start_parent,
+    tracked_run,
+)
+from auxray.tracking.ui import ui_command
+
+CLASSES = ["cat", "dog", "ship"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_cfg() -> RunConfig:
+    return RunConfig.model_validate({"method": {"name": "auxilearn_combine", "aux_task": "rotation"},
+                                     "hypergrad": {"steps": 2}, "trainer": {"epochs": 5}})
+
+
+def fake_trainer(label_generator: nn.Module | None = None) -> SimpleNamespace:
+    """What the tracker and plots read from a BilevelTrainer."""
+    return SimpleNamespace(history=[], hypergrad_norms=[], cfg=make_cfg(), epoch=0, auxnet=label_generator,
+                           objective=SimpleNamespace(psi=label_generator.psi if label_generator else None),
+                           collective=SimpleNamespace(rank=0), data=SimpleNamespace(classes=CLASSES),
+                           device=torch.device("cpu"), dtype=torch.float32)
+
+
+def epoch_metrics(trainer: SimpleNamespace, epoch: int) -> dict:
+    """Advance the fake trainer by one epoch, as BilevelTrainer.fit does, and return that epoch's metrics."""
+    trainer.epoch = epoch
+    trainer.hypergrad_norms += [(epoch * 10 + k, 1.0 / (epoch + k)) for k in range(3)]
+    m = {"train_loss": 2.0 / epoch, "val_accuracy": 0.1 * epoch, "task_weight/rotation": 0.5 + 0.05 * epoch,
+         "hypergrad_norm": 1.0 / epoch, "bad key (x)": 1.0, "note": "text is skipped", "epoch": epoch,
+         "step": epoch * 30}
+    trainer.history.append(m)
+    return m
+
+
+def run_dir_with_files(tmp_path: Path) -> Path:
+    run_dir = tmp_path / "runs" / "r"
+    run_dir.mkdir(parents=True)
+    torch.save({"model": {}}, run_dir / "best.pt")
+    (run_dir / "metrics.jsonl").write_text(json.dumps({"epoch": 1}) + "\n")
+    return run_dir
+
+
+def artifact_paths(client: MlflowClient, run_id: str, path: str | None = None) -> set[str]:
+    out = set()
+    for f in client.list_artifacts(run_id, path):
+        out |= artifact_paths(client, run_id, f.path) if f.is_dir else {f.path}
+    return out
+
+
+def steps_of(client: MlflowClient, run_id: str, key: str) -> list[int]:
+    return sorted(m.step for m in client.get_metric_history(run_id, key))
+
+
+# ---- URIs --------------------------------------------------------------------------------------------
+def test_resolve_uri_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert resolve_uri() == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://env:5000/")
+    assert resolve_uri() == "http://env:5000"
+    assert resolve_uri(cfg=TrackingConfig(uri="sqlite:///cfg.db")) == f"sqlite:///{tmp_path.resolve()}/cfg.db"
+    assert resolve_uri("http://arg:1", cfg=TrackingConfig(uri="http://cfg:2")) == "http://arg:1"
+    assert resolve_uri("store/x.db") == f"sqlite:///{tmp_path.resolve()}/store/x.db"
+    with pytest.raises(UserError, match="file store"):
+        resolve_uri("file:///tmp/mlruns")
+    with pytest.raises(UserError, match="file store"):
+        resolve_uri("./mlruns")
+
+
+def test_unreachable_server_is_a_quick_user_error() -> None:
+    uri = f"http://127.0.0.1:{free_port()}"
+    t0 = time.monotonic()
+    with pytest.raises(UserError, match=f"MLflow tracking server at {uri} is unreachable"):
+        check_reachable(uri, timeout=2)
+    assert time.monotonic() - t0 < 10
+
+
+def test_sanitize_key() -> None:
+    assert sanitize_key("task_weight/rotation") == "task_weight/rotation"
+    assert sanitize_key("bad key (x)") == "bad key _x_"
+    assert sanitize_key("/a//b/../c/") == "a/b/c"
+    assert sanitize_key("..") == "_"
+    assert len(sanitize_key("k" * 400)) == 250
+
+
+# ---- one run on the local store -----------------------------------------------------------------------
+def test_sqlite_run_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    uri = f"sqlite:///{tmp_path}/m.db"
+    run_dir = run_dir_with_files(tmp_path)
+    trainer = fake_trainer()
+    with tracked_run(uri, "e2e", "tiny", cfg=trainer.cfg, spool_dir=tmp_path / "spool") as tracker:
+        for epoch in (1, 2, 3):
+            tracker(trainer, epoch_metrics(trainer, epoch))
+        tracker.finish(trainer, {"test_accuracy": 0.42, "best_val_accuracy": 0.3, "epochs": 3,
+                                 "run_dir": str(run_dir)})
+    client = MlflowClient(tracking_uri=uri)
+    run = client.get_run(tracker.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == "tiny"
+    assert run.data.params["method.name"] == "auxilearn_combine"
+    assert run.data.params["hypergrad.steps"] == "2"
+    assert run.data.params["method.combiner_hidden"] == "[10]"
+    assert run.data.metrics["test_accuracy"] == pytest.approx(0.42)
+    assert "note" not in run.data.metrics and "epoch" not in run.data.metrics
+    assert steps_of(client, tracker.run_id, "task_weight/rotation") == [1, 2, 3]
+    assert steps_of(client, tracker.run_id, "bad key _x_") == [1, 2, 3]
+    assert [m.value for m in sorted(client.get_metric_history(tracker.run_id, "val_accuracy"), key=lambda m: m.step)] \
+        == pytest.approx([0.1, 0.2, 0.3])
+    assert artifact_paths(client, tracker.run_id) == {"config.yaml", "metrics.jsonl", "checkpoints/best.pt",
+                                                      "plots/task_weights.png", "plots/hypergrad_norms.png"}
+    assert run.info.artifact_uri.startswith((tmp_path / "mlartifacts").as_uri())
+    assert not (tmp_path / "spool").exists()
+    assert "unreachable" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("error", [RuntimeError("boom"), KeyboardInterrupt()])
+def test_exception_inside_tracked_run_marks_failed(tmp_path: Path, error: BaseException) -> None:
+    uri = f"sqlite:///{tmp_path}/m.db"
+    trainer = fake_trainer()
+    with pytest.raises(type(error)):
+        with tracked_run(uri, "fails", spool_dir=tmp_path / "spool") as tracker:
+            tracker(trainer, epoch_metrics(trainer, 1))
+            raise error
+    run = MlflowClient(tracking_uri=uri).get_run(tracker.run_id)
+    assert run.info.status == "FAILED"
+    assert run.data.tags["auxray.error"].startswith(type(error).__name__)
+    assert run.data.metrics["train_loss"] == pytest.approx(2.0)
+
+
+def test_parent_and_child_runs(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path}/m.db"
+    parent = start_parent(uri, "sweeps", "sweep-a", {"search": "optuna"})
+    assert find_parent(uri, "sweeps", "sweep-a") == parent
+    assert find_parent(uri, "sweeps", "other") is None
+    with tracked_run(uri, "sweeps", "trial-0", parent_run_id=parent, tags={"trial": 0}) as child:
+        child.log_metrics({"val_accuracy": 0.5}, step=1)
+    end_parent(uri, parent)
+    client = MlflowClient(tracking_uri=uri)
+    assert client.get_run(child.run_id).data.tags["mlflow.parentRunId"] == parent
+    assert client.get_run(parent).info.status == "FINISHED"
+    assert client.get_run(parent).data.tags["search"] == "optuna"
+
+
+# ---- offline spool ------------------------------------------------------------------------------------
+def test_offline_run_spools_and_replays_to_a_new_run(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    trainer = fake_trainer()
+    t0 = time.monotonic()
+    with tracked_run(dead, "offline", "lost", cfg=trainer.cfg, spool_dir=tmp_path / "spool") as tracker:
+        for epoch in (1, 2):
+            tracker(trainer, epoch_metrics(trainer, epoch))
+        tracker.finish(trainer, {"test_accuracy": 0.5, "run_dir": str(run_dir_with_files(tmp_path))})
+    assert time.monotonic() - t0 < 20
+    err = capsys.readouterr().err
+    assert err.count("MLflow server unreachable") == 1
+    assert f"auxray tracking replay {tracker.spool_path}" in err
+    assert tracker.run_id.startswith("offline-")
+    records = [json.loads(line) for line in tracker.spool_path.read_text().splitlines()]
+    assert records[0]["op"] == "run" and records[-1] == {**records[-1], "op": "status", "status": "FINISHED"}
+    assert sorted({m["step"] for r in records if r["op"] == "metrics" for m in r["metrics"]}) == [1, 2]
+
+    store = f"sqlite:///{tmp_path}/m.db"
+    done = replay_spool(tracker.spool_path, store)
+    assert done["sent"] == len(records) - 1 and done["skipped"] == 0
+    client = MlflowClient(tracking_uri=store)
+    run = client.get_run(done["run_id"])
+    assert run.info.status == "FINISHED" and run.info.run_name == "lost"
+    assert run.data.tags["auxray.replayed_from"] == tracker.run_id
+    assert steps_of(client, done["run_id"], "val_accuracy") == [1, 2]
+    assert {"config.yaml", "checkpoints/best.pt", "plots/task_weights.png"} <= artifact_paths(client, done["run_id"])
+    again = replay_spool(tracker.spool_path, store)
+    assert again["sent"] == 0 and again["run_id"] == done["run_id"]
+    assert steps_of(client, done["run_id"], "val_accuracy") == [1, 2]
+
+
+# ---- plots --------------------------------------------------------------------------------------------
+class Flat(nn.Module):
+    """A trunk whose single feature is the image's mean intensity."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(1, 2, 3)).unsqueeze(1)
+
+
+def test_plots(tmp_path: Path) -> None:
+    from auxray.auxnets.label_generator import LabelGenerator
+    from auxray.data import TensorData
+
+    gen = LabelGenerator(Flat(), 1, [2, 3, 2])
+    with torch.no_grad():
+        gen.head.weight.copy_(torch.tensor([[1.0], [-1.0], [1.0], [0.0], [-1.0], [1.0], [-1.0]]))
+        gen.head.bias.zero_()
+    n = 240
+    x = torch.cat([torch.zeros(n // 2, 3, 4, 4), torch.full((n // 2, 3, 4, 4), 255.0)]).to(torch.uint8)
+    y = torch.arange(n) % 3
+    trainer = fake_trainer(gen)
+    trainer.data.train = TensorData(x, y)
+    for epoch in (1, 2, 3):
+        epoch_metrics(trainer, epoch)
+
+    counts = label_assignment(trainer, trainer.data.train, max_images=120)
+    assert counts.shape == (3, 7) and int(counts.sum()) == 120
+    assert counts[0, 2:].sum() == 0 and counts[1, :2].sum() == 0 and counts[2, :5].sum() == 0
+    assert (counts[0, :2] > 0).all() and counts[1, 3] == 0
+
+    paths = [plot_task_weights(trainer, tmp_path), plot_hypergrad_norms(trainer, tmp_path),
+             plot_label_assignment(trainer, tmp_path)]
+    for p in paths:
+        assert p is not None and p.stat().st_size > 0
+        with Image.open(p) as im:
+            im.verify()
+    stl = fake_trainer()
+    assert plot_task_weights(stl, tmp_path / "stl") is None
+    assert plot_hypergrad_norms(stl, tmp_path / "stl") is None
+    assert plot_label_assignment(stl, tmp_path / "stl") is None
+    assert not (tmp_path / "stl").exists()
+
+
+def test_ui_command(capsys: pytest.CaptureFixture) -> None:
+    cmd = ui_command("sqlite:////data/m.db", port=5123)
+    assert cmd[1:4] == ["-m", "mlflow", "ui"] and cmd[cmd.index("--port") + 1] == "5123"
+    assert cmd[cmd.index("--default-artifact-root") + 1] == "file:///data/mlartifacts"
+    assert serve_ui("http://tracking.example:5000") == 0
+    assert "http://tracking.example:5000" in capsys.readouterr().out
+
+
+# ---- a real server, killed mid-run ---------------------------------------------------------------------
+def start_server(db: Path, artifacts: Path, port: int, log: Path) -> subprocess.Popen:
+    """`mlflow server` in its own process group (its web workers are children), up when /health answers."""
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{db}",
+                             "--artifacts-destination", str(artifacts), "--host", "127.0.0.1", "--port", str(port),
+                             "--workers", "1"], stdout=open(log, "a"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"mlflow server exited: {log.read_text()[-2000:]}")
+        try:
+            if requests.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return proc
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    kill_server(proc)
+    raise AssertionError(f"mlflow server did not come up: {log.read_text()[-2000:]}")
+
+
+def kill_server(proc: subprocess.Popen) -> None:
+    """SIGKILL the server's process group (the server and its workers)."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(600)
+def test_server_killed_mid_run_spools_then_replays(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    db, artifacts, log = tmp_path / "m.db", tmp_path / "art", tmp_path / "server.log"
+    server = start_server(db, artifacts, port, log)
+    try:
+        check_reachable(uri)
+        trainer = fake_trainer()
+        tracker = RunTracker(uri, "killed", "mid-run", spool_dir=tmp_path / "spool", probe_interval=3600)
+        run_id = tracker.start()
+        tracker.log_config(trainer.cfg)
+        for epoch in (1, 2):
+            tracker(trainer, epoch_metrics(trainer, epoch))
+        client = MlflowClient(tracking_uri=uri)
+        assert steps_of(client, run_id, "val_accuracy") == [1, 2]
+
+        kill_server(server)
+        with pytest.raises(UserError):
+            check_reachable(uri, timeout=2)
+        for epoch in (3, 4, 5):
+            t0 = time.monotonic()
+            tracker(trainer, epoch_metrics(trainer, epoch))
+            assert time.monotonic() - t0 < 5, f"epoch {epoch} callback blocked on the dead server"
+        tracker.finish(trainer, {"test_accuracy": 0.61, "epochs": 5, "run_dir": str(run_dir_with_files(tmp_path))})
+        err = capsys.readouterr().err
+        assert err.count("MLflow server unreachable") == 1, err
+        assert tracker.run_id == run_id and tracker.offline
+        records = [json.loads(line) for line in tracker.spool_path.read_text().splitlines()]
+        spooled_steps = sorted({m["step"] for r in records if r["op"] == "metrics" for m in r["metrics"]})
+        assert spooled_steps == [3, 4, 5]
+        assert records[-1]["op"] == "status" and records[-1]["status"] == "FINISHED"
+
+        server = start_server(db, artifacts, port, log)
+        assert client.get_run(run_id).info.status == "RUNNING"
+        done = replay_spool(tracker.spool_path)
+        assert done["run_id"] == run_id and done["sent"] == len(records) - 1
+        run = client.get_run(run_id)
+        assert run.info.status == "FINISHED"
+        assert steps_of(client, run_id, "val_accuracy") == [1, 2, 3, 4, 5]
+        assert steps_of(client, run_id, "task_weight/rotation") == [1, 2, 3, 4, 5]
+        assert run.data.metrics["test_accuracy"] == pytest.approx(0.61)
+        assert {"config.yaml", "checkpoints/best.pt", "metrics.jsonl", "plots/task_weights.png",
+                "plots/hypergrad_norms.png"} <= artifact_paths(client, run_id)
+        assert replay_spool(tracker.spool_path)["sent"] == 0
+        assert steps_of(client, run_id, "val_accuracy") == [1, 2, 3, 4, 5]
+    finally:
+        kill_server(server)

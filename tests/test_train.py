@@ -1,0 +1,147 @@
+"""Behaviour of the single-process bi-level engine: learned weights, resume, BatchNorm, every method."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from auxray.config import config_from_dict
+from auxray.data import build_data
+from auxray.data.transforms import CIFAR_MEAN, CIFAR_STD, normalize
+from auxray.train.hyperstep import batch_stats_only, compute_hypergrad
+from auxray.train.loop import BilevelTrainer
+from tests.conftest import tiny_cifar_raw
+
+
+def synthetic_raw(**over: object) -> dict:
+    raw = {
+        "data": {"dataset": "synthetic", "seed": 0, "aux_fraction": 0.2, "val_fraction": 0.2, "augment": False},
+        "model": {"backbone": "mlp", "width": 16},
+        "method": {"name": "auxilearn_combine", "aux_task": "targets", "combiner": "linear", "aux_lr": 0.05},
+        "trainer": {"epochs": 6, "batch_size": 32, "lr": 0.01, "optimizer": "sgd", "scheduler": "none",
+                    "weight_decay": 0.0, "seed": 0, "threads": 1},
+        "hypergrad": {"method": "neumann", "steps": 5, "alpha": 0.01, "every": 2},
+        "tracking": {"enabled": False},
+    }
+    for section, values in over.items():
+        raw[section].update(values)  # type: ignore[union-attr]
+    return raw
+
+
+def params_of(trainer: BilevelTrainer) -> list[torch.Tensor]:
+    ps = [p.detach().clone() for p in trainer.model.parameters()]
+    if trainer.auxnet is not None:
+        ps += [p.detach().clone() for p in trainer.auxnet.parameters()]
+    return ps
+
+
+def test_learned_combiner_downweights_harmful_auxiliary():
+    cfg = config_from_dict(synthetic_raw())
+    trainer = BilevelTrainer(cfg, build_data(cfg.data), progress=False)
+    trainer.fit()
+    last = trainer.history[-1]
+    assert last["task_weight/harmful"] < last["task_weight/helpful"], last
+    first = trainer.history[0]
+    assert last["task_weight/harmful"] < first["task_weight/harmful"], (first, last)
+
+
+@pytest.mark.parametrize("method", ["neumann", "cg", "unroll", "fd"])
+def test_every_hypergradient_method_moves_phi(method):
+    cfg = config_from_dict(synthetic_raw(hypergrad={"method": method, "steps": 3}, trainer={"epochs": 1}))
+    trainer = BilevelTrainer(cfg, build_data(cfg.data), progress=False)
+    before = [p.detach().clone() for p in trainer.auxnet.parameters()]
+    trainer.fit()
+    after = list(trainer.auxnet.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, after))
+    assert trainer.history[-1]["hypergrad_norm"] > 0
+
+
+def test_resumed_run_matches_uninterrupted_run_synthetic():
+    cfg = config_from_dict(synthetic_raw(trainer={"epochs": 4}))
+    data = build_data(cfg.data)
+    full = BilevelTrainer(cfg, data, progress=False)
+    full.fit()
+
+    first = BilevelTrainer(cfg, data, progress=False)
+    first.fit(until_epoch=2)
+    state = copy.deepcopy(first.state_dict())
+    resumed = BilevelTrainer(cfg, data, progress=False)
+    resumed.load_state_dict(state)
+    resumed.fit()
+    for a, b in zip(params_of(full), params_of(resumed)):
+        assert torch.equal(a, b)
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("method", ["auxilearn_labels", "jtds"])
+def test_resumed_run_matches_uninterrupted_run_cifar(cifar_zip, tmp_path, method):
+    extra = {"aux_task": "rotation"} if method == "jtds" else {"psi": 2}
+    cfg = config_from_dict(tiny_cifar_raw(cifar_zip, tmp_path, name=method, **extra))
+    data = build_data(cfg.data)
+    full = BilevelTrainer(cfg, data, progress=False)
+    full.fit()
+    first = BilevelTrainer(cfg, data, progress=False)
+    first.fit(until_epoch=1)
+    state = copy.deepcopy(first.state_dict())
+    resumed = BilevelTrainer(cfg, data, progress=False)
+    resumed.load_state_dict(state)
+    resumed.fit()
+    for a, b in zip(params_of(full), params_of(resumed)):
+        assert torch.equal(a, b)
+
+
+def test_hyperstep_leaves_batchnorm_statistics_alone(cifar_zip, tmp_path):
+    cfg = config_from_dict(tiny_cifar_raw(cifar_zip, tmp_path, name="auxilearn_combine", aux_task="rotation"))
+    trainer = BilevelTrainer(cfg, build_data(cfg.data), progress=False)
+    trainer.train_iter.set_epoch(0)
+    x, y = next(iter(trainer.train_iter))
+    gen = torch.Generator().manual_seed(0)
+    batch = trainer._prepare(x, y, gen)
+    aux = trainer._prepare(*next(iter(trainer.aux_iter)), gen)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items() if "running" in k or "num_batches" in k}
+    assert before, "the ConvNet should have BatchNorm buffers"
+    grads = compute_hypergrad(trainer.objective, trainer.model, trainer.auxnet, batch, aux, cfg.hypergrad,
+                              inner_lr=0.05)
+    after = trainer.model.state_dict()
+    for k, v in before.items():
+        assert torch.equal(v, after[k]), k
+    assert len(grads) == len(list(trainer.auxnet.parameters()))
+    assert sum(float(g.abs().sum()) for g in grads) > 0
+
+
+def subclass_usage(trainer: BilevelTrainer) -> float:
+    """Effective number of sub-classes in use, as a fraction of psi, averaged over classes: the
+    perplexity of each class's mean soft-label distribution (1/psi when all its images share one
+    sub-class, 1 when they spread evenly)."""
+    it = trainer.data.train
+    trainer.auxnet.train()
+    with torch.no_grad(), batch_stats_only(trainer.auxnet):
+        probs = trainer.auxnet(normalize(it.x, CIFAR_MEAN, CIFAR_STD), it.y)
+    psi = trainer.objective.psi
+    starts = [0] + torch.tensor(psi).cumsum(0).tolist()
+    used = []
+    for c in range(len(psi)):
+        block = probs[it.y == c, starts[c]:starts[c + 1]].mean(dim=0)
+        entropy = -(block * block.clamp_min(1e-12).log()).sum()
+        used.append(float(entropy.exp()) / psi[c])
+    return sum(used) / len(used)
+
+
+def test_label_entropy_term_prevents_collapse(cifar_zip, tmp_path):
+    def run(entropy_weight: float) -> tuple[float, float]:
+        raw = tiny_cifar_raw(cifar_zip, tmp_path, name="auxilearn_labels", psi=4, entropy_weight=entropy_weight,
+                             aux_lr=0.01)
+        raw["trainer"].update(epochs=4)
+        raw["hypergrad"].update(every=1)
+        cfg = config_from_dict(raw)
+        trainer = BilevelTrainer(cfg, build_data(cfg.data), progress=False)
+        start = subclass_usage(trainer)
+        trainer.fit()
+        return start, subclass_usage(trainer)
+
+    start, with_entropy = run(1.0)
+    _, without = run(0.0)
+    assert with_entropy > 0.95, with_entropy
+    assert without < 0.6 < start, (start, without)
