@@ -308,6 +308,9 @@ def test_cg_with_zero_rhs_gives_zeros_not_nan():
     w, phi = problem.leaves()
     out = implicit_hypergrad(problem.inner(w, phi), (w[0] * 0).sum(), w, phi, method="cg", steps=5)
     assert torch.equal(out[0], torch.zeros_like(phi[0]))
+    w, phi = problem.leaves()
+    out = implicit_hypergrad(problem.inner(w, phi), torch.zeros((), dtype=DT), w, phi, method="cg", steps=5)
+    assert torch.equal(out[0], torch.zeros_like(phi[0]))
     hvp = lambda vec: tuple(2 * t for t in vec)  # noqa: E731
     u = cg_solve(hvp, (torch.zeros(3, dtype=DT),), steps=4, tol=1e-6)
     assert torch.equal(u[0], torch.zeros(3, dtype=DT))
@@ -378,3 +381,24 @@ def test_frozen_batchnorm_stats_restores_running_stats():
     for k, v in before.items():
         assert torch.equal(after[k], v), k
         assert id(after[k]) == ids[k], k
+
+
+# ---------------------------------------------------------------- benchmark smoke test
+
+
+def test_bench_runs_and_agrees_with_naive_baseline():
+    import json
+
+    from auxray.bench.hypergrad import run_hypergrad_bench
+
+    out = run_hypergrad_bench(backbones=("convnet4",), ks=(1,), batch_size=4, repeats=1, width=4)
+    json.dumps(out)
+    (bb,) = out["backbones"]
+    methods = {(r["method"], r["hvp"]) for r in bb["results"]}
+    assert {("neumann", "revrev"), ("neumann", "fwdrev"), ("cg", "revrev"), ("naive_neumann", "revrev"),
+            ("unroll", None), ("finite_difference", None)} <= methods
+    assert all(r["seconds"] > 0 and r["ratio_to_plain_step"] > 0 for r in bb["results"])
+    assert bb["naive_vs_auxray_max_rel_diff"] < 1e-4
+    assert set(bb["speedup_vs_naive"]["1"]) == {"revrev", "fwdrev"}
+    with pytest.raises(ValueError):
+        run_hypergrad_bench(methods=("bogus",))

@@ -39,7 +39,7 @@ from auxray.tracking import (
     start_parent,
     tracked_run,
 )
-from auxray.tracking.ui import ui_command
+from auxray.tracking.ui import ui_command, ui_env
 
 CLASSES = ["cat", "dog", "ship"]
 
@@ -266,24 +266,33 @@ def test_ui_command(capsys: pytest.CaptureFixture) -> None:
 
 
 # ---- a real server, killed mid-run ---------------------------------------------------------------------
+def wait_healthy(port: int, proc: subprocess.Popen, log: Path, seconds: float = 120) -> None:
+    """Poll /health until it answers 200 (bounded); fail with the log when the process dies or never answers."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited: {log.read_text()[-2000:]}")
+        try:
+            if requests.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"server did not come up: {log.read_text()[-2000:]}")
+
+
 def start_server(db: Path, artifacts: Path, port: int, log: Path) -> subprocess.Popen:
     """`mlflow server` in its own process group (its web workers are children), up when /health answers."""
     proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{db}",
                              "--artifacts-destination", str(artifacts), "--host", "127.0.0.1", "--port", str(port),
                              "--workers", "1"], stdout=open(log, "a"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"mlflow server exited: {log.read_text()[-2000:]}")
-        try:
-            if requests.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return proc
-        except requests.RequestException:
-            pass
-        time.sleep(0.5)
-    kill_server(proc)
-    raise AssertionError(f"mlflow server did not come up: {log.read_text()[-2000:]}")
+                            start_new_session=True, env=ui_env())
+    try:
+        wait_healthy(port, proc, log)
+    except AssertionError:
+        kill_server(proc)
+        raise
+    return proc
 
 
 def kill_server(proc: subprocess.Popen) -> None:
@@ -342,3 +351,68 @@ def test_server_killed_mid_run_spools_then_replays(tmp_path: Path, capsys: pytes
         assert steps_of(client, run_id, "val_accuracy") == [1, 2, 3, 4, 5]
     finally:
         kill_server(server)
+
+
+def test_tracker_resends_the_spool_when_the_store_comes_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture) -> None:
+    import auxray.tracking.tracker as tracker_module
+
+    down = {"now": False}
+    real_apply = tracker_module.apply_record
+
+    def flaky_apply(client: MlflowClient, run_id: str, record: dict) -> None:
+        if down["now"]:
+            raise requests.ConnectionError("connection refused")
+        real_apply(client, run_id, record)
+
+    monkeypatch.setattr(tracker_module, "apply_record", flaky_apply)
+    uri = f"sqlite:///{tmp_path}/m.db"
+    trainer = fake_trainer()
+    with tracked_run(uri, "flaky", spool_dir=tmp_path / "spool", probe_interval=0) as tracker:
+        tracker(trainer, epoch_metrics(trainer, 1))
+        down["now"] = True
+        tracker(trainer, epoch_metrics(trainer, 2))
+        assert tracker.offline and tracker.spool_path.is_file()
+        down["now"] = False
+        tracker(trainer, epoch_metrics(trainer, 3))
+        assert not tracker.offline
+    err = capsys.readouterr().err
+    assert err.count("MLflow server unreachable") == 1 and "reachable again; resent 1 buffered" in err
+    client = MlflowClient(tracking_uri=uri)
+    assert steps_of(client, tracker.run_id, "val_accuracy") == [1, 2, 3]
+    assert client.get_run(tracker.run_id).info.status == "FINISHED"
+    assert replay_spool(tracker.spool_path)["sent"] == 0
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(300)
+def test_serve_ui_serves_the_local_store_and_stops_on_ctrl_c(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path}/m.db"
+    with tracked_run(uri, "ui", "shown") as tracker:
+        tracker.log_metrics({"val_accuracy": 0.5}, step=1)
+    port, log = free_port(), tmp_path / "ui.log"
+    proc = subprocess.Popen([sys.executable, "-c", f"import sys; from auxray.tracking import serve_ui; "
+                             f"sys.exit(serve_ui({uri!r}, port={port}))"], stdout=open(log, "a"),
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_healthy(port, proc, log)
+        resp = requests.post(f"http://127.0.0.1:{port}/api/2.0/mlflow/runs/search", json={"experiment_ids": ["1"]},
+                             timeout=10)
+        assert [r["info"]["run_id"] for r in resp.json()["runs"]] == [tracker.run_id]
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 130
+        with pytest.raises(requests.RequestException):
+            requests.get(f"http://127.0.0.1:{port}/health", timeout=2)
+        leftovers = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _cmdline_has(p, str(tmp_path))]
+        assert leftovers == []
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+
+
+def _cmdline_has(proc_dir: Path, text: str) -> bool:
+    try:
+        return text in (proc_dir / "cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return False

@@ -5,7 +5,8 @@ Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` minus the allocation at
 on CPU the high-water mark of the process RSS above its value at the call's start, sampled every
 millisecond by a thread reading /proc/self/statm (after gc and glibc ``malloc_trim``), so it counts
 everything the process touched, allocator slack included; ``None`` where /proc is missing.
-The memory is taken on the warm-up run; timings are the median of the following ``repeats`` runs.
+The memory is taken on the warm-up run; timings are the median (and the min, steadier on a
+shared machine) of the following ``repeats`` runs.
 """
 
 from __future__ import annotations
@@ -185,7 +186,7 @@ def _measure(fn: Callable[[], object], device: str, repeats: int) -> dict[str, f
         sync()
         times.append(time.perf_counter() - t0)
     peak = None if mem.peak_mb is None else round(mem.peak_mb, 1)
-    return {"seconds": statistics.median(times), "peak_mem_mb": peak}
+    return {"seconds": statistics.median(times), "min_seconds": min(times), "peak_mem_mb": peak}
 
 
 def _cases(problem: Problem, ks: tuple[int, ...], methods: tuple[str, ...], hvps: tuple[str, ...]):

@@ -29,7 +29,10 @@ def solve(hvp: HVP, v: Vec, *, method: str, steps: int, alpha: float, tol: float
 
 def _outer_gradient(outer_loss: Tensor, params: Vec, reduce: Reduce | None) -> Vec:
     """v = dL_A/dW, zeros where L_A does not reach, reduced when a hook is given."""
-    grads = torch.autograd.grad(outer_loss, params, retain_graph=True, allow_unused=True)
+    if outer_loss.requires_grad:
+        grads = torch.autograd.grad(outer_loss, params, retain_graph=True, allow_unused=True)
+    else:
+        grads = (None,) * len(params)
     v = tuple(g.detach() for g in fill_zeros(grads, params))
     return tuple(reduce(v)) if reduce is not None else v
 

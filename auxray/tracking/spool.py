@@ -43,6 +43,17 @@ def is_unavailable(exc: BaseException) -> bool:
     return type(exc).__name__ == "OperationalError"
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type name when it has none), clipped."""
+    lines = str(exc).strip().splitlines()
+    return (lines[0] if lines else type(exc).__name__)[:300]
+
+
+def record_timeout(record: dict[str, Any], timeout: float) -> float:
+    """Per-request timeout for a record: file uploads get six times the budget of small calls."""
+    return timeout * 6 if record["op"] == "artifact" else timeout
+
+
 def sent_path(spool: Path) -> Path:
     """The sidecar that marks delivered records."""
     return spool.with_name(spool.name + ".sent")
@@ -158,29 +169,45 @@ def replay_spool(path: str | Path, uri: str | None = None, *, timeout: float = 1
     check_reachable(uri, timeout=timeout)
     client = MlflowClient(tracking_uri=uri)
     sent = skipped = 0
-    with http_limits(timeout=timeout, retries=2):
-        try:
+    try:
+        with http_limits(timeout=timeout, retries=2):
             if target is None or not run_exists(client, target):
                 target = header["run_id"]
                 if not run_exists(client, target):
                     target = _recreate(client, uri, header)
                 _mark(path, {"run_id": target})
-            for record in records:
-                if record["seq"] in done:
-                    continue
-                if record["op"] == "artifact" and not Path(record["path"]).exists():
-                    print(f"auxray: spooled artifact {record['path']} no longer exists; skipped", file=sys.stderr)
-                    skipped += 1
-                else:
-                    apply_record(client, target, record)
-                    sent += 1
-                _mark(path, {"seq": record["seq"]})
-        except Exception as exc:
-            if is_unavailable(exc):
-                raise UserError(f"MLflow tracking server at {uri} is unreachable: {str(exc).splitlines()[0]}; "
-                                f"{sent} records sent, run the replay again later") from None
-            raise
+        for record in records:
+            if record["seq"] in done:
+                continue
+            if _deliver(client, target, record, timeout):
+                sent += 1
+            else:
+                skipped += 1
+            _mark(path, {"seq": record["seq"]})
+    except Exception as exc:
+        if is_unavailable(exc):
+            raise UserError(f"MLflow tracking server at {uri} is unreachable: {first_line(exc)}; "
+                            f"{sent} records sent, run the replay again later") from None
+        raise
     return {"run_id": target, "sent": sent, "skipped": skipped, "already_sent": len(done)}
+
+
+def _deliver(client: MlflowClient, run_id: str, record: dict[str, Any], timeout: float) -> bool:
+    """Send one spooled record; False (with a warning) when it can never be delivered: a vanished file or a
+    payload the store rejects. Unavailability propagates."""
+    if record["op"] == "artifact" and not Path(record["path"]).exists():
+        print(f"auxray: spooled artifact {record['path']} no longer exists; skipped", file=sys.stderr)
+        return False
+    try:
+        with http_limits(timeout=record_timeout(record, timeout), retries=2):
+            apply_record(client, run_id, record)
+    except Exception as exc:
+        if is_unavailable(exc):
+            raise
+        print(f"auxray: MLflow rejected spooled {record['op']} #{record['seq']}: {first_line(exc)}; skipped",
+              file=sys.stderr)
+        return False
+    return True
 
 
 def _recreate(client: MlflowClient, uri: str, header: dict[str, Any]) -> str:

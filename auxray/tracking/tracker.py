@@ -20,7 +20,16 @@ from mlflow.exceptions import MlflowException
 
 from auxray.config import RunConfig
 from auxray.errors import UserError
-from auxray.tracking.spool import Spool, apply_record, experiment_id, is_unavailable, now_ms, replay_spool
+from auxray.tracking.spool import (
+    Spool,
+    apply_record,
+    experiment_id,
+    first_line,
+    is_unavailable,
+    now_ms,
+    record_timeout,
+    replay_spool,
+)
 from auxray.tracking.uri import http_limits, is_http, resolve_uri, server_healthy
 
 Status = Literal["FINISHED", "FAILED", "KILLED"]
@@ -65,11 +74,6 @@ def _as_number(value: Any) -> float | None:
         except (TypeError, ValueError):
             return None
     return None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:300]
 
 
 class RunTracker:
@@ -201,7 +205,7 @@ class RunTracker:
                 for png in self._plots(trainer, run_dir):
                     self.log_artifact(png, "plots")
         except Exception as exc:
-            self._warn_once("finish", f"auxray: tracking could not log the run's results: {_first_line(exc)}")
+            self._warn_once("finish", f"auxray: tracking could not log the run's results: {first_line(exc)}")
         finally:
             self.end(status)
 
@@ -212,7 +216,7 @@ class RunTracker:
 
             return write_plots(trainer, out)
         except Exception as exc:
-            self._warn_once("plots", f"auxray: could not draw the run's plots: {_first_line(exc)}")
+            self._warn_once("plots", f"auxray: could not draw the run's plots: {first_line(exc)}")
             return []
 
     # ---- delivery ------------------------------------------------------------------------
@@ -231,7 +235,7 @@ class RunTracker:
             self._get_spool().append(record)
             return
         try:
-            with http_limits(self.timeout):
+            with http_limits(record_timeout(record, self.timeout)):
                 apply_record(self.client, self.run_id, record)
         except Exception as exc:
             if is_unavailable(exc):
@@ -239,13 +243,13 @@ class RunTracker:
                 self._get_spool().append(record)
             else:
                 self._warn_once(f"reject:{record['op']}",
-                                f"auxray: MLflow rejected the run's {record['op']}: {_first_line(exc)}")
+                                f"auxray: MLflow rejected the run's {record['op']}: {first_line(exc)}")
 
     def _go_offline(self, exc: BaseException) -> None:
         self.offline = True
         self._last_probe = time.monotonic()
         self._warn_once("offline", f"auxray: MLflow server unreachable; buffering to {self.spool_path}; "
-                                   f"resend with `auxray tracking replay {self.spool_path}` ({_first_line(exc)})")
+                                   f"resend with `auxray tracking replay {self.spool_path}` ({first_line(exc)})")
 
     def _recover(self) -> bool:
         """At most every probe_interval seconds: if the store answers, resend the spool and go back online."""
@@ -285,7 +289,7 @@ def tracked_run(uri: str | None, experiment: str = "auxray", run_name: str | Non
         yield tracker
     except BaseException as exc:
         if not tracker.ended:
-            tracker.set_tags({"auxray.error": f"{type(exc).__name__}: {_first_line(exc)}"})
+            tracker.set_tags({"auxray.error": f"{type(exc).__name__}: {first_line(exc)}"})
             tracker.end("FAILED")
         raise
     else:
@@ -306,7 +310,7 @@ def start_parent(uri: str | None, experiment: str, sweep_name: str, tags: dict[s
             return client.create_run(exp, tags=all_tags, run_name=sweep_name).info.run_id
     except MlflowException as exc:
         if is_unavailable(exc):
-            raise UserError(f"MLflow tracking server at {uri} is unreachable: {_first_line(exc)}") from None
+            raise UserError(f"MLflow tracking server at {uri} is unreachable: {first_line(exc)}") from None
         raise
 
 
@@ -330,4 +334,4 @@ def end_parent(uri: str | None, run_id: str, status: Status = "FINISHED") -> Non
         with http_limits():
             MlflowClient(tracking_uri=resolve_uri(uri)).set_terminated(run_id, status)
     except Exception as exc:
-        print(f"auxray: could not end MLflow parent run {run_id}: {_first_line(exc)}", file=sys.stderr, flush=True)
+        print(f"auxray: could not end MLflow parent run {run_id}: {first_line(exc)}", file=sys.stderr, flush=True)

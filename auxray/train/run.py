@@ -84,13 +84,13 @@ def run_training(
     """Train cfg in this process and return the final summary (test accuracy of the best-on-validation
     weights, timings, run directory)."""
     t0 = time.perf_counter()
+    data = build_data(cfg.data)
     base = Path(cfg.trainer.checkpoint_dir) if cfg.trainer.checkpoint_dir else Path(runs_root)
     run_dir = newest_run_dir(base, name) if resume else None
     if resume and run_dir is None:
         raise UserError(f"nothing to resume: no checkpoint under {base / name}")
     run_dir = run_dir or new_run_dir(base, name)
     (run_dir / "config.json").write_text(cfg.model_dump_json(indent=2))
-    data = build_data(cfg.data)
 
     def epoch_log(trainer: BilevelTrainer, metrics: dict[str, Any]) -> None:
         log(format_metrics(metrics, cfg.trainer.epochs))
