@@ -8,9 +8,12 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable, NoReturn, Sequence
+from typing import TYPE_CHECKING, Any, Callable, NoReturn, Sequence
 
 from auxray.errors import UserError
+
+if TYPE_CHECKING:
+    from auxray.config import RunConfig
 
 EXIT_USAGE = 2
 
@@ -35,6 +38,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local instance)")
     p.add_argument("--name", default=None, help="run name (default: the config file's stem)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else ./mlflow.db)")
     p.set_defaults(func=cmd_train)
 
 
@@ -81,15 +86,20 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides.append(f"scaling.address={args.address}")
     cfg = load_config(args.config, overrides)
     name = args.name or Path(args.config).stem
-    distributed = cfg.scaling.workers > 1 or cfg.scaling.use_ray or cfg.scaling.gpus_per_worker > 0
-    if distributed:
-        from auxray.train.ray_run import run_distributed
+    if cfg.tracking.enabled:
+        from auxray.tracking import check_reachable, resolve_uri, tracked_run
 
-        result = run_distributed(cfg, name=name, resume=args.resume, progress=not args.no_progress)
+        uri = resolve_uri(args.tracking_uri, cfg.tracking)
+        check_reachable(uri)
+        with tracked_run(uri, cfg.tracking.experiment, cfg.tracking.run_name or name, cfg=cfg) as tracker:
+            result = _train(cfg, name, args, callbacks=[tracker])
+            if "history" in result:
+                for metrics in result["history"]:
+                    tracker.log_metrics(metrics, step=int(metrics["epoch"]))
+            tracker.finish(result=result)
+        result["mlflow_run_id"] = tracker.run_id
     else:
-        from auxray.train.run import run_training
-
-        result = run_training(cfg, name=name, resume=args.resume, progress=not args.no_progress)
+        result = _train(cfg, name, args, callbacks=[])
     if args.json:
         _print_json(result)
     else:
@@ -97,6 +107,18 @@ def cmd_train(args: argparse.Namespace) -> int:
         shown = f"test accuracy {acc:.4f}" if acc is not None else json.dumps(result)
         print(f"{result['method']}: {shown} in {result['seconds']:.1f}s", flush=True)
     return 0
+
+
+def _train(cfg: "RunConfig", name: str, args: argparse.Namespace, callbacks: list) -> dict[str, Any]:
+    """Run in this process, or on Ray Train when the config asks for workers or GPUs (its per-epoch
+    history then comes back with the result and is logged by the caller)."""
+    if cfg.scaling.workers > 1 or cfg.scaling.use_ray or cfg.scaling.gpus_per_worker > 0:
+        from auxray.train.ray_run import run_distributed
+
+        return run_distributed(cfg, name=name, resume=args.resume, progress=not args.no_progress)
+    from auxray.train.run import run_training
+
+    return run_training(cfg, name=name, resume=args.resume, progress=not args.no_progress, callbacks=callbacks)
 
 
 def cmd_bench_hypergrad(args: argparse.Namespace) -> int:

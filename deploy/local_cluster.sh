@@ -17,7 +17,19 @@
 #   RAY_START_TIMEOUT=120         seconds to wait for the nodes to come up
 #   RAY=ray                       the ray CLI (falls back to <repo>/.venv/bin/ray)
 #
-# Every service listens on 127.0.0.1 only (--node-ip-address and --dashboard-host).
+#   RAY_NODE_IP=127.0.0.2         --node-ip-address of both nodes (see below why not 127.0.0.1)
+#
+# Addresses (checked with `ss -ltnp` on Ray 2.60):
+# * The dashboard and its job-submission API listen on 127.0.0.1 only (--dashboard-host).
+# * `ray start --node-ip-address=127.0.0.1` does NOT give a loopback node on Linux: Ray rewrites
+#   "127.0.0.1"/"localhost"/"::1" to the host's routable IP (services.resolve_ip_for_localhost), so
+#   the node IP, GCS address and the Python agents (dashboard agent HTTP, runtime-env agent) end
+#   up on e.g. 192.0.2.2. Ray's escape hatch, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, also forbids
+#   worker nodes from joining. Any other 127.x.y.z address is left alone and is loopback on Linux,
+#   so the default node IP is 127.0.0.2: Ray's own addresses and Python agents stay on loopback.
+# * Still on all interfaces in Ray 2.60 whatever the flags: the C++ gRPC servers (gcs_server,
+#   raylet node/object manager, core workers), the metrics agent gRPC port and the Prometheus
+#   exporters. On a machine reachable by others, firewall it or run this inside a container/netns.
 #
 # What was checked on Ray 2.60 (2 cores, 24 GB, one machine):
 # * Two nodes on one machine share ONE --temp-dir and ONE session dir (the worker finds the head's
@@ -61,9 +73,9 @@ TIMEOUT="${RAY_START_TIMEOUT:-120}"
 
 log() { echo "[local_cluster] $*" >&2; }
 
-# A free TCP port on 127.0.0.1 (bind to 0 and read it back; tiny race, fine for a dev box).
+# A free TCP port on every interface (Ray C++ servers bind all of them; bind to 0 and read it back; tiny race, fine for a dev box).
 free_port() {
-  "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+  "$PY" -c 'import socket; s=socket.socket(); s.bind(("", 0)); print(s.getsockname()[1]); s.close()'
 }
 
 # $1 port, or 0 for a free one.

@@ -66,8 +66,10 @@ def implicit_hypergrad(
 ) -> tuple[Tensor, ...]:
     """dL_A/dphi = -M^T (H + damping I)^{-1} v from the graphs of L_T and L_A (reverse-over-reverse HVPs).
 
-    ``reduce`` is applied to v, to every H-vector product when ``reduce_hvp``, and to the result.
-    Neumann includes the factor alpha (AuxiLearn's reference code drops it: its result is ours / alpha).
+    ``steps`` is the Neumann depth K, or CG's iteration cap (at least 1); CG stops once
+    ||r|| <= tol * ||v||. ``reduce`` is applied to v, to every H-vector product when ``reduce_hvp``,
+    and to the result. Neumann includes the factor alpha (AuxiLearn's reference code drops it: its
+    result is ours / alpha).
     """
     params, hparams = tuple(params), tuple(hparams)
     grads = gradient_graph(inner_loss, params)

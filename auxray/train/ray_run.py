@@ -27,8 +27,9 @@ def ensure_ray(address: str | None, *, num_cpus: int | None = None) -> None:
         if target:
             ray.init(address=target, log_to_driver=True)
         else:
-            ray.init(num_cpus=num_cpus, object_store_memory=LOCAL_OBJECT_STORE_BYTES, include_dashboard=False,
-                     log_to_driver=True)
+            # The dashboard stays on (Ray Train's state API needs it), bound to loopback only.
+            ray.init(num_cpus=num_cpus, object_store_memory=LOCAL_OBJECT_STORE_BYTES, include_dashboard=True,
+                     dashboard_host="127.0.0.1", log_to_driver=True)
     except (ConnectionError, RuntimeError, ValueError) as err:
         raise UserError(f"cannot reach the Ray cluster at {target or 'a new local instance'}: "
                         f"{str(err).splitlines()[0]}") from None

@@ -47,15 +47,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if rank == 0:
             print(format_metrics(metrics, cfg.trainer.epochs), flush=True)
         due = trainer.epoch % cfg.trainer.checkpoint_every == 0 or trainer.epoch == cfg.trainer.epochs
-        state = trainer.state_dict() if rank == 0 and due else None
-        if state is not None:
-            with tempfile.TemporaryDirectory() as tmp:
-                save_checkpoint(state, Path(tmp) / LATEST)
-                (Path(tmp) / "metrics.json").write_text(json.dumps(metrics))
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
-                                 checkpoint_dir_name=f"epoch_{trainer.epoch:05d}")
-        else:
-            ray.train.report(metrics, checkpoint=None)
+        report_with_state(trainer, metrics, rank == 0 and due, f"epoch_{trainer.epoch:05d}")
 
     data = build_data(cfg.data)
     trainer = BilevelTrainer(cfg, data, collective=collective, phi_updater=make_updater, callbacks=[report],
@@ -77,10 +69,23 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     test = trainer.test(best=True)
     final = {f"test_{k}": v for k, v in test.items()}
     final.update({"epoch": trainer.epoch, "step": trainer.step, "done": 1, "allreduce_bytes": collective.bytes_sent,
-                  "best_val_accuracy": trainer.best["val_accuracy"], "best_epoch": trainer.best["epoch"]})
-    if trainer.phi is not None:
-        final["phi_bytes_sent"] = getattr(trainer.phi, "bytes_sent", 0)
-    ray.train.report(final, checkpoint=None)
+                  "best_val_accuracy": trainer.best["val_accuracy"], "best_epoch": trainer.best["epoch"],
+                  "phi_bytes_sent": getattr(trainer.phi, "bytes_sent", 0)})
+    # The final report carries the final state too: Ray Train keeps the metrics that come with a
+    # checkpoint, so this is what Result.metrics holds at the end.
+    report_with_state(trainer, final, rank == 0, "final")
+
+
+def report_with_state(trainer: BilevelTrainer, metrics: dict[str, Any], with_state: bool, dir_name: str) -> None:
+    """ray.train.report on every rank (it is a barrier); the rank that passes with_state attaches
+    the trainer's full state as a checkpoint."""
+    if not with_state:
+        ray.train.report(metrics, checkpoint=None)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        save_checkpoint(trainer.state_dict(), Path(tmp) / LATEST)
+        (Path(tmp) / "metrics.json").write_text(json.dumps(metrics))
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp), checkpoint_dir_name=dir_name)
 
 
 def _arm_fault(fault: dict[str, Any], trainer: BilevelTrainer, rank: int, coordinator: Any) -> None:

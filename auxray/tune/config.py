@@ -1,0 +1,222 @@
+"""Sweep configuration: a base run config, overrides, and a search space over the settings that
+hypergradients cannot tune (outer learning rate, Neumann depth and step, update period, ...)."""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+
+from auxray.config import RunConfig, config_from_dict, format_validation_error, read_yaml
+from auxray.errors import UserError
+
+Scalar = bool | int | float | str | None
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ParamSpace(_Strict):
+    """One searched key: a float range (uniform or log), an integer range, or a choice of values."""
+
+    type: Literal["loguniform", "uniform", "int", "choice"]
+    low: float | None = None
+    high: float | None = None
+    values: list[Scalar] | None = None
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _complete(self) -> "ParamSpace":
+        if self.type == "choice":
+            if not self.values:
+                raise ValueError("a choice needs a non-empty `values` list")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError(f"a {self.type} range needs `low` and `high`")
+        if not self.low < self.high:
+            raise ValueError("`low` must be below `high`")
+        if self.type == "loguniform" and self.low <= 0:
+            raise ValueError("a loguniform range needs `low` > 0")
+        if self.type == "int" and (self.low != int(self.low) or self.high != int(self.high)):
+            raise ValueError("an int range needs whole-number `low` and `high`")
+        return self
+
+    @property
+    def is_log(self) -> bool:
+        """True for log-scaled ranges."""
+        return self.type == "loguniform" or (self.type in ("uniform", "int") and self.log)
+
+    def samples(self) -> list[Any]:
+        """Representative values (both ends, or every choice) used to validate the key against RunConfig."""
+        if self.type == "choice":
+            return list(self.values or [])
+        if self.type == "int":
+            return [int(self.low), int(self.high)]
+        return [float(self.low), float(self.high)]
+
+
+class SchedulerConfig(_Strict):
+    """Early stopping: ASHA over epochs (training_iteration), or none (every trial runs to the end)."""
+
+    type: Literal["asha", "none"] = "asha"
+    grace_period: int = Field(1, ge=1)
+    reduction_factor: float = Field(2, gt=1)
+
+
+class SweepTracking(_Strict):
+    """Where the sweep's parent and trial runs go; unset fields fall back to the base config's tracking."""
+
+    uri: str | None = None
+    experiment: str | None = None
+
+
+class SweepConfig(_Strict):
+    """One sweep file."""
+
+    base: str
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+    overrides: dict[str, Any] = Field(default_factory=dict)
+    space: dict[str, ParamSpace]
+    trials: int = Field(8, ge=1)
+    concurrency: int = Field(2, ge=1)
+    search: Literal["tpe", "random"] = "tpe"
+    seed: int = 0
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    metric: str = "val_accuracy"
+    mode: Literal["max", "min"] = "max"
+    cpus_per_trial: float = Field(1, gt=0)
+    storage: str = "runs/sweeps"
+    tracking: SweepTracking = Field(default_factory=SweepTracking)
+    _source_dir: str = PrivateAttr(".")
+
+    @model_validator(mode="after")
+    def _non_empty_space(self) -> "SweepConfig":
+        if not self.space:
+            raise ValueError("the search space is empty")
+        return self
+
+    @property
+    def base_path(self) -> Path:
+        """The base run config, relative to the sweep file's folder."""
+        p = Path(self.base).expanduser()
+        return p if p.is_absolute() else Path(self._source_dir) / p
+
+    @property
+    def storage_path(self) -> Path:
+        """Absolute folder holding the Tune experiment (relative paths resolve against the working directory)."""
+        return Path(self.storage).expanduser().resolve()
+
+    @property
+    def experiment_dir(self) -> Path:
+        """The Tune experiment folder of this sweep."""
+        return self.storage_path / self.name
+
+    @property
+    def epochs(self) -> int:
+        """Epochs of one full trial."""
+        return self.base_config().trainer.epochs
+
+    def base_raw(self) -> dict[str, Any]:
+        """The base config's raw mapping with the sweep's overrides applied."""
+        raw = read_yaml(self.base_path)
+        for key, value in self.overrides.items():
+            set_dotted(raw, key, value)
+        return raw
+
+    def base_config(self) -> RunConfig:
+        """The validated base config (before any trial parameters)."""
+        return config_from_dict(self.base_raw(), f"{self.base_path} (with sweep overrides)")
+
+    def trial_config(self, params: dict[str, Any]) -> RunConfig:
+        """The run config of one trial: base + overrides + the trial's parameters, with paths made absolute
+        (trials run in their own working directories)."""
+        raw = self.base_raw()
+        for key, value in params.items():
+            set_dotted(raw, key, value)
+        cfg = config_from_dict(raw, f"trial of sweep {self.name}")
+        return absolute_paths(cfg)
+
+
+def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    """Set ``section.key`` in a raw config mapping, creating sections as needed."""
+    parts = [p for p in key.split(".") if p]
+    if not parts:
+        raise UserError(f"empty config key {key!r} in the sweep")
+    node = raw
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise UserError(f"sweep key {key}: {part!r} is not a section")
+        node = child
+    node[parts[-1]] = copy.deepcopy(value)
+
+
+def absolute_paths(cfg: RunConfig) -> RunConfig:
+    """Data root, cache and checkpoint folders resolved against the driver's working directory."""
+    d, t = cfg.data, cfg.trainer
+    d.root = str(Path(d.root).expanduser().resolve())
+    if d.cache_dir:
+        d.cache_dir = str(Path(d.cache_dir).expanduser().resolve())
+    if t.checkpoint_dir:
+        t.checkpoint_dir = str(Path(t.checkpoint_dir).expanduser().resolve())
+    return cfg
+
+
+def _known_key(key: str) -> bool:
+    """Whether a dotted key names a field of RunConfig."""
+    model: Any = RunConfig
+    for part in key.split("."):
+        fields = getattr(model, "model_fields", None)
+        if not fields or part not in fields:
+            return False
+        model = fields[part].annotation
+    return not hasattr(model, "model_fields")
+
+
+def validate_space(sweep: SweepConfig) -> None:
+    """Every overridden or searched key must exist in RunConfig and accept the values the search may pick."""
+    for key in sweep.overrides:
+        if not _known_key(key):
+            raise UserError(f"sweep {sweep.name}: override key {key!r} is not a run config key")
+    base = sweep.base_raw()
+    for key, spec in sweep.space.items():
+        if not _known_key(key):
+            raise UserError(f"sweep {sweep.name}: space key {key!r} is not a run config key")
+        for value in spec.samples():
+            raw = copy.deepcopy(base)
+            set_dotted(raw, key, value)
+            try:
+                RunConfig.model_validate(raw)
+            except ValidationError as err:
+                msg = format_validation_error(err, f"sweep {sweep.name} with {key}={value!r}")
+                raise UserError(msg) from None
+    sweep.base_config()
+
+
+def load_sweep(path: str | Path) -> SweepConfig:
+    """Read, validate and check a sweep file (bad keys or values are one-line UserErrors)."""
+    p = Path(path)
+    raw = read_yaml(p)
+    raw.setdefault("name", p.stem)
+    try:
+        sweep = SweepConfig.model_validate(raw)
+    except ValidationError as err:
+        raise UserError(format_validation_error(err, str(p))) from None
+    sweep._source_dir = str(p.resolve().parent)
+    if not sweep.base_path.is_file():
+        raise UserError(f"sweep {p}: base config not found: {sweep.base_path}")
+    validate_space(sweep)
+    return sweep
+
+
+def finite(value: Any) -> float | None:
+    """A finite float, or None."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None

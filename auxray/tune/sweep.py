@@ -1,0 +1,208 @@
+"""The sweep driver: a Ray Tune experiment whose trials are bi-level runs, one MLflow parent run per sweep
+and one child run per trial, resumable after the driver dies (Tuner.restore)."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from auxray.errors import UserError
+from auxray.tracking import check_reachable, end_parent, resolve_uri
+from auxray.tune.callbacks import ActiveSweep, TrialCloser, activate
+from auxray.tune.config import SweepConfig, finite
+from auxray.tune.runs import children, fail_stale_children, parent_run
+from auxray.tune.space import scheduler_for, search_setup
+from auxray.tune.trial import TrialContext, make_trainable
+
+OBJECT_STORE_BYTES = 200 * 1024 * 1024
+MAX_TRIAL_FAILURES = 1
+EXPERIMENT_STATE_PERIOD_S = "2"
+
+
+def start_ray() -> bool:
+    """Join RAY_ADDRESS, or start a small local instance; True when this call started Ray."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = os.environ.get("RAY_ADDRESS")
+    try:
+        if address:
+            ray.init(address=address, log_to_driver=False)
+        else:
+            ray.init(num_cpus=os.cpu_count() or 1, object_store_memory=OBJECT_STORE_BYTES, include_dashboard=False,
+                     log_to_driver=False)
+    except (ConnectionError, RuntimeError, ValueError) as err:
+        raise UserError(f"cannot start or reach Ray ({address or 'local'}): {str(err).splitlines()[0]}") from None
+    return True
+
+
+def _trial_resources(sweep: SweepConfig) -> dict[str, float]:
+    """A single-process trial takes cpus_per_trial; a data-parallel one only hosts the Ray Train driver."""
+    if sweep.base_config().scaling.workers > 1:
+        return {"cpu": 0.01}
+    return {"cpu": sweep.cpus_per_trial}
+
+
+def _tuner(ctx: TrialContext, resume: bool) -> Any:
+    """A new Tuner for the sweep, or the one restored from its experiment folder."""
+    from ray import tune
+
+    sweep = ctx.sweep
+    trainable = tune.with_resources(make_trainable(ctx), _trial_resources(sweep))
+    path = str(sweep.experiment_dir)
+    if resume:
+        return tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
+    search_alg, param_space = search_setup(sweep)
+    return tune.Tuner(
+        trainable,
+        param_space=param_space,
+        tune_config=tune.TuneConfig(
+            metric=sweep.metric,
+            mode=sweep.mode,
+            search_alg=search_alg,
+            scheduler=scheduler_for(sweep, sweep.epochs),
+            num_samples=sweep.trials,
+            max_concurrent_trials=sweep.concurrency,
+        ),
+        run_config=tune.RunConfig(
+            name=sweep.name,
+            storage_path=str(sweep.storage_path),
+            failure_config=tune.FailureConfig(max_failures=MAX_TRIAL_FAILURES),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            callbacks=[TrialCloser()],
+            verbose=0,
+        ),
+    )
+
+
+def _check_experiment(sweep: SweepConfig, resume: bool) -> None:
+    """--resume needs an earlier experiment; a fresh sweep must not overwrite one."""
+    from ray import tune
+
+    path = sweep.experiment_dir
+    exists = path.is_dir() and tune.Tuner.can_restore(str(path))
+    if resume and not exists:
+        raise UserError(f"nothing to resume: no sweep {sweep.name!r} under {sweep.storage_path}")
+    if not resume and path.exists():
+        raise UserError(f"sweep {sweep.name!r} already exists at {path}; continue it with --resume, "
+                        f"or rename the sweep / remove that folder")
+
+
+def summarise_grid(grid: Any, sweep: SweepConfig, epochs: int) -> dict[str, Any]:
+    """Per-trial outcomes and the best trial: the best `best_<metric>` among trials that ran every epoch
+    (any trial when none did), with its test accuracy."""
+    rows = []
+    for result in grid:
+        metrics = result.metrics or {}
+        rows.append({
+            "trial_id": metrics.get("trial_id") or (result.path or "").rsplit("/", 1)[-1],
+            "params": dict(result.config or {}),
+            "epochs": int(metrics.get("epoch", 0) or 0),
+            "score": finite(metrics.get(f"best_{sweep.metric}", metrics.get(sweep.metric))),
+            "val_accuracy": finite(metrics.get("best_val_accuracy", metrics.get("val_accuracy"))),
+            "test_accuracy": finite(metrics.get("test_accuracy")),
+            "error": result.error is not None,
+        })
+    sign = 1 if sweep.mode == "max" else -1
+    scored = [r for r in rows if r["score"] is not None]
+    complete = [r for r in scored if r["epochs"] >= epochs and r["test_accuracy"] is not None]
+    pool = complete or scored
+    best = max(pool, key=lambda r: sign * r["score"]) if pool else None
+    return {
+        "trials": len(rows),
+        "completed": sum(1 for r in rows if r["epochs"] >= epochs and not r["error"]),
+        "stopped_early": sum(1 for r in rows if 0 < r["epochs"] < epochs and not r["error"]),
+        "errored": sum(1 for r in rows if r["error"]),
+        "trial_epochs": sum(r["epochs"] for r in rows),
+        "budget_epochs": len(rows) * epochs,
+        "best": None if best is None else {k: best[k] for k in ("trial_id", "params", "val_accuracy",
+                                                               "test_accuracy", "epochs")},
+        "per_trial": [{k: r[k] for k in ("trial_id", "params", "epochs", "val_accuracy", "test_accuracy", "error")}
+                      for r in rows],
+    }
+
+
+def _log_parent_summary(uri: str, parent_id: str, summary: dict[str, Any]) -> None:
+    """The sweep's outcome on its parent run: best metrics, the best trial's params, spent trial-epochs."""
+    from mlflow import MlflowClient
+
+    from auxray.tracking.uri import http_limits
+
+    client = MlflowClient(tracking_uri=uri)
+    best = summary.get("best") or {}
+    with http_limits():
+        for key in ("trials", "completed", "stopped_early", "errored", "trial_epochs"):
+            client.log_metric(parent_id, key, summary[key])
+        for key in ("val_accuracy", "test_accuracy"):
+            if best.get(key) is not None:
+                client.log_metric(parent_id, f"best_{key}", best[key])
+        if best:
+            client.set_tag(parent_id, "auxray.best_trial", best["trial_id"])
+            for key, value in best["params"].items():
+                client.set_tag(parent_id, f"best.{key}", str(value))
+
+
+def _close_leftovers(uri: str, parent_id: str, status: str) -> None:
+    """Child runs still RUNNING once the driver stops (interrupted or failed): give them `status`."""
+    from mlflow import MlflowClient
+
+    try:
+        client = MlflowClient(tracking_uri=uri)
+        for run in children(uri, parent_id, status="RUNNING"):
+            client.set_tag(run.info.run_id, "auxray.interrupted", "sweep driver stopped")
+            client.set_terminated(run.info.run_id, status)
+    except Exception:
+        pass
+
+
+def run_sweep(sweep: SweepConfig, *, resume: bool = False, tracking_uri: str | None = None,
+              progress: bool = True) -> dict[str, Any]:
+    """Run (or resume) a sweep and return its summary: the best trial's params, validation and test
+    accuracy, the number of trials and the trial-epochs spent. The tracking store is checked first."""
+    t0 = time.perf_counter()
+    base = sweep.base_config()
+    uri = resolve_uri(tracking_uri or sweep.tracking.uri or base.tracking.uri)
+    experiment = sweep.tracking.experiment or base.tracking.experiment
+    check_reachable(uri)
+    _check_experiment(sweep, resume)
+    params = {"base": str(sweep.base_path), "search": sweep.search, "trials": sweep.trials,
+              "concurrency": sweep.concurrency, "scheduler": sweep.scheduler.type, "metric": sweep.metric,
+              "seed": sweep.seed, "overrides": sweep.overrides,
+              "space": {k: v.model_dump(exclude_none=True) for k, v in sweep.space.items()}}
+    parent_id = parent_run(uri, experiment, sweep.name, resume=resume, params=params)
+    stale = fail_stale_children(uri, parent_id) if resume else 0
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", EXPERIMENT_STATE_PERIOD_S)
+    ctx = TrialContext(sweep=sweep, uri=uri, experiment=experiment, parent_id=parent_id,
+                       spool_dir=str(sweep.experiment_dir / "mlflow-spool"))
+    status = "FAILED"
+    started = False
+    try:
+        started = start_ray()
+        activate(ActiveSweep(uri=uri, parent_id=parent_id, epochs=base.trainer.epochs, trials=sweep.trials,
+                             progress=progress))
+        grid = _tuner(ctx, resume).fit()
+        summary = summarise_grid(grid, sweep, base.trainer.epochs)
+        if summary["best"] is None:
+            raise UserError(f"sweep {sweep.name}: no trial reported {sweep.metric} "
+                            f"({summary['errored']} of {summary['trials']} failed; see {sweep.experiment_dir})")
+        _log_parent_summary(uri, parent_id, summary)
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        activate(None)
+        if status != "FINISHED":
+            _close_leftovers(uri, parent_id, status)
+        end_parent(uri, parent_id, status)
+        if started:
+            import ray
+
+            ray.shutdown()
+    summary.update({"sweep": sweep.name, "search": sweep.search, "scheduler": sweep.scheduler.type,
+                    "resumed": resume, "stale_runs_failed": stale, "experiment_dir": str(sweep.experiment_dir),
+                    "tracking_uri": uri, "experiment": experiment, "parent_run_id": parent_id,
+                    "seconds": time.perf_counter() - t0})
+    return summary

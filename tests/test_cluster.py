@@ -1,0 +1,163 @@
+"""A real two-node Ray cluster on this machine (deploy/local_cluster.sh) and `ray job submit` against it.
+
+Marked `cluster` (deselected by default; run with `pytest -m cluster tests/test_cluster.py`).
+The `local_cluster` fixture and `submit_job` helper are meant for more tests, e.g. a real
+training job:
+
+    status, logs = submit_job(local_cluster, ["python", "jobs/train.py", CONFIG, "--workers", "2"],
+                              working_dir=REPO, timeout=600)
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "deploy" / "local_cluster.sh"
+TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+
+pytestmark = pytest.mark.cluster
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def ray_cli() -> str:
+    found = shutil.which("ray")
+    return found or str(REPO / ".venv" / "bin" / "ray")
+
+
+def cluster_env(state_dir: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        RAY_PORT=str(free_port()),
+        RAY_DASHBOARD_PORT=str(free_port()),
+        AUXRAY_CLUSTER_DIR=str(state_dir),
+        RAY_AUTH_MODE=os.environ.get("RAY_AUTH_MODE", "disabled"),
+        RAY_HEAD_CPUS="1",
+        RAY_WORKER_CPUS="1",
+        RAY_OBJECT_STORE_MB="150",
+        RAY_START_TIMEOUT="180",
+    )
+    env.pop("RAY_ADDRESS", None)  # never let the script's own `ray` calls aim at another cluster
+    return env
+
+
+class ClusterAddress(str):
+    """The dashboard / job-submission address (use it as a plain str), plus `gcs_address` for
+    `ray status` / `ray.init(address=...)` and `state_dir` (logs: head.log, worker.log, ray/)."""
+
+    gcs_address: str
+    state_dir: Path
+
+
+@pytest.fixture(scope="module")
+def local_cluster() -> Iterator[ClusterAddress]:
+    """Start head + worker node with free ports; yield the dashboard / job-submission address
+    (http://127.0.0.1:PORT); always stop this cluster (and only it) afterwards."""
+    # Short path under /tmp: Ray's Unix sockets live under it and must stay < 108 bytes.
+    state_dir = Path(tempfile.mkdtemp(prefix="auxray-rc-", dir="/tmp"))
+    env = cluster_env(state_dir)
+    try:
+        proc = subprocess.run([str(SCRIPT), "start"], env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, f"local_cluster.sh start failed:\n{proc.stdout}\n{proc.stderr}"
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RAY_ADDRESS=")]
+        assert lines, f"no RAY_ADDRESS printed:\n{proc.stdout}\n{proc.stderr}"
+        address = lines[-1].split("=", 1)[1]
+        assert address == f"http://127.0.0.1:{env['RAY_DASHBOARD_PORT']}"
+        info = dict(ln.split("=", 1) for ln in (state_dir / "cluster.env").read_text().splitlines() if "=" in ln)
+        cluster = ClusterAddress(address)
+        cluster.gcs_address = info["RAY_GCS_ADDRESS"]
+        cluster.state_dir = state_dir
+        yield cluster
+    finally:
+        stop = subprocess.run([str(SCRIPT), "stop"], env=env, capture_output=True, text=True, timeout=180)
+        assert stop.returncode == 0, f"local_cluster.sh stop failed:\n{stop.stdout}\n{stop.stderr}"
+        shutil.rmtree(state_dir, ignore_errors=True)
+
+
+def submit_job(address: str, entrypoint: Sequence[str] | str, working_dir: Path | str,
+               timeout: float = 180.0) -> tuple[str, str]:
+    """`ray job submit --no-wait` ENTRYPOINT with WORKING_DIR uploaded, then wait (bounded) for a
+    terminal state. Returns (status, logs); a job still running at the deadline is stopped and
+    reported with its last status."""
+    from ray.job_submission import JobSubmissionClient
+
+    argv = shlex.split(entrypoint) if isinstance(entrypoint, str) else list(entrypoint)
+    submission_id = f"auxray-test-{uuid.uuid4().hex[:10]}"
+    env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.run(
+        [ray_cli(), "job", "submit", "--address", address, "--working-dir", str(working_dir),
+         "--submission-id", submission_id, "--no-wait", "--", *argv],
+        env=env, capture_output=True, text=True, timeout=min(timeout, 300),
+    )
+    assert proc.returncode == 0, f"ray job submit failed:\n{proc.stdout}\n{proc.stderr}"
+
+    client = JobSubmissionClient(address)
+    deadline = time.monotonic() + timeout
+    status = str(client.get_job_status(submission_id).value)
+    while status not in TERMINAL and time.monotonic() < deadline:
+        time.sleep(2)
+        status = str(client.get_job_status(submission_id).value)
+    if status not in TERMINAL:
+        client.stop_job(submission_id)
+    return status, client.get_job_logs(submission_id)
+
+
+def test_cluster_has_two_alive_nodes(local_cluster: str) -> None:
+    from ray.util.state import list_nodes
+
+    nodes = list_nodes(address=local_cluster, filters=[("state", "=", "ALIVE")], raise_on_missing_output=False)
+    assert len(nodes) == 2, nodes
+    assert sorted(n.is_head_node for n in nodes) == [False, True]
+    worker = next(n for n in nodes if not n.is_head_node)
+    assert worker.resources_total.get("auxray_worker_node") == 1.0
+    # Both nodes are on a loopback address (see the comments in deploy/local_cluster.sh).
+    assert all(n.node_ip.startswith("127.") for n in nodes), [n.node_ip for n in nodes]
+
+
+def test_ray_status_lists_both_nodes(local_cluster: ClusterAddress) -> None:
+    env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}
+    proc = subprocess.run([ray_cli(), "status", "--address", local_cluster.gcs_address],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr
+    active = proc.stdout.split("Active:", 1)[1].split("Pending:", 1)[0]
+    assert len([ln for ln in active.splitlines() if ln.strip().startswith("1 node_")]) == 2, proc.stdout
+
+
+def test_submitted_job_succeeds_on_the_worker_node(local_cluster: str, tmp_path: Path) -> None:
+    work = tmp_path / "job"
+    work.mkdir()
+    (work / "hello.py").write_text(
+        "import ray\n"
+        "def main():\n"
+        "    ray.init()\n"
+        "    alive = [n for n in ray.nodes() if n['Alive']]\n"
+        "    where = ray.remote(resources={'auxray_worker_node': 0.01})(\n"
+        "        lambda: ray.get_runtime_context().get_node_id()).remote()\n"
+        "    print('AUXRAY_HELLO nodes=%d worker=%s' % (len(alive), ray.get(where)))\n"
+    )
+    status, logs = submit_job(local_cluster, ["python", "-c", "import hello; hello.main()"], work, timeout=180)
+    assert status == "SUCCEEDED", logs
+    assert "AUXRAY_HELLO nodes=2 worker=" in logs, logs
+
+
+def test_failing_job_is_reported_failed(local_cluster: str, tmp_path: Path) -> None:
+    status, logs = submit_job(local_cluster, ["python", "-c", "raise SystemExit('AUXRAY_BOOM')"], tmp_path, timeout=120)
+    assert status == "FAILED"
+    assert "AUXRAY_BOOM" in logs
