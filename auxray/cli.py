@@ -54,6 +54,53 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     h.add_argument("--device", default="cpu")
     h.add_argument("--out", default=None, help="also write the JSON to this file")
     h.set_defaults(func=cmd_bench_hypergrad)
+    d = bsub.add_parser("distributed", help="Ray Train overhead and per-outer-step communication")
+    d.add_argument("--root", default="../shared/data/cifar10-images.zip", help="CIFAR-10 location")
+    d.add_argument("--epochs", type=int, default=3)
+    d.add_argument("--per-class", type=int, default=60, help="labelled images per class")
+    d.add_argument("--width", type=int, default=16, help="ConvNet-4 base width")
+    d.add_argument("--out", default=None, help="also write the JSON to this file")
+    d.set_defaults(func=cmd_bench_distributed)
+    _add_bench_sweep(bsub)
+
+
+def _add_bench_sweep(bsub: argparse._SubParsersAction) -> None:
+    s = bsub.add_parser("sweep", help="TPE+ASHA against random search without early stopping, same trial budget")
+    s.add_argument("sweep", help="sweep YAML whose base run and space are compared")
+    s.add_argument("--trials", type=int, default=None, help="trials per strategy (default: the sweep's)")
+    s.add_argument("--concurrency", type=int, default=None)
+    s.add_argument("--storage", default="runs/bench-sweep", help="folder for both Tune experiments")
+    s.add_argument("--tracking-uri", default=None)
+    s.add_argument("--seed", type=int, default=None)
+    s.add_argument("--out", default=None, help="also write the JSON to this file")
+    s.set_defaults(func=cmd_bench_sweep)
+
+
+def _add_sweep(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sweep", help="hyperparameter sweep on Ray Tune (Optuna TPE + ASHA), tracked in MLflow")
+    p.add_argument("config", help="sweep YAML (base run config + search space)")
+    p.add_argument("--resume", action="store_true", help="continue the sweep after its driver stopped")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (checked before any training)")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON line")
+    p.add_argument("--no-progress", action="store_true", help="no line per finished trial")
+    p.set_defaults(func=cmd_sweep)
+
+
+def _add_ui(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("ui", help="MLflow UI on 127.0.0.1 over the tracking store")
+    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--tracking-uri", default=None)
+    p.set_defaults(func=cmd_ui)
+
+
+def _add_tracking(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("tracking", help="MLflow tracking utilities")
+    tsub = p.add_subparsers(dest="tracking", required=True, parser_class=_Parser)
+    r = tsub.add_parser("replay", help="send a run's offline spool to the tracking store")
+    r.add_argument("spool", help="spool file (.jsonl) written while the store was unreachable")
+    r.add_argument("--tracking-uri", default=None, help="store to send to (default: the spool's)")
+    r.add_argument("--json", action="store_true")
+    r.set_defaults(func=cmd_tracking_replay)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_train(sub)
     _add_bench(sub)
+    _add_sweep(sub)
+    _add_ui(sub)
+    _add_tracking(sub)
     return parser
 
 
@@ -134,6 +184,45 @@ def cmd_bench_hypergrad(args: argparse.Namespace) -> int:
     )
     _print_json(result, args.out)
     return 0
+
+
+def cmd_bench_distributed(args: argparse.Namespace) -> int:
+    """`auxray bench distributed`: JSON of Ray Train overhead and outer-step traffic."""
+    from auxray.bench.distributed import run_distributed_bench
+
+    _print_json(run_distributed_bench(root=args.root, epochs=args.epochs, per_class=args.per_class,
+                                      width=args.width), args.out)
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """`auxray sweep CONFIG`: see auxray.tune.commands."""
+    from auxray.tune.commands import sweep_command
+
+    return sweep_command(args.config, resume=args.resume, tracking_uri=args.tracking_uri, as_json=args.json,
+                         progress=not args.no_progress)
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    """`auxray ui`: the MLflow UI."""
+    from auxray.tune.commands import ui_command
+
+    return ui_command(args.port, args.tracking_uri)
+
+
+def cmd_tracking_replay(args: argparse.Namespace) -> int:
+    """`auxray tracking replay SPOOL`."""
+    from auxray.tune.commands import replay_command
+
+    return replay_command(args.spool, args.tracking_uri, args.json)
+
+
+def cmd_bench_sweep(args: argparse.Namespace) -> int:
+    """`auxray bench sweep`: see auxray.bench.sweep."""
+    from auxray.tune.commands import bench_sweep_command
+
+    return bench_sweep_command(args.sweep, trials=args.trials, concurrency=args.concurrency, storage=args.storage,
+                               tracking_uri=args.tracking_uri, seed=args.seed, out=args.out)
 
 
 def run(argv: Sequence[str] | None, parser_factory: Callable[[], argparse.ArgumentParser] = build_parser) -> int:

@@ -16,7 +16,6 @@
 #   AUXRAY_CLUSTER_DIR=/tmp/auxray-cluster-$UID   state: pids, logs, cluster.env, Ray's --temp-dir
 #   RAY_START_TIMEOUT=120         seconds to wait for the nodes to come up
 #   RAY=ray                       the ray CLI (falls back to <repo>/.venv/bin/ray)
-#
 #   RAY_NODE_IP=127.0.0.2         --node-ip-address of both nodes (see below why not 127.0.0.1)
 #
 # Addresses (checked with `ss -ltnp` on Ray 2.60):
@@ -40,8 +39,8 @@
 # * Ports that would collide between two nodes on one host and must differ:
 #   --dashboard-agent-listen-port (default 52365 on EVERY node), and --node-manager-port /
 #   --object-manager-port / --metrics-export-port / --runtime-env-agent-port /
-#   --dashboard-agent-grpc-port (random by default, but we pin free ones so a status line can
-#   show them). The head's --ray-client-server-port (default 10001) is pinned to a free port too.
+#   --dashboard-agent-grpc-port (random by default; pinned to free ports here so the two nodes can
+#   never pick the same one). The head's --ray-client-server-port (default 10001) is pinned too.
 # * The second node runs --include-log-monitor=false: one log monitor per physical host (the
 #   session's log dir is shared), as Ray's help text says.
 # * The worker node is labelled with --resources='{"auxray_worker_node": 1}' so a job can target it.
@@ -49,6 +48,13 @@
 #   Ray drain and kill that node's daemons (Node's SIGTERM handler + kernel fate-sharing), so
 #   `stop` ends exactly this cluster by pid. Plain `ray stop --force` would also kill any other Ray
 #   instance this user runs on the machine (other test sessions), hence `stop --all` is opt-in.
+#
+# Verified end to end here (and by tests/test_cluster.py, with free ports):
+#   uv run deploy/local_cluster.sh start     # ~60 s on 2 cores; `ray status`: 2 active nodes,
+#                                            # 2 CPU, 400 MiB object store, 1 auxray_worker_node
+#   RAY_AUTH_MODE=disabled uv run ray job submit --address http://127.0.0.1:8266 \
+#       --working-dir /tmp/hello_job -- python hello.py        # -> Job '...' succeeded
+#   uv run deploy/local_cluster.sh stop      # ~7 s; no raylet/gcs_server of this cluster left
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

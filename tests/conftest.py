@@ -12,6 +12,7 @@ CIFAR_ZIP = (REPO.parent / "shared" / "data" / "cifar10-images.zip").resolve()
 CACHE_DIR = REPO / ".auxray_cache"
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 
 
 @pytest.fixture(scope="session")

@@ -161,3 +161,21 @@ def test_failing_job_is_reported_failed(local_cluster: str, tmp_path: Path) -> N
     status, logs = submit_job(local_cluster, ["python", "-c", "raise SystemExit('AUXRAY_BOOM')"], tmp_path, timeout=120)
     assert status == "FAILED"
     assert "AUXRAY_BOOM" in logs
+
+
+def test_training_job_on_two_node_cluster_writes_checkpoint(local_cluster: str, tmp_path: Path, cifar_zip) -> None:
+    """`ray job submit -- python jobs/train.py CONFIG --workers 2`: a real 2-worker bi-level run across both nodes."""
+    import yaml
+
+    from tests.conftest import REPO, tiny_cifar_raw
+
+    raw = tiny_cifar_raw(cifar_zip, tmp_path, name="auxilearn_combine", aux_task="rotation")
+    raw["trainer"]["threads"] = 1
+    config = tmp_path / "job.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    status, logs = submit_job(local_cluster, ["python", "jobs/train.py", str(config), "--workers", "2", "--json"],
+                              REPO, timeout=600)
+    assert status == "SUCCEEDED", logs[-3000:]
+    checkpoints = sorted((tmp_path / "runs" / "ray").glob("job-*/final/latest.pt"))
+    assert checkpoints, logs[-3000:]
+    assert '"test_accuracy"' in logs

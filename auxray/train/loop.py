@@ -221,6 +221,7 @@ class BilevelTrainer:
         aux_stream = self._aux_batches(self.epoch, gen) if self.objective.learned else None
         sums: dict[str, float] = {}
         norms: list[float] = []
+        outer_seconds, outer_bytes = 0.0, 0
         bar = Progress(self.steps_per_epoch, f"epoch {self.epoch + 1}/{self.cfg.trainer.epochs}", self.progress)
         every = self.cfg.hypergrad.every
         for i, (x, y) in enumerate(self.train_iter):
@@ -230,7 +231,11 @@ class BilevelTrainer:
             stats = self.inner_step(batch)
             self.step += 1
             if aux_stream is not None and self.step % every == 0:
-                norm = self.outer_step(batch, next(aux_stream))
+                aux_batch = next(aux_stream)
+                sent, t_outer = getattr(self.collective, "bytes_sent", 0), time.perf_counter()
+                norm = self.outer_step(batch, aux_batch)
+                outer_seconds += time.perf_counter() - t_outer
+                outer_bytes += getattr(self.collective, "bytes_sent", 0) - sent
                 norms.append(norm)
                 self.hypergrad_norms.append((self.step, norm))
             for k, v in stats.items():
@@ -242,8 +247,11 @@ class BilevelTrainer:
         if norms:
             metrics["hypergrad_norm"] = sum(norms) / len(norms)
             metrics["outer_steps"] = len(norms)
+            metrics["outer_step_seconds"] = outer_seconds / len(norms)
+            metrics["outer_step_allreduce_bytes"] = outer_bytes / len(norms)
         metrics["lr"] = self.opt_w.param_groups[0]["lr"]
         metrics["epoch_seconds"] = time.perf_counter() - t0
+        metrics["steps_per_second"] = n / metrics["epoch_seconds"]
         return metrics
 
     @torch.no_grad()

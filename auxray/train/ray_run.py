@@ -10,10 +10,16 @@ from pathlib import Path
 from typing import Any
 
 from auxray.config import RunConfig
+from auxray.data import build_data
 from auxray.errors import UserError
 from auxray.train.checkpoint import LATEST, load_checkpoint
 
 LOCAL_OBJECT_STORE_BYTES = 256 * 1024 * 1024
+
+# Ray reads this when it is imported: workers then run this interpreter directly instead of Ray's
+# `uv run` hook re-creating the virtual environment in a copy of the working directory (cluster
+# images already hold the locked environment, see deploy/Dockerfile).
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 
 
 def ensure_ray(address: str | None, *, num_cpus: int | None = None) -> None:
@@ -33,6 +39,16 @@ def ensure_ray(address: str | None, *, num_cpus: int | None = None) -> None:
     except (ConnectionError, RuntimeError, ValueError) as err:
         raise UserError(f"cannot reach the Ray cluster at {target or 'a new local instance'}: "
                         f"{str(err).splitlines()[0]}") from None
+
+
+def with_local_paths(cfg: RunConfig) -> RunConfig:
+    """Make data and cache paths that exist here absolute, since Ray workers run in other directories."""
+    cfg = cfg.model_copy(deep=True)
+    for key in ("root", "cache_dir"):
+        value = getattr(cfg.data, key)
+        if value and not Path(value).is_absolute() and Path(value).exists():
+            setattr(cfg.data, key, str(Path(value).resolve()))
+    return cfg
 
 
 def _storage_root(cfg: RunConfig) -> Path:
@@ -67,6 +83,8 @@ def run_distributed(
     from auxray.train.ray_worker import train_loop_per_worker
 
     t0 = time.perf_counter()
+    cfg = with_local_paths(cfg)
+    build_data(cfg.data)  # fail fast, with one line, on a bad data path before any Ray resources are spent
     s = cfg.scaling
     local_cpus = max(os.cpu_count() or 1, s.workers)
     ensure_ray(s.address, num_cpus=local_cpus)

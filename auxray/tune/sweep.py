@@ -65,6 +65,7 @@ def _tuner(ctx: TrialContext, resume: bool) -> Any:
             scheduler=scheduler_for(sweep, sweep.epochs),
             num_samples=sweep.trials,
             max_concurrent_trials=sweep.concurrency,
+            reuse_actors=True,
         ),
         run_config=tune.RunConfig(
             name=sweep.name,

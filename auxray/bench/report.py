@@ -1,0 +1,94 @@
+"""Render benchmark JSON under benchmarks/results/ into the README's marked sections, so every figure
+in the README is copied from a run's output, next to the command that made it.
+
+    python -m auxray.bench.report            # rewrite README.md between <!-- bench:NAME --> markers
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+RESULTS = Path("benchmarks/results")
+
+
+def _fmt(x: Any, digits: int = 3) -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, float):
+        return f"{x:.{digits}g}"
+    return str(x)
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_fmt(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def render_hypergrad(data: dict[str, Any]) -> str:
+    """One table per backbone: seconds, ratio to a plain step, peak memory."""
+    parts = []
+    for backbone, res in data.get("backbones", data).items():
+        if not isinstance(res, dict) or "rows" not in res:
+            continue
+        rows = [[r["method"], r.get("k", "–"), r.get("hvp", "–"), r["seconds"], r.get("ratio_to_step"),
+                 r.get("peak_mb")] for r in res["rows"]]
+        parts.append(f"**{backbone}** (plain training step: {_fmt(res.get('step_seconds'))} s)\n\n"
+                     + _table(["method", "K", "HVP", "seconds", "× plain step", "peak MB"], rows))
+    return "\n\n".join(parts)
+
+
+def render_distributed(data: dict[str, Any]) -> str:
+    rows = [[r["mode"], r["workers"], r["steps_per_second"], r["outer_step_seconds"],
+             r["outer_step_allreduce_bytes"], r["phi_round_trip_bytes"]] for r in data["ray"]]
+    single = data["single_process"]
+    head = (f"Single process: {_fmt(single['steps_per_second'])} steps/s; 1-worker Ray Train: "
+            f"{_fmt(data['ray_1worker_over_single_steps_per_second'])} × that rate "
+            f"(device {data['device']}, {data['config']['primary_params']} primary parameters, "
+            f"{data['config']['phi_params']} aux-net parameters).\n\n")
+    return head + _table(["mode", "workers", "steps/s", "s per outer step", "all-reduced bytes per outer step",
+                          "phi round-trip bytes"], rows)
+
+
+def render_sweep(data: dict[str, Any]) -> str:
+    rows = [[name, r.get("best_val_accuracy"), r.get("trial_epochs"), r.get("trials"), r.get("seconds")]
+            for name, r in data.items() if isinstance(r, dict) and "trial_epochs" in r]
+    return _table(["search", "best val accuracy", "trial-epochs spent", "trials", "seconds"], rows)
+
+
+def render_reproduce(data: list[dict[str, Any]]) -> str:
+    rows = [[r["method"], f"{100 * r['mean']:.1f} ± {100 * r['std']:.1f}",
+             ", ".join(f"{100 * a:.1f}" for a in r["accuracies"]), r["seconds"],
+             r.get("relative_time")] for r in data]
+    return _table(["method", "test accuracy % (mean ± std)", "per seed", "seconds per run", "time × STL"], rows)
+
+
+RENDERERS: dict[str, tuple[str, Callable[[Any], str]]] = {
+    "hypergrad": ("bench_hypergrad_cpu.json", render_hypergrad),
+    "distributed": ("bench_distributed_cpu.json", render_distributed),
+    "sweep": ("bench_sweep_cpu.json", render_sweep),
+    "reproduce": ("reproduce_cifar10_5pct_convnet4.json", render_reproduce),
+}
+
+
+def update_readme(readme: Path = Path("README.md"), results: Path = RESULTS) -> list[str]:
+    """Replace each marked section whose JSON exists; returns the names updated."""
+    text = readme.read_text()
+    done = []
+    for name, (filename, render) in RENDERERS.items():
+        path = results / filename
+        pattern = re.compile(rf"(<!-- bench:{name} -->\n).*?(\n<!-- /bench:{name} -->)", re.S)
+        if path.is_file() and pattern.search(text):
+            body = render(json.loads(path.read_text()))
+            text = pattern.sub(lambda m: m.group(1) + body + m.group(2), text)
+            done.append(name)
+    readme.write_text(text)
+    return done
+
+
+if __name__ == "__main__":
+    print("updated:", ", ".join(update_readme()) or "nothing", file=sys.stderr)

@@ -1,0 +1,382 @@
+"""Sweeps: config validation, search spaces and result summaries (fast); and, marked cluster, real sweeps on
+Ray Tune against a real MLflow server: parent/child runs, kill -9 of the driver then --resume, the MLflow UI
+in headless Chromium, and the unreachable-server check."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import requests
+import yaml
+from mlflow import MlflowClient
+
+from auxray.cli import run as cli_run
+from auxray.errors import UserError
+from auxray.tune.config import SweepConfig, load_sweep
+from tests.conftest import CACHE_DIR, REPO, tiny_cifar_raw
+
+ARTIFACTS = REPO / "test-artifacts"
+CHROMIUM = "/usr/bin/chromium"
+
+
+# ---- helpers -----------------------------------------------------------------------------------
+def write_sweep(tmp_path: Path, cifar_zip: Path, *, name: str = "tiny", trials: int = 4, concurrency: int = 2,
+                uri: str | None = None, space: dict | None = None, **extra: Any) -> Path:
+    """A tiny real-CIFAR sweep: 10 labelled images per class, ConvNet-4 of width 8, 2 epochs, batch 16."""
+    base = tiny_cifar_raw(cifar_zip, tmp_path, name="auxilearn_combine", aux_task="rotation")
+    base["data"]["labeled_per_class"] = 10
+    base["trainer"].pop("checkpoint_dir")
+    base["trainer"]["threads"] = 1
+    base["tracking"] = {"experiment": f"sweep-{name}"}
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    sweep = {
+        "name": name,
+        "base": "base.yaml",
+        "overrides": {"data.cache_dir": str(CACHE_DIR)},
+        "space": space or {"method.aux_lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2},
+                           "hypergrad.steps": {"type": "int", "low": 1, "high": 3},
+                           "method.combiner": {"type": "choice", "values": ["linear", "nonlinear"]}},
+        "trials": trials,
+        "concurrency": concurrency,
+        "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
+        "storage": str(tmp_path / "sweeps"),
+        "tracking": {"uri": uri} if uri else {},
+        **extra,
+    }
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_mlflow(tmp: Path) -> tuple[subprocess.Popen, str]:
+    """`mlflow server` on a SQLite backend in its own process group; returns it once /health answers."""
+    port = free_port()
+    log = open(tmp / "mlflow.log", "a")
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
+                             f"sqlite:///{tmp / 'm.db'}", "--artifacts-destination", str(tmp / "artifacts"),
+                             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"mlflow server exited: {(tmp / 'mlflow.log').read_text()[-2000:]}")
+        try:
+            if requests.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return proc, f"http://127.0.0.1:{port}"
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    stop_group(proc)
+    raise AssertionError("mlflow server did not come up")
+
+
+def stop_group(proc: subprocess.Popen) -> None:
+    """SIGKILL a process group this test started."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait(timeout=60)
+
+
+def sweep_cmd(path: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "auxray.cli", "sweep", str(path), *args]
+
+
+def sweep_runs(uri: str, experiment: str) -> tuple[list[Any], list[Any]]:
+    """(parents, children) of an experiment."""
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(experiment)
+    assert exp is not None, f"experiment {experiment} was not created"
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("auxray.kind") == "sweep"]
+    kids = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return parents, kids
+
+
+def steps_of(client: MlflowClient, run_id: str, key: str) -> list[int]:
+    return [m.step for m in client.get_metric_history(run_id, key)]
+
+
+def last_json_line(text: str) -> dict:
+    lines = [line for line in text.splitlines() if line.startswith("{")]
+    assert lines, f"no JSON line in output:\n{text[-3000:]}"
+    return json.loads(lines[-1])
+
+
+def ray_processes_of(session_marker: str) -> list[int]:
+    """PIDs whose command line mentions `session_marker` (the sweep's temp folder)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if session_marker in (proc / "cmdline").read_bytes().decode(errors="replace"):
+                    pids.append(int(proc.name))
+            except OSError:
+                continue
+    return pids
+
+
+# ---- fast: validation, spaces, summaries --------------------------------------------------------
+def test_sweep_config_validates_keys_and_values(tmp_path: Path, cifar_zip: Path) -> None:
+    path = write_sweep(tmp_path, cifar_zip)
+    sweep = load_sweep(path)
+    assert sweep.epochs == 2 and sweep.experiment_dir == (tmp_path / "sweeps" / "tiny")
+    cfg = sweep.trial_config({"method.aux_lr": 0.003, "hypergrad.steps": 2, "method.combiner": "linear"})
+    assert (cfg.method.aux_lr, cfg.hypergrad.steps, cfg.method.combiner) == (0.003, 2, "linear")
+    assert Path(cfg.data.root).is_absolute() and cfg.data.cache_dir == str(CACHE_DIR)
+
+    bad_key = write_sweep(tmp_path, cifar_zip, name="badkey", space={"hypergrad.stepz": {"type": "int", "low": 1,
+                                                                                          "high": 3}})
+    with pytest.raises(UserError, match="hypergrad.stepz"):
+        load_sweep(bad_key)
+    bad_value = write_sweep(tmp_path, cifar_zip, name="badvalue",
+                            space={"trainer.lr": {"type": "uniform", "low": -0.1, "high": 0.1}})
+    with pytest.raises(UserError, match="trainer.lr"):
+        load_sweep(bad_value)
+    bad_choice = write_sweep(tmp_path, cifar_zip, name="badchoice",
+                             space={"method.combiner": {"type": "choice", "values": ["linear", "quadratic"]}})
+    with pytest.raises(UserError, match="combiner"):
+        load_sweep(bad_choice)
+    unknown = write_sweep(tmp_path, cifar_zip, name="unknown", trails=3)
+    with pytest.raises(UserError, match="trails: unknown key"):
+        load_sweep(unknown)
+    assert cli_run(["sweep", str(bad_key)]) == 2
+
+
+def test_search_spaces_match_the_sweep() -> None:
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    from auxray.tune.space import optuna_distribution, scheduler_for, tune_domain
+
+    sweep = SweepConfig.model_validate({
+        "base": "x.yaml", "name": "s",
+        "space": {"a": {"type": "loguniform", "low": 1e-4, "high": 1e-2},
+                  "b": {"type": "int", "low": 1, "high": 5},
+                  "c": {"type": "choice", "values": ["linear", "deep"]},
+                  "d": {"type": "uniform", "low": 0.0, "high": 1.0}}})
+    dists = {k: optuna_distribution(v) for k, v in sweep.space.items()}
+    assert dists["a"] == FloatDistribution(1e-4, 1e-2, log=True)
+    assert dists["b"] == IntDistribution(1, 5)
+    assert dists["c"] == CategoricalDistribution(["linear", "deep"])
+    assert dists["d"] == FloatDistribution(0.0, 1.0)
+    ints = {tune_domain(sweep.space["b"]).sample() for _ in range(300)}
+    assert ints == {1, 2, 3, 4, 5}
+    assert type(scheduler_for(sweep, 4)).__name__ == "AsyncHyperBandScheduler"
+    sweep.scheduler.type = "none"
+    assert type(scheduler_for(sweep, 4)).__name__ == "FIFOScheduler"
+
+
+def test_summary_picks_the_best_completed_trial() -> None:
+    from auxray.tune.sweep import summarise_grid
+
+    def result(tid: str, epoch: int, best: float, test: float | None = None, error: bool = False) -> Any:
+        metrics = {"trial_id": tid, "epoch": epoch, "best_val_accuracy": best, "val_accuracy": best}
+        if test is not None:
+            metrics["test_accuracy"] = test
+        return SimpleNamespace(metrics=metrics, config={"trainer.lr": 0.01}, path=f"/x/{tid}",
+                               error=RuntimeError() if error else None)
+
+    sweep = SweepConfig.model_validate({"base": "x.yaml", "name": "s",
+                                        "space": {"trainer.lr": {"type": "uniform", "low": 0.01, "high": 0.1}}})
+    grid = [result("a", 1, 0.9), result("b", 3, 0.5, 0.48), result("c", 3, 0.6, 0.55), result("d", 0, 0, error=True)]
+    summary = summarise_grid(grid, sweep, epochs=3)
+    assert summary["best"]["trial_id"] == "c" and summary["best"]["test_accuracy"] == 0.55
+    assert (summary["trials"], summary["completed"], summary["stopped_early"], summary["errored"]) == (4, 2, 1, 1)
+    assert summary["trial_epochs"] == 7 and summary["budget_epochs"] == 12
+
+
+@pytest.mark.timeout(120)
+def test_unreachable_tracking_server_exits_2_before_ray(tmp_path: Path, cifar_zip: Path) -> None:
+    path = write_sweep(tmp_path, cifar_zip, uri=f"http://127.0.0.1:{free_port()}")
+    t0 = time.monotonic()
+    proc = subprocess.run(sweep_cmd(path), capture_output=True, text=True, timeout=110, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "unreachable" in lines[0], proc.stderr
+    assert time.monotonic() - t0 < 100
+    assert not (tmp_path / "sweeps").exists(), "the sweep started before checking the tracking server"
+
+
+def test_unreachable_server_checked_before_ray_starts(tmp_path: Path, cifar_zip: Path,
+                                                      monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture) -> None:
+    import auxray.tune.sweep as sweep_module
+
+    calls = []
+    monkeypatch.setattr(sweep_module, "start_ray", lambda: calls.append(1) or False)
+    path = write_sweep(tmp_path, cifar_zip)
+    assert cli_run(["sweep", str(path), "--tracking-uri", f"http://127.0.0.1:{free_port()}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("auxray: error: MLflow tracking server") and not calls
+
+
+# ---- cluster: real sweeps against a real MLflow server --------------------------------------------
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory):
+    tmp = tmp_path_factory.mktemp("mlflow")
+    proc, uri = start_mlflow(tmp)
+    yield SimpleNamespace(uri=uri, tmp=tmp)
+    stop_group(proc)
+
+
+@pytest.fixture(scope="module")
+def finished_sweep(server: SimpleNamespace, cifar_zip: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A 4-trial sweep run to the end through the CLI."""
+    tmp = tmp_path_factory.mktemp("sweep")
+    path = write_sweep(tmp, cifar_zip, name="tiny4", trials=4)
+    proc = subprocess.run(sweep_cmd(path, "--tracking-uri", server.uri, "--json"), capture_output=True, text=True,
+                          timeout=420, cwd=tmp)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return SimpleNamespace(result=last_json_line(proc.stdout), stderr=proc.stderr, tmp=tmp, path=path)
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(480)
+def test_sweep_logs_parent_and_children(server: SimpleNamespace, finished_sweep: SimpleNamespace) -> None:
+    result = finished_sweep.result
+    assert result["trials"] == 4 and result["errored"] == 0
+    assert result["best"]["test_accuracy"] is not None and 0 <= result["best"]["val_accuracy"] <= 1
+    assert set(result["best"]["params"]) == {"method.aux_lr", "hypergrad.steps", "method.combiner"}
+    assert 4 <= result["trial_epochs"] <= 8 and result["completed"] >= 1
+    assert finished_sweep.stderr.count("trial ") >= 4, finished_sweep.stderr[-3000:]
+
+    parents, kids = sweep_runs(server.uri, "sweep-tiny4")
+    assert len(parents) == 1 and parents[0].info.run_name == "tiny4" and parents[0].info.status == "FINISHED"
+    assert parents[0].data.metrics["best_val_accuracy"] == pytest.approx(result["best"]["val_accuracy"])
+    assert len(kids) == 4
+    client = MlflowClient(tracking_uri=server.uri)
+    trial_ids = {k.data.tags["auxray.trial_id"] for k in kids}
+    assert len(trial_ids) == 4
+    for kid in kids:
+        assert kid.info.status == "FINISHED", (kid.info.run_name, kid.info.status)
+        assert kid.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+        assert kid.data.params["method.name"] == "auxilearn_combine"
+        epochs = steps_of(client, kid.info.run_id, "val_accuracy")
+        assert epochs and epochs == sorted(set(epochs))
+        artifacts = {a.path for a in client.list_artifacts(kid.info.run_id)}
+        assert "config.yaml" in artifacts
+        if epochs[-1] == 2:
+            assert "test_accuracy" in kid.data.metrics and "auxray.stopped_early" not in kid.data.tags
+            assert {"checkpoints", "metrics.jsonl"} <= artifacts
+            assert {a.path for a in client.list_artifacts(kid.info.run_id, "checkpoints")} == {"checkpoints/best.pt"}
+        else:
+            assert kid.data.tags.get("auxray.stopped_early") == "true"
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(480)
+def test_mlflow_ui_shows_the_sweep(server: SimpleNamespace, finished_sweep: SimpleNamespace) -> None:
+    from playwright.sync_api import sync_playwright
+
+    assert Path(CHROMIUM).is_file(), "headless Chromium missing (apt-get install -y chromium)"
+    client = MlflowClient(tracking_uri=server.uri)
+    exp = client.get_experiment_by_name("sweep-tiny4")
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "mlflow_ui.png"
+    shot.unlink(missing_ok=True)
+    _, kids = sweep_runs(server.uri, "sweep-tiny4")
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                     args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(f"{server.uri}/#/experiments/{exp.experiment_id}", wait_until="networkidle", timeout=120_000)
+            page.get_by_text("tiny4", exact=True).first.wait_for(timeout=90_000)
+            expand = page.locator("[data-testid='runs-table'] button[aria-label*='xpand'], button[title*='xpand']")
+            if expand.count():
+                expand.first.click()
+            try:
+                page.get_by_text(kids[0].info.run_name).first.wait_for(timeout=20_000)
+            except Exception:
+                pass
+            page.screenshot(path=str(shot), full_page=False)
+            text = page.inner_text("body")
+        finally:
+            browser.close()
+    assert "tiny4" in text
+    assert shot.is_file() and shot.stat().st_size > 10_000
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(600)
+def test_kill_driver_then_resume(server: SimpleNamespace, cifar_zip: Path, tmp_path: Path) -> None:
+    trials = 4
+    path = write_sweep(tmp_path, cifar_zip, name="resumable", trials=trials,
+                       scheduler={"type": "none"})
+    experiment = "sweep-resumable"
+    log = open(tmp_path / "driver1.log", "w")
+    driver = subprocess.Popen(sweep_cmd(path, "--tracking-uri", server.uri), stdout=log, stderr=subprocess.STDOUT,
+                              cwd=tmp_path, start_new_session=True)
+    client = MlflowClient(tracking_uri=server.uri)
+    finished_before: set[str] = set()
+    deadline = time.monotonic() + 400
+    try:
+        while time.monotonic() < deadline and driver.poll() is None:
+            exp = client.get_experiment_by_name(experiment)
+            if exp is not None:
+                done = client.search_runs([exp.experiment_id], "attributes.status = 'FINISHED' "
+                                                               "and tags.`auxray.kind` = 'trial'")
+                if done:
+                    time.sleep(3)
+                    break
+            time.sleep(1)
+        assert driver.poll() is None, f"driver ended before it could be killed:\n{(tmp_path / 'driver1.log').read_text()[-3000:]}"
+        done = client.search_runs([exp.experiment_id], "attributes.status = 'FINISHED' and tags.`auxray.kind` = 'trial'")
+        finished_before = {r.data.tags["auxray.trial_id"] for r in done}
+        assert 1 <= len(finished_before) < trials
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait(timeout=30)
+    finally:
+        stop_group(driver)
+    deadline = time.monotonic() + 30
+    while ray_processes_of(str(tmp_path)) and time.monotonic() < deadline:
+        time.sleep(1)
+
+    resumed = subprocess.run(sweep_cmd(path, "--tracking-uri", server.uri, "--resume", "--json"),
+                             capture_output=True, text=True, timeout=420, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    result = last_json_line(resumed.stdout)
+    assert result["resumed"] and result["trials"] == trials and result["errored"] == 0
+    assert result["completed"] == trials and result["trial_epochs"] == trials * 2
+
+    parents, kids = sweep_runs(server.uri, experiment)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    by_trial: dict[str, list] = {}
+    for kid in kids:
+        by_trial.setdefault(kid.data.tags["auxray.trial_id"], []).append(kid)
+    assert len(by_trial) == trials and all(len(v) == 1 for v in by_trial.values()), sorted(by_trial)
+    assert all(k.info.status == "FINISHED" for k in kids)
+    trial_dirs = [d for d in (tmp_path / "sweeps" / "resumable").iterdir() if d.is_dir() and d.name.startswith("train")]
+    assert len(trial_dirs) == trials
+    for tid in finished_before:
+        kid = by_trial[tid][0]
+        assert steps_of(client, kid.info.run_id, "val_accuracy") == [1, 2], tid
+        trial_dir = next(d for d in trial_dirs if f"_{tid}_" in d.name)
+        starts = [json.loads(line)["start_epoch"] for line in (trial_dir / "attempts.jsonl").read_text().splitlines()]
+        assert starts[0] == 0 and all(s == 2 for s in starts[1:]), f"completed trial {tid} trained again: {starts}"
+
+
+def test_jobs_shim_exists() -> None:
+    shim = REPO / "jobs" / "sweep.py"
+    assert shim.is_file()
+    proc = subprocess.run([sys.executable, str(shim), "--help"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "--resume" in proc.stdout
