@@ -62,6 +62,16 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--out", default=None, help="also write the JSON to this file")
     d.set_defaults(func=cmd_bench_distributed)
     _add_bench_sweep(bsub)
+    _add_bench_reproduce(bsub)
+
+
+def _add_bench_reproduce(bsub: argparse._SubParsersAction) -> None:
+    from auxray.bench.reproduce import add_arguments
+
+    r = bsub.add_parser("reproduce", help="the AuxiLearn paper's CIFAR-10 (5%% labels) table, every method, "
+                                          "resumable (same options as jobs/reproduce.py)")
+    add_arguments(r)
+    r.set_defaults(func=cmd_bench_reproduce)
 
 
 def _add_bench_sweep(bsub: argparse._SubParsersAction) -> None:
@@ -192,6 +202,14 @@ def cmd_bench_distributed(args: argparse.Namespace) -> int:
 
     _print_json(run_distributed_bench(root=args.root, epochs=args.epochs, per_class=args.per_class,
                                       width=args.width), args.out)
+    return 0
+
+
+def cmd_bench_reproduce(args: argparse.Namespace) -> int:
+    """`auxray bench reproduce`: see auxray.bench.reproduce; the JSON table on stdout."""
+    from auxray.bench.reproduce import run_from_args
+
+    print(json.dumps(run_from_args(args), default=float), flush=True)
     return 0
 
 

@@ -293,26 +293,26 @@ def test_mlflow_ui_shows_the_sweep(server: SimpleNamespace, finished_sweep: Simp
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "mlflow_ui.png"
     shot.unlink(missing_ok=True)
-    _, kids = sweep_runs(server.uri, "sweep-tiny4")
+    parents, kids = sweep_runs(server.uri, "sweep-tiny4")
+    names = [k.info.run_name for k in kids]
+    url = f"{server.uri}/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning"
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
                                      args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 900})
-            page.goto(f"{server.uri}/#/experiments/{exp.experiment_id}", wait_until="networkidle", timeout=120_000)
+            page.goto(url, wait_until="load", timeout=120_000)
             page.get_by_text("tiny4", exact=True).first.wait_for(timeout=90_000)
-            expand = page.locator("[data-testid='runs-table'] button[aria-label*='xpand'], button[title*='xpand']")
-            if expand.count():
-                expand.first.click()
-            try:
-                page.get_by_text(kids[0].info.run_name).first.wait_for(timeout=20_000)
-            except Exception:
-                pass
+            parent_row = page.locator("[role=row]", has_text="tiny4").first
+            parent_row.locator("button[data-component-id*='runnamecellrenderer']").first.click()
+            for name in names:
+                page.get_by_text(name, exact=True).first.wait_for(timeout=30_000)
             page.screenshot(path=str(shot), full_page=False)
             text = page.inner_text("body")
         finally:
             browser.close()
-    assert "tiny4" in text
+    assert parents[0].info.run_name in text
+    assert all(name in text for name in names), (names, text[:2000])
     assert shot.is_file() and shot.stat().st_size > 10_000
 
 

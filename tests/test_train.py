@@ -38,7 +38,7 @@ def params_of(trainer: BilevelTrainer) -> list[torch.Tensor]:
 
 
 def test_learned_combiner_downweights_harmful_auxiliary():
-    cfg = config_from_dict(synthetic_raw())
+    cfg = config_from_dict(synthetic_raw(trainer={"epochs": 12}))
     trainer = BilevelTrainer(cfg, build_data(cfg.data), progress=False)
     trainer.fit()
     last = trainer.history[-1]
@@ -58,38 +58,32 @@ def test_every_hypergradient_method_moves_phi(method):
     assert trainer.history[-1]["hypergrad_norm"] > 0
 
 
-def test_resumed_run_matches_uninterrupted_run_synthetic():
-    cfg = config_from_dict(synthetic_raw(trainer={"epochs": 4}))
+def assert_resume_matches(cfg, stop_after: int) -> BilevelTrainer:
+    """Train uninterrupted, and again stopped after `stop_after` epochs then resumed from the state in a
+    fresh trainer: the two must end with bit-identical W and phi."""
     data = build_data(cfg.data)
     full = BilevelTrainer(cfg, data, progress=False)
     full.fit()
-
     first = BilevelTrainer(cfg, data, progress=False)
-    first.fit(until_epoch=2)
+    first.fit(until_epoch=stop_after)
     state = copy.deepcopy(first.state_dict())
     resumed = BilevelTrainer(cfg, data, progress=False)
     resumed.load_state_dict(state)
     resumed.fit()
-    for a, b in zip(params_of(full), params_of(resumed)):
+    for a, b in zip(params_of(full), params_of(resumed), strict=True):
         assert torch.equal(a, b)
+    return resumed
+
+
+def test_resumed_run_matches_uninterrupted_run_synthetic():
+    resumed = assert_resume_matches(config_from_dict(synthetic_raw(trainer={"epochs": 4})), stop_after=2)
     assert [h["epoch"] for h in resumed.history] == [1, 2, 3, 4]
 
 
 @pytest.mark.parametrize("method", ["auxilearn_labels", "jtds"])
 def test_resumed_run_matches_uninterrupted_run_cifar(cifar_zip, tmp_path, method):
     extra = {"aux_task": "rotation"} if method == "jtds" else {"psi": 2}
-    cfg = config_from_dict(tiny_cifar_raw(cifar_zip, tmp_path, name=method, **extra))
-    data = build_data(cfg.data)
-    full = BilevelTrainer(cfg, data, progress=False)
-    full.fit()
-    first = BilevelTrainer(cfg, data, progress=False)
-    first.fit(until_epoch=1)
-    state = copy.deepcopy(first.state_dict())
-    resumed = BilevelTrainer(cfg, data, progress=False)
-    resumed.load_state_dict(state)
-    resumed.fit()
-    for a, b in zip(params_of(full), params_of(resumed)):
-        assert torch.equal(a, b)
+    assert_resume_matches(config_from_dict(tiny_cifar_raw(cifar_zip, tmp_path, name=method, **extra)), stop_after=1)
 
 
 def test_hyperstep_leaves_batchnorm_statistics_alone(cifar_zip, tmp_path):

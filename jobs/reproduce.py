@@ -1,0 +1,45 @@
+"""`python jobs/reproduce.py [--quick] [--backbone resnet18] [--epochs N] [--seeds 0,1,2] [--methods a,b] [--fresh]`:
+re-run the AuxiLearn paper's CIFAR-10 (5% labels) table with every method (see auxray/bench/reproduce.py).
+
+Finished runs are appended to benchmarks/results/reproduce_<tag>.runs.jsonl as they end, so an interrupted
+job is resumed by running the same command again (--fresh starts over); the table goes to
+benchmarks/results/reproduce_<tag>.json and .md, and the JSON table is printed on stdout. It can also be
+submitted to a Ray cluster: `ray job submit --working-dir . -- python jobs/reproduce.py`.
+
+The repository root is put first on sys.path, so the `auxray` package comes from this working tree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from auxray.bench.reproduce import add_arguments, run_from_args  # noqa: E402  (needs the sys.path entry above)
+from auxray.errors import UserError  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="jobs/reproduce.py", description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        table = run_from_args(args)
+    except UserError as err:
+        print(f"reproduce: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("reproduce: interrupted; finished runs are kept (run the same command again to resume)",
+              file=sys.stderr)
+        return 130
+    print(json.dumps(table, default=float), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,73 @@
+"""The paper-table reproduction (jobs/reproduce.py) in quick mode: tables written, finished runs reused."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import CACHE_DIR, REPO
+
+METHODS = ["stl", "auxilearn_combine", "maxl"]
+
+
+def _reproduce(out_dir: Path, *extra: str) -> tuple[subprocess.CompletedProcess, float]:
+    cmd = [sys.executable, "jobs/reproduce.py", "--quick", "--methods", ",".join(METHODS),
+           "--out-dir", str(out_dir), "--runs-dir", str(out_dir / "runs"),
+           "--set", f"data.cache_dir={CACHE_DIR}", *extra]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1800)
+    return proc, time.perf_counter() - t0
+
+
+@pytest.mark.slow
+def test_quick_reproduce_writes_tables_and_resumes(cifar_zip: Path, tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    first, first_seconds = _reproduce(out)
+    assert first.returncode == 0, first.stderr[-3000:]
+    stdout_table = json.loads(first.stdout.strip().splitlines()[-1])
+
+    table_file = out / "reproduce_quick_convnet4.json"
+    md_file = out / "reproduce_quick_convnet4.md"
+    runs_file = out / "reproduce_quick_convnet4.runs.jsonl"
+    table = json.loads(table_file.read_text())
+    assert table == stdout_table
+    assert [row["method"] for row in table] == METHODS
+    for row in table:
+        assert len(row["accuracies"]) == 1
+        assert all(0.0 <= a <= 1.0 for a in row["accuracies"])
+        assert 0.0 <= row["mean"] <= 1.0
+        assert row["std"] >= 0.0
+        assert row["seconds"] > 0
+    rows = {row["method"]: row for row in table}
+    assert rows["stl"]["relative_time"] == pytest.approx(1.0)
+    assert rows["maxl"]["settings"]["entropy_weight"] == 0.2
+    assert rows["maxl"]["settings"]["focal_gamma"] == 2.0
+    assert rows["maxl"]["settings"]["hypergrad.method"] == "unroll"
+
+    md = md_file.read_text()
+    for paper in ("STL 50.8 ± 0.8", "MAXL 58.2 ± 0.3", "MAXL-F 56.1 ± 0.1", "AuxiLearn 60.7 ± 1.3"):
+        assert paper in md
+    assert "| stl (STL) | 50.8 ± 0.8 |" in md and "| maxl (MAXL) | 58.2 ± 0.3 |" in md
+    assert "| auxilearn_combine | – |" in md
+    assert "python jobs/reproduce.py --quick" in md
+    assert "torch" in md and "convnet4" in md and "test 1,000 images" in md
+
+    runs = [json.loads(line) for line in runs_file.read_text().splitlines() if line.strip()]
+    assert sorted(r["method"] for r in runs) == sorted(METHODS)
+    assert {"method", "seed", "test_accuracy", "seconds", "best_val_accuracy", "epochs"} <= set(runs[0])
+
+    # Running it again reuses every finished run: nothing trains, same numbers, faster.
+    second, second_seconds = _reproduce(out)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert second.stderr.count("(skipped)") == len(METHODS), second.stderr
+    assert "ETA" not in second.stderr
+    again = json.loads(table_file.read_text())
+    for a, b in zip(table, again):
+        assert a["method"] == b["method"] and a["accuracies"] == b["accuracies"] and a["seconds"] == b["seconds"]
+    assert len(runs_file.read_text().splitlines()) == len(METHODS)
+    assert second_seconds < first_seconds
