@@ -71,3 +71,22 @@ def test_quick_reproduce_writes_tables_and_resumes(cifar_zip: Path, tmp_path: Pa
         assert a["method"] == b["method"] and a["accuracies"] == b["accuracies"] and a["seconds"] == b["seconds"]
     assert len(runs_file.read_text().splitlines()) == len(METHODS)
     assert second_seconds < first_seconds
+
+
+def test_table_statistics_and_torn_progress_file(tmp_path: Path) -> None:
+    """Fast: mean/std (ddof=0) over seeds, time relative to STL, and a killed job's torn last line ignored."""
+    from auxray.bench.reproduce import append_run, build_table, read_runs
+
+    runs_file = tmp_path / "r.runs.jsonl"
+    for method, seed, acc, sec in [("stl", 0, 0.5, 10.0), ("stl", 1, 0.6, 12.0), ("maxl", 0, 0.55, 33.0)]:
+        append_run(runs_file, {"method": method, "seed": seed, "test_accuracy": acc, "seconds": sec})
+    with open(runs_file, "a") as f:
+        f.write('{"method": "maxl", "seed": 1, "test_acc')  # interrupted mid-write
+    runs = read_runs(runs_file)
+    assert len(runs) == 3
+    table = build_table(runs, ["stl", "maxl", "jtds"])
+    assert [r["method"] for r in table] == ["stl", "maxl"]
+    stl, maxl = table
+    assert stl["mean"] == pytest.approx(0.55) and stl["std"] == pytest.approx(0.05) and stl["std_ddof"] == 0
+    assert stl["relative_time"] == pytest.approx(1.0) and maxl["relative_time"] == pytest.approx(3.0)
+    assert maxl["std"] == 0.0 and maxl["paper"] == {"mean": pytest.approx(0.582), "std": pytest.approx(0.003)}

@@ -305,8 +305,9 @@ def _diag_text(method: str, diags: list[dict[str, Any]]) -> str:
     parts = []
     hg = [d["hypergrad_norm"] for d in diags if "hypergrad_norm" in d]
     if hg:
-        parts.append(f"hypergrad norm first {avg([h['first'] for h in hg]):.3g} → last {avg([h['last'] for h in hg]):.3g}"
-                     f" (min {min(h['min'] for h in hg):.3g}, {avg([h['count'] for h in hg]):.0f} outer steps/run)")
+        first, last = avg([h["first"] for h in hg]), avg([h["last"] for h in hg])
+        parts.append(f"hypergrad norm first {first:.3g} → last {last:.3g} (min {min(h['min'] for h in hg):.3g}, "
+                     f"{avg([h['count'] for h in hg]):.0f} outer steps/run)")
     weights = sorted({k for d in diags for k in d if k.startswith("task_weight/")})
     for k in weights:
         parts.append(f"{k.split('/', 1)[1]} weight {avg([d[k] for d in diags if k in d]):.3g}")
@@ -357,7 +358,9 @@ def render_markdown(table: list[dict[str, Any]], runs: list[dict[str, Any]], met
               f"Python {meta['machine']['python']}, torch {meta['machine']['torch']}, device "
               f"{meta['machine']['device']}{' (' + meta['machine']['gpu'] + ')' if meta['machine'].get('gpu') else ''}",
               f"- Wall time of this invocation: {meta['wall_seconds']:.1f} s ({meta['ran']} runs trained, "
-              f"{meta['skipped']} reused from `{meta['runs_file']}`)",
+              f"{meta['skipped']} reused from `{meta['runs_file']}`)"
+              + (f"; rows of {', '.join(meta['carried'])} come from earlier invocations with the same settings "
+                 "(same file)" if meta.get("carried") else ""),
               "", "Per-method settings (from each resolved config, method.* and hypergrad.*):", "",
               "| method | settings |", "|---|---|"]
     for row in table:
@@ -377,7 +380,8 @@ def render_markdown(table: list[dict[str, Any]], runs: list[dict[str, Any]], met
 def data_note(cfg: Any, sizes: dict[str, int] | None) -> str:
     d = cfg.data
     source = Path(d.root).name
-    kind = ("CIFAR-10 re-encoded as a JPEG ImageFolder tree" if d.dataset == "cifar10" and not source.startswith("cifar-10-batches")
+    official = source.startswith("cifar-10-batches")
+    kind = ("CIFAR-10 re-encoded as a JPEG ImageFolder tree" if d.dataset == "cifar10" and not official
             else f"{d.dataset} from {source}")
     if d.labeled_fraction is not None:
         labelled = f"{d.labeled_fraction:.0%} of the training labels"
@@ -425,21 +429,48 @@ def canonical_command(methods: Sequence[str], seeds: Sequence[int] | None, epoch
 
 
 # ---- the driver -----------------------------------------------------------------------------------------
-def _train_one(cfg: Any, name: str, tracking: bool, verbose: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+def resumable_run(cfg: Any, name: str) -> tuple[bool, int, float]:
+    """Whether the newest checkpoint of this run (an earlier job killed mid-run) has the very same config,
+    and if so the epoch it reached and the seconds its epochs took."""
+    from auxray.train.checkpoint import LATEST, load_checkpoint
+    from auxray.train.run import newest_run_dir
+
+    run_dir = newest_run_dir(cfg.trainer.checkpoint_dir, name)
+    if run_dir is None or not (run_dir / "config.json").is_file():
+        return False, 0, 0.0
+    try:
+        if json.loads((run_dir / "config.json").read_text()) != json.loads(cfg.model_dump_json()):
+            return False, 0, 0.0
+        state = load_checkpoint(run_dir / LATEST)
+    except Exception:  # a torn checkpoint: start the run over
+        return False, 0, 0.0
+    history = state.get("history", [])
+    return True, int(state.get("epoch", 0)), float(sum(h.get("epoch_seconds", 0.0) for h in history))
+
+
+def _train_one(cfg: Any, name: str, tracking: bool, verbose: bool,
+               resume: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
     from auxray.train.run import run_training
 
     diag = Diagnostics()
     quiet = log if verbose else (lambda message: None)
+    resumed, from_epoch, earlier_seconds = resumable_run(cfg, name) if resume else (False, 0, 0.0)
+    if resumed:
+        log(f"[reproduce] {name}: resuming its interrupted run at epoch {from_epoch}/{cfg.trainer.epochs}")
     if tracking:
         from auxray.tracking import check_reachable, resolve_uri, tracked_run
 
         uri = resolve_uri(None, cfg.tracking)
         check_reachable(uri)
         with tracked_run(uri, cfg.tracking.experiment, cfg.tracking.run_name or name, cfg=cfg) as tracker:
-            summary = run_training(cfg, name=name, progress=False, log=quiet, callbacks=[diag, tracker])
+            summary = run_training(cfg, name=name, resume=resumed, progress=False, log=quiet,
+                                   callbacks=[diag, tracker])
             tracker.finish(result=summary)
     else:
-        summary = run_training(cfg, name=name, progress=False, log=quiet, callbacks=[diag])
+        summary = run_training(cfg, name=name, resume=resumed, progress=False, log=quiet, callbacks=[diag])
+    if resumed:  # count the interrupted part's epochs too (not its start-up)
+        summary["seconds"] += earlier_seconds
+        summary["resumed_from_epoch"] = from_epoch
     return summary, diag.out
 
 
@@ -522,12 +553,13 @@ def run_reproduce(
             log(f"[reproduce {i}/{len(todo)}] {m} seed {s}: done before, test acc "
                 f"{done[m, s, fp]['test_accuracy']:.4f} (skipped)")
             continue
-        summary, diag = _train_one(cfg, f"{m}_s{s}", tracking, verbose)
+        summary, diag = _train_one(cfg, f"{m}_s{s}", tracking, verbose, resume=not fresh)
         row = {"method": m, "seed": s, "test_accuracy": summary["test_accuracy"], "seconds": summary["seconds"],
                "best_val_accuracy": summary["best_val_accuracy"], "epochs": summary["epochs"],
                "final_test_accuracy": summary.get("final_test_accuracy"), "best_epoch": summary.get("best_epoch"),
                "backbone": cfg.model.backbone, "run_dir": summary.get("run_dir"), "fingerprint": fp,
                "settings": method_settings(cfg), "diagnostics": diag,
+               "resumed_from_epoch": summary.get("resumed_from_epoch"),
                "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
         append_run(runs_file, row)
         results[m, s] = row
@@ -540,15 +572,37 @@ def run_reproduce(
         log(f"[reproduce {i}/{len(todo)}] {m} seed {s}: test acc {row['test_accuracy']:.4f} in "
             f"{row['seconds']:.1f}s (ETA {_fmt_seconds(eta)} for {len(left)} more)")
 
-    finished = [results[m, s] for s in seeds for m in methods if (m, s) in results]
-    table = build_table(finished, methods)
+    # Methods not asked for this time but finished earlier with the same settings stay in the table, so a partial
+    # re-run (say --methods jtds after a fix) adds to the table rather than replacing it.
+    carried: list[str] = []
+    for m in METHODS:
+        if m in methods:
+            continue
+        for s in seeds:
+            try:
+                c = load_config(Path(config_dir) / f"{m}.yaml", method_overrides(
+                    s, epochs, backbone, width, quick, tracking, ckpt_root.resolve(), extra_overrides))
+            except Exception:  # no config for it, or an override it does not take
+                break
+            row = done.get((m, s, fingerprint(c)))
+            if row is not None and shared_settings(c) == reference:
+                results[m, s], cfgs[m, s] = row, c
+                if m not in carried:
+                    carried.append(m)
+    table_methods = methods
+    if carried:  # the usual order, not "asked for first"
+        order = [*DEFAULT_METHODS, *(m for m in METHODS if m not in DEFAULT_METHODS)]
+        table_methods = tuple(sorted(methods + tuple(carried), key=order.index))
+    finished = [results[m, s] for s in seeds for m in table_methods if (m, s) in results]
+    table = build_table(finished, table_methods)
     sizes = next((r["diagnostics"].get("sizes") for r in finished if r.get("diagnostics", {}).get("sizes")), None)
     device = next((r["diagnostics"].get("device") for r in finished if r.get("diagnostics", {}).get("device")), None)
     first = cfgs[methods[0], seeds[0]]
     meta = {
         "tag": tag, "quick": quick, "command": command, "backbone": backbone, "width": first.model.width,
         "epochs": epochs, "seeds": list(seeds), "shared": reference,
-        "settings": {m: method_settings(cfgs[m, seeds[0]]) for m in methods},
+        "settings": {m: method_settings(next(cfgs[m, x] for x in seeds if (m, x) in cfgs)) for m in table_methods},
+        "carried": carried,
         "data_note": data_note(first, sizes), "machine": machine_info(device),
         "wall_seconds": time.perf_counter() - t_start, "ran": ran, "skipped": skipped, "runs_file": str(runs_file),
     }

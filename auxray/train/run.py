@@ -118,7 +118,10 @@ def summarise(trainer: BilevelTrainer, run_dir: Path | None, seconds: float) -> 
         else:
             result["test_mse"] = test["mse"]
             result["final_test_mse"] = final["mse"]
-    result["best_val_accuracy"] = trainer.best["val_accuracy"]
+    if trainer.data.task == "regression":
+        result["best_val_mse"] = -trainer.best["val_accuracy"]  # the score is negated MSE: higher is better
+    else:
+        result["best_val_accuracy"] = trainer.best["val_accuracy"]
     result["best_epoch"] = trainer.best["epoch"]
     result["seconds"] = seconds
     result["run_dir"] = str(run_dir) if run_dir else None
