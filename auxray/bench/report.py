@@ -81,10 +81,10 @@ def update_readme(readme: Path = Path("README.md"), results: Path = RESULTS) -> 
     done = []
     for name, (filename, render) in RENDERERS.items():
         path = results / filename
-        pattern = re.compile(rf"(<!-- bench:{name} -->\n).*?(\n<!-- /bench:{name} -->)", re.S)
+        pattern = re.compile(rf"(<!-- bench:{name} -->\n)(?:.*?\n)?(<!-- /bench:{name} -->)", re.S)
         if path.is_file() and pattern.search(text):
             body = render(json.loads(path.read_text()))
-            text = pattern.sub(lambda m: m.group(1) + body + m.group(2), text)
+            text = pattern.sub(lambda m: m.group(1) + body + "\n" + m.group(2), text)
             done.append(name)
     readme.write_text(text)
     return done
