@@ -163,8 +163,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(result)
     else:
-        acc = result.get("test_accuracy")
-        shown = f"test accuracy {acc:.4f}" if acc is not None else json.dumps(result)
+        if "test_accuracy" in result:
+            shown = f"test accuracy {result['test_accuracy']:.4f}"
+        elif "test_mse" in result:
+            shown = f"test MSE {result['test_mse']:.4f}"
+        else:
+            shown = json.dumps(result)
         print(f"{result['method']}: {shown} in {result['seconds']:.1f}s", flush=True)
     return 0
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -31,7 +32,7 @@ CHROMIUM = "/usr/bin/chromium"
 
 # ---- helpers -----------------------------------------------------------------------------------
 def write_sweep(tmp_path: Path, cifar_zip: Path, *, name: str = "tiny", trials: int = 4, concurrency: int = 2,
-                uri: str | None = None, space: dict | None = None, **extra: Any) -> Path:
+                uri: str | None = None, space: dict | None = None, epochs: int = 2, **extra: Any) -> Path:
     """A tiny real-CIFAR sweep: 10 labelled images per class, ConvNet-4 of width 8, 2 epochs, batch 16."""
     base = tiny_cifar_raw(cifar_zip, tmp_path, name="auxilearn_combine", aux_task="rotation")
     base["data"]["labeled_per_class"] = 10
@@ -42,7 +43,7 @@ def write_sweep(tmp_path: Path, cifar_zip: Path, *, name: str = "tiny", trials: 
     sweep = {
         "name": name,
         "base": "base.yaml",
-        "overrides": {"data.cache_dir": str(CACHE_DIR)},
+        "overrides": {"data.cache_dir": str(CACHE_DIR), "trainer.epochs": epochs},
         "space": space or {"method.aux_lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2},
                            "hypergrad.steps": {"type": "int", "low": 1, "high": 3},
                            "method.combiner": {"type": "choice", "values": ["linear", "nonlinear"]}},
@@ -122,13 +123,14 @@ def last_json_line(text: str) -> dict:
     return json.loads(lines[-1])
 
 
-def ray_processes_of(session_marker: str) -> list[int]:
-    """PIDs whose command line mentions `session_marker` (the sweep's temp folder)."""
+def ray_session_processes(driver_pid: int) -> list[int]:
+    """PIDs of the Ray instance a driver started (their command lines name the session ``session_…_<pid>``)."""
+    pattern = re.compile(rf"session_[\d_-]+_{driver_pid}\b")
     pids = []
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
             try:
-                if session_marker in (proc / "cmdline").read_bytes().decode(errors="replace"):
+                if pattern.search((proc / "cmdline").read_bytes().decode(errors="replace")):
                     pids.append(int(proc.name))
             except OSError:
                 continue
@@ -136,13 +138,26 @@ def ray_processes_of(session_marker: str) -> list[int]:
 
 
 # ---- fast: validation, spaces, summaries --------------------------------------------------------
-def test_sweep_config_validates_keys_and_values(tmp_path: Path, cifar_zip: Path) -> None:
+def test_sweep_config_validates_keys_and_values(tmp_path: Path, cifar_zip: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     path = write_sweep(tmp_path, cifar_zip)
     sweep = load_sweep(path)
     assert sweep.epochs == 2 and sweep.experiment_dir == (tmp_path / "sweeps" / "tiny")
     cfg = sweep.trial_config({"method.aux_lr": 0.003, "hypergrad.steps": 2, "method.combiner": "linear"})
     assert (cfg.method.aux_lr, cfg.hypergrad.steps, cfg.method.combiner) == (0.003, 2, "linear")
     assert Path(cfg.data.root).is_absolute() and cfg.data.cache_dir == str(CACHE_DIR)
+
+    relative = load_sweep(write_sweep(tmp_path, cifar_zip, name="relative", storage="rel-sweeps"))
+    relative._cwd = str(tmp_path)
+    elsewhere = tmp_path / "trial-cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    raw = relative.base_raw()
+    raw["data"]["root"] = os.path.relpath(cifar_zip, tmp_path)
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(raw))
+    assert relative.trial_config({}).data.root == str(cifar_zip)
+    assert relative.experiment_dir == tmp_path / "rel-sweeps" / "relative"
+    monkeypatch.chdir(tmp_path)
 
     bad_key = write_sweep(tmp_path, cifar_zip, name="badkey", space={"hypergrad.stepz": {"type": "int", "low": 1,
                                                                                           "high": 3}})
@@ -258,6 +273,9 @@ def test_sweep_logs_parent_and_children(server: SimpleNamespace, finished_sweep:
     assert set(result["best"]["params"]) == {"method.aux_lr", "hypergrad.steps", "method.combiner"}
     assert 4 <= result["trial_epochs"] <= 8 and result["completed"] >= 1
     assert finished_sweep.stderr.count("trial ") >= 4, finished_sweep.stderr[-3000:]
+    for row in result["per_trial"]:
+        files = Path(result["experiment_dir"]) / "trials" / row["trial_id"]
+        assert len((files / "metrics.jsonl").read_text().splitlines()) == row["epochs"]
 
     parents, kids = sweep_runs(server.uri, "sweep-tiny4")
     assert len(parents) == 1 and parents[0].info.run_name == "tiny4" and parents[0].info.status == "FINISHED"
@@ -319,60 +337,63 @@ def test_mlflow_ui_shows_the_sweep(server: SimpleNamespace, finished_sweep: Simp
 @pytest.mark.cluster
 @pytest.mark.timeout(600)
 def test_kill_driver_then_resume(server: SimpleNamespace, cifar_zip: Path, tmp_path: Path) -> None:
-    trials = 4
-    path = write_sweep(tmp_path, cifar_zip, name="resumable", trials=trials,
+    trials, epochs = 6, 3
+    path = write_sweep(tmp_path, cifar_zip, name="resumable", trials=trials, concurrency=1, epochs=epochs,
                        scheduler={"type": "none"})
     experiment = "sweep-resumable"
     log = open(tmp_path / "driver1.log", "w")
     driver = subprocess.Popen(sweep_cmd(path, "--tracking-uri", server.uri), stdout=log, stderr=subprocess.STDOUT,
                               cwd=tmp_path, start_new_session=True)
     client = MlflowClient(tracking_uri=server.uri)
-    finished_before: set[str] = set()
-    deadline = time.monotonic() + 400
+    query = "attributes.status = '{}' and tags.`auxray.kind` = 'trial'"
     try:
-        while time.monotonic() < deadline and driver.poll() is None:
+        deadline = time.monotonic() + 400
+        done: list = []
+        running: list = []
+        while time.monotonic() < deadline and driver.poll() is None and not (done and running):
             exp = client.get_experiment_by_name(experiment)
             if exp is not None:
-                done = client.search_runs([exp.experiment_id], "attributes.status = 'FINISHED' "
-                                                               "and tags.`auxray.kind` = 'trial'")
-                if done:
-                    time.sleep(3)
-                    break
-            time.sleep(1)
-        assert driver.poll() is None, f"driver ended before it could be killed:\n{(tmp_path / 'driver1.log').read_text()[-3000:]}"
-        done = client.search_runs([exp.experiment_id], "attributes.status = 'FINISHED' and tags.`auxray.kind` = 'trial'")
-        finished_before = {r.data.tags["auxray.trial_id"] for r in done}
-        assert 1 <= len(finished_before) < trials
+                done = client.search_runs([exp.experiment_id], query.format("FINISHED"))
+                running = client.search_runs([exp.experiment_id], query.format("RUNNING"))
+            time.sleep(0.3)
+        assert driver.poll() is None, f"driver ended first:\n{(tmp_path / 'driver1.log').read_text()[-3000:]}"
         os.kill(driver.pid, signal.SIGKILL)
         driver.wait(timeout=30)
+        finished_before = {r.data.tags["auxray.trial_id"]
+                           for r in client.search_runs([exp.experiment_id], query.format("FINISHED"))}
+        assert 1 <= len(finished_before) < trials
+        deadline = time.monotonic() + 60
+        while ray_session_processes(driver.pid) and time.monotonic() < deadline:
+            time.sleep(1)
+        assert not ray_session_processes(driver.pid), "Ray processes outlived the killed driver"
     finally:
         stop_group(driver)
-    deadline = time.monotonic() + 30
-    while ray_processes_of(str(tmp_path)) and time.monotonic() < deadline:
-        time.sleep(1)
+    _, kids = sweep_runs(server.uri, experiment)
+    assert any(k.info.status == "RUNNING" for k in kids), "the killed driver left no in-flight trial"
 
     resumed = subprocess.run(sweep_cmd(path, "--tracking-uri", server.uri, "--resume", "--json"),
                              capture_output=True, text=True, timeout=420, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     result = last_json_line(resumed.stdout)
     assert result["resumed"] and result["trials"] == trials and result["errored"] == 0
-    assert result["completed"] == trials and result["trial_epochs"] == trials * 2
+    assert result["completed"] == trials and result["trial_epochs"] == trials * epochs
 
     parents, kids = sweep_runs(server.uri, experiment)
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    by_trial: dict[str, list] = {}
-    for kid in kids:
-        by_trial.setdefault(kid.data.tags["auxray.trial_id"], []).append(kid)
-    assert len(by_trial) == trials and all(len(v) == 1 for v in by_trial.values()), sorted(by_trial)
-    assert all(k.info.status == "FINISHED" for k in kids)
-    trial_dirs = [d for d in (tmp_path / "sweeps" / "resumable").iterdir() if d.is_dir() and d.name.startswith("train")]
-    assert len(trial_dirs) == trials
+    tune_trials = {row["trial_id"] for row in result["per_trial"]}
+    assert len(tune_trials) == trials and finished_before <= tune_trials
+    finished = [k for k in kids if k.info.status == "FINISHED"]
+    assert sorted(k.data.tags["auxray.trial_id"] for k in finished) == sorted(tune_trials)
+    others = [k for k in kids if k.info.status != "FINISHED"]
+    assert all(k.info.status == "FAILED" and k.data.tags.get("auxray.orphaned") for k in others)
+    assert result.get("orphaned_runs", 0) == len(others) <= 1
+    by_trial = {k.data.tags["auxray.trial_id"]: [k] for k in finished}
     for tid in finished_before:
         kid = by_trial[tid][0]
-        assert steps_of(client, kid.info.run_id, "val_accuracy") == [1, 2], tid
-        trial_dir = next(d for d in trial_dirs if f"_{tid}_" in d.name)
+        assert steps_of(client, kid.info.run_id, "val_accuracy") == list(range(1, epochs + 1)), tid
+        trial_dir = tmp_path / "sweeps" / "resumable" / "trials" / tid
         starts = [json.loads(line)["start_epoch"] for line in (trial_dir / "attempts.jsonl").read_text().splitlines()]
-        assert starts[0] == 0 and all(s == 2 for s in starts[1:]), f"completed trial {tid} trained again: {starts}"
+        assert starts[0] == 0 and all(s == epochs for s in starts[1:]), f"completed trial {tid} trained again: {starts}"
 
 
 def test_jobs_shim_exists() -> None:

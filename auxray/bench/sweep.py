@@ -24,7 +24,7 @@ def _variant(sweep: SweepConfig, label: str, *, trials: int, concurrency: int, s
     variant = sweep.model_copy(update={"name": f"{sweep.name}-{label}", "search": strategy["search"],
                                        "scheduler": scheduler, "trials": trials, "concurrency": concurrency,
                                        "seed": seed, "storage": str(storage)})
-    variant._source_dir = sweep._source_dir
+    variant._source_dir, variant._cwd = sweep._source_dir, sweep._cwd
     return variant
 
 

@@ -7,12 +7,17 @@ keeps no state of its own: it reads the sweep the driver is running now from ``a
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
 
+from auxray.tune.durable import backup_state, note_finished
 from auxray.tune.runs import close_child
+
+BACKUP_PERIOD_S = 5.0
 
 
 @dataclass
@@ -24,7 +29,10 @@ class ActiveSweep:
     epochs: int
     trials: int
     progress: bool
+    exp_dir: Path
+    backup_dir: Path
     done: int = 0
+    last_backup: float = 0.0
 
 
 _ACTIVE: ActiveSweep | None = None
@@ -43,7 +51,26 @@ def format_params(config: dict[str, Any]) -> str:
 
 
 class TrialCloser(Callback):
-    """Ends child runs the trial itself could not end, and reports progress."""
+    """Ends child runs the trial itself could not end, reports progress, and backs up the experiment state."""
+
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        note_finished({t.trial_id for t in trials if t.status in ("TERMINATED", "ERROR")})
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        sweep = _ACTIVE
+        if sweep is None or time.monotonic() - sweep.last_backup < BACKUP_PERIOD_S:
+            return
+        sweep.last_backup = time.monotonic()
+        try:
+            backup_state(sweep.exp_dir, sweep.backup_dir)
+        except OSError as exc:
+            print(f"auxray: could not back up the sweep state: {exc}", file=sys.stderr, flush=True)
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        sweep = _ACTIVE
+        if sweep is not None:
+            sweep.last_backup = 0.0
+            self.on_step_end(0, trials)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._closed(trial, error=None)

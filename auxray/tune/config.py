@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -92,6 +93,7 @@ class SweepConfig(_Strict):
     storage: str = "runs/sweeps"
     tracking: SweepTracking = Field(default_factory=SweepTracking)
     _source_dir: str = PrivateAttr(".")
+    _cwd: str = PrivateAttr(default_factory=os.getcwd)
 
     @model_validator(mode="after")
     def _non_empty_space(self) -> "SweepConfig":
@@ -107,13 +109,24 @@ class SweepConfig(_Strict):
 
     @property
     def storage_path(self) -> Path:
-        """Absolute folder holding the Tune experiment (relative paths resolve against the working directory)."""
-        return Path(self.storage).expanduser().resolve()
+        """Absolute folder holding the Tune experiment (relative to the working directory the sweep was
+        loaded in: trials run elsewhere)."""
+        return (Path(self._cwd) / Path(self.storage).expanduser()).resolve()
 
     @property
     def experiment_dir(self) -> Path:
         """The Tune experiment folder of this sweep."""
         return self.storage_path / self.name
+
+    def trial_files_dir(self, trial_id: str) -> Path:
+        """A trial's own files (best.pt, metrics.jsonl, plots, attempts.jsonl). Not Tune's trial folder: an
+        actor Tune reuses for the next trial keeps reporting the previous trial's folder."""
+        return self.experiment_dir / "trials" / trial_id
+
+    @property
+    def state_backup_dir(self) -> Path:
+        """Last-known-good copies of the experiment's state files (see auxray.tune.durable)."""
+        return self.storage_path / f".{self.name}.state-backup"
 
     @property
     def epochs(self) -> int:
@@ -138,7 +151,7 @@ class SweepConfig(_Strict):
         for key, value in params.items():
             set_dotted(raw, key, value)
         cfg = config_from_dict(raw, f"trial of sweep {self.name}")
-        return absolute_paths(cfg)
+        return absolute_paths(cfg, Path(self._cwd))
 
 
 def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
@@ -155,14 +168,14 @@ def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
     node[parts[-1]] = copy.deepcopy(value)
 
 
-def absolute_paths(cfg: RunConfig) -> RunConfig:
-    """Data root, cache and checkpoint folders resolved against the driver's working directory."""
+def absolute_paths(cfg: RunConfig, cwd: Path) -> RunConfig:
+    """Data root, cache and checkpoint folders resolved against the driver's working directory `cwd`."""
     d, t = cfg.data, cfg.trainer
-    d.root = str(Path(d.root).expanduser().resolve())
+    d.root = str((cwd / Path(d.root).expanduser()).resolve())
     if d.cache_dir:
-        d.cache_dir = str(Path(d.cache_dir).expanduser().resolve())
+        d.cache_dir = str((cwd / Path(d.cache_dir).expanduser()).resolve())
     if t.checkpoint_dir:
-        t.checkpoint_dir = str(Path(t.checkpoint_dir).expanduser().resolve())
+        t.checkpoint_dir = str((cwd / Path(t.checkpoint_dir).expanduser()).resolve())
     return cfg
 
 

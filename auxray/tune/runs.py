@@ -86,8 +86,24 @@ def open_child(uri: str, experiment: str, *, sweep_name: str, parent_id: str, tr
     tracker.run_id = earlier.info.run_id
     with http_limits():
         tracker.client.update_run(tracker.run_id, status="RUNNING")
+        for tag in (STOPPED_TAG, "auxray.interrupted"):
+            if tag in earlier.data.tags:
+                tracker.client.delete_tag(tracker.run_id, tag)
     tracker.set_tags({"auxray.restored": "true"})
     return tracker
+
+
+def tag_orphans(uri: str, parent_id: str, known_trials: set[str]) -> int:
+    """Children of trials the restored experiment does not know (started just before the driver died, after
+    its last state snapshot; Tune replaced them with new trials): tagged auxray.orphaned, left FAILED."""
+    client = MlflowClient(tracking_uri=uri)
+    orphans = [r for r in children(uri, parent_id) if r.data.tags.get(TRIAL_TAG) not in known_trials]
+    with http_limits():
+        for run in orphans:
+            client.set_tag(run.info.run_id, "auxray.orphaned", "trial lost with the killed driver; replaced")
+            if run.info.status == "RUNNING":
+                client.set_terminated(run.info.run_id, "FAILED")
+    return len(orphans)
 
 
 def close_child(uri: str, parent_id: str, trial_id: str, *, status: str, stopped_early: bool,

@@ -51,16 +51,17 @@ def optuna_storage(sweep: SweepConfig) -> Any:
 def search_setup(sweep: SweepConfig) -> tuple[Any, dict[str, Any]]:
     """(search_alg, param_space): TPE through OptunaSearch with its own space, or random search over Tune
     domains; either limited to `concurrency` trials at a time."""
-    from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
+    from ray.tune.search import BasicVariantGenerator
 
     if sweep.search == "random":
         space = {key: tune_domain(spec) for key, spec in sweep.space.items()}
         return BasicVariantGenerator(random_state=sweep.seed, max_concurrent=sweep.concurrency), space
 
     from optuna.samplers import TPESampler
-    from ray.tune.search.optuna import OptunaSearch
 
-    searcher = OptunaSearch(
+    from auxray.tune.durable import DurableConcurrencyLimiter, DurableOptunaSearch
+
+    searcher = DurableOptunaSearch(
         {key: optuna_distribution(spec) for key, spec in sweep.space.items()},
         metric=sweep.metric,
         mode=sweep.mode,
@@ -68,7 +69,7 @@ def search_setup(sweep: SweepConfig) -> tuple[Any, dict[str, Any]]:
         storage=optuna_storage(sweep),
         study_name=sweep.name,
     )
-    return ConcurrencyLimiter(searcher, max_concurrent=sweep.concurrency), {}
+    return DurableConcurrencyLimiter(searcher, max_concurrent=sweep.concurrency), {}
 
 
 def scheduler_for(sweep: SweepConfig, epochs: int) -> Any:

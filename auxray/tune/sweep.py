@@ -4,6 +4,8 @@ and one child run per trial, resumable after the driver dies (Tuner.restore)."""
 from __future__ import annotations
 
 import os
+import shutil
+import sys
 import time
 from typing import Any
 
@@ -11,13 +13,18 @@ from auxray.errors import UserError
 from auxray.tracking import check_reachable, end_parent, resolve_uri
 from auxray.tune.callbacks import ActiveSweep, TrialCloser, activate
 from auxray.tune.config import SweepConfig, finite
-from auxray.tune.runs import children, fail_stale_children, parent_run
+from auxray.tune.durable import reconcile_search_state, repair_state
+from auxray.tune.runs import children, fail_stale_children, parent_run, tag_orphans
 from auxray.tune.space import scheduler_for, search_setup
 from auxray.tune.trial import TrialContext, make_trainable
 
 OBJECT_STORE_BYTES = 200 * 1024 * 1024
 MAX_TRIAL_FAILURES = 1
-EXPERIMENT_STATE_PERIOD_S = "2"
+TUNE_ENV_DEFAULTS = {
+    "TUNE_GLOBAL_CHECKPOINT_S": "2",
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+    "RAY_AIR_NEW_OUTPUT": "0",
+}
 
 
 def start_ray() -> bool:
@@ -53,6 +60,11 @@ def _tuner(ctx: TrialContext, resume: bool) -> Any:
     trainable = tune.with_resources(make_trainable(ctx), _trial_resources(sweep))
     path = str(sweep.experiment_dir)
     if resume:
+        repaired = repair_state(sweep.experiment_dir, sweep.state_backup_dir)
+        if repaired:
+            print(f"auxray: restored truncated sweep state from its backup: {', '.join(repaired)}",
+                  file=sys.stderr, flush=True)
+        reconcile_search_state(sweep.experiment_dir)
         return tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
     search_alg, param_space = search_setup(sweep)
     return tune.Tuner(
@@ -64,7 +76,7 @@ def _tuner(ctx: TrialContext, resume: bool) -> Any:
             search_alg=search_alg,
             scheduler=scheduler_for(sweep, sweep.epochs),
             num_samples=sweep.trials,
-            max_concurrent_trials=sweep.concurrency,
+            max_concurrent_trials=sweep.concurrency if sweep.search == "random" else None,
             reuse_actors=True,
         ),
         run_config=tune.RunConfig(
@@ -168,13 +180,16 @@ def run_sweep(sweep: SweepConfig, *, resume: bool = False, tracking_uri: str | N
     experiment = sweep.tracking.experiment or base.tracking.experiment
     check_reachable(uri)
     _check_experiment(sweep, resume)
+    if not resume:
+        shutil.rmtree(sweep.state_backup_dir, ignore_errors=True)
     params = {"base": str(sweep.base_path), "search": sweep.search, "trials": sweep.trials,
               "concurrency": sweep.concurrency, "scheduler": sweep.scheduler.type, "metric": sweep.metric,
               "seed": sweep.seed, "overrides": sweep.overrides,
               "space": {k: v.model_dump(exclude_none=True) for k, v in sweep.space.items()}}
     parent_id = parent_run(uri, experiment, sweep.name, resume=resume, params=params)
     stale = fail_stale_children(uri, parent_id) if resume else 0
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", EXPERIMENT_STATE_PERIOD_S)
+    for key, value in TUNE_ENV_DEFAULTS.items():
+        os.environ.setdefault(key, value)
     ctx = TrialContext(sweep=sweep, uri=uri, experiment=experiment, parent_id=parent_id,
                        spool_dir=str(sweep.experiment_dir / "mlflow-spool"))
     status = "FAILED"
@@ -182,13 +197,15 @@ def run_sweep(sweep: SweepConfig, *, resume: bool = False, tracking_uri: str | N
     try:
         started = start_ray()
         activate(ActiveSweep(uri=uri, parent_id=parent_id, epochs=base.trainer.epochs, trials=sweep.trials,
-                             progress=progress))
+                             progress=progress, exp_dir=sweep.experiment_dir, backup_dir=sweep.state_backup_dir))
         grid = _tuner(ctx, resume).fit()
         summary = summarise_grid(grid, sweep, base.trainer.epochs)
         if summary["best"] is None:
             raise UserError(f"sweep {sweep.name}: no trial reported {sweep.metric} "
                             f"({summary['errored']} of {summary['trials']} failed; see {sweep.experiment_dir})")
         _log_parent_summary(uri, parent_id, summary)
+        if resume:
+            summary["orphaned_runs"] = tag_orphans(uri, parent_id, {r["trial_id"] for r in summary["per_trial"]})
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"

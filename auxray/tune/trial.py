@@ -107,8 +107,9 @@ def run_trial(ctx: TrialContext, params: dict[str, Any]) -> None:
     """One trial: build its config, reattach or open its child run, train, report."""
     from ray import tune
 
-    info = tune.get_context()
-    trial_id, trial_dir = info.get_trial_id(), Path(info.get_trial_dir())
+    trial_id = tune.get_context().get_trial_id()
+    trial_dir = ctx.sweep.trial_files_dir(trial_id)
+    trial_dir.mkdir(parents=True, exist_ok=True)
     cfg = ctx.sweep.trial_config(params)
     tracker = open_child(ctx.uri, ctx.experiment, sweep_name=ctx.sweep.name, parent_id=ctx.parent_id,
                          trial_id=trial_id, spool_dir=ctx.spool_dir)
