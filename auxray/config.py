@@ -167,22 +167,27 @@ def parse_value(text: str) -> Any:
         return text
 
 
+def set_dotted(raw: dict[str, Any], key: str, value: Any, source: str = "--set") -> None:
+    """Set ``section.key`` in a raw config mapping, creating sections as needed."""
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise UserError(f"{source} has an empty key {key!r}")
+    node = raw
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise UserError(f"{source} {key}: {part!r} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``section.key=value`` overrides to a raw config mapping."""
     for item in overrides:
         if "=" not in item:
             raise UserError(f"--set expects key=value, got {item!r}")
         key, value = item.split("=", 1)
-        parts = [p for p in key.strip().split(".") if p]
-        if not parts:
-            raise UserError(f"--set has an empty key in {item!r}")
-        node = raw
-        for part in parts[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise UserError(f"--set {key}: {part!r} is not a section")
-            node = child
-        node[parts[-1]] = parse_value(value)
+        set_dotted(raw, key, parse_value(value))
     return raw
 
 

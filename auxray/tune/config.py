@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from auxray.config import RunConfig, config_from_dict, format_validation_error, read_yaml
+from auxray.config import set_dotted as set_config_key
 from auxray.errors import UserError
 
 Scalar = bool | int | float | str | None
@@ -155,17 +156,8 @@ class SweepConfig(_Strict):
 
 
 def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
-    """Set ``section.key`` in a raw config mapping, creating sections as needed."""
-    parts = [p for p in key.split(".") if p]
-    if not parts:
-        raise UserError(f"empty config key {key!r} in the sweep")
-    node = raw
-    for part in parts[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise UserError(f"sweep key {key}: {part!r} is not a section")
-        node = child
-    node[parts[-1]] = copy.deepcopy(value)
+    """Set ``section.key`` in a raw config mapping (a copy of value), creating sections as needed."""
+    set_config_key(raw, key, copy.deepcopy(value), source="sweep key")
 
 
 def absolute_paths(cfg: RunConfig, cwd: Path) -> RunConfig:
