@@ -30,16 +30,23 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
 
 
 def render_hypergrad(data: dict[str, Any]) -> str:
-    """One table per backbone: seconds, ratio to a plain step, peak memory."""
+    """One table per backbone: seconds, ratio to a plain training step, peak memory; and how much faster
+    auxray's Neumann is than the naive re-differentiating baseline at the same K."""
     parts = []
-    for backbone, res in data.get("backbones", data).items():
-        if not isinstance(res, dict) or "rows" not in res:
-            continue
-        rows = [[r["method"], r.get("k", "–"), r.get("hvp", "–"), r["seconds"], r.get("ratio_to_step"),
-                 r.get("peak_mb")] for r in res["rows"]]
-        parts.append(f"**{backbone}** (plain training step: {_fmt(res.get('step_seconds'))} s)\n\n"
+    for res in data["backbones"]:
+        rows = [[r["method"], r.get("k", "–"), r.get("hvp", "–"), r["seconds"], r.get("ratio_to_plain_step"),
+                 r.get("peak_mem_mb")] for r in res["results"]]
+        step = res["plain_step"]
+        naive = {r.get("k"): r["seconds"] for r in res["results"] if r["method"] == "naive_neumann"}
+        ours = {r.get("k"): r["seconds"] for r in res["results"]
+                if r["method"] == "neumann" and r.get("hvp") == data.get("hvp_auto", "revrev")}
+        speedups = ", ".join(f"K={k}: {_fmt(naive[k] / ours[k])}×" for k in sorted(ours) if k in naive)
+        parts.append(f"**{res['backbone']}** ({res['n_params']} parameters, batch {res['batch_size']}; plain "
+                     f"training step {_fmt(step['seconds'])} s, {_fmt(step.get('peak_mem_mb'))} MB; auxray's "
+                     f"Neumann vs the naive reverse-over-reverse baseline: {speedups or '–'})\n\n"
                      + _table(["method", "K", "HVP", "seconds", "× plain step", "peak MB"], rows))
-    return "\n\n".join(parts)
+    return f"Device {data['device']}, torch {data['torch']}, {data['threads']} threads; memory: " \
+           f"{data['memory_metric']}.\n\n" + "\n\n".join(parts)
 
 
 def render_distributed(data: dict[str, Any]) -> str:
