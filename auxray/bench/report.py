@@ -62,9 +62,13 @@ def render_distributed(data: dict[str, Any]) -> str:
 
 
 def render_sweep(data: dict[str, Any]) -> str:
-    rows = [[name, r.get("best_val_accuracy"), r.get("trial_epochs"), r.get("trials"), r.get("seconds")]
-            for name, r in data.items() if isinstance(r, dict) and "trial_epochs" in r]
-    return _table(["search", "best val accuracy", "trial-epochs spent", "trials", "seconds"], rows)
+    rows = [[name, r.get("best_val_accuracy"), r.get("best_test_accuracy"), r.get("trial_epochs"),
+             r.get("budget_epochs"), r.get("stopped_early"), r.get("seconds")]
+            for name, r in data["strategies"].items()]
+    head = (f"Sweep `{data['sweep']}`: {data['trials']} trials per strategy, {data['concurrency']} at a time, "
+            f"{data['epochs_per_trial']} epochs per trial, over {', '.join(data['space'])}.\n\n")
+    return head + _table(["strategy", "best val accuracy", "its test accuracy", "trial-epochs spent",
+                          "trial-epoch budget", "stopped early", "seconds"], rows)
 
 
 def render_reproduce(data: list[dict[str, Any]]) -> str:
