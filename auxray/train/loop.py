@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import copy
 import math
+import random
 import time
 from typing import Any, Callable, Protocol, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -58,10 +60,6 @@ def resolve_device(name: str) -> torch.device:
 
 def seed_everything(seed: int) -> None:
     """Seed torch, numpy and random for a reproducible run."""
-    import random
-
-    import numpy as np
-
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
