@@ -73,6 +73,31 @@ def test_quick_reproduce_writes_tables_and_resumes(cifar_zip: Path, tmp_path: Pa
     assert second_seconds < first_seconds
 
 
+@pytest.mark.slow
+def test_parallel_jobs_record_every_run(cifar_zip: Path, tmp_path: Path) -> None:
+    """--jobs 2 trains two runs at a time in their own processes; every run lands in the progress file once."""
+    out = tmp_path / "results"
+    cmd = [sys.executable, "jobs/reproduce.py", "--quick", "--methods", "stl,gcs", "--seeds", "0,1", "--jobs", "2",
+           "--out-dir", str(out), "--runs-dir", str(out / "runs"), "--set", f"data.cache_dir={CACHE_DIR}"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = [json.loads(line) for line in (out / "reproduce_quick_convnet4.runs.jsonl").read_text().splitlines()]
+    assert sorted((r["method"], r["seed"]) for r in runs) == [("gcs", 0), ("gcs", 1), ("stl", 0), ("stl", 1)]
+    assert all(r["jobs"] == 2 and r["threads"] >= 1 for r in runs)
+    table = json.loads((out / "reproduce_quick_convnet4.json").read_text())
+    assert [(row["method"], row["seeds"]) for row in table] == [("stl", [0, 1]), ("gcs", [0, 1])]
+    md = (out / "reproduce_quick_convnet4.md").read_text()
+    assert "--jobs 2" in md and "2 at a time" in md
+
+
+def test_bad_jobs_is_one_line(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "jobs/reproduce.py", "--quick", "--jobs", "0", "--out-dir", str(tmp_path)],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == ["reproduce: error: --jobs must be at least 1, got 0"], proc.stderr
+    assert not any(tmp_path.iterdir())
+
+
 def test_table_statistics_and_torn_progress_file(tmp_path: Path) -> None:
     """Fast: mean/std (ddof=0) over seeds, time relative to STL, and a killed job's torn last line ignored."""
     from auxray.bench.reproduce import append_run, build_table, read_runs

@@ -15,6 +15,7 @@ import ctypes
 import gc
 import os
 import statistics
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -173,6 +174,11 @@ class _PeakMemory:
             self._thread.join()
 
 
+def _progress(message: str) -> None:
+    """One line per finished case on stderr, so a long benchmark shows where it is (stdout stays JSON)."""
+    print(f"[bench hypergrad] {message}", file=sys.stderr, flush=True)
+
+
 def _measure(fn: Callable[[], object], device: str, repeats: int) -> dict[str, float | None]:
     """Warm-up run (memory measured there), then the median seconds of ``repeats`` timed runs."""
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
@@ -231,11 +237,14 @@ def _bench_backbone(backbone: str, ks: tuple[int, ...], methods: tuple[str, ...]
         for bn in bns:
             bn.track_running_stats = False
         base = _measure(lambda: plain_step(problem, optimizer), device, repeats)
+        _progress(f"{backbone}: plain step {base['seconds']:.3g} s")
         records = []
         for fields, fn in _cases(problem, ks, methods, hvps):
             rec = {**fields, **_measure(fn, device, repeats)}
             rec["ratio_to_plain_step"] = rec["seconds"] / base["seconds"]
             records.append(rec)
+            _progress(f"{backbone}: {fields['method']} K={fields['k'] or '-'} {fields['hvp'] or ''} "
+                      f"{rec['seconds']:.3g} s ({rec['ratio_to_plain_step']:.3g}x plain step)")
         check = _agreement(problem, min(ks)) if "naive_neumann" in methods and ks else None
         for bn in bns:
             bn.track_running_stats = True

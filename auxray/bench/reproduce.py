@@ -346,6 +346,8 @@ def render_markdown(table: list[dict[str, Any]], runs: list[dict[str, Any]], met
         rel = f"{row['relative_time']:.2f}" if row["relative_time"] is not None else "–"
         lines.append(f"| {name} | {paper} | {_pct(row['mean'])} ± {_pct(row['std'])} | {per_seed} | "
                      f"{row['seconds']:.1f} | {rel} |")
+    if meta.get("picture"):
+        lines += ["", f"![test accuracy and relative wall time per method]({meta['picture']})"]
     lines += ["", "## Settings", "",
               f"- Command: `{meta['command']}`",
               f"- Backbone: {meta['backbone']} (width {meta['width']}); epochs: {meta['epochs']} for every method; "
@@ -354,13 +356,17 @@ def render_markdown(table: list[dict[str, Any]], runs: list[dict[str, Any]], met
               f"`{json.dumps(meta['shared']['trainer'], default=str)}`",
               f"- Data: {meta['data_note']}",
               f"- Machine: {meta['machine']['platform']}, {meta['machine']['cpu_count']} CPUs "
-              f"({meta['machine']['usable_cpus']} usable, torch threads {meta['machine']['torch_threads']}), "
+              f"({meta['machine']['usable_cpus']} usable, torch threads per run "
+              f"{meta.get('threads_per_job') or meta['machine']['torch_threads']}), "
               f"Python {meta['machine']['python']}, torch {meta['machine']['torch']}, device "
               f"{meta['machine']['device']}{' (' + meta['machine']['gpu'] + ')' if meta['machine'].get('gpu') else ''}",
               f"- Wall time of this invocation: {meta['wall_seconds']:.1f} s ({meta['ran']} runs trained, "
               f"{meta['skipped']} reused from `{meta['runs_file']}`)"
               + (f"; rows of {', '.join(meta['carried'])} come from earlier invocations with the same settings "
                  "(same file)" if meta.get("carried") else ""),
+              (f"- Runs trained {meta['jobs']} at a time, each in its own process with {meta['threads_per_job']} "
+               "torch thread(s), so a run's seconds are those of a machine shared with the other run(s)"
+               if meta.get("jobs", 1) > 1 else "- Runs trained one at a time in one process"),
               "", "Per-method settings (from each resolved config, method.* and hypergrad.*):", "",
               "| method | settings |", "|---|---|"]
     for row in table:
@@ -400,7 +406,8 @@ def data_note(cfg: Any, sizes: dict[str, int] | None) -> str:
 
 def canonical_command(methods: Sequence[str], seeds: Sequence[int] | None, epochs: int | None, backbone: str,
                       width: int | None, out_dir: str | Path, tag: str | None, quick: bool,
-                      extra_overrides: Sequence[str], runs_dir: str | Path | None, tracking: bool) -> str:
+                      extra_overrides: Sequence[str], runs_dir: str | Path | None, tracking: bool,
+                      jobs: int = 1) -> str:
     """The `python jobs/reproduce.py ...` line that repeats this invocation."""
     parts = ["python", "jobs/reproduce.py"]
     if quick:
@@ -423,6 +430,8 @@ def canonical_command(methods: Sequence[str], seeds: Sequence[int] | None, epoch
         parts += ["--tag", tag]
     if tracking:
         parts.append("--track")
+    if jobs != 1:
+        parts += ["--jobs", str(jobs)]
     for o in extra_overrides:
         parts += ["--set", o]
     return shlex.join(parts)
@@ -474,6 +483,58 @@ def _train_one(cfg: Any, name: str, tracking: bool, verbose: bool,
     return summary, diag.out
 
 
+def _threads_per_job(jobs: int) -> int:
+    """Torch threads for each of `jobs` concurrent runs: the usable CPUs split evenly, at least one."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    return max(1, cpus // jobs)
+
+
+def _init_job(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _train_all(pending: Sequence[tuple[str, int]], cfgs: dict[tuple[str, int], Any], tracking: bool, verbose: bool,
+               resume: bool, jobs: int, threads: int | None):
+    """Yield (method, seed, summary, diagnostics) as runs finish: in this process one after another (jobs=1), or
+    up to `jobs` at a time in spawned processes with `threads` torch threads each. Small networks use two cores
+    poorly within one process, so two single-threaded runs at a time finish a table sooner on a 2-core machine.
+    When a run fails, the runs not started are dropped, the ones under way still finish and are yielded, and
+    then the first error is raised."""
+    if jobs <= 1:
+        for m, s in pending:
+            summary, diag = _train_one(cfgs[m, s], f"{m}_s{s}", tracking, verbose, resume=resume)
+            yield m, s, summary, diag
+        return
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    error: BaseException | None = None
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_init_job, initargs=(threads,)) as pool:
+        futures = {pool.submit(_train_one, cfgs[m, s], f"{m}_s{s}", tracking, verbose, resume=resume): (m, s)
+                   for m, s in pending}
+        while futures:
+            finished, _ = wait(futures, return_when=FIRST_COMPLETED)
+            for f in finished:
+                m, s = futures.pop(f)
+                if f.cancelled():
+                    continue
+                if f.exception() is not None:
+                    error = error or f.exception()
+                    for other in futures:
+                        other.cancel()
+                    continue
+                summary, diag = f.result()
+                yield m, s, summary, diag
+    if error is not None:
+        raise error
+
+
 def run_reproduce(
     methods: Sequence[str] = DEFAULT_METHODS,
     seeds: Sequence[int] = DEFAULT_SEEDS,
@@ -491,18 +552,20 @@ def run_reproduce(
     verbose: bool = False,
     config_dir: str | Path = CONFIG_DIR,
     command: str | None = None,
+    jobs: int = 1,
 ) -> list[dict[str, Any]]:
     """Train every (method, seed) not yet in the progress file, then write the JSON and Markdown tables.
 
     quick: 1 seed (unless `seeds` is given), 1 epoch (unless `epochs`), 40 labelled images
-    per class and 1,000 test images. Returns the JSON table (one dict per method)."""
+    per class and 1,000 test images. jobs: runs trained at once (each in its own process, the CPUs split
+    between them). Returns the JSON table (one dict per method)."""
     from auxray.config import METHODS, load_config
     from auxray.errors import UserError
 
     t_start = time.perf_counter()
     methods = tuple(methods)
     command = command or canonical_command(methods, None if seeds is DEFAULT_SEEDS else seeds, epochs, backbone,
-                                           width, out_dir, tag, quick, extra_overrides, runs_dir, tracking)
+                                           width, out_dir, tag, quick, extra_overrides, runs_dir, tracking, jobs)
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
         raise UserError(f"unknown method(s) {unknown or '(none given)'}; choose from {', '.join(METHODS)}")
@@ -513,6 +576,8 @@ def run_reproduce(
         raise UserError("no seeds given")
     if quick and epochs is None:
         epochs = 1
+    if jobs < 1:
+        raise UserError(f"--jobs must be at least 1, got {jobs}")
     tag = tag or default_tag(backbone, quick)
     out = Path(out_dir)
     runs_file = out / f"reproduce_{tag}.runs.jsonl"
@@ -542,35 +607,36 @@ def run_reproduce(
 
     todo = [(m, s) for s in seeds for m in methods]
     results: dict[tuple[str, int], dict[str, Any]] = {}
-    ran = skipped = 0
-    spent: dict[str, list[float]] = {}
+    skipped = 0
+    pending: list[tuple[str, int]] = []
     for i, (m, s) in enumerate(todo, 1):
-        cfg = cfgs[m, s]
-        fp = fingerprint(cfg)
-        if (m, s, fp) in done:
-            results[m, s] = done[m, s, fp]
-            skipped += 1
-            log(f"[reproduce {i}/{len(todo)}] {m} seed {s}: done before, test acc "
-                f"{done[m, s, fp]['test_accuracy']:.4f} (skipped)")
+        row = done.get((m, s, fingerprint(cfgs[m, s])))
+        if row is None:
+            pending.append((m, s))
             continue
-        summary, diag = _train_one(cfg, f"{m}_s{s}", tracking, verbose, resume=not fresh)
+        results[m, s] = row
+        skipped += 1
+        log(f"[reproduce {i}/{len(todo)}] {m} seed {s}: done before, test acc {row['test_accuracy']:.4f} (skipped)")
+    threads = _threads_per_job(jobs) if jobs > 1 else None
+    spent: dict[str, list[float]] = {}
+    for m, s, summary, diag in _train_all(pending, cfgs, tracking, verbose, not fresh, jobs, threads):
         row = {"method": m, "seed": s, "test_accuracy": summary["test_accuracy"], "seconds": summary["seconds"],
                "best_val_accuracy": summary["best_val_accuracy"], "epochs": summary["epochs"],
                "final_test_accuracy": summary.get("final_test_accuracy"), "best_epoch": summary.get("best_epoch"),
-               "backbone": cfg.model.backbone, "run_dir": summary.get("run_dir"), "fingerprint": fp,
-               "settings": method_settings(cfg), "diagnostics": diag,
-               "resumed_from_epoch": summary.get("resumed_from_epoch"),
+               "backbone": cfgs[m, s].model.backbone, "run_dir": summary.get("run_dir"),
+               "fingerprint": fingerprint(cfgs[m, s]), "settings": method_settings(cfgs[m, s]), "diagnostics": diag,
+               "resumed_from_epoch": summary.get("resumed_from_epoch"), "jobs": jobs, "threads": threads,
                "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
         append_run(runs_file, row)
         results[m, s] = row
-        ran += 1
         spent.setdefault(m, []).append(row["seconds"])
-        left = [(mm, ss) for mm, ss in todo[i:] if (mm, ss, fingerprint(cfgs[mm, ss])) not in done]
+        left = [p for p in pending if p not in results]
         overall = [x for v in spent.values() for x in v]
         eta = sum(sum(spent[mm]) / len(spent[mm]) if mm in spent else sum(overall) / len(overall)
-                  for mm, _ in left)
-        log(f"[reproduce {i}/{len(todo)}] {m} seed {s}: test acc {row['test_accuracy']:.4f} in "
+                  for mm, _ in left) / jobs
+        log(f"[reproduce {len(results)}/{len(todo)}] {m} seed {s}: test acc {row['test_accuracy']:.4f} in "
             f"{row['seconds']:.1f}s (ETA {_fmt_seconds(eta)} for {len(left)} more)")
+    ran = len(results) - skipped
 
     # Methods not asked for this time but finished earlier with the same settings stay in the table, so a partial
     # re-run (say --methods jtds after a fix) adds to the table rather than replacing it.
@@ -605,11 +671,17 @@ def run_reproduce(
         "carried": carried,
         "data_note": data_note(first, sizes), "machine": machine_info(device),
         "wall_seconds": time.perf_counter() - t_start, "ran": ran, "skipped": skipped, "runs_file": str(runs_file),
+        "jobs": jobs, "threads_per_job": threads,
     }
     out.mkdir(parents=True, exist_ok=True)
     for row in table:
         row["settings"] = meta["settings"][row["method"]]
     (out / f"reproduce_{tag}.json").write_text(json.dumps(table, indent=2, default=float) + "\n")
+    from auxray.bench.reproduce_plot import plot_reproduce
+
+    picture = plot_reproduce(table, out / f"reproduce_{tag}.png",
+                             f"CIFAR-10, 5% labels: {backbone}, {epochs} epochs, seeds {', '.join(map(str, seeds))}")
+    meta["picture"] = picture.name if picture else None
     (out / f"reproduce_{tag}.md").write_text(render_markdown(table, finished, meta))
     log(f"[reproduce] {ran} runs trained, {skipped} reused, {meta['wall_seconds']:.1f}s; wrote "
         f"{out / f'reproduce_{tag}.json'} and {out / f'reproduce_{tag}.md'}")
@@ -637,6 +709,8 @@ def add_arguments(p: Any) -> None:
     p.add_argument("--fresh", action="store_true", help="forget finished runs and start over")
     p.add_argument("--track", action="store_true", help="log each run to MLflow (off by default)")
     p.add_argument("--verbose", action="store_true", help="also print each run's per-epoch lines")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="runs trained at once, each in its own process with the CPUs split between them (default 1)")
 
 
 def run_from_args(args: Any) -> list[dict[str, Any]]:
@@ -650,4 +724,4 @@ def run_from_args(args: Any) -> list[dict[str, Any]]:
     return run_reproduce(methods=tuple(parse_list(args.methods)), seeds=seeds, epochs=args.epochs,
                          backbone=args.backbone, width=args.width, out_dir=args.out_dir, tag=args.tag,
                          quick=args.quick, extra_overrides=tuple(args.overrides), fresh=args.fresh,
-                         runs_dir=args.runs_dir, tracking=args.track, verbose=args.verbose)
+                         runs_dir=args.runs_dir, tracking=args.track, verbose=args.verbose, jobs=args.jobs)
