@@ -267,15 +267,19 @@ def build_table(runs: Iterable[dict[str, Any]], methods: Sequence[str]) -> list[
     return table
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 def machine_info(device: str | None) -> dict[str, Any]:
     import torch
 
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        usable = os.cpu_count()
     info = {"platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count(),
-            "usable_cpus": usable, "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+            "usable_cpus": usable_cpus(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
             "device": device or ("cuda" if torch.cuda.is_available() else "cpu")}
     if info["device"].startswith("cuda") and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
@@ -485,11 +489,7 @@ def _train_one(cfg: Any, name: str, tracking: bool, verbose: bool,
 
 def _threads_per_job(jobs: int) -> int:
     """Torch threads for each of `jobs` concurrent runs: the usable CPUs split evenly, at least one."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cpus = os.cpu_count() or 1
-    return max(1, cpus // jobs)
+    return max(1, usable_cpus() // jobs)
 
 
 def _init_job(threads: int) -> None:
@@ -606,11 +606,12 @@ def run_reproduce(
     done = {(r["method"], r["seed"], r.get("fingerprint")): r for r in previous}
 
     todo = [(m, s) for s in seeds for m in methods]
+    fps = {key: fingerprint(cfg) for key, cfg in cfgs.items()}
     results: dict[tuple[str, int], dict[str, Any]] = {}
     skipped = 0
     pending: list[tuple[str, int]] = []
     for i, (m, s) in enumerate(todo, 1):
-        row = done.get((m, s, fingerprint(cfgs[m, s])))
+        row = done.get((m, s, fps[m, s]))
         if row is None:
             pending.append((m, s))
             continue
@@ -624,7 +625,7 @@ def run_reproduce(
                "best_val_accuracy": summary["best_val_accuracy"], "epochs": summary["epochs"],
                "final_test_accuracy": summary.get("final_test_accuracy"), "best_epoch": summary.get("best_epoch"),
                "backbone": cfgs[m, s].model.backbone, "run_dir": summary.get("run_dir"),
-               "fingerprint": fingerprint(cfgs[m, s]), "settings": method_settings(cfgs[m, s]), "diagnostics": diag,
+               "fingerprint": fps[m, s], "settings": method_settings(cfgs[m, s]), "diagnostics": diag,
                "resumed_from_epoch": summary.get("resumed_from_epoch"), "jobs": jobs, "threads": threads,
                "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
         append_run(runs_file, row)

@@ -6,11 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-import matplotlib
+import matplotlib.pyplot as plt
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
+from auxray.tracking.plots import save_figure  # also selects matplotlib's Agg backend
 
 
 def plot_reproduce(table: Sequence[dict[str, Any]], path: str | Path, title: str) -> Path | None:
@@ -50,8 +48,4 @@ def plot_reproduce(table: Sequence[dict[str, Any]], path: str | Path, title: str
     time_ax.set_xlim(0, max(rel + [1.0]) * 1.25)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return save_figure(fig, Path(path))

@@ -17,7 +17,8 @@ from torch import Tensor  # noqa: E402
 TASK_WEIGHT_PREFIX = "task_weight/"
 
 
-def _save(fig: Any, path: Path) -> Path:
+def save_figure(fig: Any, path: Path) -> Path:
+    """Write a figure as PNG (creating its folder) and free it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -41,7 +42,7 @@ def plot_task_weights(trainer: Any, out_dir: str | Path) -> Path | None:
                  "Learned task weights")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, Path(out_dir) / "task_weights.png")
+    return save_figure(fig, Path(out_dir) / "task_weights.png")
 
 
 def plot_hypergrad_norms(trainer: Any, out_dir: str | Path) -> Path | None:
@@ -58,7 +59,7 @@ def plot_hypergrad_norms(trainer: Any, out_dir: str | Path) -> Path | None:
     ax.set_ylabel("||hypergradient||")
     ax.set_title("Hypergradient norm per outer step")
     ax.grid(alpha=0.3)
-    return _save(fig, Path(out_dir) / "hypergrad_norms.png")
+    return save_figure(fig, Path(out_dir) / "hypergrad_norms.png")
 
 
 def has_label_generator(trainer: Any) -> bool:
@@ -128,7 +129,7 @@ def plot_label_assignment(trainer: Any, out_dir: str | Path, data: Any = None, m
                         color="white" if share[c, j] > 0.55 else "0.2")
     ax.set_title(f"Learned auxiliary labels: sub-class of each image (n={int(counts.sum())})")
     fig.colorbar(im, ax=ax, fraction=0.025, pad=0.01, label="share of the class")
-    return _save(fig, Path(out_dir) / "label_assignment.png")
+    return save_figure(fig, Path(out_dir) / "label_assignment.png")
 
 
 def write_plots(trainer: Any, out_dir: str | Path) -> list[Path]:
