@@ -63,6 +63,16 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     d.set_defaults(func=cmd_bench_distributed)
     _add_bench_sweep(bsub)
     _add_bench_reproduce(bsub)
+    _add_bench_overhead(bsub)
+
+
+def _add_bench_overhead(bsub: argparse._SubParsersAction) -> None:
+    from auxray.bench.overhead import add_arguments
+
+    o = bsub.add_parser("overhead", help="each learned method's time per inner step and accuracy against its "
+                                         "fixed-weight twin, and where an outer step's time goes (resumable)")
+    add_arguments(o)
+    o.set_defaults(func=cmd_bench_overhead)
 
 
 def _add_bench_reproduce(bsub: argparse._SubParsersAction) -> None:
@@ -212,6 +222,14 @@ def cmd_bench_distributed(args: argparse.Namespace) -> int:
 def cmd_bench_reproduce(args: argparse.Namespace) -> int:
     """`auxray bench reproduce`: see auxray.bench.reproduce; the JSON table on stdout."""
     from auxray.bench.reproduce import run_from_args
+
+    print(json.dumps(run_from_args(args), default=float), flush=True)
+    return 0
+
+
+def cmd_bench_overhead(args: argparse.Namespace) -> int:
+    """`auxray bench overhead`: see auxray.bench.overhead; the JSON rows on stdout."""
+    from auxray.bench.overhead import run_from_args
 
     print(json.dumps(run_from_args(args), default=float), flush=True)
     return 0

@@ -105,7 +105,18 @@ class TrainerConfig(_Section):
 
 
 class HypergradConfig(_Section):
-    """How the auxiliary network's hypergradient is computed (DESIGN §3)."""
+    """How the auxiliary network's hypergradient is computed (DESIGN §3), and what it may skip to be cheap.
+
+    enabled: false keeps the aux net at its initial value (no outer steps): a learned method's fixed twin.
+    reuse_graph: at an outer step the training batch's forward and backward run once; the same gradient
+    updates W and its graph serves the Hessian-vector products (no second pass over the batch).
+    batch_size: the hypergradient uses at most this many samples of the training and aux batches.
+    params: which primary parameters the hypergradient differentiates through: "all", or "last_block" (the heads
+    and the trunk's last block; the rest held fixed). Heads alone would give zero: no head but the main one
+    touches the main loss, and the main head's gradient does not depend on phi.
+    report_cosine: also compute the full-cost hypergradient at each epoch's last outer step and log its
+    cosine with the cheap one (hypergrad_cosine), so the trade is visible.
+    """
 
     method: Literal["neumann", "cg", "exact", "unroll", "fd"] = "neumann"
     steps: int = Field(3, ge=0)
@@ -117,6 +128,11 @@ class HypergradConfig(_Section):
     unroll_lr: float | None = Field(None, gt=0)
     fd_eps: float = Field(0.01, gt=0)
     mode: Literal["global", "local"] = "global"
+    enabled: bool = True
+    reuse_graph: bool = True
+    batch_size: int | None = Field(None, gt=0)
+    params: Literal["all", "last_block"] = "all"
+    report_cosine: bool = False
 
 
 class ScalingConfig(_Section):

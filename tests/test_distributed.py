@@ -54,7 +54,7 @@ def test_two_worker_cli_run_on_cifar(cifar_zip, tmp_path):
 def fixed_batches(trainer: BilevelTrainer, start: int, size: int):
     """Deterministic train and aux batches: rows [start, start+size) of each split."""
     def rows(data):
-        return trainer._prepare(data.x[start:start + size], data.y[start:start + size], None)
+        return trainer.prepare(data.x[start:start + size], data.y[start:start + size], None)
 
     return rows(trainer.data.train), rows(trainer.data.aux)
 

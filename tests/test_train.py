@@ -92,8 +92,8 @@ def test_hyperstep_leaves_batchnorm_statistics_alone(cifar_zip, tmp_path):
     trainer.train_iter.set_epoch(0)
     x, y = next(iter(trainer.train_iter))
     gen = torch.Generator().manual_seed(0)
-    batch = trainer._prepare(x, y, gen)
-    aux = trainer._prepare(*next(iter(trainer.aux_iter)), gen)
+    batch = trainer.prepare(x, y, gen)
+    aux = trainer.prepare(*next(iter(trainer.aux_iter)), gen)
     before = {k: v.clone() for k, v in trainer.model.state_dict().items() if "running" in k or "num_batches" in k}
     assert before, "the ConvNet should have BatchNorm buffers"
     grads = compute_hypergrad(trainer.objective, trainer.model, trainer.auxnet, batch, aux, cfg.hypergrad,

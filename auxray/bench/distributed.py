@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from auxray.config import RunConfig, config_from_dict
+from auxray.config import config_from_dict
 from auxray.data import build_data
 from auxray.train.loop import BilevelTrainer
 

@@ -83,12 +83,87 @@ def render_reproduce(data: list[dict[str, Any]]) -> str:
                    "time × STL"], rows)
 
 
-RENDERERS: dict[str, tuple[str, Callable[[Any], str]]] = {
+def _settings_cell(settings: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={json.dumps(v)}" if isinstance(v, bool) or v is None else f"{k}={v}"
+                     for k, v in settings.items())
+
+
+def _outer_steps_cell(counts: list[int]) -> str:
+    return ", ".join(str(c) for c in sorted(set(counts)))
+
+
+PHASES = ("inner_forward_backward", "aux_gradient", "graph_build", "hvp", "mixed_term", "direct_term", "optimizer",
+          "communication")
+
+
+def render_breakdown(data: dict[str, Any]) -> str:
+    """Per method, one outer step's phases (median seconds) under each hypergradient variant."""
+    m = data["machine"]
+    parts = [f"One outer step, phase by phase: median seconds of {data['repeats']} steps after {data['warmup']} "
+             f"warm-up; outer step = its total, the inner step it rides on included; × plain step = that over one "
+             f"plain inner step; cosine = the variant's hypergradient against the full-cost one (all parameters, "
+             f"whole batch), mean over the timed batches (device {m['device']}, torch {m['torch']}, "
+             f"{m['torch_threads']} threads{', quick data' if data.get('quick') else ''})."]
+    header = ["variant", "plain step s", "outer step s", "× plain step", "inner fwd+bwd", "aux gradient",
+              "graph build", "HVPs (count)", "mixed term", "direct term", "optimizer", "communication",
+              "cosine to full"]
+    for method in data["methods"]:
+        rows = []
+        for v in method["variants"]:
+            ph = v["phases"]
+            cells = [_fmt(ph[k]) for k in PHASES]
+            cells[PHASES.index("hvp")] = f"{_fmt(ph['hvp'])} ({ph['hvp_count']:.0f})"
+            rows.append([v["variant"], v["plain_step_seconds"], ph["total"], v["total_over_plain_step"], *cells,
+                         v["cosine_to_full"]])
+        parts.append(f"**{method['method']}**\n\n" + _table(header, rows))
+    return "\n\n".join(parts)
+
+
+def render_harmful(rows: list[dict[str, Any]]) -> str:
+    """The synthetic helpful/harmful task at full cost and at the cheap settings: learned weights, validation MSE."""
+    table = []
+    for variant in dict.fromkeys(r["variant"] for r in rows):
+        mine = [r for r in rows if r["variant"] == variant]
+        lowest = sum(min(r["weights"], key=r["weights"].get) == "harmful" for r in mine)
+        table.append([variant, len(mine), f"{lowest}/{len(mine)}",
+                      *(sum(r["weights"][k] for r in mine) / len(mine) for k in ("helpful", "harmful")),
+                      sum(r["val_mse"] for r in mine) / len(mine)])
+    return ("Synthetic task with one helpful and one harmful auxiliary (`configs/synthetic_combine.yaml`), learned "
+            "weights after the last epoch, means over seeds:\n\n"
+            + _table(["variant", "seeds", "harmful weight lowest", "helpful weight", "harmful weight", "val MSE"],
+                     table))
+
+
+def render_overhead(rows: list[dict[str, Any]], breakdown: dict[str, Any] | None = None) -> str:
+    """Each learned method against its fixed-weight twin: time per inner step and accuracy; then, when the
+    breakdown JSON exists, where an outer step's time goes."""
+    seeds = sorted({s for r in rows for s in r["seeds"]})
+    epochs = sorted({r["epochs"] for r in rows})
+    head = (f"Wall time per inner step over whole runs (epoch times summed: outer steps included, evaluation "
+            f"excluded), as a multiple of the twin's; test accuracy of the best-on-validation weights; means over "
+            f"seeds {', '.join(map(str, seeds))}; epochs per run: {', '.join(map(str, epochs))}.\n\n")
+    table = _table(["method", "twin", "× twin time per inner step", "accuracy %", "twin accuracy %",
+                    "outer steps per run", "settings"],
+                   [[r["method"], r["twin"], r["ratio"], f"{100 * r['accuracy']:.1f}",
+                     f"{100 * r['twin_accuracy']:.1f}", _outer_steps_cell(r["outer_steps"]),
+                     _settings_cell(r["settings"])] for r in rows])
+    extra = ""
+    if breakdown:
+        extra = f"\n\n{render_breakdown(breakdown)}"
+        if breakdown.get("harmful_auxiliary"):
+            extra += f"\n\n{render_harmful(breakdown['harmful_auxiliary'])}"
+    return head + table + extra
+
+
+RENDERERS: dict[str, tuple[str, Callable[..., str]]] = {
     "hypergrad": ("bench_hypergrad_cpu.json", render_hypergrad),
     "distributed": ("bench_distributed_cpu.json", render_distributed),
     "sweep": ("bench_sweep_cpu.json", render_sweep),
     "reproduce": ("reproduce_cifar10_5pct_convnet4.json", render_reproduce),
+    "overhead": ("bench_overhead_cpu.json", render_overhead),
 }
+# A second JSON a section's renderer takes when it exists (passed as its second argument).
+COMPANIONS: dict[str, str] = {"overhead": "bench_overhead_cpu_breakdown.json"}
 
 
 def update_readme(readme: Path = Path("README.md"), results: Path = RESULTS) -> list[str]:
@@ -99,7 +174,9 @@ def update_readme(readme: Path = Path("README.md"), results: Path = RESULTS) -> 
         path = results / filename
         pattern = re.compile(rf"(<!-- bench:{name} -->\n)(?:.*?\n)?(<!-- /bench:{name} -->)", re.S)
         if path.is_file() and pattern.search(text):
-            body = render(json.loads(path.read_text()))
+            companion = results / COMPANIONS[name] if name in COMPANIONS else None
+            extra = [json.loads(companion.read_text())] if companion is not None and companion.is_file() else []
+            body = render(json.loads(path.read_text()), *extra)
             text = pattern.sub(lambda m: m.group(1) + body + "\n" + m.group(2), text)
             done.append(name)
     readme.write_text(text)

@@ -77,7 +77,8 @@ def default_tag(backbone: str, quick: bool) -> str:
     return f"quick_{backbone}" if quick else f"cifar10_5pct_{backbone}"
 
 
-def _fmt_seconds(s: float) -> str:
+def fmt_seconds(s: float) -> str:
+    """A duration for a progress line: seconds, minutes or hours."""
     s = max(0.0, s)
     if s < 90:
         return f"{s:.0f}s"
@@ -154,6 +155,9 @@ class Diagnostics:
             "sizes": {s: len(getattr(trainer.data, s)) for s in ("train", "aux", "val", "test")},
             "device": str(trainer.device),
             "steps": trainer.step,
+            "train_seconds": sum(h.get("epoch_seconds", 0.0) for h in trainer.history),
+            "inner_steps": trainer.step,
+            "outer_steps": len(trainer.hypergrad_norms),
         }
         norms = [n for _, n in trainer.hypergrad_norms]
         if norms:
@@ -487,7 +491,7 @@ def _train_one(cfg: Any, name: str, tracking: bool, verbose: bool,
     return summary, diag.out
 
 
-def _threads_per_job(jobs: int) -> int:
+def threads_per_job(jobs: int) -> int:
     """Torch threads for each of `jobs` concurrent runs: the usable CPUs split evenly, at least one."""
     return max(1, usable_cpus() // jobs)
 
@@ -498,8 +502,8 @@ def _init_job(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _train_all(pending: Sequence[tuple[str, int]], cfgs: dict[tuple[str, int], Any], tracking: bool, verbose: bool,
-               resume: bool, jobs: int, threads: int | None):
+def train_all(pending: Sequence[tuple[str, int]], cfgs: dict[tuple[str, int], Any], tracking: bool, verbose: bool,
+              resume: bool, jobs: int, threads: int | None):
     """Yield (method, seed, summary, diagnostics) as runs finish: in this process one after another (jobs=1), or
     up to `jobs` at a time in spawned processes with `threads` torch threads each. Small networks use two cores
     poorly within one process, so two single-threaded runs at a time finish a table sooner on a 2-core machine.
@@ -618,9 +622,9 @@ def run_reproduce(
         results[m, s] = row
         skipped += 1
         log(f"[reproduce {i}/{len(todo)}] {m} seed {s}: done before, test acc {row['test_accuracy']:.4f} (skipped)")
-    threads = _threads_per_job(jobs) if jobs > 1 else None
+    threads = threads_per_job(jobs) if jobs > 1 else None
     spent: dict[str, list[float]] = {}
-    for m, s, summary, diag in _train_all(pending, cfgs, tracking, verbose, not fresh, jobs, threads):
+    for m, s, summary, diag in train_all(pending, cfgs, tracking, verbose, not fresh, jobs, threads):
         row = {"method": m, "seed": s, "test_accuracy": summary["test_accuracy"], "seconds": summary["seconds"],
                "best_val_accuracy": summary["best_val_accuracy"], "epochs": summary["epochs"],
                "final_test_accuracy": summary.get("final_test_accuracy"), "best_epoch": summary.get("best_epoch"),
@@ -636,7 +640,7 @@ def run_reproduce(
         eta = sum(sum(spent[mm]) / len(spent[mm]) if mm in spent else sum(overall) / len(overall)
                   for mm, _ in left) / jobs
         log(f"[reproduce {len(results)}/{len(todo)}] {m} seed {s}: test acc {row['test_accuracy']:.4f} in "
-            f"{row['seconds']:.1f}s (ETA {_fmt_seconds(eta)} for {len(left)} more)")
+            f"{row['seconds']:.1f}s (ETA {fmt_seconds(eta)} for {len(left)} more)")
     ran = len(results) - skipped
 
     # Methods not asked for this time but finished earlier with the same settings stay in the table, so a partial

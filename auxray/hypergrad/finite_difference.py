@@ -32,10 +32,26 @@ def finite_difference_hypergrad(
     probe moves W by exactly ``eps`` in norm); zeros when d = 0. Matches the unrolled
     hypergradient to first order in lr.
     """
+    w, hparams = tuple(p.detach() for p in params), tuple(hparams)
+    w_leaf, phi_fixed = leaves(w), tuple(h.detach() for h in hparams)
+    g = _grad(lambda: inner_fn(w_leaf, phi_fixed), w_leaf)
+    return finite_difference_from_grad(g, inner_fn, outer_fn, w, hparams, lr=lr, eps=eps)
+
+
+def finite_difference_from_grad(
+    g: Vec,
+    inner_fn: Callable[[Vec, Vec], Tensor],
+    outer_fn: Callable[[Vec], Tensor],
+    params: Iterable[Tensor],
+    hparams: Iterable[Tensor],
+    *,
+    lr: float,
+    eps: float = 0.01,
+) -> tuple[Tensor, ...]:
+    """:func:`finite_difference_hypergrad` given g = dL_T/dW at (W, phi), e.g. the inner step's own gradient."""
     w = tuple(p.detach() for p in params)
     phi = leaves(hparams)
-    w_leaf, phi_fixed = leaves(w), tuple(h.detach() for h in phi)
-    g = _grad(lambda: inner_fn(w_leaf, phi_fixed), w_leaf)
+    g = tuple(x.detach() for x in g)
     stepped = leaves(axpy(-lr, g, w))
     d = _grad(lambda: outer_fn(stepped), stepped)
     norm = dot(d, d).sqrt()

@@ -27,7 +27,7 @@ def solve(hvp: HVP, v: Vec, *, method: str, steps: int, alpha: float, tol: float
     raise ValueError(f"unknown hypergradient method {method!r}; choose one of {', '.join(METHODS)}")
 
 
-def _outer_gradient(outer_loss: Tensor, params: Vec, reduce: Reduce | None) -> Vec:
+def outer_gradient(outer_loss: Tensor, params: Vec, reduce: Reduce | None = None) -> Vec:
     """v = dL_A/dW, zeros where L_A does not reach, reduced when a hook is given."""
     if outer_loss.requires_grad:
         grads = torch.autograd.grad(outer_loss, params, retain_graph=True, allow_unused=True)
@@ -37,16 +37,21 @@ def _outer_gradient(outer_loss: Tensor, params: Vec, reduce: Reduce | None) -> V
     return tuple(reduce(v)) if reduce is not None else v
 
 
-def _mixed_term(grads: Vec, hparams: Vec, u: Vec, reduce: Reduce | None) -> tuple[Tensor, ...]:
-    """-M^T u = -d/dphi (dL_T/dW . u), zeros for hparams not reached, reduced when a hook is given."""
+def mixed_term(grads: Vec, hparams: Vec, u: Vec, reduce: Reduce | None = None,
+               direct: Tensor | None = None) -> tuple[Tensor, ...]:
+    """-M^T u = -d/dphi (dL_T/dW . u), plus d(direct)/dphi when a scalar ``direct`` term is given (in the same
+    backward pass); zeros for hparams not reached, reduced when a hook is given."""
     live = [i for i, g in enumerate(grads) if g.requires_grad]
-    if live and hparams:
-        res = torch.autograd.grad(
-            [grads[i] for i in live], hparams, grad_outputs=[u[i] for i in live], retain_graph=True, allow_unused=True
-        )
+    outputs = [grads[i] for i in live]
+    grad_outputs = [-u[i] for i in live]
+    if direct is not None and direct.requires_grad:
+        outputs.append(direct)
+        grad_outputs.append(torch.ones_like(direct))
+    if outputs and hparams:
+        res = torch.autograd.grad(outputs, hparams, grad_outputs=grad_outputs, retain_graph=True, allow_unused=True)
     else:
         res = (None,) * len(hparams)
-    mixed = tuple(-g.detach() for g in fill_zeros(res, hparams))
+    mixed = tuple(g.detach() for g in fill_zeros(res, hparams))
     return tuple(reduce(mixed)) if reduce is not None else mixed
 
 
@@ -73,10 +78,40 @@ def implicit_hypergrad(
     """
     params, hparams = tuple(params), tuple(hparams)
     grads = gradient_graph(inner_loss, params)
-    v = _outer_gradient(outer_loss, params, reduce)
-    hvp = damped(reduced(revrev_hvp(grads, params), reduce if reduce_hvp else None), damping)
+    v = outer_gradient(outer_loss, params, reduce)
+    return implicit_from_graph(grads, v, params, hparams, method=method, steps=steps, alpha=alpha, tol=tol,
+                               damping=damping, reduce=reduce, reduce_hvp=reduce_hvp)
+
+
+def implicit_from_graph(
+    grads: Vec,
+    v: Vec,
+    params: Vec,
+    hparams: Vec,
+    *,
+    method: str = "neumann",
+    steps: int = 3,
+    alpha: float = 1e-2,
+    tol: float = 1e-6,
+    damping: float = 0.0,
+    reduce: Reduce | None = None,
+    reduce_hvp: bool = True,
+    hvp_wrap: Callable[[HVP], HVP] | None = None,
+    direct: Tensor | None = None,
+) -> tuple[Tensor, ...]:
+    """-M^T (H + damping I)^{-1} v from a gradient graph dL_T/dW (built with create_graph) and v = dL_A/dW.
+
+    The core of every implicit hypergradient here: a caller that already holds the training loss's gradient
+    graph (the inner step's own backward, kept for the outer step) pays for no second forward or backward.
+    ``hvp_wrap`` lets a caller observe each H-vector product (timing); it must return an equivalent HVP.
+    ``direct``: a scalar term of the outer objective on phi alone whose gradient is added (one backward pass).
+    """
+    product = revrev_hvp(grads, params)
+    if hvp_wrap is not None:
+        product = hvp_wrap(product)
+    hvp = damped(reduced(product, reduce if reduce_hvp else None), damping)
     u = solve(hvp, v, method=method, steps=steps, alpha=alpha, tol=tol)
-    return _mixed_term(grads, hparams, u, reduce)
+    return mixed_term(grads, hparams, u, reduce, direct)
 
 
 def functional_implicit_hypergrad(
@@ -102,7 +137,7 @@ def functional_implicit_hypergrad(
     mode = select_hvp(hvp)
     w, phi = leaves(params), leaves(hparams)
     with torch.enable_grad():
-        v = _outer_gradient(outer_fn(w), w, reduce)
+        v = outer_gradient(outer_fn(w), w, reduce)
         hvp_reduce = reduce if reduce_hvp else None
         if mode == "revrev":
             grads = gradient_graph(inner_fn(w, phi), w)
@@ -112,4 +147,4 @@ def functional_implicit_hypergrad(
         u = solve(damped(reduced(product, hvp_reduce), damping), v, method=method, steps=steps, alpha=alpha, tol=tol)
         if mode == "fwdrev":
             grads = gradient_graph(inner_fn(w, phi), w)
-        return _mixed_term(grads, phi, u, reduce)
+        return mixed_term(grads, phi, u, reduce)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 import torch
 from torch import Tensor
@@ -22,6 +22,23 @@ def unrolled_hypergrad(
     w, phi = leaves(params), leaves(hparams)
     with torch.enable_grad():
         grads = torch.autograd.grad(inner_fn(w, phi), w, create_graph=True, allow_unused=True)
-        stepped = tuple(p if g is None else p - lr * g for p, g in zip(w, grads))
-        res = torch.autograd.grad(outer_fn(stepped), phi, allow_unused=True)
-    return tuple(g.detach() for g in fill_zeros(res, phi))
+        return unrolled_from_graph(grads, outer_fn, w, phi, lr=lr)
+
+
+def unrolled_from_graph(
+    grads: Sequence[Tensor | None],
+    outer_fn: Callable[[Vec], Tensor],
+    params: Vec,
+    hparams: Vec,
+    *,
+    lr: float,
+    direct: Tensor | None = None,
+) -> tuple[Tensor, ...]:
+    """The unrolled hypergradient from a gradient graph dL_T/dW (create_graph) the caller already holds:
+    the inner step's own backward serves the look-ahead, so no second pass over the training batch.
+    ``direct``: a scalar term on phi alone whose gradient is added, in the same backward pass."""
+    with torch.enable_grad():
+        stepped = tuple(p if g is None else p - lr * g for p, g in zip(params, grads))
+        target = outer_fn(stepped) if direct is None else outer_fn(stepped) + direct
+        res = torch.autograd.grad(target, hparams, allow_unused=True)
+    return tuple(g.detach() for g in fill_zeros(res, hparams))

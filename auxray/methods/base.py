@@ -25,6 +25,9 @@ class InnerResult:
     task_weights: dict[str, Tensor] = field(default_factory=dict)
     main_per_sample: Tensor | None = None
     aux_per_sample: Tensor | None = None
+    # A term of the outer objective on phi alone (MAXL's label-entropy term), computed from this pass's aux-net
+    # outputs so the hypergradient adds its gradient without another aux-net forward; None when there is none.
+    regulariser: Tensor | None = None
 
 
 class Objective(Protocol):
@@ -34,6 +37,7 @@ class Objective(Protocol):
     name: str
     heads: dict[str, int]
     learned: bool
+    aux_names: tuple[str, ...]  # the columns of InnerResult.aux_per_sample
 
     def build_auxnet(self, model: nn.Module) -> nn.Module | None: ...
 
@@ -43,7 +47,9 @@ class Objective(Protocol):
 
     def outer(self, forward: ForwardFn, batch: Batch) -> Tensor: ...
 
-    def regulariser(self, aux: AuxFn, batch: Batch) -> Tensor | None: ...
+    def task_weights(self, auxnet: nn.Module | None, result: InnerResult) -> dict[str, Tensor]:
+        """Learned task weights that are not a by-product of the inner loss (read once an epoch, for logs)."""
+        ...
 
 
 def main_loss(logits: Tensor, y: Tensor, task: str) -> Tensor:
@@ -71,8 +77,8 @@ class MainOuterMixin:
     def outer(self, forward: ForwardFn, batch: Batch) -> Tensor:
         return main_loss(forward(batch["x"])["main"], main_target(batch["y"], self.task), self.task).mean()
 
-    def regulariser(self, aux: AuxFn, batch: Batch) -> Tensor | None:
-        return None
+    def task_weights(self, auxnet: nn.Module | None, result: InnerResult) -> dict[str, Tensor]:
+        return {}
 
 
 def stack_first_dim(*tensors: Tensor) -> Tensor:

@@ -31,6 +31,7 @@ class GivenAuxObjective(MainOuterMixin):
     def __init__(self, name: str, aux_task: AuxTask, num_outputs: int) -> None:
         self.name = name
         self.aux_task = aux_task
+        self.aux_names = aux_task.names
         self.task = aux_task.task
         self.heads = {"main": num_outputs, **aux_task.heads}
         self.aux_weight = 0.0 if name == "stl" else 1.0
@@ -89,6 +90,13 @@ class CombinerObjective(GivenAuxObjective):
         loss = (t.main + aux(losses)).mean()
         return _result(loss, t, self.aux_task.names)
 
+    def task_weights(self, auxnet: nn.Module | None, result: InnerResult) -> dict[str, Tensor]:
+        """The combiner's effective weight of each aux task at this batch's losses (d g / d l_aux)."""
+        assert isinstance(auxnet, (LinearCombiner, NonlinearCombiner))
+        losses = torch.cat([result.main_per_sample.detach().unsqueeze(1), result.aux_per_sample.detach()], dim=1)
+        weights = auxnet.task_weights(losses)
+        return {n: weights[i] for i, n in enumerate(self.aux_task.names)}
+
 
 class SchedulerObjective(GivenAuxObjective):
     """JTDS: per-sample, per-task weights w_ij from the task-data scheduler over detached primary features."""
@@ -119,6 +127,7 @@ class LabelObjective(MainOuterMixin):
     learned = True
     gradient_mode = "sum"
     task = "classification"
+    aux_names = ("labels",)
 
     def __init__(self, name: str, num_classes: int, psi: int | list[int], backbone: str, width: int,
                  in_channels: int, entropy_weight: float, focal_gamma: float) -> None:
@@ -142,13 +151,9 @@ class LabelObjective(MainOuterMixin):
         targets = aux(x, y)
         aux_loss = soft_cross_entropy(out["labels"], targets, gamma=self.focal_gamma)
         loss = (main + aux_loss).mean()
+        reg = self.entropy_weight * label_entropy_regulariser(targets) if self.entropy_weight else None
         return InnerResult(loss, main.mean().detach(), out["main"], {"labels": aux_loss.mean().detach()},
-                           main_per_sample=main, aux_per_sample=aux_loss.unsqueeze(1))
-
-    def regulariser(self, aux: AuxFn, batch: Batch) -> Tensor | None:
-        if self.entropy_weight == 0:
-            return None
-        return self.entropy_weight * label_entropy_regulariser(aux(batch["x"], batch["y"]))
+                           main_per_sample=main, aux_per_sample=aux_loss.unsqueeze(1), regulariser=reg)
 
 
 def _result(loss: Tensor, t: TaskLosses, names: tuple[str, ...]) -> InnerResult:

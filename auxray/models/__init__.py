@@ -10,6 +10,23 @@ from auxray.models.multihead import MultiHeadNet
 
 BACKBONES = ("convnet4", "vgg16", "resnet18", "mlp")
 
+# Parameter-name prefixes (inside MultiHeadNet) of each trunk's last block: what `hypergrad.params: last_block`
+# differentiates through besides the heads. ConvNet-4's fourth conv block, ResNet-18's layer4, VGG-16's fifth
+# conv block (features 34..41: three conv + BatchNorm pairs), the MLP's second linear layer.
+_LAST_BLOCK = {
+    "convnet4": ("trunk.blocks.3.",),
+    "resnet18": ("trunk.layer4.",),
+    "vgg16": tuple(f"trunk.features.{i}." for i in (34, 35, 37, 38, 40, 41)),
+    "mlp": ("trunk.net.2.",),
+}
+
+
+def last_block_prefixes(backbone: str) -> tuple[str, ...]:
+    """Name prefixes of the named backbone's last trunk block within a :class:`MultiHeadNet`."""
+    if backbone not in _LAST_BLOCK:
+        raise ValueError(f"unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}")
+    return _LAST_BLOCK[backbone]
+
 
 def build_trunk(
     name: str, *, in_channels: int = 3, width: int = 64, in_features: int | None = None
@@ -55,5 +72,6 @@ __all__ = [
     "VGG16Trunk",
     "build_primary",
     "build_trunk",
+    "last_block_prefixes",
     "resnet18_cifar",
 ]

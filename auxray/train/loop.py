@@ -15,10 +15,11 @@ from torch import Tensor, nn
 
 from auxray.config import RunConfig
 from auxray.data import BatchIterator, DataBundle, TensorData
-from auxray.methods import Batch, Objective, accuracy, build_objective, main_loss, main_target
+from auxray.methods import Batch, InnerResult, Objective, accuracy, build_objective, main_loss, main_target
 from auxray.models import MultiHeadNet, build_trunk
 from auxray.train.checkpoint import rng_state, set_rng_state
-from auxray.train.hyperstep import batch_stats_only, compute_hypergrad
+from auxray.train.diagnostics import cosine, epoch_diagnostics, hypergrad_cosine
+from auxray.train.hyperstep import Phases, compute_hypergrad, fused_hyperstep, hypergrad_mask, no_phases, trainable
 from auxray.train.phi_optimizer import PhiOptimizer
 from auxray.train.progress import Progress
 
@@ -30,6 +31,7 @@ class Collective:
 
     rank: int = 0
     world_size: int = 1
+    bytes_sent: int = 0
 
     def all_reduce_mean(self, tensors: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
         return tensors
@@ -113,7 +115,11 @@ class BilevelTrainer:
             raise ValueError("the training split is smaller than one batch per worker; lower trainer.batch_size")
         self.sched_w = _make_scheduler(self.opt_w, cfg, t.epochs * self.steps_per_epoch)
         self.phi: PhiUpdater | None = None
-        if self.objective.learned:
+        self.hyper_mask = hypergrad_mask(trainable(self.model)[0], cfg.hypergrad.params, cfg.model.backbone)
+        # The fused inner + outer step needs the whole batch and reverse-over-reverse products (hyperstep.py).
+        self.fused = cfg.hypergrad.reuse_graph and cfg.hypergrad.batch_size is None and cfg.hypergrad.hvp != "fwdrev"
+        self.learns_phi = self.objective.learned and cfg.hypergrad.enabled
+        if self.learns_phi:
             self.phi = phi_updater(self.auxnet) if phi_updater else PhiOptimizer(self.auxnet, cfg.method)
             aux_bs = min(t.batch_size, max(1, len(data.aux) // self.collective.world_size))
             self.aux_iter = BatchIterator(data.aux, aux_bs, shuffle=True, seed=t.seed + 1,
@@ -126,7 +132,7 @@ class BilevelTrainer:
         self.best: dict[str, Any] = {"val_accuracy": -math.inf, "epoch": -1, "state": None}
 
     # ---- one inner step -------------------------------------------------------------------
-    def _prepare(self, x: Tensor, y: Tensor, generator: torch.Generator) -> Batch:
+    def prepare(self, x: Tensor, y: Tensor, generator: torch.Generator) -> Batch:
         x = x.to(self.device, self.dtype) if x.is_floating_point() else x.to(self.device)
         y = y.to(self.device, self.dtype) if y.is_floating_point() else y.to(self.device)
         return self.objective.prepare(x, y, generator)
@@ -152,6 +158,13 @@ class BilevelTrainer:
                 self.auxnet.requires_grad_(True)
         self.opt_w.step()
         self.sched_w.step()
+        out = self._step_stats(res, batch)
+        if cos is not None:
+            out["grad_cosine/aux"] = cos
+        return out
+
+    def _step_stats(self, res: InnerResult, batch: Batch) -> dict[str, float]:
+        """What one inner step logs: losses, accuracy, and task weights the objective computed anyway."""
         out = {"loss": float(res.loss.detach()), "main_loss": float(res.main_loss)}
         if self.data.task == "classification":
             out["accuracy"] = float(accuracy(res.logits.detach(), main_target(batch["y"], self.data.task)))
@@ -159,14 +172,6 @@ class BilevelTrainer:
             out[f"aux_loss/{name}"] = float(v)
         for name, v in res.task_weights.items():
             out[f"task_weight/{name}"] = float(v)
-        if self.auxnet is not None and hasattr(self.auxnet, "task_weights") and res.aux_per_sample is not None \
-                and not res.task_weights and getattr(self.objective, "aux_task", None) is not None:
-            losses = torch.cat([res.main_per_sample.detach().unsqueeze(1), res.aux_per_sample.detach()], dim=1)
-            weights = self.auxnet.task_weights(losses)
-            for i, name in enumerate(self.objective.aux_task.names):
-                out[f"task_weight/{name}"] = float(weights[i])
-        if cos is not None:
-            out["grad_cosine/aux"] = cos
         return out
 
     def _gcs_backward(self, res: Any) -> float:
@@ -180,7 +185,7 @@ class BilevelTrainer:
         g_aux = torch.autograd.grad(aux, shared, retain_graph=True)
         g_main = self.collective.all_reduce_mean(g_main)
         g_aux = self.collective.all_reduce_mean(g_aux)
-        cos = float(_cosine(g_main, g_aux))
+        cos = float(cosine(g_main, g_aux))
         g_heads = torch.autograd.grad(main + aux, heads, allow_unused=True)
         g_heads = self.collective.all_reduce_mean(tuple(torch.zeros_like(p) if g is None else g
                                                         for p, g in zip(heads, g_heads)))
@@ -192,13 +197,36 @@ class BilevelTrainer:
         return cos
 
     # ---- one outer step -------------------------------------------------------------------
-    def outer_step(self, train_batch: Batch, aux_batch: Batch) -> float:
-        """Hypergradient of the main loss on an aux batch w.r.t. phi, applied through the phi updater."""
-        reduce = self.collective.all_reduce_mean if self.collective.world_size > 1 else None
+    def reduce_hook(self) -> Callable[[tuple[Tensor, ...]], tuple[Tensor, ...]] | None:
+        """The all-reduce the hypergradient passes through (None on one process)."""
+        return self.collective.all_reduce_mean if self.collective.world_size > 1 else None
+
+    def outer_step(self, train_batch: Batch, aux_batch: Batch, phases: Phases = no_phases) -> float:
+        """Hypergradient of the main loss on an aux batch w.r.t. phi at the current W, applied through the phi
+        updater (the path when the inner step has already run: a sub-batch, or reuse_graph off)."""
         grads = compute_hypergrad(self.objective, self.model, self.auxnet, train_batch, aux_batch, self.cfg.hypergrad,
-                                  inner_lr=self.opt_w.param_groups[0]["lr"], reduce=reduce)
-        self.phi.apply(grads, self.step)
+                                  inner_lr=self.opt_w.param_groups[0]["lr"], reduce=self.reduce_hook(),
+                                  mask=self.hyper_mask, phases=phases)
+        with phases("optimizer"):
+            self.phi.apply(grads, self.step)
         return math.sqrt(sum(float(g.pow(2).sum()) for g in grads))
+
+    def fused_step(self, batch: Batch, aux_batch: Batch,
+                   phases: Phases = no_phases) -> tuple[dict[str, float], float]:
+        """One inner step and one outer step on a single forward/backward of the training batch: the gradient
+        updates W, its graph gives the hypergradient (at the W before the update), which updates phi."""
+        self.model.train()
+        self.opt_w.zero_grad(set_to_none=True)
+        out = fused_hyperstep(self.objective, self.model, self.auxnet, batch, aux_batch, self.cfg.hypergrad,
+                              inner_lr=self.opt_w.param_groups[0]["lr"], reduce=self.reduce_hook(),
+                              mask=self.hyper_mask, phases=phases)
+        with phases("optimizer"):
+            for p, g in zip(trainable(self.model)[1], out.w_grads, strict=True):
+                p.grad = g
+            self.opt_w.step()
+            self.sched_w.step()
+            self.phi.apply(out.hypergrad, self.step)
+        return self._step_stats(out.inner, batch), math.sqrt(sum(float(g.pow(2).sum()) for g in out.hypergrad))
 
     def _aux_batches(self, epoch: int, generator: torch.Generator):
         """An endless stream of aux-set batches whose order depends only on (seed, epoch)."""
@@ -206,7 +234,7 @@ class BilevelTrainer:
         while True:
             self.aux_iter.set_epoch(epoch * 1000 + k)
             for x, y in self.aux_iter:
-                yield self._prepare(x, y, generator)
+                yield self.prepare(x, y, generator)
             k += 1
 
     # ---- epochs ---------------------------------------------------------------------------
@@ -216,26 +244,36 @@ class BilevelTrainer:
         gen = torch.Generator(device="cpu").manual_seed(self.cfg.trainer.seed * 1_000_003 + self.epoch * 101
                                                         + self.collective.rank)
         self.train_iter.set_epoch(self.epoch)
-        aux_stream = self._aux_batches(self.epoch, gen) if self.objective.learned else None
+        # The aux stream draws from its own generator, so a learned method and its fixed twin (no aux stream)
+        # see the very same training batches, rotations included.
+        aux_gen = torch.Generator(device="cpu").manual_seed(gen.initial_seed() + 7_919)
+        aux_stream = self._aux_batches(self.epoch, aux_gen) if self.learns_phi else None
         sums: dict[str, float] = {}
         norms: list[float] = []
+        last_outer: tuple[Batch, Batch] | None = None
         outer_seconds, outer_bytes = 0.0, 0
         bar = Progress(self.steps_per_epoch, f"epoch {self.epoch + 1}/{self.cfg.trainer.epochs}", self.progress)
         every = self.cfg.hypergrad.every
         for i, (x, y) in enumerate(self.train_iter):
             if i >= self.steps_per_epoch:
                 break
-            batch = self._prepare(x, y, gen)
-            stats = self.inner_step(batch)
+            batch = self.prepare(x, y, gen)
             self.step += 1
             if aux_stream is not None and self.step % every == 0:
                 aux_batch = next(aux_stream)
-                sent, t_outer = getattr(self.collective, "bytes_sent", 0), time.perf_counter()
-                norm = self.outer_step(batch, aux_batch)
+                sent, t_outer = self.collective.bytes_sent, time.perf_counter()
+                if self.fused:
+                    stats, norm = self.fused_step(batch, aux_batch)
+                else:
+                    stats = self.inner_step(batch)
+                    norm = self.outer_step(batch, aux_batch)
                 outer_seconds += time.perf_counter() - t_outer
-                outer_bytes += getattr(self.collective, "bytes_sent", 0) - sent
+                outer_bytes += self.collective.bytes_sent - sent
                 norms.append(norm)
                 self.hypergrad_norms.append((self.step, norm))
+                last_outer = (batch, aux_batch)
+            else:
+                stats = self.inner_step(batch)
             for k, v in stats.items():
                 sums[k] = sums.get(k, 0.0) + v
             bar.update(loss=stats["loss"])
@@ -247,6 +285,8 @@ class BilevelTrainer:
             metrics["outer_steps"] = len(norms)
             metrics["outer_step_seconds"] = outer_seconds / len(norms)
             metrics["outer_step_allreduce_bytes"] = outer_bytes / len(norms)
+        if last_outer is not None and self.cfg.hypergrad.report_cosine:
+            metrics["hypergrad_cosine"] = hypergrad_cosine(self, *last_outer)
         metrics["lr"] = self.opt_w.param_groups[0]["lr"]
         metrics["epoch_seconds"] = time.perf_counter() - t0
         metrics["steps_per_second"] = n / metrics["epoch_seconds"]
@@ -283,7 +323,7 @@ class BilevelTrainer:
             metrics = self.train_epoch()
             val = self.evaluate(self.data.val) if len(self.data.val) else {}
             metrics.update({f"val_{k}": v for k, v in val.items()})
-            metrics.update(self.grad_cosines())
+            metrics.update(epoch_diagnostics(self))
             metrics["epoch"] = self.epoch + 1
             metrics["step"] = self.step
             self.epoch += 1
@@ -295,32 +335,6 @@ class BilevelTrainer:
             for cb in self.callbacks:
                 cb(self, metrics)
         return self.history
-
-    def grad_cosines(self) -> dict[str, float]:
-        """Cosine between the main and each auxiliary loss's gradient on the shared trunk (one batch)."""
-        if not self.objective.heads.keys() - {"main"}:
-            return {}
-        self.train_iter.set_epoch(self.epoch)
-        x, y = next(iter(self.train_iter))
-        gen = torch.Generator().manual_seed(self.epoch)
-        batch = self._prepare(x, y, gen)
-        self.model.train()
-        with batch_stats_only(self.model):
-            res = self.objective.inner(self.model, self.auxnet, batch)
-        if res.aux_per_sample is None or res.aux_per_sample.shape[1] == 0:
-            return {}
-        shared = [p for p in self.model.trunk.parameters() if p.requires_grad]
-        g_main = self.collective.all_reduce_mean(torch.autograd.grad(res.main_per_sample.mean(), shared,
-                                                                     retain_graph=True))
-        names = getattr(getattr(self.objective, "aux_task", None), "names", None) or ("labels",)
-        out = {}
-        for j, name in enumerate(names):
-            g_aux = torch.autograd.grad(res.aux_per_sample[:, j].mean(), shared, retain_graph=True, allow_unused=True)
-            g_aux = self.collective.all_reduce_mean(tuple(torch.zeros_like(p) if g is None else g
-                                                          for p, g in zip(shared, g_aux)))
-            out[f"grad_cosine/{name}"] = float(_cosine(g_main, g_aux))
-        self.model.zero_grad(set_to_none=True)
-        return out
 
     def test(self, *, best: bool = True) -> dict[str, float]:
         """Test-set metrics of the best-on-validation weights (or the final ones)."""
@@ -362,13 +376,6 @@ class BilevelTrainer:
         self.hypergrad_norms = list(state["hypergrad_norms"])
         self.best = state["best"]
         set_rng_state(state["rng"])
-
-
-def _cosine(a: Sequence[Tensor], b: Sequence[Tensor]) -> Tensor:
-    """Cosine similarity of two gradients given as tensor lists."""
-    fa = torch.cat([t.reshape(-1) for t in a])
-    fb = torch.cat([t.reshape(-1) for t in b])
-    return torch.nn.functional.cosine_similarity(fa, fb, dim=0, eps=1e-12)
 
 
 def _make_inner_optimizer(params: list[Tensor], cfg: RunConfig) -> torch.optim.Optimizer:

@@ -1,0 +1,380 @@
+"""`auxray bench overhead`: what learning the auxiliary part costs, against each method's fixed-weight twin.
+
+Every learned method of ``configs/cifar10_5pct/`` is trained beside a *twin* that does the same inner work with
+nothing learned: the loss combiner and JTDS beside ``equal`` (the same rotation task, equal weights), the label
+generators beside their own config with ``hypergrad.enabled=false`` (the same extra head, trained on the
+generator's initial labels, no outer steps). Method and twin share the data split, seed, backbone, schedule and
+the order of the training images. Each row gives the method's wall time per inner step over a whole run (the sum
+of its epoch times, outer steps included, evaluation excluded) divided by its twin's, each averaged over seeds,
+and the test accuracy (best-on-validation weights) both reach on the same epoch budget.
+
+The training runs go through the reproduction machinery (``auxray.bench.reproduce``): finished runs are kept in
+``<out stem>.runs.jsonl`` and reused when their resolved config is unchanged, so an interrupted bench resumes
+and a twin shared by two methods is trained once.
+
+The breakdown (``<out stem>_breakdown.json``) times one outer step phase by phase (aux-batch gradient, graph
+build, the Hessian-vector products, mixed and direct terms, optimizer, communication) for a few hypergradient
+variants, against one plain inner step, with the cosine of each variant's hypergradient to the full-cost one.
+
+    auxray bench overhead --quick --methods auxilearn_combine,maxl --no-breakdown   # minutes: a smoke check
+    auxray bench overhead                                                         # 5 methods + 3 twins x 2 seeds
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from auxray.bench.reproduce import (CONFIG_DIR, append_run, fingerprint, fmt_seconds, log, machine_info,
+                                    method_overrides, parse_list, read_runs, shared_settings, threads_per_job,
+                                    train_all)
+from auxray.errors import UserError
+
+BACKBONE = "convnet4"
+DEFAULT_OUT = Path("benchmarks/results/bench_overhead_cpu.json")
+DEFAULT_SEEDS = (0, 1)
+FROZEN = ("hypergrad.enabled=false",)
+SETTING_KEYS = ("method", "every", "steps", "reuse_graph", "batch_size", "params")
+
+
+@dataclass(frozen=True)
+class Twin:
+    """A learned method's fixed-weight twin: its key in the progress file, its config file and overrides."""
+
+    name: str
+    config: str
+    overrides: tuple[str, ...] = ()
+
+
+TWINS: dict[str, Twin] = {
+    "auxilearn_combine": Twin("equal", "equal"),
+    "jtds": Twin("equal", "equal"),
+    "maxl": Twin("maxl_frozen", "maxl", FROZEN),
+    # maxl_fo.yaml differs from maxl.yaml only in hypergrad.method (fd vs unroll) and method.aux_lr, and neither
+    # does anything without outer steps, so MAXL's frozen twin is MAXL-F's too (trained once, shared).
+    "maxl_fo": Twin("maxl_frozen", "maxl", FROZEN),
+    "auxilearn_labels": Twin("auxilearn_labels_frozen", "auxilearn_labels", FROZEN),
+}
+DEFAULT_METHODS = tuple(TWINS)
+
+BREAKDOWN_METHODS = ("auxilearn_combine", "jtds", "auxilearn_labels", "maxl", "maxl_fo")
+# Each variant changes one thing from "full" (so a shipped config's own choices do not leak into the others);
+# "shipped" is the config file as it is.
+VARIANTS: dict[str, tuple[str, ...]] = {
+    "full (recompute, all params)": ("hypergrad.reuse_graph=false", "hypergrad.params=all",
+                                     "hypergrad.batch_size=null"),
+    "reuse_graph": ("hypergrad.reuse_graph=true", "hypergrad.params=all", "hypergrad.batch_size=null"),
+    "last_block": ("hypergrad.reuse_graph=true", "hypergrad.params=last_block", "hypergrad.batch_size=null"),
+    "batch_size=32": ("hypergrad.reuse_graph=false", "hypergrad.params=all", "hypergrad.batch_size=32"),
+    "shipped": (),
+}
+WARMUP = 1
+REPEATS = 3
+
+
+# ---- configs --------------------------------------------------------------------------------------------
+def run_order(methods: Sequence[str]) -> list[str]:
+    """Method and twin keys to train, each method followed by its twin, every key once."""
+    keys: list[str] = []
+    for m in methods:
+        for key in (m, TWINS[m].name):
+            if key not in keys:
+                keys.append(key)
+    return keys
+
+
+def config_source(key: str) -> tuple[str, tuple[str, ...]]:
+    """The config file stem and the extra overrides of a method or twin key."""
+    if key in TWINS:
+        return key, ()
+    twin = next(t for t in TWINS.values() if t.name == key)
+    return twin.config, twin.overrides
+
+
+def hypergrad_settings(cfg: Any) -> dict[str, Any]:
+    """The hypergrad.* settings that set an outer step's cost, from a resolved config."""
+    h = cfg.hypergrad.model_dump()
+    return {k: h[k] for k in SETTING_KEYS}
+
+
+def resolve_configs(keys: Sequence[str], seeds: Sequence[int], epochs: int | None, quick: bool,
+                    extra_overrides: Sequence[str], ckpt_root: Path, config_dir: Path) -> dict[tuple[str, int], Any]:
+    """Every (key, seed) config, resolved before any training so a bad option fails at once."""
+    # pydantic takes ~0.4 s to import; this module is imported whenever the CLI builds its parser.
+    from auxray.config import load_config
+
+    cfgs = {}
+    for key in keys:
+        stem, own = config_source(key)
+        for s in seeds:
+            cfgs[key, s] = load_config(config_dir / f"{stem}.yaml", method_overrides(
+                s, epochs, BACKBONE, None, quick, False, ckpt_root, [*extra_overrides, *own]))
+    return cfgs
+
+
+def check_twins_match(methods: Sequence[str], cfgs: Mapping[tuple[str, int], Any], seed: int) -> None:
+    """A method and its twin must share data, model and trainer settings, or the timing says nothing."""
+    for m in methods:
+        mine, theirs = shared_settings(cfgs[m, seed]), shared_settings(cfgs[TWINS[m].name, seed])
+        diff = [f"{sec}.{k}" for sec in mine for k in set(mine[sec]) | set(theirs[sec])
+                if mine[sec].get(k) != theirs[sec].get(k)]
+        if diff:
+            raise UserError(f"{m} and its twin {TWINS[m].name} differ in {', '.join(sorted(diff))}")
+
+
+# ---- the rows -------------------------------------------------------------------------------------------
+def run_record(key: str, seed: int, cfg: Any, summary: dict[str, Any], diag: dict[str, Any]) -> dict[str, Any]:
+    """The progress-file line of one finished run."""
+    if "train_seconds" not in diag:
+        raise RuntimeError(f"{key} seed {seed}: no timing diagnostics ({diag.get('error', 'none recorded')})")
+    return {"method": key, "seed": seed, "fingerprint": fingerprint(cfg), "test_accuracy": summary["test_accuracy"],
+            "seconds": summary["seconds"], "epochs": summary["epochs"], "train_seconds": diag["train_seconds"],
+            "inner_steps": diag["inner_steps"], "outer_steps": diag["outer_steps"], "run_dir": summary.get("run_dir"),
+            "settings": hypergrad_settings(cfg), "diagnostics": diag, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+
+
+def _mean(values: Iterable[float]) -> float:
+    return statistics.fmean(values)
+
+
+def build_rows(runs: Iterable[dict[str, Any]], methods: Sequence[str]) -> list[dict[str, Any]]:
+    """One row per method that has at least one finished run and whose twin has one: the ratio of their mean
+    wall seconds per inner step (train_seconds / inner_steps, averaged over seeds), mean test accuracies."""
+    by_key: dict[str, list[dict[str, Any]]] = {}
+    for r in runs:
+        by_key.setdefault(r["method"], []).append(r)
+    rows = []
+    for m in methods:
+        twin = TWINS[m].name
+        mine = sorted(by_key.get(m, []), key=lambda r: r["seed"])
+        theirs = sorted(by_key.get(twin, []), key=lambda r: r["seed"])
+        if not mine or not theirs:
+            continue
+        step = _mean(r["train_seconds"] / r["inner_steps"] for r in mine)
+        twin_step = _mean(r["train_seconds"] / r["inner_steps"] for r in theirs)
+        rows.append({
+            "method": m, "twin": twin, "ratio": step / twin_step,
+            "accuracy": _mean(r["test_accuracy"] for r in mine),
+            "twin_accuracy": _mean(r["test_accuracy"] for r in theirs),
+            "accuracies": [r["test_accuracy"] for r in mine], "twin_accuracies": [r["test_accuracy"] for r in theirs],
+            "seeds": [r["seed"] for r in mine], "twin_seeds": [r["seed"] for r in theirs],
+            "seconds_per_step": step, "twin_seconds_per_step": twin_step,
+            "seconds_per_epoch": _mean(r["train_seconds"] / r["epochs"] for r in mine),
+            "twin_seconds_per_epoch": _mean(r["train_seconds"] / r["epochs"] for r in theirs),
+            "outer_steps": [r["outer_steps"] for r in mine], "epochs": mine[0]["epochs"],
+            "settings": mine[0]["settings"],
+        })
+    return rows
+
+
+def train_missing(keys: Sequence[str], seeds: Sequence[int], cfgs: dict[tuple[str, int], Any], runs_file: Path,
+                  jobs: int, resume: bool, verbose: bool) -> list[dict[str, Any]]:
+    """Reuse the runs the progress file has with the same fingerprint, train the others (appending each as it
+    finishes, with an ETA on stderr); returns every run of this invocation."""
+    done = {(r["method"], r["seed"], r.get("fingerprint")): r for r in read_runs(runs_file)}
+    todo = [(key, s) for s in seeds for key in keys]
+    results: dict[tuple[str, int], dict[str, Any]] = {}
+    for key, s in todo:
+        row = done.get((key, s, fingerprint(cfgs[key, s])))
+        if row is not None:
+            results[key, s] = row
+            log(f"[overhead] {key} seed {s}: done before, test acc {row['test_accuracy']:.4f} (skipped)")
+    pending = [p for p in todo if p not in results]
+    threads = threads_per_job(jobs) if jobs > 1 else None
+    spent: dict[str, list[float]] = {}
+    for key, s, summary, diag in train_all(pending, cfgs, False, verbose, resume, jobs, threads):
+        row = {**run_record(key, s, cfgs[key, s], summary, diag), "jobs": jobs, "threads": threads}
+        append_run(runs_file, row)
+        results[key, s] = row
+        spent.setdefault(key, []).append(row["seconds"])
+        left = [p for p in pending if p not in results]
+        overall = _mean(x for v in spent.values() for x in v)
+        eta = sum(_mean(spent[k]) if k in spent else overall for k, _ in left) / jobs
+        log(f"[overhead {len(results)}/{len(todo)}] {key} seed {s}: {row['train_seconds']:.1f}s training, "
+            f"{row['outer_steps']} outer steps, test acc {row['test_accuracy']:.4f} "
+            f"(ETA {fmt_seconds(eta)} for {len(left)} more)")
+    return [results[p] for p in todo]
+
+
+# ---- the breakdown --------------------------------------------------------------------------------------
+def _median_phases(samples: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    return {k: statistics.median(s[k] for s in samples) for k in samples[0]}
+
+
+def time_variant(trainer: Any) -> dict[str, Any]:
+    """Median plain inner step and median outer-step phases over REPEATS after WARMUP, and the mean cosine of
+    the configured hypergradient to the full-cost one on the timed batches (taken before each step)."""
+    # torch takes seconds to import; the CLI imports this module to build its parser.
+    from auxray.train.diagnostics import example_batches, hypergrad_cosine, outer_step_breakdown
+
+    plain = []
+    for i in range(WARMUP + REPEATS):
+        batch, _ = example_batches(trainer, i)
+        t0 = time.perf_counter()
+        trainer.inner_step(batch)
+        plain.append(time.perf_counter() - t0)
+    phases, cosines = [], []
+    for i in range(WARMUP + REPEATS):
+        train_batch, aux_batch = example_batches(trainer, 1000 + i)
+        if i >= WARMUP:
+            cosines.append(hypergrad_cosine(trainer, train_batch, aux_batch))
+        sample = outer_step_breakdown(trainer, train_batch, aux_batch)
+        if i >= WARMUP:
+            phases.append(sample)
+    plain_step = statistics.median(plain[WARMUP:])
+    median = _median_phases(phases)
+    return {"plain_step_seconds": plain_step, "phases": median, "total_over_plain_step": median["total"] / plain_step,
+            "cosine_to_full": _mean(cosines)}
+
+
+def run_breakdown(methods: Sequence[str], epochs: int | None, quick: bool, extra_overrides: Sequence[str],
+                  ckpt_root: Path, config_dir: Path) -> dict[str, Any]:
+    """Per method and hypergradient variant: one outer step's phases against a plain inner step."""
+    # torch and the trainer take seconds to import; the CLI imports this module to build its parser.
+    from auxray.config import load_config
+    from auxray.data import build_data
+    from auxray.train.loop import BilevelTrainer
+
+    data_cache: dict[str, Any] = {}
+    out: list[dict[str, Any]] = []
+    device = None
+    for m in methods:
+        variants = []
+        for name, overrides in VARIANTS.items():
+            cfg = load_config(config_dir / f"{m}.yaml", method_overrides(
+                0, epochs, BACKBONE, None, quick, False, ckpt_root, [*extra_overrides, *overrides]))
+            key = cfg.data.model_dump_json()
+            if key not in data_cache:
+                data_cache[key] = build_data(cfg.data)
+            trainer = BilevelTrainer(cfg, data_cache[key], progress=False)
+            device = str(trainer.device)
+            log(f"[overhead breakdown] {m}: {name}")
+            variants.append({"variant": name, "overrides": list(overrides), "settings": hypergrad_settings(cfg),
+                             **time_variant(trainer)})
+        out.append({"method": m, "variants": variants})
+    return {"machine": machine_info(device), "warmup": WARMUP, "repeats": REPEATS, "quick": quick, "methods": out}
+
+
+HARMFUL_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "synthetic_combine.yaml"
+HARMFUL_VARIANTS: dict[str, tuple[str, ...]] = {
+    "full (recompute, all params)": ("hypergrad.reuse_graph=false", "hypergrad.params=all"),
+    "cheap (reuse_graph, last_block)": ("hypergrad.reuse_graph=true", "hypergrad.params=last_block"),
+    "cheap, every x3": ("hypergrad.reuse_graph=true", "hypergrad.params=last_block", "hypergrad.every=6"),
+}
+
+
+def harmful_check(seeds: Sequence[int] = (0, 1, 2)) -> list[dict[str, Any]]:
+    """The synthetic task with one helpful and one harmful auxiliary (configs/synthetic_combine.yaml), at full
+    cost and at the cheap settings: the learned weight of each task and the validation error, per seed. Cheapness
+    must not come from learning less: the harmful task should end with the lowest weight either way."""
+    # torch and the trainer take seconds to import; the CLI imports this module to build its parser.
+    from auxray.config import load_config
+    from auxray.data import build_data
+    from auxray.train.loop import BilevelTrainer
+
+    rows = []
+    for name, overrides in HARMFUL_VARIANTS.items():
+        for seed in seeds:
+            cfg = load_config(HARMFUL_CONFIG, [*overrides, f"trainer.seed={seed}", f"data.seed={seed}",
+                                               "tracking.enabled=false", "trainer.threads=1"])
+            trainer = BilevelTrainer(cfg, build_data(cfg.data), progress=False)
+            t0 = time.perf_counter()
+            trainer.fit()
+            last = trainer.history[-1]
+            rows.append({"variant": name, "seed": seed, "overrides": list(overrides),
+                         "weights": {k.split("/", 1)[1]: v for k, v in last.items() if k.startswith("task_weight/")},
+                         "val_mse": last["val_mse"], "seconds": time.perf_counter() - t0})
+    log(f"[overhead] harmful-auxiliary check: {len(rows)} synthetic runs")
+    return rows
+
+
+def breakdown_path(out: Path) -> Path:
+    """Where the breakdown of the rows file `out` goes."""
+    return out.with_name(f"{out.stem}_breakdown.json")
+
+
+# ---- the driver -----------------------------------------------------------------------------------------
+def run_overhead(methods: Sequence[str] = DEFAULT_METHODS, seeds: Sequence[int] | None = None,
+                 epochs: int | None = None, quick: bool = False, extra_overrides: Sequence[str] = (), *,
+                 out: str | Path = DEFAULT_OUT, runs_dir: str | Path | None = None, fresh: bool = False,
+                 jobs: int = 1, breakdown: bool = True, verbose: bool = False,
+                 config_dir: str | Path = CONFIG_DIR) -> list[dict[str, Any]]:
+    """Train every method and twin run not yet in the progress file, write the rows (and the breakdown) and
+    return the rows. quick: 1 seed unless `seeds` is given, 1 epoch unless `epochs`, 40 labelled images per
+    class, 1,000 test images; seeds None: DEFAULT_SEEDS."""
+    methods = tuple(methods)
+    unknown = [m for m in methods if m not in TWINS]
+    if unknown or not methods:
+        raise UserError(f"unknown method(s) {unknown or '(none given)'}; choose from {', '.join(TWINS)}")
+    seeds = tuple(seeds) if seeds is not None else ((0,) if quick else DEFAULT_SEEDS)
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise UserError(f"--seeds must name distinct seeds, got {list(seeds)}")
+    if jobs < 1:
+        raise UserError(f"--jobs must be at least 1, got {jobs}")
+    if quick and epochs is None:
+        epochs = 1
+    out = Path(out)
+    ckpt_root = (Path(runs_dir) if runs_dir is not None else Path("runs") / "bench_overhead" / out.stem).resolve()
+    keys = run_order(methods)
+    cfgs = resolve_configs(keys, seeds, epochs, quick, extra_overrides, ckpt_root, Path(config_dir))
+    check_twins_match(methods, cfgs, seeds[0])
+
+    runs_file = out.with_name(f"{out.stem}.runs.jsonl")
+    if fresh and runs_file.exists():
+        runs_file.unlink()
+    runs = train_missing(keys, seeds, cfgs, runs_file, jobs, not fresh, verbose)
+    rows = build_rows(runs, methods)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(rows, indent=2, default=float) + "\n")
+    log(f"[overhead] wrote {out} ({len(runs)} runs in {runs_file})")
+    chosen = [m for m in BREAKDOWN_METHODS if m in methods]
+    if breakdown and not chosen:
+        log(f"[overhead] no breakdown: it covers {', '.join(BREAKDOWN_METHODS)}, none of which was asked for")
+    if breakdown and chosen:
+        result = run_breakdown(chosen, epochs, quick, extra_overrides, ckpt_root, Path(config_dir))
+        result["harmful_auxiliary"] = harmful_check((0,) if quick else (0, 1, 2))
+        breakdown_path(out).write_text(json.dumps(result, indent=2, default=float) + "\n")
+        log(f"[overhead] wrote {breakdown_path(out)}")
+    return rows
+
+
+def add_arguments(p: Any) -> None:
+    """The options of `auxray bench overhead`."""
+    p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                   help=f"comma-separated learned methods (default: all of {','.join(DEFAULT_METHODS)})")
+    p.add_argument("--seeds", default=None, help="comma-separated seeds (default 0,1; --quick: 0)")
+    p.add_argument("--epochs", type=int, default=None, help="epoch budget of every run (default: the configs')")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="runs trained at once, each in its own process (default 1: timings from an unshared machine)")
+    p.add_argument("--quick", action="store_true",
+                   help="1 seed, 1 epoch, 40 labelled images per class, 1,000 test images")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override applied to methods and twins alike (repeatable)")
+    p.add_argument("--out", default=str(DEFAULT_OUT), help="rows JSON; the progress file and breakdown go beside it")
+    p.add_argument("--runs-dir", default=None, help="checkpoint folder (default runs/bench_overhead/<out stem>)")
+    p.add_argument("--fresh", action="store_true", help="forget finished runs and start over")
+    p.add_argument("--no-breakdown", dest="breakdown", action="store_false", help="skip the outer-step breakdown")
+    p.add_argument("--verbose", action="store_true", help="also print each run's per-epoch lines")
+
+
+def parse_seeds(text: str | None) -> tuple[int, ...] | None:
+    """`--seeds 0,1` as integers (None when not given); anything else is a UserError."""
+    if text is None:
+        return None
+    try:
+        return tuple(int(s) for s in parse_list(text))
+    except ValueError:
+        raise UserError(f"--seeds expects comma-separated integers, got {text!r}") from None
+
+
+def run_from_args(args: Any) -> list[dict[str, Any]]:
+    """run_overhead from parsed add_arguments options."""
+    return run_overhead(methods=parse_list(args.methods), seeds=parse_seeds(args.seeds), epochs=args.epochs,
+                        quick=args.quick, extra_overrides=tuple(args.overrides), out=args.out,
+                        runs_dir=args.runs_dir, fresh=args.fresh, jobs=args.jobs, breakdown=args.breakdown,
+                        verbose=args.verbose)
+

@@ -1,0 +1,103 @@
+"""What a run reports about itself beyond its losses, kept out of the per-step hot path: learned task weights
+that cost extra work to read and gradient cosines (once an epoch), the cheap hypergradient's cosine to the full
+one, and a phase-by-phase timing of one outer step (for `auxray bench overhead`)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Sequence
+
+import torch
+from torch import Tensor
+
+from auxray.data import BatchIterator
+from auxray.methods import Batch
+from auxray.train.hyperstep import PhaseTimer, batch_stats_only, compute_hypergrad
+
+if TYPE_CHECKING:  # the trainer imports this module; the type is only for annotations
+    from auxray.train.loop import BilevelTrainer
+
+
+def cosine(a: Sequence[Tensor], b: Sequence[Tensor]) -> Tensor:
+    """Cosine similarity of two gradients given as tensor lists."""
+    fa = torch.cat([t.reshape(-1) for t in a])
+    fb = torch.cat([t.reshape(-1) for t in b])
+    return torch.nn.functional.cosine_similarity(fa, fb, dim=0, eps=1e-12)
+
+
+def example_batches(trainer: BilevelTrainer, seed: int) -> tuple[Batch, Batch]:
+    """A prepared (training batch, aux batch) pair chosen by ``seed``, for benchmarks and diagnostics."""
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    trainer.train_iter.set_epoch(seed)
+    x, y = next(iter(trainer.train_iter))
+    aux_iter = BatchIterator(trainer.data.aux, trainer.cfg.trainer.batch_size, shuffle=True, seed=seed,
+                             drop_last=False, augment=False, device=trainer.device)
+    ax, ay = next(iter(aux_iter))
+    return trainer.prepare(x, y, gen), trainer.prepare(ax, ay, gen)
+
+
+def epoch_diagnostics(trainer: BilevelTrainer) -> dict[str, float]:
+    """On one training batch: the objective's learned task weights that are not a by-product of the inner loss,
+    and the cosine between the main and each auxiliary loss's gradient on the shared trunk."""
+    objective, model = trainer.objective, trainer.model
+    if not objective.heads.keys() - {"main"}:
+        return {}
+    trainer.train_iter.set_epoch(trainer.epoch)
+    x, y = next(iter(trainer.train_iter))
+    batch = trainer.prepare(x, y, torch.Generator().manual_seed(trainer.epoch))
+    model.train()
+    with batch_stats_only(model):
+        res = objective.inner(model, trainer.auxnet, batch)
+    weights = {f"task_weight/{k}": float(v) for k, v in objective.task_weights(trainer.auxnet, res).items()}
+    if res.aux_per_sample is None or res.aux_per_sample.shape[1] == 0:
+        return weights
+    collective = trainer.collective
+    shared = [p for p in model.trunk.parameters() if p.requires_grad]
+    g_main = collective.all_reduce_mean(torch.autograd.grad(res.main_per_sample.mean(), shared, retain_graph=True))
+    out = dict(weights)
+    for j, name in enumerate(objective.aux_names):
+        g_aux = torch.autograd.grad(res.aux_per_sample[:, j].mean(), shared, retain_graph=True, allow_unused=True)
+        g_aux = collective.all_reduce_mean(tuple(torch.zeros_like(p) if g is None else g
+                                                 for p, g in zip(shared, g_aux)))
+        out[f"grad_cosine/{name}"] = float(cosine(g_main, g_aux))
+    model.zero_grad(set_to_none=True)
+    return out
+
+
+def hypergrad_cosine(trainer: BilevelTrainer, train_batch: Batch, aux_batch: Batch) -> float:
+    """Cosine between the configured (possibly cheapened) hypergradient and the full-cost one (every primary
+    parameter, whole batches) at the current W; changes nothing."""
+    lr = trainer.opt_w.param_groups[0]["lr"]
+    cfg = trainer.cfg.hypergrad
+    full_cfg = cfg.model_copy(update={"params": "all", "batch_size": None})
+    args = (trainer.objective, trainer.model, trainer.auxnet, train_batch, aux_batch)
+    cheap = compute_hypergrad(*args, cfg, inner_lr=lr, reduce=trainer.reduce_hook(), mask=trainer.hyper_mask)
+    full = compute_hypergrad(*args, full_cfg, inner_lr=lr, reduce=trainer.reduce_hook())
+    return float(cosine(cheap, full))
+
+
+def outer_step_breakdown(trainer: BilevelTrainer, train_batch: Batch, aux_batch: Batch) -> dict[str, float]:
+    """Run one real outer step as training would (it updates W and phi) and return seconds per phase.
+    Communication is also counted inside the phase it happens in; ``mixed_term`` includes the solver's
+    vector arithmetic (small beside the products)."""
+    timer = PhaseTimer(trainer.device)
+    trainer.step += 1
+    with timer("total"):
+        if trainer.fused:
+            trainer.fused_step(train_batch, aux_batch, timer)
+        else:
+            with timer("inner_forward_backward"):
+                trainer.inner_step(train_batch)
+            trainer.outer_step(train_batch, aux_batch, timer)
+    sec = timer.seconds
+    return {
+        "inner_forward_backward": sec["inner_forward_backward"],
+        "aux_gradient": sec["aux_gradient"],
+        "graph_build": sec["graph_build"],
+        "hvp": sec["hvp"],
+        "hvp_count": float(timer.counts["hvp"]),
+        "mixed_term": max(0.0, sec["solve_and_mixed_term"] - sec["hvp"]),
+        "direct_term": sec["direct_term"],
+        "optimizer": sec["optimizer"],
+        "communication": sec["communication"],
+        "total": sec["total"],
+    }
