@@ -138,13 +138,9 @@ def functional_implicit_hypergrad(
     w, phi = leaves(params), leaves(hparams)
     with torch.enable_grad():
         v = outer_gradient(outer_fn(w), w, reduce)
-        hvp_reduce = reduce if reduce_hvp else None
         if mode == "revrev":
-            grads = gradient_graph(inner_fn(w, phi), w)
-            product = revrev_hvp(grads, w)
-        else:
-            product = fwdrev_hvp(inner_fn, w, phi)
-        u = solve(damped(reduced(product, hvp_reduce), damping), v, method=method, steps=steps, alpha=alpha, tol=tol)
-        if mode == "fwdrev":
-            grads = gradient_graph(inner_fn(w, phi), w)
-        return mixed_term(grads, phi, u, reduce)
+            return implicit_from_graph(gradient_graph(inner_fn(w, phi), w), v, w, phi, method=method, steps=steps,
+                                       alpha=alpha, tol=tol, damping=damping, reduce=reduce, reduce_hvp=reduce_hvp)
+        product = reduced(fwdrev_hvp(inner_fn, w, phi), reduce if reduce_hvp else None)
+        u = solve(damped(product, damping), v, method=method, steps=steps, alpha=alpha, tol=tol)
+        return mixed_term(gradient_graph(inner_fn(w, phi), w), phi, u, reduce)
