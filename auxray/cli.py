@@ -7,13 +7,12 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, NoReturn, Sequence
+from typing import NoReturn
 
 from auxray.errors import UserError
-
-if TYPE_CHECKING:
-    from auxray.config import RunConfig
+from auxray.jsonout import print_json
 
 EXIT_USAGE = 2
 
@@ -29,8 +28,14 @@ class _Parser(argparse.ArgumentParser):
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train one config (single process, or Ray Train with --workers)")
     p.add_argument("config", help="YAML run config")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set trainer.epochs=1 (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set trainer.epochs=1 (repeatable)",
+    )
     p.add_argument("--json", action="store_true", help="print a JSON summary as the last stdout line")
     p.add_argument("--resume", action="store_true", help="resume the newest run of this config from its checkpoint")
     p.add_argument("--workers", type=int, default=None, help="data-parallel Ray Train workers")
@@ -38,8 +43,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local instance)")
     p.add_argument("--name", default=None, help="run name (default: the config file's stem)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--tracking-uri", default=None,
-                   help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else ./mlflow.db)")
+    p.add_argument(
+        "--tracking-uri", default=None, help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else ./mlflow.db)"
+    )
     p.set_defaults(func=cmd_train)
 
 
@@ -69,8 +75,11 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
 def _add_bench_overhead(bsub: argparse._SubParsersAction) -> None:
     from auxray.bench.overhead import add_arguments
 
-    o = bsub.add_parser("overhead", help="each learned method's time per inner step and accuracy against its "
-                                         "fixed-weight twin, and where an outer step's time goes (resumable)")
+    o = bsub.add_parser(
+        "overhead",
+        help="each learned method's time per inner step and accuracy against its "
+        "fixed-weight twin, and where an outer step's time goes (resumable)",
+    )
     add_arguments(o)
     o.set_defaults(func=cmd_bench_overhead)
 
@@ -78,8 +87,11 @@ def _add_bench_overhead(bsub: argparse._SubParsersAction) -> None:
 def _add_bench_reproduce(bsub: argparse._SubParsersAction) -> None:
     from auxray.bench.reproduce import add_arguments
 
-    r = bsub.add_parser("reproduce", help="the AuxiLearn paper's CIFAR-10 (5%% labels) table, every method, "
-                                          "resumable (same options as jobs/reproduce.py)")
+    r = bsub.add_parser(
+        "reproduce",
+        help="the AuxiLearn paper's CIFAR-10 (5%% labels) table, every method, "
+        "resumable (same options as jobs/reproduce.py)",
+    )
     add_arguments(r)
     r.set_defaults(func=cmd_bench_reproduce)
 
@@ -135,18 +147,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _print_json(result: dict[str, Any], out: str | None = None) -> None:
-    text = json.dumps(result, default=float)
-    if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(result, indent=2, default=float) + "\n")
-    print(text, flush=True)
-
-
 def cmd_train(args: argparse.Namespace) -> int:
-    """`auxray train CONFIG`: validate, then run in-process or on Ray Train."""
+    """`auxray train CONFIG`: validate, then run in-process or on Ray Train, tracked unless disabled."""
     from auxray.config import load_config
+    from auxray.tracking.training import train_tracked
 
+    if args.gpus_per_worker is not None and (args.workers or 1) < 2:
+        raise UserError(
+            "--gpus-per-worker applies to data-parallel runs: add --workers N (N >= 2); a single-process "
+            "run uses trainer.device"
+        )
     overrides = list(args.overrides)
     if args.workers is not None:
         overrides.append(f"scaling.workers={args.workers}")
@@ -155,23 +165,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.address is not None:
         overrides.append(f"scaling.address={args.address}")
     cfg = load_config(args.config, overrides)
-    name = args.name or Path(args.config).stem
-    if cfg.tracking.enabled:
-        from auxray.tracking import check_reachable, resolve_uri, tracked_run
-
-        uri = resolve_uri(args.tracking_uri, cfg.tracking)
-        check_reachable(uri)
-        with tracked_run(uri, cfg.tracking.experiment, cfg.tracking.run_name or name, cfg=cfg) as tracker:
-            result = _train(cfg, name, args, callbacks=[tracker])
-            if "history" in result:
-                for metrics in result["history"]:
-                    tracker.log_metrics(metrics, step=int(metrics["epoch"]))
-            tracker.finish(result=result)
-        result["mlflow_run_id"] = tracker.run_id
-    else:
-        result = _train(cfg, name, args, callbacks=[])
+    result = train_tracked(
+        cfg,
+        name=args.name or Path(args.config).stem,
+        tracking_uri=args.tracking_uri,
+        resume=args.resume,
+        progress=not args.no_progress,
+    )
     if args.json:
-        _print_json(result)
+        print_json(result)
     else:
         if "test_accuracy" in result:
             shown = f"test accuracy {result['test_accuracy']:.4f}"
@@ -181,18 +183,6 @@ def cmd_train(args: argparse.Namespace) -> int:
             shown = json.dumps(result)
         print(f"{result['method']}: {shown} in {result['seconds']:.1f}s", flush=True)
     return 0
-
-
-def _train(cfg: "RunConfig", name: str, args: argparse.Namespace, callbacks: list) -> dict[str, Any]:
-    """Run in this process, or on Ray Train when the config asks for workers or GPUs (its per-epoch
-    history then comes back with the result and is logged by the caller)."""
-    if cfg.scaling.workers > 1 or cfg.scaling.use_ray or cfg.scaling.gpus_per_worker > 0:
-        from auxray.train.ray_run import run_distributed
-
-        return run_distributed(cfg, name=name, resume=args.resume, progress=not args.no_progress)
-    from auxray.train.run import run_training
-
-    return run_training(cfg, name=name, resume=args.resume, progress=not args.no_progress, callbacks=callbacks)
 
 
 def cmd_bench_hypergrad(args: argparse.Namespace) -> int:
@@ -206,7 +196,7 @@ def cmd_bench_hypergrad(args: argparse.Namespace) -> int:
         repeats=args.repeats,
         device=args.device,
     )
-    _print_json(result, args.out)
+    print_json(result, args.out)
     return 0
 
 
@@ -214,8 +204,9 @@ def cmd_bench_distributed(args: argparse.Namespace) -> int:
     """`auxray bench distributed`: JSON of Ray Train overhead and outer-step traffic."""
     from auxray.bench.distributed import run_distributed_bench
 
-    _print_json(run_distributed_bench(root=args.root, epochs=args.epochs, per_class=args.per_class,
-                                      width=args.width), args.out)
+    print_json(
+        run_distributed_bench(root=args.root, epochs=args.epochs, per_class=args.per_class, width=args.width), args.out
+    )
     return 0
 
 
@@ -239,30 +230,42 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     """`auxray sweep CONFIG`: see auxray.tune.commands."""
     from auxray.tune.commands import sweep_command
 
-    return sweep_command(args.config, resume=args.resume, tracking_uri=args.tracking_uri, as_json=args.json,
-                         progress=not args.no_progress)
+    return sweep_command(
+        args.config,
+        resume=args.resume,
+        tracking_uri=args.tracking_uri,
+        as_json=args.json,
+        progress=not args.no_progress,
+    )
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
     """`auxray ui`: the MLflow UI."""
-    from auxray.tune.commands import ui_command
+    from auxray.tracking.commands import ui_command
 
     return ui_command(args.port, args.tracking_uri)
 
 
 def cmd_tracking_replay(args: argparse.Namespace) -> int:
     """`auxray tracking replay SPOOL`."""
-    from auxray.tune.commands import replay_command
+    from auxray.tracking.commands import replay_command
 
     return replay_command(args.spool, args.tracking_uri, args.json)
 
 
 def cmd_bench_sweep(args: argparse.Namespace) -> int:
     """`auxray bench sweep`: see auxray.bench.sweep."""
-    from auxray.tune.commands import bench_sweep_command
+    from auxray.bench.sweep import bench_sweep_command
 
-    return bench_sweep_command(args.sweep, trials=args.trials, concurrency=args.concurrency, storage=args.storage,
-                               tracking_uri=args.tracking_uri, seed=args.seed, out=args.out)
+    return bench_sweep_command(
+        args.sweep,
+        trials=args.trials,
+        concurrency=args.concurrency,
+        storage=args.storage,
+        tracking_uri=args.tracking_uri,
+        seed=args.seed,
+        out=args.out,
+    )
 
 
 def run(argv: Sequence[str] | None, parser_factory: Callable[[], argparse.ArgumentParser] = build_parser) -> int:

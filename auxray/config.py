@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -9,6 +10,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from auxray.errors import UserError
+from auxray.importpath import is_import_path, resolve_callable
 
 METHODS = (
     "stl",
@@ -23,6 +25,48 @@ METHODS = (
 )
 LEARNED_METHODS = ("auxilearn_combine", "auxilearn_labels", "maxl", "maxl_fo", "jtds")
 LABEL_METHODS = ("auxilearn_labels", "maxl", "maxl_fo")
+BACKBONES = ("convnet4", "vgg16", "resnet18", "mlp")
+AUX_TASKS = ("none", "rotation", "targets", "labels")
+# Each label method is defined by its hypergradient (README, "Methods and configs"): the first is the method's
+# default, the others compute the same thing another way. Every hypergrad.method belongs to exactly one of them.
+HypergradMethod = Literal["neumann", "cg", "exact", "unroll", "fd"]
+LABEL_HYPERGRADIENTS: dict[str, tuple[tuple[HypergradMethod, ...], str]] = {
+    "auxilearn_labels": (("neumann", "cg", "exact"), "the implicit hypergradient"),
+    "maxl": (("unroll",), "a one-step unrolled second-order hypergradient"),
+    "maxl_fo": (("fd",), "a first-order (finite-difference) unrolled hypergradient"),
+}
+DATA_ENV = "AUXRAY_DATA"
+
+
+def data_home() -> Path:
+    """Where data sets live unless a config says otherwise: $AUXRAY_DATA, else $XDG_CACHE_HOME/auxray, else
+    ~/.cache/auxray (a folder any user has, unlike this repository's ../shared/data)."""
+    chosen = os.environ.get(DATA_ENV)
+    if chosen:
+        return Path(chosen).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "auxray"
+
+
+def default_data_root() -> str:
+    """The default CIFAR-10 folder, ``data_home()/cifar10``, which a run fills by download when it is empty."""
+    return str(data_home() / "cifar10")
+
+
+def _downloads_by_default(data: dict[str, Any]) -> bool:
+    """data.download's default: true only for CIFAR-10 at the default root (never fetch into a path the user named)."""
+    return data.get("dataset") == "cifar10" and data.get("root") == default_data_root()
+
+
+def check_import_path(value: str, builtins: tuple[str, ...], what: str) -> str:
+    """A built-in name, or an import path that resolves to a callable now (ValueError in one line otherwise)."""
+    if value in builtins:
+        return value
+    if not is_import_path(value):
+        raise ValueError(
+            f"unknown {what} {value!r}; choose {', '.join(builtins)}, or name your own as 'package.module:function'"
+        )
+    resolve_callable(value)
+    return value
 
 
 class _Section(BaseModel):
@@ -30,12 +74,16 @@ class _Section(BaseModel):
 
 
 class DataConfig(_Section):
-    """Which data set, where it lives, and how the few-label / aux / validation splits are carved."""
+    """Which data set, where it lives, and how the few-label / aux / validation splits are carved.
+
+    root defaults to ``default_data_root()`` (a cache folder), and download to true there: CIFAR-10 is fetched
+    on first use. A root the config names is never downloaded into unless download: true is set too.
+    """
 
     dataset: Literal["cifar10", "imagefolder", "synthetic"] = "cifar10"
-    root: str = "../shared/data/cifar10-images.zip"
+    root: str = Field(default_factory=default_data_root)
     cache_dir: str | None = None
-    download: bool = False
+    download: bool = Field(default_factory=_downloads_by_default)
     labeled_fraction: float | None = Field(0.05, gt=0, le=1)
     labeled_per_class: int | None = Field(None, gt=0)
     aux_fraction: float = Field(0.1, ge=0, lt=1)
@@ -46,24 +94,38 @@ class DataConfig(_Section):
     seed: int = 0
 
     @model_validator(mode="after")
-    def _one_budget(self) -> "DataConfig":
+    def _one_budget(self) -> DataConfig:
         if self.aux_fraction + self.val_fraction >= 1:
             raise ValueError("aux_fraction + val_fraction must be below 1")
+        if self.dataset == "imagefolder" and "root" not in self.model_fields_set:
+            raise ValueError("dataset imagefolder needs root (a folder or .zip of class folders)")
         return self
 
 
 class ModelConfig(_Section):
-    """Backbone of the primary network (and of the label generator)."""
+    """Backbone of the primary network (and of the label generator).
 
-    backbone: Literal["convnet4", "vgg16", "resnet18", "mlp"] = "convnet4"
+    backbone: a built-in trunk, or a user's own as ``"package.module:factory"``, where
+    ``factory(in_channels=..., width=..., in_features=...)`` returns ``(trunk, feat_dim)``: an ``nn.Module`` mapping
+    inputs to flat features ``[B, feat_dim]`` (see ``auxray.models.build_trunk``). The path is imported on validation.
+    """
+
+    backbone: str = "convnet4"
     width: int = Field(64, gt=0)
+
+    @field_validator("backbone")
+    @classmethod
+    def _known_backbone(cls, v: str) -> str:
+        return check_import_path(v, BACKBONES, "backbone")
 
 
 class MethodConfig(_Section):
     """The auxiliary-learning method and its own settings."""
 
     name: Literal[METHODS] = "stl"  # type: ignore[valid-type]
-    aux_task: Literal["none", "rotation", "targets", "labels"] = "none"
+    # A built-in task, or a user's own as "package.module:factory": factory(task) returns an
+    # auxray.methods.aux_tasks.AuxiliaryTask (e.g. a LossFnTask around a callable giving per-sample losses).
+    aux_task: str = "none"
     combiner: Literal["linear", "nonlinear", "deep"] = "nonlinear"
     combiner_hidden: list[int] = Field(default_factory=lambda: [10])
     monotone: bool = False
@@ -74,6 +136,11 @@ class MethodConfig(_Section):
     aux_weight_decay: float = Field(1e-5, ge=0)
     aux_optimizer: Literal["adam", "sgd"] = "adam"
     aux_grad_clip: float | None = Field(None, gt=0)
+
+    @field_validator("aux_task")
+    @classmethod
+    def _known_aux_task(cls, v: str) -> str:
+        return check_import_path(v, AUX_TASKS, "auxiliary task")
 
     @field_validator("psi")
     @classmethod
@@ -118,7 +185,7 @@ class HypergradConfig(_Section):
     cosine with the cheap one (hypergrad_cosine), so the trade is visible.
     """
 
-    method: Literal["neumann", "cg", "exact", "unroll", "fd"] = "neumann"
+    method: HypergradMethod = "neumann"
     steps: int = Field(3, ge=0)
     alpha: float = Field(0.01, gt=0)
     tol: float = Field(1e-6, gt=0)
@@ -166,13 +233,47 @@ class RunConfig(_Section):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     @model_validator(mode="after")
-    def _consistent(self) -> "RunConfig":
+    def _consistent(self) -> RunConfig:
         m = self.method
         if m.name in ("equal", "uncertainty", "gcs", "auxilearn_combine", "jtds") and m.aux_task == "none":
-            raise ValueError(f"method {m.name!r} needs an auxiliary task (method.aux_task: rotation, or targets for data that carries them)")
+            raise ValueError(
+                f"method {m.name!r} needs an auxiliary task (method.aux_task: rotation, or targets for "
+                "data that carries them, or your own as 'package.module:factory')"
+            )
         if m.name in LABEL_METHODS and m.aux_task not in ("labels", "none"):
             raise ValueError(f"method {m.name!r} learns its own auxiliary labels; leave method.aux_task unset")
+        if m.name == "auxilearn_combine" and m.combiner == "deep":
+            raise ValueError(
+                "method.combiner: deep weighs per-pixel loss maps (dense tasks such as segmentation), "
+                "but every auxiliary task here gives one loss per sample; "
+                "use method.combiner: linear or nonlinear"
+            )
+        if self.hypergrad.params == "last_block" and self.model.backbone not in BACKBONES:
+            raise ValueError(
+                f"hypergrad.params: last_block needs a built-in model.backbone ({', '.join(BACKBONES)}); "
+                f"the last block of {self.model.backbone!r} is unknown, so use hypergrad.params: all"
+            )
+        self._label_hypergradient()
         return self
+
+    def _label_hypergradient(self) -> None:
+        """A label method decides its hypergradient unless hypergrad.method is given; a given one must be its own."""
+        name, h = self.method.name, self.hypergrad
+        if name not in LABEL_HYPERGRADIENTS:
+            return
+        allowed, how = LABEL_HYPERGRADIENTS[name]
+        if h.method in allowed:
+            return
+        if "method" not in h.model_fields_set:
+            h.method = allowed[0]
+            return
+        other = next(n for n, (methods, _) in LABEL_HYPERGRADIENTS.items() if h.method in methods)
+        choices = " or ".join([", ".join(allowed[:-1]), allowed[-1]] if len(allowed) > 1 else allowed)
+        raise ValueError(
+            f"method.name: {name} learns labels by {how} (hypergrad.method: {choices}), "
+            f"not hypergrad.method: {h.method} (that pairing is method.name: {other}); "
+            "leave hypergrad.method unset and the method picks its own"
+        )
 
 
 def parse_value(text: str) -> Any:
@@ -208,12 +309,17 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 
 
 def format_validation_error(err: ValidationError, source: str) -> str:
-    """One line naming every invalid or unknown key."""
+    """One line naming every invalid or unknown key (a check across sections names its keys in its message)."""
     problems = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "<root>"
-        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
-        problems.append(f"{loc}: {msg}")
+        loc = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif e["type"] == "value_error":
+            msg = str(e.get("ctx", {}).get("error", e["msg"]))
+        else:
+            msg = e["msg"]
+        problems.append(f"{loc}: {msg}" if loc else msg)
     return f"invalid config {source}: " + "; ".join(problems)
 
 

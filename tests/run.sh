@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The project's test command (README, .ci/run): installs what the tests need on a machine that has
-# only Python, then runs every test: the fast default set plus those marked slow and cluster.
+# only Python, checks the package with ruff and mypy, then runs every test: the fast default set plus those
+# marked slow and cluster.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v uv >/dev/null 2>&1 || python3 -m pip install --quiet uv
@@ -10,5 +11,9 @@ if ! command -v chromium >/dev/null 2>&1; then
   else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; fi
 fi
 uv sync --frozen
+# Lint, format and types on the package first (seconds): a failure here fails the run.
+uv run --frozen ruff check auxray
+uv run --frozen ruff format --check auxray
+uv run --frozen mypy
 export RAY_AUTH_MODE="${RAY_AUTH_MODE:-disabled}"
 exec uv run --frozen pytest -m "" "$@"

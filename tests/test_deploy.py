@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import posixpath
 import re
 import runpy
 import shlex
@@ -36,6 +37,13 @@ EXPECTED_YAML = [
 # Plain Kubernetes manifests (validated with kubernetes-validate's bundled OpenAPI schemas).
 CORE_MANIFESTS = ["deploy/kuberay/storage.yaml", "deploy/mlflow/k8s.yaml"]
 K8S_VERSION = kubernetes_validate.latest_version()
+STORAGE_ENV = "AUXRAY_STORAGE"  # auxray.paths.STORAGE_ENV: where relative output paths resolve
+
+
+def is_under(path: str, root: str) -> bool:
+    """`path` is `root` or inside it (lexically, after normalising; both absolute POSIX paths)."""
+    path, root = posixpath.normpath(path), posixpath.normpath(root)
+    return posixpath.isabs(path) and posixpath.isabs(root) and (path == root or path.startswith(root.rstrip("/") + "/"))
 
 
 def yaml_docs(path: Path) -> list[dict[str, Any]]:
@@ -113,6 +121,102 @@ def test_cluster_yaml_runs_the_image_with_gpu_workers_and_sized_object_stores() 
         assert re.search(r"--object-store-memory=\d+", start), f"{key}: no object store sizing"
         assert "RAY_AUTH_MODE=" in start, f"{key}: RAY_AUTH_MODE not pinned"
     assert "--dashboard-host=127.0.0.1" in " ".join(cfg["head_start_ray_commands"])
+
+
+def docker_run_flags(options: list[str]) -> tuple[dict[str, str], list[tuple[str, str]]]:
+    """(--env/-e variables, -v/--volume host:container binds) of the launcher's docker run options."""
+    env: dict[str, str] = {}
+    binds: list[tuple[str, str]] = []
+    argv = shlex.split(" ".join(options))
+    for i, arg in enumerate(argv):
+        flag, eq, inline = arg.partition("=") if arg.startswith("--") else (arg, "", "")
+        value = inline if eq else (argv[i + 1] if i + 1 < len(argv) else "")
+        if flag in {"-e", "--env"}:
+            key, _, val = value.partition("=")
+            env[key] = val
+        elif flag in {"-v", "--volume"}:
+            host, _, rest = value.partition(":")
+            binds.append((host, rest.split(":")[0]))
+    return env, binds
+
+
+def nfs_mounts(commands: list[str]) -> dict[str, str]:
+    """host mount point -> NFS export, for every `mount -t nfs[4]` in host commands."""
+    text = " ".join(" ".join(commands).split())
+    return {target: export for export, target in
+            re.findall(r"\bmount -t nfs4? (?:-o \S+ )?(\S+) (/\S*?)(?=[;\s&|]|$)", text)}
+
+
+def launcher_storage_problems(cfg: dict[str, Any]) -> list[str]:
+    """Why runs' outputs would not be on storage every node of a cluster-launcher cluster shares; [] if they are.
+
+    For every node (the head as `ray up` starts it from the top-level fields, and every node type as the
+    autoscaler starts it, with its own `initialization_commands` / `docker` overriding the top-level
+    ones): the container gets AUXRAY_STORAGE, bind-mounted at the same path from the host, where the
+    host's initialization_commands mount an NFS export (EFS) and then fail unless it is mounted."""
+    problems: list[str] = []
+    nodes = [("head (ray up)", True, cfg["initialization_commands"], cfg["docker"])]
+    for name, node_type in cfg["available_node_types"].items():
+        docker = {**cfg["docker"], **node_type.get("docker", {})}
+        nodes.append((name, name == cfg["head_node_type"],
+                      node_type.get("initialization_commands", cfg["initialization_commands"]), docker))
+    storages = set()
+    for name, is_head, init, docker in nodes:
+        env, binds = docker_run_flags(docker.get("run_options", []) +
+                                      docker.get("head_run_options" if is_head else "worker_run_options", []))
+        storage = env.get(STORAGE_ENV)
+        if not storage or not posixpath.isabs(storage):
+            problems.append(f"{name}: no absolute {STORAGE_ENV} in the container's env ({storage!r})")
+            continue
+        storages.add(posixpath.normpath(storage))
+        bind = [(h, c) for h, c in binds if is_under(storage, c)]
+        if not bind:
+            problems.append(f"{name}: {STORAGE_ENV}={storage} is not bind-mounted into the container")
+            continue
+        host, container = bind[-1]
+        if posixpath.normpath(host) != posixpath.normpath(container):
+            problems.append(f"{name}: {container} is bound from another host path ({host})")
+        mounts = nfs_mounts(init)
+        shared = [t for t in mounts if is_under(host, t)]
+        if not shared:
+            problems.append(f"{name}: the host's initialization_commands mount no NFS export at/above {host}")
+        elif not any(c.strip() == f"mountpoint -q {shared[0]}" for c in init):
+            problems.append(f"{name}: initialization_commands do not fail when {shared[0]} is not mounted")
+    if len(storages) > 1:
+        problems.append(f"nodes disagree on {STORAGE_ENV}: {sorted(storages)}")
+    return problems
+
+
+def test_cluster_yaml_puts_runs_on_shared_storage_on_every_node() -> None:
+    cfg = one_doc("deploy/cluster.yaml")
+    assert launcher_storage_problems(cfg) == []
+    # The NFS export is a placeholder the header tells the user to replace.
+    (export,) = set(nfs_mounts(cfg["initialization_commands"]).values())
+    header = (DEPLOY / "cluster.yaml").read_text().split("\ncluster_name:")[0]
+    assert "PLACEHOLDER" in export and export in header, export
+
+
+def test_cluster_storage_check_is_not_vacuous() -> None:
+    cfg = one_doc("deploy/cluster.yaml")
+    storage = docker_run_flags(cfg["docker"]["run_options"])[0][STORAGE_ENV]
+
+    def drop(option: str) -> Any:
+        return lambda c: c["docker"].update(run_options=[o for o in c["docker"]["run_options"] if option not in o])
+
+    for breakage in (
+        drop(f"{STORAGE_ENV}="),  # no env: a job would write under ~/auxray on the head only
+        drop(f":{storage}"),  # env set but the shared mount is not in the container
+        lambda c: c["docker"]["run_options"].append(f"--env {STORAGE_ENV}=/tmp/auxray"),
+        lambda c: c["docker"]["run_options"].append(f"-v /home/ubuntu/runs:{storage}"),
+        lambda c: c["available_node_types"]["gpu_worker"].update(initialization_commands=["nvidia-smi || true"]),
+        lambda c: c["available_node_types"]["gpu_worker"].update(docker={"run_options": ["--ulimit nofile=1024:1024"]}),
+        lambda c: c["docker"].update(worker_run_options=[f"--env {STORAGE_ENV}={storage}/other"]),
+        lambda c: c.update(initialization_commands=[x for x in c["initialization_commands"] if "mountpoint" not in x
+                                                    or "mount -t" in x]),
+    ):
+        broken = copy.deepcopy(cfg)
+        breakage(broken)
+        assert launcher_storage_problems(broken), breakage
 
 
 # ------------------------------------------------------------------------------ Kubernetes (core)
@@ -281,6 +385,120 @@ def cluster_specs() -> list[tuple[str, dict[str, Any]]]:
     return [("RayCluster.spec", raycluster()["spec"]), ("RayJob.spec.rayClusterSpec", rayjob()["spec"]["rayClusterSpec"])]
 
 
+def pod_specs(spec: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(group, pod spec) of the head group and every worker group."""
+    return [("head", spec["headGroupSpec"]["template"]["spec"])] + [
+        (g["groupName"], g["template"]["spec"]) for g in spec["workerGroupSpecs"]]
+
+
+def ray_container_env(pod: dict[str, Any]) -> dict[str, str]:
+    """Plain env values of the Ray container (KubeRay runs Ray in a pod's first container)."""
+    return {e["name"]: e["value"] for e in pod["containers"][0].get("env", []) if "value" in e}
+
+
+def shared_claims() -> set[str]:
+    """PVCs of storage.yaml that pods on different nodes can mount read-write at the same time."""
+    return {d["metadata"]["name"] for d in yaml_docs(REPO / "deploy/kuberay/storage.yaml")
+            if d["kind"] == "PersistentVolumeClaim" and "ReadWriteMany" in d["spec"]["accessModes"]}
+
+
+def shared_mounts(pod: dict[str, Any]) -> set[str]:
+    """Where the Ray container mounts a ReadWriteMany PVC read-write."""
+    claims = shared_claims()
+    volumes = {v["name"] for v in pod.get("volumes", [])
+               if v.get("persistentVolumeClaim", {}).get("claimName") in claims
+               and not v["persistentVolumeClaim"].get("readOnly")}
+    return {m["mountPath"] for m in pod["containers"][0].get("volumeMounts", [])
+            if m["name"] in volumes and not m.get("readOnly")}
+
+
+def kuberay_storage_problems(spec: dict[str, Any]) -> list[str]:
+    """Why a run's outputs would not be on storage that the head and every worker share; [] if they are."""
+    problems = []
+    storages = set()
+    for group, pod in pod_specs(spec):
+        storage = ray_container_env(pod).get(STORAGE_ENV)
+        if not storage or not posixpath.isabs(storage):
+            problems.append(f"{group}: no absolute {STORAGE_ENV} in the Ray container's env ({storage!r})")
+            continue
+        storages.add(posixpath.normpath(storage))
+        if not any(is_under(storage, m) for m in shared_mounts(pod)):
+            problems.append(f"{group}: {STORAGE_ENV}={storage} is not on a read-write ReadWriteMany volume")
+    if len(storages) > 1:
+        problems.append(f"groups disagree on {STORAGE_ENV}: {sorted(storages)}")
+    return problems
+
+
+def test_kuberay_shared_storage_claim_is_read_write_many() -> None:
+    claims = {d["metadata"]["name"]: d for d in yaml_docs(REPO / "deploy/kuberay/storage.yaml")
+              if d["kind"] == "PersistentVolumeClaim"}
+    assert claims["auxray-shared"]["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert shared_claims() >= {"auxray-shared"}
+
+
+def test_kuberay_pods_put_runs_on_shared_storage() -> None:
+    for where, spec in cluster_specs():
+        assert kuberay_storage_problems(spec) == [], where
+
+
+def test_kuberay_storage_check_is_not_vacuous() -> None:
+    def env_of(group: int) -> Any:
+        def pod(d: dict[str, Any]) -> dict[str, Any]:
+            return pod_specs(d["spec"])[group][1]
+        return pod
+
+    def set_env(group: int, value: str | None) -> Any:
+        def breakage(d: dict[str, Any]) -> None:
+            container = env_of(group)(d)["containers"][0]
+            container["env"] = [e for e in container["env"] if e["name"] != STORAGE_ENV]
+            if value is not None:
+                container["env"].append({"name": STORAGE_ENV, "value": value})
+        return breakage
+
+    def unmount_shared(d: dict[str, Any]) -> None:
+        container = env_of(1)(d)["containers"][0]
+        container["volumeMounts"] = [m for m in container["volumeMounts"] if m["name"] != "cluster-storage"]
+
+    def read_only_shared(d: dict[str, Any]) -> None:
+        for m in env_of(0)(d)["containers"][0]["volumeMounts"]:
+            if m["name"] == "cluster-storage":
+                m["readOnly"] = True
+
+    def node_local_claim(d: dict[str, Any]) -> None:
+        for v in env_of(1)(d)["volumes"]:
+            if v["name"] == "cluster-storage":
+                v.pop("persistentVolumeClaim")
+                v["emptyDir"] = {}
+
+    for breakage in (
+        set_env(0, None), set_env(1, None),  # head / worker without the variable
+        set_env(1, "/tmp/ray/auxray"),  # an emptyDir: node-local, gone with the pod
+        set_env(0, "/mnt/data/runs"),  # the read-only data volume
+        set_env(1, "/mnt/cluster_storage/other"),  # shared, but not where the head writes
+        set_env(0, "runs"),  # relative: would resolve in the job's temporary working copy
+        unmount_shared, read_only_shared, node_local_claim,
+    ):
+        broken = raycluster()
+        breakage(broken)
+        assert kuberay_storage_problems(broken["spec"]), breakage
+
+
+def test_kuberay_mlflow_uri_is_the_in_cluster_mlflow_service() -> None:
+    (svc,) = [d for d in yaml_docs(REPO / "deploy/mlflow/k8s.yaml")
+              if d["kind"] == "Service" and d["metadata"]["name"] == "mlflow"]
+    (port,) = [p["port"] for p in svc["spec"]["ports"]]
+    uri = f"http://{svc['metadata']['name']}.{svc['metadata']['namespace']}.svc.cluster.local:{port}"
+    for where, spec in cluster_specs():
+        for group, pod in pod_specs(spec):
+            assert ray_container_env(pod).get("MLFLOW_TRACKING_URI") == uri, f"{where} {group}"
+    # The RayJob's runtime env may repeat pod env, but never contradict it.
+    runtime_vars = yaml.safe_load(rayjob()["spec"]["runtimeEnvYAML"]).get("env_vars", {})
+    head_env = ray_container_env(pod_specs(rayjob()["spec"]["rayClusterSpec"])[0][1])
+    for key in runtime_vars.keys() & head_env.keys():
+        assert runtime_vars[key] == head_env[key], key
+    assert runtime_vars.get("MLFLOW_TRACKING_URI", uri) == uri
+
+
 def test_kuberay_resources_match_the_hand_written_schema() -> None:
     jsonschema.validate(raycluster(), RAY_CLUSTER_SCHEMA)
     jsonschema.validate(rayjob(), RAY_JOB_SCHEMA)
@@ -329,7 +547,9 @@ def test_kuberay_groups_use_the_image_and_gpu_workers() -> None:
         assert gpu_groups, f"{where}: no worker group with nvidia.com/gpu limits"
 
 
-def test_rayjob_entrypoint_runs_a_repo_script_on_an_existing_config_that_fits_the_cluster() -> None:
+def test_rayjob_entrypoint_runs_a_repo_script_on_an_existing_config_that_fits_the_cluster(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from auxray import paths
     from auxray.cli import build_parser
     from auxray.config import load_config
 
@@ -346,11 +566,26 @@ def test_rayjob_entrypoint_runs_a_repo_script_on_an_existing_config_that_fits_th
     gpus = sum(g["replicas"] * int(g["template"]["spec"]["containers"][0]["resources"]["limits"].get("nvidia.com/gpu", 0))
                for g in spec["rayClusterSpec"]["workerGroupSpecs"])
     assert gpus >= cfg.scaling.workers * cfg.scaling.gpus_per_worker, "the RayJob's cluster has too few GPUs"
-    # Paths the run writes/reads must be mounted volumes in the job's pods.
-    mounts = {m["mountPath"] for g in spec["rayClusterSpec"]["workerGroupSpecs"]
-              for m in g["template"]["spec"]["containers"][0]["volumeMounts"]}
-    assert any(cfg.data.root.startswith(m + "/") for m in mounts), cfg.data.root
-    assert any(str(cfg.trainer.checkpoint_dir).startswith(m + "/") for m in mounts), cfg.trainer.checkpoint_dir
+    # Paths the run reads must be mounted volumes in the job's pods: data.root must be absolute (a
+    # relative one would point into the job's temporary working copy).
+    pods = pod_specs(spec["rayClusterSpec"])
+    for group, pod in pods:
+        mounts = {m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+        assert any(is_under(cfg.data.root, m) for m in mounts), f"{group}: {cfg.data.root}"
+    # Paths it writes resolve as the driver resolves them (auxray.paths, in the head pod, inside a Ray
+    # job, with the head's env): an explicit absolute checkpoint_dir, else AUXRAY_STORAGE. Wherever
+    # that is, it must be on a shared read-write volume of the head and of every worker group.
+    head_env = ray_container_env(pods[0][1])
+    monkeypatch.setenv(paths.JOB_ENV, "{}")
+    if STORAGE_ENV in head_env:
+        monkeypatch.setenv(STORAGE_ENV, head_env[STORAGE_ENV])
+    else:
+        monkeypatch.delenv(STORAGE_ENV, raising=False)
+    resolved = paths.absolute_paths(cfg)
+    outputs = [resolved.trainer.checkpoint_dir, resolved.data.cache_dir]
+    for out in [str(o) for o in outputs if o is not None]:
+        for group, pod in pods:
+            assert any(is_under(out, m) for m in shared_mounts(pod)), f"{group}: {out} is not on shared storage"
     # The working dir uploaded by the submitter is the repository inside the image.
     runtime_env = yaml.safe_load(spec["runtimeEnvYAML"])
     workdir = re.search(r"^WORKDIR\s+(\S+)", (DEPLOY / "Dockerfile").read_text(), re.M)

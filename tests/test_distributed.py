@@ -29,26 +29,54 @@ PER_WORKER = 16
 def ray_local():
     import ray
 
-    from auxray.train.ray_run import ensure_ray
+    from auxray.train.ray_cluster import ensure_ray
 
     ensure_ray(None, num_cpus=2)
     yield
     ray.shutdown()
 
 
-def test_two_worker_cli_run_on_cifar(cifar_zip, tmp_path):
+def test_two_worker_cli_run_records_in_mlflow_what_a_single_process_run_records(cifar_zip, tmp_path):
+    """`auxray train --workers 2` with tracking on (the default user path): the summary has the same keys as a
+    single-process run's, and its MLflow run the same artifacts and (besides traffic counters) the same metric
+    keys, logged per epoch."""
+    from mlflow import MlflowClient
+
     cfg = tiny_distributed_cfg(cifar_zip, tmp_path, epochs=2)
+    cfg.tracking.enabled = True
     path = tmp_path / "dist.yaml"
     path.write_text(yaml.safe_dump(cfg.model_dump()))
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    proc = subprocess.run([sys.executable, "-m", "auxray.cli", "train", str(path), "--workers", "2", "--json"],
-                          cwd=REPO, capture_output=True, text=True, timeout=900, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert result["workers"] == 2
-    assert 0.0 <= result["test_accuracy"] <= 1.0
-    assert [h["epoch"] for h in result["history"]] == [1, 2]
-    assert result["allreduce_bytes"] > 0
+    results = {}
+    for workers in ("1", "2"):
+        proc = subprocess.run([sys.executable, "-m", "auxray.cli", "train", str(path), "--workers", workers, "--json",
+                               "--tracking-uri", uri, "--no-progress"],
+                              cwd=REPO, capture_output=True, text=True, timeout=900, env=env)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        results[workers] = json.loads(proc.stdout.strip().splitlines()[-1])
+    single, dist = results["1"], results["2"]
+    assert dist["workers"] == 2 and dist["allreduce_bytes"] > 0
+    assert [h["epoch"] for h in dist["history"]] == [1, 2]
+    assert set(single) - {"history"} <= set(dist), "a distributed summary misses keys a single-process one has"
+    assert {"test_accuracy", "final_test_accuracy", "best_val_accuracy", "run_dir", "mlflow_run_id"} <= set(dist)
+    client = MlflowClient(tracking_uri=uri)
+
+    def record(result):
+        run = client.get_run(result["mlflow_run_id"])
+        artifacts = set()
+        for f in client.list_artifacts(run.info.run_id):
+            artifacts |= {g.path for g in client.list_artifacts(run.info.run_id, f.path)} if f.is_dir else {f.path}
+        return run, artifacts
+
+    (run_1, art_1), (run_2, art_2) = record(single), record(dist)
+    assert run_1.info.status == run_2.info.status == "FINISHED"
+    assert art_1 == art_2 and {"checkpoints/best.pt", "metrics.jsonl", "config.yaml",
+                               "plots/task_weights.png", "plots/hypergrad_norms.png"} <= art_2
+    traffic = {"allreduce_bytes", "phi_bytes_sent", "outer_step_allreduce_bytes"}
+    assert set(run_1.data.metrics) - traffic == set(run_2.data.metrics) - traffic
+    assert [m.step for m in client.get_metric_history(run_2.info.run_id, "val_accuracy")] == [1, 2]
+    assert run_2.data.metrics["test_accuracy"] == pytest.approx(dist["test_accuracy"])
 
 
 def fixed_batches(trainer: BilevelTrainer, start: int, size: int):

@@ -12,9 +12,9 @@ from torch.func import functional_call
 from auxray.auxnets import label_entropy_regulariser
 from auxray.config import config_from_dict
 from auxray.data import build_data
-from auxray.hypergrad import functional_implicit_hypergrad, unrolled_hypergrad
-from auxray.train.hyperstep import batch_stats_only, compute_hypergrad, fused_hyperstep, hypergrad_mask, trainable
+from auxray.hypergrad import batch_stats_only, functional_implicit_hypergrad, unrolled_hypergrad
 from auxray.train.diagnostics import example_batches
+from auxray.train.hyperstep import compute_hypergrad, fused_hyperstep, hypergrad_mask, trainable
 from auxray.train.loop import BilevelTrainer
 from tests.conftest import tiny_cifar_raw
 from tests.test_train import synthetic_raw

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from auxray.models import MultiHeadNet, build_primary, build_trunk
+from auxray.models import MultiHeadNet, build_trunk
 
 
 def _count(module: nn.Module) -> int:
@@ -40,7 +40,7 @@ def test_resnet18_cifar_stem_and_parameter_count() -> None:
     trunk, _ = build_trunk("resnet18")
     assert trunk.conv1.kernel_size == (3, 3) and trunk.conv1.stride == (1, 1)
     assert isinstance(trunk.maxpool, nn.Identity) and isinstance(trunk.fc, nn.Identity)
-    net = build_primary("resnet18", {"main": 10})
+    net = MultiHeadNet(*build_trunk("resnet18"), {"main": 10})
     assert 11.1e6 < _count(net) < 11.3e6  # ResNet-18 for CIFAR-10: 11,173,962
 
 
@@ -69,12 +69,12 @@ def test_unknown_backbone_raises() -> None:
     with pytest.raises(ValueError, match="unknown backbone"):
         build_trunk("alexnet")
     with pytest.raises(ValueError, match="unknown backbone"):
-        build_primary("alexnet", {"main": 10})
+        MultiHeadNet(*build_trunk("alexnet"), {"main": 10})
 
 
 def test_multihead_returns_every_head() -> None:
     torch.manual_seed(0)
-    net = build_primary("convnet4", {"main": 10, "rotation": 4, "labels": 50}, width=8)
+    net = MultiHeadNet(*build_trunk("convnet4", width=8), {"main": 10, "rotation": 4, "labels": 50})
     assert isinstance(net, MultiHeadNet)
     net.eval()
     x = torch.randn(3, 3, 32, 32)
@@ -88,7 +88,7 @@ def test_multihead_returns_every_head() -> None:
 
 def test_multihead_return_features_under_functional_call() -> None:
     torch.manual_seed(0)
-    net = build_primary("mlp", {"main": 1, "aux": 2}, in_features=4, width=8)
+    net = MultiHeadNet(*build_trunk("mlp", in_features=4, width=8), {"main": 1, "aux": 2})
     params = {k: v.detach().clone() for k, v in net.named_parameters()}
     x = torch.randn(6, 4)
     out = functional_call(net, params, (x,), {"return_features": True})

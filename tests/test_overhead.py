@@ -11,8 +11,8 @@ import pytest
 
 from auxray.bench.overhead import (TWINS, VARIANTS, build_rows, check_twins_match, parse_seeds, resolve_configs,
                                    run_order, run_overhead)
+from auxray.bench.plan import CONFIG_DIR
 from auxray.bench.report import render_harmful, render_overhead, update_readme
-from auxray.bench.reproduce import CONFIG_DIR
 from auxray.errors import UserError
 from tests.conftest import CACHE_DIR, REPO
 

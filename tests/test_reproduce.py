@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from auxray.bench.store import append_run, read_runs
+from auxray.bench.table import build_table
 from tests.conftest import CACHE_DIR, REPO
 
 METHODS = ["stl", "auxilearn_combine", "maxl"]
@@ -100,8 +102,6 @@ def test_bad_jobs_is_one_line(tmp_path: Path) -> None:
 
 def test_table_statistics_and_torn_progress_file(tmp_path: Path) -> None:
     """Fast: mean/std (ddof=0) over seeds, time relative to STL, and a killed job's torn last line ignored."""
-    from auxray.bench.reproduce import append_run, build_table, read_runs
-
     runs_file = tmp_path / "r.runs.jsonl"
     for method, seed, acc, sec in [("stl", 0, 0.5, 10.0), ("stl", 1, 0.6, 12.0), ("maxl", 0, 0.55, 33.0)]:
         append_run(runs_file, {"method": method, "seed": seed, "test_accuracy": acc, "seconds": sec})

@@ -28,7 +28,6 @@ from auxray.tracking import (
     check_reachable,
     end_parent,
     find_parent,
-    label_assignment,
     plot_hypergrad_norms,
     plot_label_assignment,
     plot_task_weights,
@@ -40,6 +39,8 @@ from auxray.tracking import (
     tracked_run,
 )
 from auxray.tracking.ui import ui_command, ui_env
+from auxray.train.diagnostics import label_counts
+from auxray.train.session import RunView
 
 CLASSES = ["cat", "dog", "ship"]
 
@@ -56,11 +57,25 @@ def make_cfg() -> RunConfig:
 
 
 def fake_trainer(label_generator: nn.Module | None = None) -> SimpleNamespace:
-    """What the tracker and plots read from a BilevelTrainer."""
+    """What label_counts reads from a BilevelTrainer, plus the record a RunView is made of."""
     return SimpleNamespace(history=[], hypergrad_norms=[], cfg=make_cfg(), epoch=0, auxnet=label_generator,
-                           objective=SimpleNamespace(psi=label_generator.psi if label_generator else None),
+                           objective=SimpleNamespace(label_classes=tuple(label_generator.psi) if label_generator
+                                                     else None),
                            collective=SimpleNamespace(rank=0), data=SimpleNamespace(classes=CLASSES),
                            device=torch.device("cpu"), dtype=torch.float32)
+
+
+def view(trainer: SimpleNamespace) -> RunView:
+    """The fake trainer's RunView, as the training session builds it."""
+    psi = trainer.objective.label_classes
+
+    def labels():
+        return (label_counts(trainer, trainer.data.train), list(psi)) if psi else None
+
+    return RunView(method=trainer.cfg.method.name, epochs=trainer.cfg.trainer.epochs, epoch=trainer.epoch,
+                   step=trainer.epoch * 30, rank=0, history=list(trainer.history),
+                   hypergrad_norms=list(trainer.hypergrad_norms), best_score=0.3, best_epoch=trainer.epoch,
+                   classes=CLASSES, state=dict, best=dict, labels=labels)
 
 
 def epoch_metrics(trainer: SimpleNamespace, epoch: int) -> dict:
@@ -132,8 +147,8 @@ def test_sqlite_run_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) ->
     trainer = fake_trainer()
     with tracked_run(uri, "e2e", "tiny", cfg=trainer.cfg, spool_dir=tmp_path / "spool") as tracker:
         for epoch in (1, 2, 3):
-            tracker(trainer, epoch_metrics(trainer, epoch))
-        tracker.finish(trainer, {"test_accuracy": 0.42, "best_val_accuracy": 0.3, "epochs": 3,
+            tracker.epoch(view(trainer), epoch_metrics(trainer, epoch), None)
+        tracker.finish(view(trainer), {"test_accuracy": 0.42, "best_val_accuracy": 0.3, "epochs": 3,
                                  "run_dir": str(run_dir)})
     client = MlflowClient(tracking_uri=uri)
     run = client.get_run(tracker.run_id)
@@ -161,7 +176,7 @@ def test_exception_inside_tracked_run_marks_failed(tmp_path: Path, error: BaseEx
     trainer = fake_trainer()
     with pytest.raises(type(error)):
         with tracked_run(uri, "fails", spool_dir=tmp_path / "spool") as tracker:
-            tracker(trainer, epoch_metrics(trainer, 1))
+            tracker.epoch(view(trainer), epoch_metrics(trainer, 1), None)
             raise error
     run = MlflowClient(tracking_uri=uri).get_run(tracker.run_id)
     assert run.info.status == "FAILED"
@@ -190,8 +205,8 @@ def test_offline_run_spools_and_replays_to_a_new_run(tmp_path: Path, capsys: pyt
     t0 = time.monotonic()
     with tracked_run(dead, "offline", "lost", cfg=trainer.cfg, spool_dir=tmp_path / "spool") as tracker:
         for epoch in (1, 2):
-            tracker(trainer, epoch_metrics(trainer, epoch))
-        tracker.finish(trainer, {"test_accuracy": 0.5, "run_dir": str(run_dir_with_files(tmp_path))})
+            tracker.epoch(view(trainer), epoch_metrics(trainer, epoch), None)
+        tracker.finish(view(trainer), {"test_accuracy": 0.5, "run_dir": str(run_dir_with_files(tmp_path))})
     assert time.monotonic() - t0 < 20
     err = capsys.readouterr().err
     assert err.count("MLflow server unreachable") == 1
@@ -239,21 +254,21 @@ def test_plots(tmp_path: Path) -> None:
     for epoch in (1, 2, 3):
         epoch_metrics(trainer, epoch)
 
-    counts = label_assignment(trainer, trainer.data.train, max_images=120)
+    counts = label_counts(trainer, trainer.data.train, max_images=120)
     assert counts.shape == (3, 7) and int(counts.sum()) == 120
     assert counts[0, 2:].sum() == 0 and counts[1, :2].sum() == 0 and counts[2, :5].sum() == 0
     assert (counts[0, :2] > 0).all() and counts[1, 3] == 0
 
-    paths = [plot_task_weights(trainer, tmp_path), plot_hypergrad_norms(trainer, tmp_path),
-             plot_label_assignment(trainer, tmp_path)]
+    paths = [plot_task_weights(view(trainer), tmp_path), plot_hypergrad_norms(view(trainer), tmp_path),
+             plot_label_assignment(view(trainer), tmp_path)]
     for p in paths:
         assert p is not None and p.stat().st_size > 0
         with Image.open(p) as im:
             im.verify()
     stl = fake_trainer()
-    assert plot_task_weights(stl, tmp_path / "stl") is None
-    assert plot_hypergrad_norms(stl, tmp_path / "stl") is None
-    assert plot_label_assignment(stl, tmp_path / "stl") is None
+    assert plot_task_weights(view(stl), tmp_path / "stl") is None
+    assert plot_hypergrad_norms(view(stl), tmp_path / "stl") is None
+    assert plot_label_assignment(view(stl), tmp_path / "stl") is None
     assert not (tmp_path / "stl").exists()
 
 
@@ -316,7 +331,7 @@ def test_server_killed_mid_run_spools_then_replays(tmp_path: Path, capsys: pytes
         run_id = tracker.start()
         tracker.log_config(trainer.cfg)
         for epoch in (1, 2):
-            tracker(trainer, epoch_metrics(trainer, epoch))
+            tracker.epoch(view(trainer), epoch_metrics(trainer, epoch), None)
         client = MlflowClient(tracking_uri=uri)
         assert steps_of(client, run_id, "val_accuracy") == [1, 2]
 
@@ -325,9 +340,9 @@ def test_server_killed_mid_run_spools_then_replays(tmp_path: Path, capsys: pytes
             check_reachable(uri, timeout=2)
         for epoch in (3, 4, 5):
             t0 = time.monotonic()
-            tracker(trainer, epoch_metrics(trainer, epoch))
+            tracker.epoch(view(trainer), epoch_metrics(trainer, epoch), None)
             assert time.monotonic() - t0 < 5, f"epoch {epoch} callback blocked on the dead server"
-        tracker.finish(trainer, {"test_accuracy": 0.61, "epochs": 5, "run_dir": str(run_dir_with_files(tmp_path))})
+        tracker.finish(view(trainer), {"test_accuracy": 0.61, "epochs": 5, "run_dir": str(run_dir_with_files(tmp_path))})
         err = capsys.readouterr().err
         assert err.count("MLflow server unreachable") == 1, err
         assert tracker.run_id == run_id and tracker.offline
@@ -369,12 +384,12 @@ def test_tracker_resends_the_spool_when_the_store_comes_back(tmp_path: Path, mon
     uri = f"sqlite:///{tmp_path}/m.db"
     trainer = fake_trainer()
     with tracked_run(uri, "flaky", spool_dir=tmp_path / "spool", probe_interval=0) as tracker:
-        tracker(trainer, epoch_metrics(trainer, 1))
+        tracker.epoch(view(trainer), epoch_metrics(trainer, 1), None)
         down["now"] = True
-        tracker(trainer, epoch_metrics(trainer, 2))
+        tracker.epoch(view(trainer), epoch_metrics(trainer, 2), None)
         assert tracker.offline and tracker.spool_path.is_file()
         down["now"] = False
-        tracker(trainer, epoch_metrics(trainer, 3))
+        tracker.epoch(view(trainer), epoch_metrics(trainer, 3), None)
         assert not tracker.offline
     err = capsys.readouterr().err
     assert err.count("MLflow server unreachable") == 1 and "reachable again; resent 1 buffered" in err

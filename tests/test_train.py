@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
-import copy
+import tempfile
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from auxray.config import config_from_dict
 from auxray.data import build_data
 from auxray.data.transforms import CIFAR_MEAN, CIFAR_STD, normalize
-from auxray.train.hyperstep import batch_stats_only, compute_hypergrad
+from auxray.errors import UserError
+from auxray.hypergrad import batch_stats_only
+from auxray.train.checkpoint import BEST, LATEST, load_checkpoint, save_checkpoint
+from auxray.train.hyperstep import compute_hypergrad
+from auxray.train.launch import train
 from auxray.train.loop import BilevelTrainer
+from tests import helpers_user_models as user
 from tests.conftest import tiny_cifar_raw
 
 
@@ -66,7 +73,8 @@ def assert_resume_matches(cfg, stop_after: int) -> BilevelTrainer:
     full.fit()
     first = BilevelTrainer(cfg, data, progress=False)
     first.fit(until_epoch=stop_after)
-    state = copy.deepcopy(first.state_dict())
+    with tempfile.TemporaryDirectory() as tmp:  # through a file, read back with weights_only=True
+        state = load_checkpoint(save_checkpoint(first.state_dict(), Path(tmp) / LATEST))
     resumed = BilevelTrainer(cfg, data, progress=False)
     resumed.load_state_dict(state)
     resumed.fit()
@@ -84,6 +92,46 @@ def test_resumed_run_matches_uninterrupted_run_synthetic():
 def test_resumed_run_matches_uninterrupted_run_cifar(cifar_zip, tmp_path, method):
     extra = {"aux_task": "rotation"} if method == "jtds" else {"psi": 2}
     assert_resume_matches(config_from_dict(tiny_cifar_raw(cifar_zip, tmp_path, name=method, **extra)), stop_after=1)
+
+
+def test_checkpoints_load_with_weights_only_and_resume_from_disk_exactly(tmp_path):
+    cfg = config_from_dict(synthetic_raw(trainer={"epochs": 2, "max_steps_per_epoch": 20,
+                                                  "checkpoint_dir": str(tmp_path)}))
+    quiet = {"progress": False, "log": lambda _: None}
+    whole = Path(train(cfg, name="whole", **quiet)["run_dir"])
+    for name in (LATEST, BEST):
+        state = torch.load(whole / name, map_location="cpu", weights_only=True)
+        assert state["config"]["method"]["name"] == "auxilearn_combine" and state["model"]
+    train(cfg, name="split", until_epoch=1, **quiet)
+    split = Path(train(cfg, name="split", resume=True, **quiet)["run_dir"])
+    a, b = load_checkpoint(whole / LATEST), load_checkpoint(split / LATEST)
+    assert b["epoch"] == 2 and [h["epoch"] for h in b["history"]] == [1, 2]
+    for key in ("model", "auxnet"):
+        assert a[key].keys() == b[key].keys()
+        assert all(torch.equal(a[key][k], b[key][k]) for k in a[key])
+
+
+def test_a_checkpoint_holding_a_pickled_object_is_refused(tmp_path):
+    with pytest.raises(TypeError, match=r"checkpoint entry state\['bad'\] is a object"):
+        save_checkpoint({"bad": object()}, tmp_path / "x.pt")
+    torch.save({"rng": np.random.get_state()}, tmp_path / "old.pt")
+    with pytest.raises(UserError, match="holds a pickled object"):
+        load_checkpoint(tmp_path / "old.pt")
+
+
+def test_user_backbone_and_aux_task_by_import_path_train_an_epoch():
+    raw = synthetic_raw(trainer={"epochs": 1, "max_steps_per_epoch": 10})
+    raw["model"] = {"backbone": "tests.helpers_user_models:tiny_trunk", "width": 8}
+    raw["method"].update(aux_task="tests.helpers_user_models:helpful_target")
+    cfg = config_from_dict(raw)
+    user.CALLS.clear()
+    trainer = BilevelTrainer(cfg, build_data(cfg.data), progress=False)
+    assert user.CALLS == [{"in_channels": 1, "width": 8, "in_features": 20}]
+    assert set(trainer.model.heads) == {"main", "helper"} and trainer.objective.aux_names == ("helper",)
+    before = [p.detach().clone() for p in trainer.auxnet.parameters()]
+    trainer.fit()
+    assert "task_weight/helper" in trainer.history[-1] and trainer.history[-1]["hypergrad_norm"] > 0
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.auxnet.parameters()))
 
 
 def test_hyperstep_leaves_batchnorm_statistics_alone(cifar_zip, tmp_path):

@@ -1,6 +1,11 @@
 """Hypergradient benchmark: seconds and peak memory of one outer step per method, backbone and K,
 against one plain training step and a plain "obvious" reverse-over-reverse Neumann baseline.
 
+It measures what training runs: the problem is the demo's method (AuxiLearn's nonlinear loss combiner with
+rotation prediction, built by the same registry the trainer uses), and every auxray hypergradient is taken by
+``auxray.train.hyperstep.compute_hypergrad`` (the trainer's outer step at the current W: its BatchNorm guard,
+its pure functions over W and phi, ``implicit_from_graph``) on random CIFAR-shaped batches.
+
 Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` minus the allocation at the call's start;
 on CPU the high-water mark of the process RSS above its value at the call's start, sampled every
 millisecond by a thread reading /proc/self/statm (after gc and glibc ``malloc_trim``), so it counts
@@ -18,111 +23,106 @@ import statistics
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Callable
+from functools import partial
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import functional_call
 
-from auxray.hypergrad import (
-    finite_difference_hypergrad,
-    frozen_batchnorm_stats,
-    functional_implicit_hypergrad,
-    select_hvp,
-    unrolled_hypergrad,
-)
+from auxray.config import HypergradConfig, config_from_dict
+from auxray.hypergrad import batch_stats_only, select_hvp
+from auxray.methods import Batch, Objective, build_objective
+from auxray.models import MultiHeadNet, build_trunk
+from auxray.train.hyperstep import compute_hypergrad
 
-HEADS = {"main": 10, "aux": 50}
+NUM_CLASSES = 10
 ALL_METHODS = ("neumann", "cg", "unroll", "finite_difference", "naive_neumann")
+CONFIG_METHOD = {"neumann": "neumann", "cg": "cg", "unroll": "unroll", "finite_difference": "fd"}
 CPU_OVERRIDES = {"resnet18": {"batch_size": 32, "repeats": 2, "max_k": 5}}
-ALPHA, LR = 1e-2, 1e-2
+ALPHA, LR, TOL = 1e-2, 1e-2, 1e-6
+PROBLEM = "auxilearn_combine: nonlinear loss combiner over the main and rotation losses (the demo's method)"
 
 
 @dataclass
 class Problem:
-    """Primary net, a loss-combiner phi and two batches: L_T on the train batch, L_A on the aux batch."""
+    """What the trainer holds at an outer step: the objective, the primary net (W), the aux net (phi), a prepared
+    training batch (L_T) and an aux batch (L_A)."""
 
+    objective: Objective
     model: nn.Module
-    combiner: nn.Module
-    train: tuple[Tensor, Tensor, Tensor]
-    aux: tuple[Tensor, Tensor]
+    auxnet: nn.Module
+    train: Batch
+    aux: Batch
 
-    def __post_init__(self) -> None:
-        self.w_names = [n for n, _ in self.model.named_parameters()]
-        self.w = tuple(p for _, p in self.model.named_parameters())
-        self.phi_names = [n for n, _ in self.combiner.named_parameters()]
-        self.phi = tuple(p for _, p in self.combiner.named_parameters())
-        self.buffers = dict(self.model.named_buffers())
+    def inner_loss(self) -> Tensor:
+        """L_T(W, phi) on the training batch, through the modules (as an ordinary inner step takes it)."""
+        return self.objective.inner(self.model, self.auxnet, self.train).loss
 
-    def inner_from(self, out: dict[str, Tensor], combiner: Callable[[Tensor], Tensor]) -> Tensor:
-        """L_T = mean(l_main + softplus(combiner([l_main, l_aux]))) over the train batch."""
-        _, y, y_aux = self.train
-        l_main = F.cross_entropy(out["main"], y, reduction="none")
-        l_aux = F.cross_entropy(out["aux"], y_aux, reduction="none")
-        weighted = F.softplus(combiner(torch.stack([l_main, l_aux], 1))).squeeze(1)
-        return (l_main + weighted).mean()
-
-    def inner_fn(self, w: tuple[Tensor, ...], phi: tuple[Tensor, ...]) -> Tensor:
-        """Pure L_T(W, phi)."""
-        out = functional_call(self.model, {**self.buffers, **dict(zip(self.w_names, w))}, (self.train[0],))
-        return self.inner_from(out, lambda z: functional_call(self.combiner, dict(zip(self.phi_names, phi)), (z,)))
-
-    def outer_fn(self, w: tuple[Tensor, ...]) -> Tensor:
-        """Pure L_A(W): main-task cross-entropy on the aux batch."""
-        out = functional_call(self.model, {**self.buffers, **dict(zip(self.w_names, w))}, (self.aux[0],))
-        return F.cross_entropy(out["main"], self.aux[1])
+    def hypergrad(self, method: str, k: int | None = None, hvp: str = "revrev") -> tuple[Tensor, ...]:
+        """dL_A/dphi by the trainer's own outer step (``compute_hypergrad``), for a bench method name."""
+        cfg = HypergradConfig.model_validate(
+            {"method": CONFIG_METHOD[method], "steps": k or 0, "alpha": ALPHA, "tol": TOL, "hvp": hvp, "unroll_lr": LR}
+        )
+        return compute_hypergrad(self.objective, self.model, self.auxnet, self.train, self.aux, cfg, inner_lr=LR)
 
 
 def build_problem(backbone: str, batch_size: int, device: str, width: int = 64, seed: int = 0) -> Problem:
-    """Random CIFAR-shaped batches, a fresh primary net and a 2 -> 1 linear loss combiner."""
-    from auxray.models import build_primary
-
+    """The demo's objective (nonlinear loss combiner over the main and rotation losses) on a fresh primary net,
+    with random CIFAR-shaped training and aux batches prepared by the objective (rotated copies included)."""
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    model = build_primary(backbone, heads=HEADS, width=width).to(device).train()
-    combiner = nn.Linear(2, 1).to(device)
+    cfg = config_from_dict(
+        {
+            "model": {"backbone": backbone, "width": width},
+            "method": {"name": "auxilearn_combine", "aux_task": "rotation", "combiner": "nonlinear"},
+        }
+    )
+    trunk, feat_dim = build_trunk(backbone, width=width)
+    objective = build_objective(cfg, num_classes=NUM_CLASSES, task="classification", feat_dim=feat_dim, in_channels=3)
+    model = MultiHeadNet(trunk, feat_dim, objective.heads).to(device).train()
+    auxnet = objective.build_auxnet(model)
+    assert auxnet is not None
+    auxnet = auxnet.to(device).train()
 
-    def batch() -> tuple[Tensor, Tensor, Tensor]:
+    def batch() -> Batch:
         x = torch.randn(batch_size, 3, 32, 32, generator=gen)
-        y = torch.randint(0, HEADS["main"], (batch_size,), generator=gen)
-        y_aux = torch.randint(0, HEADS["aux"], (batch_size,), generator=gen)
-        return x.to(device), y.to(device), y_aux.to(device)
+        y = torch.randint(0, NUM_CLASSES, (batch_size,), generator=gen)
+        return {k: v.to(device) for k, v in objective.prepare(x, y, gen).items()}
 
-    train, aux = batch(), batch()
-    return Problem(model, combiner, train, aux[:2])
+    return Problem(objective, model, auxnet, batch(), batch())
 
 
-def _fill(grads, like):
+def _fill(grads: Sequence[Tensor | None], like: Sequence[Tensor]) -> list[Tensor]:
     """Zeros for None gradients."""
     return [torch.zeros_like(p) if g is None else g for g, p in zip(grads, like)]
 
 
 def naive_neumann(problem: Problem, steps: int, alpha: float = ALPHA) -> list[Tensor]:
     """The obvious implementation: each Neumann iteration reruns the forward pass and recomputes
-    grad(L_T, W, create_graph=True) from scratch, with Python loops over the parameter lists."""
-    params, hparams = list(problem.model.parameters()), list(problem.combiner.parameters())
-    outer = F.cross_entropy(problem.model(problem.aux[0])["main"], problem.aux[1])
-    v = _fill(torch.autograd.grad(outer, params, allow_unused=True), params)
-    p = [t.clone() for t in v]
-    acc = [t.clone() for t in v]
-    for _ in range(steps):
-        inner = problem.inner_from(problem.model(problem.train[0]), problem.combiner)
-        g = torch.autograd.grad(inner, params, create_graph=True)
-        hp = _fill(torch.autograd.grad(g, params, grad_outputs=p, allow_unused=True), params)
-        p = [pi - alpha * hi for pi, hi in zip(p, hp)]
-        acc = [ai + pi for ai, pi in zip(acc, p)]
-    inner = problem.inner_from(problem.model(problem.train[0]), problem.combiner)
-    g = torch.autograd.grad(inner, params, create_graph=True)
-    mixed = torch.autograd.grad(g, hparams, grad_outputs=[alpha * a for a in acc], allow_unused=True)
+    grad(L_T, W, create_graph=True) from scratch, with Python loops over the parameter lists (same losses and
+    BatchNorm guard as the trainer's outer step)."""
+    params, hparams = list(problem.model.parameters()), list(problem.auxnet.parameters())
+    with batch_stats_only(problem.model, problem.auxnet):
+        outer = problem.objective.outer(problem.model, problem.aux)
+        v = _fill(torch.autograd.grad(outer, params, allow_unused=True), params)
+        p = [t.clone() for t in v]
+        acc = [t.clone() for t in v]
+        for _ in range(steps):
+            g = torch.autograd.grad(problem.inner_loss(), params, create_graph=True, allow_unused=True)
+            hp = _fill(torch.autograd.grad(g, params, grad_outputs=p, allow_unused=True), params)
+            p = [pi - alpha * hi for pi, hi in zip(p, hp)]
+            acc = [ai + pi for ai, pi in zip(acc, p)]
+        g = torch.autograd.grad(problem.inner_loss(), params, create_graph=True, allow_unused=True)
+        mixed = torch.autograd.grad(g, hparams, grad_outputs=[alpha * a for a in acc], allow_unused=True)
     return [-m for m in _fill(mixed, hparams)]
 
 
 def plain_step(problem: Problem, optimizer: torch.optim.Optimizer) -> None:
     """One ordinary training step of the primary net on L_T: forward, backward, SGD step."""
     optimizer.zero_grad(set_to_none=True)
-    problem.inner_from(problem.model(problem.train[0]), problem.combiner).backward()
+    problem.inner_loss().backward()
     optimizer.step()
 
 
@@ -195,24 +195,21 @@ def _measure(fn: Callable[[], object], device: str, repeats: int) -> dict[str, f
     return {"seconds": statistics.median(times), "min_seconds": min(times), "peak_mem_mb": peak}
 
 
-def _cases(problem: Problem, ks: tuple[int, ...], methods: tuple[str, ...], hvps: tuple[str, ...]):
+Case = tuple[dict[str, Any], Callable[[], object]]
+
+
+def _cases(problem: Problem, ks: tuple[int, ...], methods: tuple[str, ...], hvps: tuple[str, ...]) -> Iterator[Case]:
     """(record fields, callable) for every timed variant."""
-    common = dict(alpha=ALPHA, tol=1e-6)
     for k in ks:
         for mode in hvps if "neumann" in methods else ():
-            yield {"method": "neumann", "hvp": mode, "k": k}, lambda k=k, mode=mode: functional_implicit_hypergrad(
-                problem.inner_fn, problem.outer_fn, problem.w, problem.phi, method="neumann", steps=k, hvp=mode, **common)
+            yield {"method": "neumann", "hvp": mode, "k": k}, partial(problem.hypergrad, "neumann", k, mode)
         if "cg" in methods:
-            yield {"method": "cg", "hvp": "revrev", "k": k}, lambda k=k: functional_implicit_hypergrad(
-                problem.inner_fn, problem.outer_fn, problem.w, problem.phi, method="cg", steps=k, hvp="revrev", **common)
+            yield {"method": "cg", "hvp": "revrev", "k": k}, partial(problem.hypergrad, "cg", k)
         if "naive_neumann" in methods:
-            yield {"method": "naive_neumann", "hvp": "revrev", "k": k}, lambda k=k: naive_neumann(problem, k)
-    if "unroll" in methods:
-        yield {"method": "unroll", "hvp": None, "k": None}, lambda: unrolled_hypergrad(
-            problem.inner_fn, problem.outer_fn, problem.w, problem.phi, lr=LR)
-    if "finite_difference" in methods:
-        yield {"method": "finite_difference", "hvp": None, "k": None}, lambda: finite_difference_hypergrad(
-            problem.inner_fn, problem.outer_fn, problem.w, problem.phi, lr=LR)
+            yield {"method": "naive_neumann", "hvp": "revrev", "k": k}, partial(naive_neumann, problem, k)
+    for method in ("unroll", "finite_difference"):
+        if method in methods:
+            yield {"method": method, "hvp": None, "k": None}, partial(problem.hypergrad, method)
 
 
 def _agreement(problem: Problem, k: int) -> float:
@@ -220,35 +217,38 @@ def _agreement(problem: Problem, k: int) -> float:
     ref = torch.cat([t.reshape(-1) for t in naive_neumann(problem, k)])
     worst = 0.0
     for mode in ("revrev", "fwdrev"):
-        got = functional_implicit_hypergrad(problem.inner_fn, problem.outer_fn, problem.w, problem.phi,
-                                            method="neumann", steps=k, alpha=ALPHA, hvp=mode)
-        flat = torch.cat([t.reshape(-1) for t in got])
+        flat = torch.cat([t.reshape(-1) for t in problem.hypergrad("neumann", k, mode)])
         worst = max(worst, ((flat - ref).norm() / ref.norm().clamp_min(1e-30)).item())
     return worst
 
 
-def _bench_backbone(backbone: str, ks: tuple[int, ...], methods: tuple[str, ...], hvps: tuple[str, ...],
-                    batch_size: int, repeats: int, device: str, width: int) -> dict:
-    """All cases for one backbone, with BatchNorm normalising by batch statistics only."""
+def _bench_backbone(
+    backbone: str,
+    ks: tuple[int, ...],
+    methods: tuple[str, ...],
+    hvps: tuple[str, ...],
+    batch_size: int,
+    repeats: int,
+    device: str,
+    width: int,
+) -> dict:
+    """All cases for one backbone; the plain step updates BatchNorm statistics, the outer steps guard them, as in
+    training."""
     problem = build_problem(backbone, batch_size, device, width)
-    bns = [m for m in problem.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     optimizer = torch.optim.SGD(problem.model.parameters(), lr=LR)
-    with frozen_batchnorm_stats(problem.model):
-        for bn in bns:
-            bn.track_running_stats = False
-        base = _measure(lambda: plain_step(problem, optimizer), device, repeats)
-        _progress(f"{backbone}: plain step {base['seconds']:.3g} s")
-        records = []
-        for fields, fn in _cases(problem, ks, methods, hvps):
-            rec = {**fields, **_measure(fn, device, repeats)}
-            rec["ratio_to_plain_step"] = rec["seconds"] / base["seconds"]
-            records.append(rec)
-            _progress(f"{backbone}: {fields['method']} K={fields['k'] or '-'} {fields['hvp'] or ''} "
-                      f"{rec['seconds']:.3g} s ({rec['ratio_to_plain_step']:.3g}x plain step)")
-        check = _agreement(problem, min(ks)) if "naive_neumann" in methods and ks else None
-        for bn in bns:
-            bn.track_running_stats = True
-    speedup = {}
+    base = _measure(lambda: plain_step(problem, optimizer), device, repeats)
+    _progress(f"{backbone}: plain step {base['seconds']:.3g} s")
+    records: list[dict[str, Any]] = []
+    for fields, fn in _cases(problem, ks, methods, hvps):
+        rec = {**fields, **_measure(fn, device, repeats)}
+        rec["ratio_to_plain_step"] = rec["seconds"] / base["seconds"]
+        records.append(rec)
+        _progress(
+            f"{backbone}: {fields['method']} K={fields['k'] or '-'} {fields['hvp'] or ''} "
+            f"{rec['seconds']:.3g} s ({rec['ratio_to_plain_step']:.3g}x plain step)"
+        )
+    check = _agreement(problem, min(ks)) if "naive_neumann" in methods and ks else None
+    speedup: dict[str, dict[str, float]] = {}
     for k in ks:
         naive = [r["seconds"] for r in records if r["method"] == "naive_neumann" and r["k"] == k]
         for r in records:
@@ -256,8 +256,8 @@ def _bench_backbone(backbone: str, ks: tuple[int, ...], methods: tuple[str, ...]
                 speedup.setdefault(str(k), {})[r["hvp"]] = naive[0] / r["seconds"]
     return {
         "backbone": backbone,
-        "n_params": sum(p.numel() for p in problem.w),
-        "n_hparams": sum(p.numel() for p in problem.phi),
+        "n_params": sum(p.numel() for p in problem.model.parameters()),
+        "n_hparams": sum(p.numel() for p in problem.auxnet.parameters()),
         "batch_size": batch_size,
         "repeats": repeats,
         "ks": list(ks),
@@ -295,16 +295,28 @@ def run_hypergrad_bench(
         o = overrides.get(backbone, {})
         max_k = o.get("max_k")
         bks = tuple(k for k in ks if max_k is None or k <= max_k)
-        out.append(_bench_backbone(backbone, bks, tuple(methods), hvps, o.get("batch_size", batch_size),
-                                   o.get("repeats", repeats), device, width))
+        out.append(
+            _bench_backbone(
+                backbone,
+                bks,
+                tuple(methods),
+                hvps,
+                o.get("batch_size", batch_size),
+                o.get("repeats", repeats),
+                device,
+                width,
+            )
+        )
     return {
         "device": device if not device.startswith("cuda") else torch.cuda.get_device_name(device),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "alpha": ALPHA,
         "unroll_lr": LR,
+        "problem": PROBLEM,
         "hvp_auto": select_hvp("auto"),
-        "memory_metric": "cuda max_memory_allocated delta" if device.startswith("cuda")
+        "memory_metric": "cuda max_memory_allocated delta"
+        if device.startswith("cuda")
         else "process RSS high-water delta (1 ms sampling of /proc/self/statm)",
         "backbones": out,
     }

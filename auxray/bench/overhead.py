@@ -8,9 +8,9 @@ the order of the training images. Each row gives the method's wall time per inne
 of its epoch times, outer steps included, evaluation excluded) divided by its twin's, each averaged over seeds,
 and the test accuracy (best-on-validation weights) both reach on the same epoch budget.
 
-The training runs go through the reproduction machinery (``auxray.bench.reproduce``): finished runs are kept in
-``<out stem>.runs.jsonl`` and reused when their resolved config is unchanged, so an interrupted bench resumes
-and a twin shared by two methods is trained once.
+The training runs go through the reproduction machinery (``auxray.bench.runner``, ``auxray.bench.store``):
+finished runs are kept in ``<out stem>.runs.jsonl`` and reused when their resolved config is unchanged, so an
+interrupted bench resumes and a twin shared by two methods is trained once.
 
 The breakdown (``<out stem>_breakdown.json``) times one outer step phase by phase (aux-batch gradient, graph
 build, the Hessian-vector products, mixed and direct terms, optimizer, communication) for a few hypergradient
@@ -25,13 +25,14 @@ from __future__ import annotations
 import json
 import statistics
 import time
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
-from auxray.bench.reproduce import (CONFIG_DIR, append_run, fingerprint, fmt_seconds, log, machine_info,
-                                    method_overrides, parse_list, read_runs, shared_settings, threads_per_job,
-                                    train_all)
+from auxray.bench.plan import CONFIG_DIR, fingerprint, method_overrides, parse_list, shared_settings
+from auxray.bench.runner import fmt_seconds, log, machine_info, threads_per_job, train_all
+from auxray.bench.store import append_run, read_runs
 from auxray.errors import UserError
 
 BACKBONE = "convnet4"
@@ -65,8 +66,11 @@ BREAKDOWN_METHODS = ("auxilearn_combine", "jtds", "auxilearn_labels", "maxl", "m
 # Each variant changes one thing from "full" (so a shipped config's own choices do not leak into the others);
 # "shipped" is the config file as it is.
 VARIANTS: dict[str, tuple[str, ...]] = {
-    "full (recompute, all params)": ("hypergrad.reuse_graph=false", "hypergrad.params=all",
-                                     "hypergrad.batch_size=null"),
+    "full (recompute, all params)": (
+        "hypergrad.reuse_graph=false",
+        "hypergrad.params=all",
+        "hypergrad.batch_size=null",
+    ),
     "reuse_graph": ("hypergrad.reuse_graph=true", "hypergrad.params=all", "hypergrad.batch_size=null"),
     "last_block": ("hypergrad.reuse_graph=true", "hypergrad.params=last_block", "hypergrad.batch_size=null"),
     "batch_size=32": ("hypergrad.reuse_graph=false", "hypergrad.params=all", "hypergrad.batch_size=32"),
@@ -101,8 +105,15 @@ def hypergrad_settings(cfg: Any) -> dict[str, Any]:
     return {k: h[k] for k in SETTING_KEYS}
 
 
-def resolve_configs(keys: Sequence[str], seeds: Sequence[int], epochs: int | None, quick: bool,
-                    extra_overrides: Sequence[str], ckpt_root: Path, config_dir: Path) -> dict[tuple[str, int], Any]:
+def resolve_configs(
+    keys: Sequence[str],
+    seeds: Sequence[int],
+    epochs: int | None,
+    quick: bool,
+    extra_overrides: Sequence[str],
+    ckpt_root: Path,
+    config_dir: Path,
+) -> dict[tuple[str, int], Any]:
     """Every (key, seed) config, resolved before any training so a bad option fails at once."""
     # pydantic takes ~0.4 s to import; this module is imported whenever the CLI builds its parser.
     from auxray.config import load_config
@@ -111,8 +122,10 @@ def resolve_configs(keys: Sequence[str], seeds: Sequence[int], epochs: int | Non
     for key in keys:
         stem, own = config_source(key)
         for s in seeds:
-            cfgs[key, s] = load_config(config_dir / f"{stem}.yaml", method_overrides(
-                s, epochs, BACKBONE, None, quick, False, ckpt_root, [*extra_overrides, *own]))
+            cfgs[key, s] = load_config(
+                config_dir / f"{stem}.yaml",
+                method_overrides(s, epochs, BACKBONE, None, quick, False, ckpt_root, [*extra_overrides, *own]),
+            )
     return cfgs
 
 
@@ -120,8 +133,12 @@ def check_twins_match(methods: Sequence[str], cfgs: Mapping[tuple[str, int], Any
     """A method and its twin must share data, model and trainer settings, or the timing says nothing."""
     for m in methods:
         mine, theirs = shared_settings(cfgs[m, seed]), shared_settings(cfgs[TWINS[m].name, seed])
-        diff = [f"{sec}.{k}" for sec in mine for k in set(mine[sec]) | set(theirs[sec])
-                if mine[sec].get(k) != theirs[sec].get(k)]
+        diff = [
+            f"{sec}.{k}"
+            for sec in mine
+            for k in set(mine[sec]) | set(theirs[sec])
+            if mine[sec].get(k) != theirs[sec].get(k)
+        ]
         if diff:
             raise UserError(f"{m} and its twin {TWINS[m].name} differ in {', '.join(sorted(diff))}")
 
@@ -131,10 +148,21 @@ def run_record(key: str, seed: int, cfg: Any, summary: dict[str, Any], diag: dic
     """The progress-file line of one finished run."""
     if "train_seconds" not in diag:
         raise RuntimeError(f"{key} seed {seed}: no timing diagnostics ({diag.get('error', 'none recorded')})")
-    return {"method": key, "seed": seed, "fingerprint": fingerprint(cfg), "test_accuracy": summary["test_accuracy"],
-            "seconds": summary["seconds"], "epochs": summary["epochs"], "train_seconds": diag["train_seconds"],
-            "inner_steps": diag["inner_steps"], "outer_steps": diag["outer_steps"], "run_dir": summary.get("run_dir"),
-            "settings": hypergrad_settings(cfg), "diagnostics": diag, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    return {
+        "method": key,
+        "seed": seed,
+        "fingerprint": fingerprint(cfg),
+        "test_accuracy": summary["test_accuracy"],
+        "seconds": summary["seconds"],
+        "epochs": summary["epochs"],
+        "train_seconds": diag["train_seconds"],
+        "inner_steps": diag["inner_steps"],
+        "outer_steps": diag["outer_steps"],
+        "run_dir": summary.get("run_dir"),
+        "settings": hypergrad_settings(cfg),
+        "diagnostics": diag,
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
 
 
 def _mean(values: Iterable[float]) -> float:
@@ -156,23 +184,38 @@ def build_rows(runs: Iterable[dict[str, Any]], methods: Sequence[str]) -> list[d
             continue
         step = _mean(r["train_seconds"] / r["inner_steps"] for r in mine)
         twin_step = _mean(r["train_seconds"] / r["inner_steps"] for r in theirs)
-        rows.append({
-            "method": m, "twin": twin, "ratio": step / twin_step,
-            "accuracy": _mean(r["test_accuracy"] for r in mine),
-            "twin_accuracy": _mean(r["test_accuracy"] for r in theirs),
-            "accuracies": [r["test_accuracy"] for r in mine], "twin_accuracies": [r["test_accuracy"] for r in theirs],
-            "seeds": [r["seed"] for r in mine], "twin_seeds": [r["seed"] for r in theirs],
-            "seconds_per_step": step, "twin_seconds_per_step": twin_step,
-            "seconds_per_epoch": _mean(r["train_seconds"] / r["epochs"] for r in mine),
-            "twin_seconds_per_epoch": _mean(r["train_seconds"] / r["epochs"] for r in theirs),
-            "outer_steps": [r["outer_steps"] for r in mine], "epochs": mine[0]["epochs"],
-            "settings": mine[0]["settings"],
-        })
+        rows.append(
+            {
+                "method": m,
+                "twin": twin,
+                "ratio": step / twin_step,
+                "accuracy": _mean(r["test_accuracy"] for r in mine),
+                "twin_accuracy": _mean(r["test_accuracy"] for r in theirs),
+                "accuracies": [r["test_accuracy"] for r in mine],
+                "twin_accuracies": [r["test_accuracy"] for r in theirs],
+                "seeds": [r["seed"] for r in mine],
+                "twin_seeds": [r["seed"] for r in theirs],
+                "seconds_per_step": step,
+                "twin_seconds_per_step": twin_step,
+                "seconds_per_epoch": _mean(r["train_seconds"] / r["epochs"] for r in mine),
+                "twin_seconds_per_epoch": _mean(r["train_seconds"] / r["epochs"] for r in theirs),
+                "outer_steps": [r["outer_steps"] for r in mine],
+                "epochs": mine[0]["epochs"],
+                "settings": mine[0]["settings"],
+            }
+        )
     return rows
 
 
-def train_missing(keys: Sequence[str], seeds: Sequence[int], cfgs: dict[tuple[str, int], Any], runs_file: Path,
-                  jobs: int, resume: bool, verbose: bool) -> list[dict[str, Any]]:
+def train_missing(
+    keys: Sequence[str],
+    seeds: Sequence[int],
+    cfgs: dict[tuple[str, int], Any],
+    runs_file: Path,
+    jobs: int,
+    resume: bool,
+    verbose: bool,
+) -> list[dict[str, Any]]:
     """Reuse the runs the progress file has with the same fingerprint, train the others (appending each as it
     finishes, with an ETA on stderr); returns every run of this invocation."""
     done = {(r["method"], r["seed"], r.get("fingerprint")): r for r in read_runs(runs_file)}
@@ -194,9 +237,11 @@ def train_missing(keys: Sequence[str], seeds: Sequence[int], cfgs: dict[tuple[st
         left = [p for p in pending if p not in results]
         overall = _mean(x for v in spent.values() for x in v)
         eta = sum(_mean(spent[k]) if k in spent else overall for k, _ in left) / jobs
-        log(f"[overhead {len(results)}/{len(todo)}] {key} seed {s}: {row['train_seconds']:.1f}s training, "
+        log(
+            f"[overhead {len(results)}/{len(todo)}] {key} seed {s}: {row['train_seconds']:.1f}s training, "
             f"{row['outer_steps']} outer steps, test acc {row['test_accuracy']:.4f} "
-            f"(ETA {fmt_seconds(eta)} for {len(left)} more)")
+            f"(ETA {fmt_seconds(eta)} for {len(left)} more)"
+        )
     return [results[p] for p in todo]
 
 
@@ -227,12 +272,22 @@ def time_variant(trainer: Any) -> dict[str, Any]:
             phases.append(sample)
     plain_step = statistics.median(plain[WARMUP:])
     median = _median_phases(phases)
-    return {"plain_step_seconds": plain_step, "phases": median, "total_over_plain_step": median["total"] / plain_step,
-            "cosine_to_full": _mean(cosines)}
+    return {
+        "plain_step_seconds": plain_step,
+        "phases": median,
+        "total_over_plain_step": median["total"] / plain_step,
+        "cosine_to_full": _mean(cosines),
+    }
 
 
-def run_breakdown(methods: Sequence[str], epochs: int | None, quick: bool, extra_overrides: Sequence[str],
-                  ckpt_root: Path, config_dir: Path) -> dict[str, Any]:
+def run_breakdown(
+    methods: Sequence[str],
+    epochs: int | None,
+    quick: bool,
+    extra_overrides: Sequence[str],
+    ckpt_root: Path,
+    config_dir: Path,
+) -> dict[str, Any]:
     """Per method and hypergradient variant: one outer step's phases against a plain inner step."""
     # torch and the trainer take seconds to import; the CLI imports this module to build its parser.
     from auxray.config import load_config
@@ -245,16 +300,24 @@ def run_breakdown(methods: Sequence[str], epochs: int | None, quick: bool, extra
     for m in methods:
         variants = []
         for name, overrides in VARIANTS.items():
-            cfg = load_config(config_dir / f"{m}.yaml", method_overrides(
-                0, epochs, BACKBONE, None, quick, False, ckpt_root, [*extra_overrides, *overrides]))
+            cfg = load_config(
+                config_dir / f"{m}.yaml",
+                method_overrides(0, epochs, BACKBONE, None, quick, False, ckpt_root, [*extra_overrides, *overrides]),
+            )
             key = cfg.data.model_dump_json()
             if key not in data_cache:
                 data_cache[key] = build_data(cfg.data)
             trainer = BilevelTrainer(cfg, data_cache[key], progress=False)
             device = str(trainer.device)
             log(f"[overhead breakdown] {m}: {name}")
-            variants.append({"variant": name, "overrides": list(overrides), "settings": hypergrad_settings(cfg),
-                             **time_variant(trainer)})
+            variants.append(
+                {
+                    "variant": name,
+                    "overrides": list(overrides),
+                    "settings": hypergrad_settings(cfg),
+                    **time_variant(trainer),
+                }
+            )
         out.append({"method": m, "variants": variants})
     return {"machine": machine_info(device), "warmup": WARMUP, "repeats": REPEATS, "quick": quick, "methods": out}
 
@@ -279,15 +342,30 @@ def harmful_check(seeds: Sequence[int] = (0, 1, 2)) -> list[dict[str, Any]]:
     rows = []
     for name, overrides in HARMFUL_VARIANTS.items():
         for seed in seeds:
-            cfg = load_config(HARMFUL_CONFIG, [*overrides, f"trainer.seed={seed}", f"data.seed={seed}",
-                                               "tracking.enabled=false", "trainer.threads=1"])
+            cfg = load_config(
+                HARMFUL_CONFIG,
+                [
+                    *overrides,
+                    f"trainer.seed={seed}",
+                    f"data.seed={seed}",
+                    "tracking.enabled=false",
+                    "trainer.threads=1",
+                ],
+            )
             trainer = BilevelTrainer(cfg, build_data(cfg.data), progress=False)
             t0 = time.perf_counter()
             trainer.fit()
             last = trainer.history[-1]
-            rows.append({"variant": name, "seed": seed, "overrides": list(overrides),
-                         "weights": {k.split("/", 1)[1]: v for k, v in last.items() if k.startswith("task_weight/")},
-                         "val_mse": last["val_mse"], "seconds": time.perf_counter() - t0})
+            rows.append(
+                {
+                    "variant": name,
+                    "seed": seed,
+                    "overrides": list(overrides),
+                    "weights": {k.split("/", 1)[1]: v for k, v in last.items() if k.startswith("task_weight/")},
+                    "val_mse": last["val_mse"],
+                    "seconds": time.perf_counter() - t0,
+                }
+            )
     log(f"[overhead] harmful-auxiliary check: {len(rows)} synthetic runs")
     return rows
 
@@ -298,11 +376,21 @@ def breakdown_path(out: Path) -> Path:
 
 
 # ---- the driver -----------------------------------------------------------------------------------------
-def run_overhead(methods: Sequence[str] = DEFAULT_METHODS, seeds: Sequence[int] | None = None,
-                 epochs: int | None = None, quick: bool = False, extra_overrides: Sequence[str] = (), *,
-                 out: str | Path = DEFAULT_OUT, runs_dir: str | Path | None = None, fresh: bool = False,
-                 jobs: int = 1, breakdown: bool = True, verbose: bool = False,
-                 config_dir: str | Path = CONFIG_DIR) -> list[dict[str, Any]]:
+def run_overhead(
+    methods: Sequence[str] = DEFAULT_METHODS,
+    seeds: Sequence[int] | None = None,
+    epochs: int | None = None,
+    quick: bool = False,
+    extra_overrides: Sequence[str] = (),
+    *,
+    out: str | Path = DEFAULT_OUT,
+    runs_dir: str | Path | None = None,
+    fresh: bool = False,
+    jobs: int = 1,
+    breakdown: bool = True,
+    verbose: bool = False,
+    config_dir: str | Path = CONFIG_DIR,
+) -> list[dict[str, Any]]:
     """Train every method and twin run not yet in the progress file, write the rows (and the breakdown) and
     return the rows. quick: 1 seed unless `seeds` is given, 1 epoch unless `epochs`, 40 labelled images per
     class, 1,000 test images; seeds None: DEFAULT_SEEDS."""
@@ -344,16 +432,30 @@ def run_overhead(methods: Sequence[str] = DEFAULT_METHODS, seeds: Sequence[int] 
 
 def add_arguments(p: Any) -> None:
     """The options of `auxray bench overhead`."""
-    p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
-                   help=f"comma-separated learned methods (default: all of {','.join(DEFAULT_METHODS)})")
+    p.add_argument(
+        "--methods",
+        default=",".join(DEFAULT_METHODS),
+        help=f"comma-separated learned methods (default: all of {','.join(DEFAULT_METHODS)})",
+    )
     p.add_argument("--seeds", default=None, help="comma-separated seeds (default 0,1; --quick: 0)")
     p.add_argument("--epochs", type=int, default=None, help="epoch budget of every run (default: the configs')")
-    p.add_argument("--jobs", type=int, default=1,
-                   help="runs trained at once, each in its own process (default 1: timings from an unshared machine)")
-    p.add_argument("--quick", action="store_true",
-                   help="1 seed, 1 epoch, 40 labelled images per class, 1,000 test images")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="config override applied to methods and twins alike (repeatable)")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="runs trained at once, each in its own process (default 1: timings from an unshared machine)",
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="1 seed, 1 epoch, 40 labelled images per class, 1,000 test images"
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override applied to methods and twins alike (repeatable)",
+    )
     p.add_argument("--out", default=str(DEFAULT_OUT), help="rows JSON; the progress file and breakdown go beside it")
     p.add_argument("--runs-dir", default=None, help="checkpoint folder (default runs/bench_overhead/<out stem>)")
     p.add_argument("--fresh", action="store_true", help="forget finished runs and start over")
@@ -373,8 +475,16 @@ def parse_seeds(text: str | None) -> tuple[int, ...] | None:
 
 def run_from_args(args: Any) -> list[dict[str, Any]]:
     """run_overhead from parsed add_arguments options."""
-    return run_overhead(methods=parse_list(args.methods), seeds=parse_seeds(args.seeds), epochs=args.epochs,
-                        quick=args.quick, extra_overrides=tuple(args.overrides), out=args.out,
-                        runs_dir=args.runs_dir, fresh=args.fresh, jobs=args.jobs, breakdown=args.breakdown,
-                        verbose=args.verbose)
-
+    return run_overhead(
+        methods=parse_list(args.methods),
+        seeds=parse_seeds(args.seeds),
+        epochs=args.epochs,
+        quick=args.quick,
+        extra_overrides=tuple(args.overrides),
+        out=args.out,
+        runs_dir=args.runs_dir,
+        fresh=args.fresh,
+        jobs=args.jobs,
+        breakdown=args.breakdown,
+        verbose=args.verbose,
+    )

@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 RESULTS = Path("benchmarks/results")
 
@@ -34,87 +35,178 @@ def render_hypergrad(data: dict[str, Any]) -> str:
     auxray's Neumann is than the naive re-differentiating baseline at the same K."""
     parts = []
     for res in data["backbones"]:
-        rows = [[r["method"], r.get("k", "–"), r.get("hvp", "–"), r["seconds"], r.get("ratio_to_plain_step"),
-                 r.get("peak_mem_mb")] for r in res["results"]]
+        rows = [
+            [
+                r["method"],
+                r.get("k", "–"),
+                r.get("hvp", "–"),
+                r["seconds"],
+                r.get("ratio_to_plain_step"),
+                r.get("peak_mem_mb"),
+            ]
+            for r in res["results"]
+        ]
         step = res["plain_step"]
         naive = {r.get("k"): r["seconds"] for r in res["results"] if r["method"] == "naive_neumann"}
-        ours = {r.get("k"): r["seconds"] for r in res["results"]
-                if r["method"] == "neumann" and r.get("hvp") == data.get("hvp_auto", "revrev")}
+        ours = {
+            r.get("k"): r["seconds"]
+            for r in res["results"]
+            if r["method"] == "neumann" and r.get("hvp") == data.get("hvp_auto", "revrev")
+        }
         speedups = ", ".join(f"K={k}: {_fmt(naive[k] / ours[k])}×" for k in sorted(ours) if k in naive)
-        parts.append(f"**{res['backbone']}** ({res['n_params']} parameters, batch {res['batch_size']}; plain "
-                     f"training step {_fmt(step['seconds'])} s, {_fmt(step.get('peak_mem_mb'))} MB; auxray's "
-                     f"Neumann vs the naive reverse-over-reverse baseline: {speedups or '–'})\n\n"
-                     + _table(["method", "K", "HVP", "seconds", "× plain step", "peak MB"], rows))
-    return f"Device {data['device']}, torch {data['torch']}, {data['threads']} threads; memory: " \
-           f"{data['memory_metric']}.\n\n" + "\n\n".join(parts)
+        parts.append(
+            f"**{res['backbone']}** ({res['n_params']} parameters, batch {res['batch_size']}; plain "
+            f"training step {_fmt(step['seconds'])} s, {_fmt(step.get('peak_mem_mb'))} MB; auxray's "
+            f"Neumann vs the naive reverse-over-reverse baseline: {speedups or '–'})\n\n"
+            + _table(["method", "K", "HVP", "seconds", "× plain step", "peak MB"], rows)
+        )
+    return (
+        f"Device {data['device']}, torch {data['torch']}, {data['threads']} threads; memory: "
+        f"{data['memory_metric']}.\n\n" + "\n\n".join(parts)
+    )
 
 
 def render_distributed(data: dict[str, Any]) -> str:
-    rows = [[r["mode"], r["workers"], r["steps_per_second"], r["outer_step_seconds"],
-             r["outer_step_allreduce_bytes"], r["phi_round_trip_bytes"]] for r in data["ray"]]
+    rows = [
+        [
+            r["mode"],
+            r["workers"],
+            r["steps_per_second"],
+            r["outer_step_seconds"],
+            r["outer_step_allreduce_bytes"],
+            r["phi_round_trip_bytes"],
+        ]
+        for r in data["ray"]
+    ]
     single = data["single_process"]
-    head = (f"Single process: {_fmt(single['steps_per_second'])} steps/s; 1-worker Ray Train: "
-            f"{_fmt(data['ray_1worker_over_single_steps_per_second'])} × that rate "
-            f"(device {data['device']}, {data['config']['primary_params']} primary parameters, "
-            f"{data['config']['phi_params']} aux-net parameters).\n\n")
-    return head + _table(["mode", "workers", "steps/s", "s per outer step", "all-reduced bytes per outer step",
-                          "phi round-trip bytes"], rows)
+    head = (
+        f"Single process: {_fmt(single['steps_per_second'])} steps/s; 1-worker Ray Train: "
+        f"{_fmt(data['ray_1worker_over_single_steps_per_second'])} × that rate "
+        f"(device {data['device']}, {data['config']['primary_params']} primary parameters, "
+        f"{data['config']['phi_params']} aux-net parameters).\n\n"
+    )
+    return head + _table(
+        ["mode", "workers", "steps/s", "s per outer step", "all-reduced bytes per outer step", "phi round-trip bytes"],
+        rows,
+    )
 
 
 def render_sweep(data: dict[str, Any]) -> str:
-    rows = [[name, r.get("best_val_accuracy"), r.get("best_test_accuracy"), r.get("trial_epochs"),
-             r.get("budget_epochs"), r.get("stopped_early"), r.get("seconds")]
-            for name, r in data["strategies"].items()]
-    head = (f"Sweep `{data['sweep']}`: {data['trials']} trials per strategy, {data['concurrency']} at a time, "
-            f"{data['epochs_per_trial']} epochs per trial, over {', '.join(data['space'])}.\n\n")
-    return head + _table(["strategy", "best val accuracy", "its test accuracy", "trial-epochs spent",
-                          "trial-epoch budget", "stopped early", "seconds"], rows)
+    rows = [
+        [
+            name,
+            r.get("best_val_accuracy"),
+            r.get("best_test_accuracy"),
+            r.get("trial_epochs"),
+            r.get("budget_epochs"),
+            r.get("stopped_early"),
+            r.get("seconds"),
+        ]
+        for name, r in data["strategies"].items()
+    ]
+    head = (
+        f"Sweep `{data['sweep']}`: {data['trials']} trials per strategy, {data['concurrency']} at a time, "
+        f"{data['epochs_per_trial']} epochs per trial, over {', '.join(data['space'])}.\n\n"
+    )
+    return head + _table(
+        [
+            "strategy",
+            "best val accuracy",
+            "its test accuracy",
+            "trial-epochs spent",
+            "trial-epoch budget",
+            "stopped early",
+            "seconds",
+        ],
+        rows,
+    )
 
 
 def render_reproduce(data: list[dict[str, Any]]) -> str:
     """Measured mean ± std per method beside the paper's number (where the paper has one)."""
+
     def pct(mean: float, std: float) -> str:
         return f"{100 * mean:.1f} ± {100 * std:.1f}"
 
-    rows = [[r["method"], pct(r["paper"]["mean"], r["paper"]["std"]) if r.get("paper") else "–",
-             pct(r["mean"], r["std"]), ", ".join(f"{100 * a:.1f}" for a in r["accuracies"]), r["seconds"],
-             r.get("relative_time")] for r in data]
-    return _table(["method", "paper %", "auxray test accuracy % (mean ± std)", "per seed", "seconds per run",
-                   "time × STL"], rows)
+    rows = [
+        [
+            r["method"],
+            pct(r["paper"]["mean"], r["paper"]["std"]) if r.get("paper") else "–",
+            pct(r["mean"], r["std"]),
+            ", ".join(f"{100 * a:.1f}" for a in r["accuracies"]),
+            r["seconds"],
+            r.get("relative_time"),
+        ]
+        for r in data
+    ]
+    return _table(
+        ["method", "paper %", "auxray test accuracy % (mean ± std)", "per seed", "seconds per run", "time × STL"], rows
+    )
 
 
 def _settings_cell(settings: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={json.dumps(v)}" if isinstance(v, bool) or v is None else f"{k}={v}"
-                     for k, v in settings.items())
+    return ", ".join(
+        f"{k}={json.dumps(v)}" if isinstance(v, bool) or v is None else f"{k}={v}" for k, v in settings.items()
+    )
 
 
 def _outer_steps_cell(counts: list[int]) -> str:
     return ", ".join(str(c) for c in sorted(set(counts)))
 
 
-PHASES = ("inner_forward_backward", "aux_gradient", "graph_build", "hvp", "mixed_term", "direct_term", "optimizer",
-          "communication")
+PHASES = (
+    "inner_forward_backward",
+    "aux_gradient",
+    "graph_build",
+    "hvp",
+    "mixed_term",
+    "direct_term",
+    "optimizer",
+    "communication",
+)
 
 
 def render_breakdown(data: dict[str, Any]) -> str:
     """Per method, one outer step's phases (median seconds) under each hypergradient variant."""
     m = data["machine"]
-    parts = [f"One outer step, phase by phase: median seconds of {data['repeats']} steps after {data['warmup']} "
-             f"warm-up; outer step = its total, the inner step it rides on included; × plain step = that over one "
-             f"plain inner step; cosine = the variant's hypergradient against the full-cost one (all parameters, "
-             f"whole batch), mean over the timed batches (device {m['device']}, torch {m['torch']}, "
-             f"{m['torch_threads']} threads{', quick data' if data.get('quick') else ''})."]
-    header = ["variant", "plain step s", "outer step s", "× plain step", "inner fwd+bwd", "aux gradient",
-              "graph build", "HVPs (count)", "mixed term", "direct term", "optimizer", "communication",
-              "cosine to full"]
+    parts = [
+        f"One outer step, phase by phase: median seconds of {data['repeats']} steps after {data['warmup']} "
+        f"warm-up; outer step = its total, the inner step it rides on included; × plain step = that over one "
+        f"plain inner step; cosine = the variant's hypergradient against the full-cost one (all parameters, "
+        f"whole batch), mean over the timed batches (device {m['device']}, torch {m['torch']}, "
+        f"{m['torch_threads']} threads{', quick data' if data.get('quick') else ''})."
+    ]
+    header = [
+        "variant",
+        "plain step s",
+        "outer step s",
+        "× plain step",
+        "inner fwd+bwd",
+        "aux gradient",
+        "graph build",
+        "HVPs (count)",
+        "mixed term",
+        "direct term",
+        "optimizer",
+        "communication",
+        "cosine to full",
+    ]
     for method in data["methods"]:
         rows = []
         for v in method["variants"]:
             ph = v["phases"]
             cells = [_fmt(ph[k]) for k in PHASES]
             cells[PHASES.index("hvp")] = f"{_fmt(ph['hvp'])} ({ph['hvp_count']:.0f})"
-            rows.append([v["variant"], v["plain_step_seconds"], ph["total"], v["total_over_plain_step"], *cells,
-                         v["cosine_to_full"]])
+            rows.append(
+                [
+                    v["variant"],
+                    v["plain_step_seconds"],
+                    ph["total"],
+                    v["total_over_plain_step"],
+                    *cells,
+                    v["cosine_to_full"],
+                ]
+            )
         parts.append(f"**{method['method']}**\n\n" + _table(header, rows))
     return "\n\n".join(parts)
 
@@ -125,13 +217,20 @@ def render_harmful(rows: list[dict[str, Any]]) -> str:
     for variant in dict.fromkeys(r["variant"] for r in rows):
         mine = [r for r in rows if r["variant"] == variant]
         lowest = sum(min(r["weights"], key=r["weights"].get) == "harmful" for r in mine)
-        table.append([variant, len(mine), f"{lowest}/{len(mine)}",
-                      *(sum(r["weights"][k] for r in mine) / len(mine) for k in ("helpful", "harmful")),
-                      sum(r["val_mse"] for r in mine) / len(mine)])
-    return ("Synthetic task with one helpful and one harmful auxiliary (`configs/synthetic_combine.yaml`), learned "
-            "weights after the last epoch, means over seeds:\n\n"
-            + _table(["variant", "seeds", "harmful weight lowest", "helpful weight", "harmful weight", "val MSE"],
-                     table))
+        table.append(
+            [
+                variant,
+                len(mine),
+                f"{lowest}/{len(mine)}",
+                *(sum(r["weights"][k] for r in mine) / len(mine) for k in ("helpful", "harmful")),
+                sum(r["val_mse"] for r in mine) / len(mine),
+            ]
+        )
+    return (
+        "Synthetic task with one helpful and one harmful auxiliary (`configs/synthetic_combine.yaml`), learned "
+        "weights after the last epoch, means over seeds:\n\n"
+        + _table(["variant", "seeds", "harmful weight lowest", "helpful weight", "harmful weight", "val MSE"], table)
+    )
 
 
 def render_overhead(rows: list[dict[str, Any]], breakdown: dict[str, Any] | None = None) -> str:
@@ -139,14 +238,34 @@ def render_overhead(rows: list[dict[str, Any]], breakdown: dict[str, Any] | None
     breakdown JSON exists, where an outer step's time goes."""
     seeds = sorted({s for r in rows for s in r["seeds"]})
     epochs = sorted({r["epochs"] for r in rows})
-    head = (f"Wall time per inner step over whole runs (epoch times summed: outer steps included, evaluation "
-            f"excluded), as a multiple of the twin's; test accuracy of the best-on-validation weights; means over "
-            f"seeds {', '.join(map(str, seeds))}; epochs per run: {', '.join(map(str, epochs))}.\n\n")
-    table = _table(["method", "twin", "× twin time per inner step", "accuracy %", "twin accuracy %",
-                    "outer steps per run", "settings"],
-                   [[r["method"], r["twin"], r["ratio"], f"{100 * r['accuracy']:.1f}",
-                     f"{100 * r['twin_accuracy']:.1f}", _outer_steps_cell(r["outer_steps"]),
-                     _settings_cell(r["settings"])] for r in rows])
+    head = (
+        f"Wall time per inner step over whole runs (epoch times summed: outer steps included, evaluation "
+        f"excluded), as a multiple of the twin's; test accuracy of the best-on-validation weights; means over "
+        f"seeds {', '.join(map(str, seeds))}; epochs per run: {', '.join(map(str, epochs))}.\n\n"
+    )
+    table = _table(
+        [
+            "method",
+            "twin",
+            "× twin time per inner step",
+            "accuracy %",
+            "twin accuracy %",
+            "outer steps per run",
+            "settings",
+        ],
+        [
+            [
+                r["method"],
+                r["twin"],
+                r["ratio"],
+                f"{100 * r['accuracy']:.1f}",
+                f"{100 * r['twin_accuracy']:.1f}",
+                _outer_steps_cell(r["outer_steps"]),
+                _settings_cell(r["settings"]),
+            ]
+            for r in rows
+        ],
+    )
     extra = ""
     if breakdown:
         extra = f"\n\n{render_breakdown(breakdown)}"
@@ -177,7 +296,11 @@ def update_readme(readme: Path = Path("README.md"), results: Path = RESULTS) -> 
             companion = results / COMPANIONS[name] if name in COMPANIONS else None
             extra = [json.loads(companion.read_text())] if companion is not None and companion.is_file() else []
             body = render(json.loads(path.read_text()), *extra)
-            text = pattern.sub(lambda m: m.group(1) + body + "\n" + m.group(2), text)
+
+            def fill(m: re.Match[str], body: str = body) -> str:
+                return m.group(1) + body + "\n" + m.group(2)
+
+            text = pattern.sub(fill, text)
             done.append(name)
     readme.write_text(text)
     return done

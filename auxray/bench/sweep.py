@@ -4,11 +4,14 @@ accuracy), the compute spent in trial-epochs, and wall time."""
 
 from __future__ import annotations
 
+import json
+import sys
 import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from auxray.jsonout import print_json
 from auxray.tune.config import SchedulerConfig, SweepConfig, load_sweep
 
 STRATEGIES = {
@@ -21,9 +24,17 @@ def _variant(sweep: SweepConfig, label: str, *, trials: int, concurrency: int, s
     """A copy of the sweep with one strategy, its own name and storage."""
     strategy = STRATEGIES[label]
     scheduler = SchedulerConfig(**{**sweep.scheduler.model_dump(), "type": strategy["scheduler"]})
-    variant = sweep.model_copy(update={"name": f"{sweep.name}-{label}", "search": strategy["search"],
-                                       "scheduler": scheduler, "trials": trials, "concurrency": concurrency,
-                                       "seed": seed, "storage": str(storage)})
+    variant = sweep.model_copy(
+        update={
+            "name": f"{sweep.name}-{label}",
+            "search": strategy["search"],
+            "scheduler": scheduler,
+            "trials": trials,
+            "concurrency": concurrency,
+            "seed": seed,
+            "storage": str(storage),
+        }
+    )
     variant._source_dir, variant._cwd = sweep._source_dir, sweep._cwd
     return variant
 
@@ -45,9 +56,16 @@ def _outcome(result: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def run_sweep_bench(base: str | Path | SweepConfig, trials: int | None = None, *, concurrency: int | None = None,
-                    storage: str | Path = "runs/bench-sweep", tracking_uri: str | None = None,
-                    seed: int | None = None, progress: bool = True) -> dict[str, Any]:
+def run_sweep_bench(
+    base: str | Path | SweepConfig,
+    trials: int | None = None,
+    *,
+    concurrency: int | None = None,
+    storage: str | Path = "runs/bench-sweep",
+    tracking_uri: str | None = None,
+    seed: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Run both strategies of the sweep in `base` (a sweep file or SweepConfig) with the same number of
     trials, one after the other on one Ray instance, and compare them."""
     from auxray.tune.sweep import run_sweep, start_ray
@@ -85,3 +103,23 @@ def run_sweep_bench(base: str | Path | SweepConfig, trials: int | None = None, *
         },
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
+
+
+def bench_sweep_command(
+    base: str,
+    *,
+    trials: int | None,
+    concurrency: int | None,
+    storage: str,
+    tracking_uri: str | None,
+    seed: int | None,
+    out: str | None,
+) -> int:
+    """`auxray bench sweep` (its parser lives in auxray.cli): the comparison on stderr, the JSON on stdout and
+    in `out`. Returns the exit code."""
+    result = run_sweep_bench(
+        base, trials=trials, concurrency=concurrency, storage=storage, tracking_uri=tracking_uri, seed=seed
+    )
+    print(f"bench sweep: {json.dumps(result['comparison'])}", file=sys.stderr, flush=True)
+    print_json(result, out)
+    return 0

@@ -43,9 +43,18 @@ def _splits(cfg: DataConfig, pool: TensorData, test: TensorData) -> SplitIndices
     """Few-label splits of the pool and the (optionally limited) test set."""
     labels = None if pool.y.is_floating_point() else pool.y
     test_labels = None if test.y.is_floating_point() else test.y
-    return make_splits(labels, len(pool), test_labels, len(test), labeled_fraction=cfg.labeled_fraction,
-                       labeled_per_class=cfg.labeled_per_class, aux_fraction=cfg.aux_fraction,
-                       val_fraction=cfg.val_fraction, test_limit=cfg.test_limit, seed=cfg.seed)
+    return make_splits(
+        labels,
+        len(pool),
+        test_labels,
+        len(test),
+        labeled_fraction=cfg.labeled_fraction,
+        labeled_per_class=cfg.labeled_per_class,
+        aux_fraction=cfg.aux_fraction,
+        val_fraction=cfg.val_fraction,
+        test_limit=cfg.test_limit,
+        seed=cfg.seed,
+    )
 
 
 def _bundle(cfg: DataConfig, pool: TensorData, test: TensorData, classes: list[str]) -> DataBundle:
@@ -54,10 +63,15 @@ def _bundle(cfg: DataConfig, pool: TensorData, test: TensorData, classes: list[s
     regression = pool.y.is_floating_point()
     images = pool.x.dim() == 4
     return DataBundle(
-        train=pool.subset(idx.train), aux=pool.subset(idx.aux), val=pool.subset(idx.val), test=test.subset(idx.test),
-        num_classes=0 if regression else len(classes), classes=classes,
+        train=pool.subset(idx.train),
+        aux=pool.subset(idx.aux),
+        val=pool.subset(idx.val),
+        test=test.subset(idx.test),
+        num_classes=0 if regression else len(classes),
+        classes=classes,
         task="regression" if regression else "classification",
-        in_channels=int(pool.x.shape[1]) if images else 1, image_size=int(pool.x.shape[-1]) if images else 0,
+        in_channels=int(pool.x.shape[1]) if images else 1,
+        image_size=int(pool.x.shape[-1]) if images else 0,
         split_indices=idx,
     )
 

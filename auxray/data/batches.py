@@ -76,8 +76,8 @@ class BatchIterator:
             perm = torch.arange(n)
         if self.drop_last:
             size = n // self.world_size
-            return perm[self.rank * size:(self.rank + 1) * size]
-        return perm[self.rank::self.world_size]
+            return perm[self.rank * size : (self.rank + 1) * size]
+        return perm[self.rank :: self.world_size]
 
     def _batch(self, idx: Tensor, step: int) -> tuple[Tensor, Tensor]:
         """Gather, move to the device, augment and normalise one batch."""
@@ -97,13 +97,15 @@ class BatchIterator:
         while self.position < total:
             step = self.position
             self.position += 1
-            yield self._batch(order[step * self.batch_size:(step + 1) * self.batch_size], step)
+            yield self._batch(order[step * self.batch_size : (step + 1) * self.batch_size], step)
         self.epoch, self.position = self.epoch + 1, 0
 
     def infinite(self) -> Iterator[tuple[Tensor, Tensor]]:
         """Batches forever, one epoch after another (each with its own permutation)."""
         if len(self) == 0:
-            raise ValueError(f"{len(self.data)} samples over {self.world_size} ranks make no batch of {self.batch_size}")
+            raise ValueError(
+                f"{len(self.data)} samples over {self.world_size} ranks make no batch of {self.batch_size}"
+            )
         while True:
             yield from self
 

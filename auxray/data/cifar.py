@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import pickle
 from pathlib import Path
 
@@ -17,6 +18,8 @@ CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog
 BATCHES_DIR = "cifar-10-batches-py"
 TRAIN_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
 TEST_BATCH = "test_batch"
+DOWNLOAD_ARCHIVE = "cifar-10-python.tar.gz"  # what torchvision fetches before it extracts BATCHES_DIR
+DOWNLOAD_LOCK = ".auxray-download.lock"
 
 
 def find_batches_dir(root: Path) -> Path | None:
@@ -50,26 +53,50 @@ def _class_names(folder: Path) -> list[str]:
 
 def load_cifar_batches(folder: Path) -> ImageFolderData:
     """The official python release: 50,000 train and 10,000 test images."""
-    return ImageFolderData(_class_names(folder), _read_batches(folder, TRAIN_BATCHES), _read_batches(folder, [TEST_BATCH]))
+    return ImageFolderData(
+        _class_names(folder), _read_batches(folder, TRAIN_BATCHES), _read_batches(folder, [TEST_BATCH])
+    )
 
 
 def download_cifar10(root: Path) -> Path:
-    """Fetch the official archive into `root` with torchvision (needs network access) and return the batches folder."""
+    """Fetch the official archive into `root` with torchvision (needs network access) and return the batches folder;
+    a failed download is one line naming the folder to fill by hand."""
     from torchvision.datasets import CIFAR10
 
-    CIFAR10(str(root), train=True, download=True)
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        with open(root / DOWNLOAD_LOCK, "w") as lock:  # data-parallel workers on one node download once
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if find_batches_dir(root) is None:
+                CIFAR10(str(root), train=True, download=True)
+    except Exception as exc:  # network, disk or archive errors all mean the same to the user
+        reason = " ".join(str(exc).split())
+        raise UserError(
+            f"could not download CIFAR-10 into {root} ({type(exc).__name__}: {reason}); "
+            f"put {BATCHES_DIR} or an ImageFolder tree there, or set data.root"
+        ) from None
     return root / BATCHES_DIR
+
+
+def needs_download(path: Path) -> bool:
+    """True when `path` holds no CIFAR-10 yet: missing, or a folder with nothing but a partial download."""
+    if not path.exists():
+        return True
+    if not path.is_dir() or find_batches_dir(path) is not None:
+        return False
+    return all(p.name in (BATCHES_DIR, DOWNLOAD_ARCHIVE, DOWNLOAD_LOCK) for p in path.iterdir())
 
 
 def load_cifar10(
     root: str | Path, *, image_size: int = 32, cache_dir: str | Path | None = None, download: bool = False
 ) -> ImageFolderData:
-    """CIFAR-10 from `root`: a ``cifar-10-batches-py`` folder (or its parent), an ImageFolder folder, or a zip."""
+    """CIFAR-10 from `root`: a ``cifar-10-batches-py`` folder (or its parent), an ImageFolder folder, or a zip;
+    with `download`, a missing or empty `root` is filled from the official release first."""
     path = Path(root).expanduser()
-    if not path.exists() or (download and path.is_dir() and not any(path.iterdir())):
+    if needs_download(path):
         if not download:
-            raise UserError(f"data root not found: {path} (set data.download: true to fetch CIFAR-10 there)")
-        path.mkdir(parents=True, exist_ok=True)
+            found = "data root is empty" if path.exists() else "data root not found"
+            raise UserError(f"{found}: {path} (set data.download: true to fetch CIFAR-10 there)")
         data = load_cifar_batches(download_cifar10(path))
     elif path.is_dir() and (batches := find_batches_dir(path)) is not None:
         data = load_cifar_batches(batches)
@@ -79,7 +106,9 @@ def load_cifar10(
             raise UserError(f"{path} holds classes {data.classes}, not CIFAR-10's; use data.dataset: imagefolder")
         return data
     if image_size != 32:
-        data = ImageFolderData(data.classes, TensorData(resize_images(data.train.x, image_size), data.train.y),
-                               TensorData(resize_images(data.test.x, image_size), data.test.y))
+        data = ImageFolderData(
+            data.classes,
+            TensorData(resize_images(data.train.x, image_size), data.train.y),
+            TensorData(resize_images(data.test.x, image_size), data.test.y),
+        )
     return data
-

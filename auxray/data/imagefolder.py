@@ -18,6 +18,7 @@ from torch import Tensor
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 from torchvision.transforms.v2 import functional as TF
 
+from auxray.config import data_home
 from auxray.data.splits import stratified_holdout
 from auxray.data.tensors import TensorData
 from auxray.errors import UserError
@@ -154,14 +155,15 @@ def decode_split(source: _Source, items: list[tuple[str, str]], classes: list[st
     x = torch.empty(len(items), 3, size, size, dtype=torch.uint8)
     y = torch.tensor([index[c] for _, c in items], dtype=torch.long)
     for start in range(0, len(items), CHUNK):
-        names = [n for n, _ in items[start:start + CHUNK]]
-        x[start:start + len(names)] = _decode_chunk([source.read(n) for n in names], names, size)
+        names = [n for n, _ in items[start : start + CHUNK]]
+        x[start : start + len(names)] = _decode_chunk([source.read(n) for n in names], names, size)
     return TensorData(x, y)
 
 
 def default_cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/auxray`` or ``~/.cache/auxray``."""
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "auxray"
+    """Decoded-image caches live in the data home (``$AUXRAY_DATA``, else ``$XDG_CACHE_HOME/auxray``, else
+    ``~/.cache/auxray``)."""
+    return data_home()
 
 
 def cache_path(path: Path, image_size: int, cache_dir: str | Path | None) -> Path:
@@ -172,7 +174,8 @@ def cache_path(path: Path, image_size: int, cache_dir: str | Path | None) -> Pat
 
 
 def decode_imagefolder(path: Path, image_size: int) -> ImageFolderData:
-    """Decode every image of a folder or zip tree (no cache); a tree without a test split gets a fixed stratified one."""
+    """Decode every image of a folder or zip tree (no cache); a tree without a test split gets a fixed stratified
+    one."""
     with contextlib.closing(_Source(path)) as source:
         return _decode_source(source, path, image_size)
 
@@ -222,6 +225,7 @@ def load_imagefolder(path: str | Path, image_size: int, cache_dir: str | Path | 
     t0 = time.perf_counter()
     data = decode_imagefolder(path, image_size)
     log.info("decoded %d images from %s in %.1f s", len(data.train) + len(data.test), path, time.perf_counter() - t0)
-    _save_atomic({"classes": data.classes, "train": (data.train.x, data.train.y),
-                  "test": (data.test.x, data.test.y)}, target)
+    _save_atomic(
+        {"classes": data.classes, "train": (data.train.x, data.train.y), "test": (data.test.x, data.test.y)}, target
+    )
     return data

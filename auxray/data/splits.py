@@ -53,8 +53,8 @@ def few_label_splits(
         n_aux = min(round(aux_fraction * k), max(k - 1, 0))
         n_val = min(round(val_fraction * k), max(k - 1 - n_aux, 0))
         parts[1].append(idx[:n_aux])
-        parts[2].append(idx[n_aux:n_aux + n_val])
-        parts[0].append(idx[n_aux + n_val:k])
+        parts[2].append(idx[n_aux : n_aux + n_val])
+        parts[0].append(idx[n_aux + n_val : k])
     train, aux, val = (torch.cat(p).sort().values if p else torch.empty(0, dtype=torch.long) for p in parts)
     return train, aux, val
 
@@ -91,8 +91,13 @@ def make_splits(
 ) -> SplitIndices:
     """All four index sets; the same seed always gives the same indices."""
     train, aux, val = few_label_splits(
-        train_labels, n_train, labeled_fraction=labeled_fraction, labeled_per_class=labeled_per_class,
-        aux_fraction=aux_fraction, val_fraction=val_fraction, seed=seed,
+        train_labels,
+        n_train,
+        labeled_fraction=labeled_fraction,
+        labeled_per_class=labeled_per_class,
+        aux_fraction=aux_fraction,
+        val_fraction=val_fraction,
+        seed=seed,
     )
     return SplitIndices(train, aux, val, limit_test_set(test_labels, n_test, test_limit))
 

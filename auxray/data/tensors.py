@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -22,7 +23,7 @@ class TensorData:
     def __len__(self) -> int:
         return len(self.x)
 
-    def subset(self, indices: Tensor | list[int]) -> "TensorData":
+    def subset(self, indices: Tensor | Sequence[int]) -> TensorData:
         """The rows at `indices`, in that order (a copy)."""
         idx = torch.as_tensor(indices, dtype=torch.long)
         return TensorData(self.x[idx], self.y[idx])

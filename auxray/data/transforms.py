@@ -48,4 +48,4 @@ def resize_images(x: Tensor, size: int, chunk: int = 4096) -> Tensor:
     """Resize uint8 square images [N, C, H, W] to size x size (bilinear, antialiased), chunk by chunk."""
     if x.shape[-2:] == (size, size):
         return x
-    return torch.cat([TF.resize(x[i:i + chunk], [size, size], antialias=True) for i in range(0, len(x), chunk)])
+    return torch.cat([TF.resize(x[i : i + chunk], [size, size], antialias=True) for i in range(0, len(x), chunk)])

@@ -1,32 +1,37 @@
 """Hypergradients for bi-level auxiliary learning: implicit (Neumann / CG / exact), unrolled,
-finite-difference, plus Hessian-vector products and a BatchNorm guard. Pure functions, no Ray."""
+finite-difference, plus Hessian-vector products, solvers as values, a BatchNorm guard and a drop-in
+outer optimizer for a user's own loop. Pure functions (and one optimizer wrapper), no Ray."""
 
-from auxray.hypergrad.batchnorm import frozen_batchnorm_stats
+from auxray.hypergrad.batchnorm import batch_stats_only
 from auxray.hypergrad.cg import cg_solve
 from auxray.hypergrad.exact import dense_hessian, exact_solve
 from auxray.hypergrad.finite_difference import finite_difference_from_grad, finite_difference_hypergrad
 from auxray.hypergrad.hvp import HVP_MODES, fwdrev_hvp, gradient_graph, revrev_hvp, select_hvp
 from auxray.hypergrad.implicit import (
-    METHODS,
     functional_implicit_hypergrad,
     implicit_from_graph,
     implicit_hypergrad,
     mixed_term,
     outer_gradient,
-    solve,
 )
+from auxray.hypergrad.meta_optimizer import MetaOptimizer
 from auxray.hypergrad.neumann import neumann_solve
+from auxray.hypergrad.solvers import METHODS, Solver, cg_solver, exact_solver, neumann_solver, solve, solver_for
 from auxray.hypergrad.unroll import unrolled_from_graph, unrolled_hypergrad
 
 __all__ = [
     "HVP_MODES",
     "METHODS",
+    "MetaOptimizer",
+    "Solver",
+    "batch_stats_only",
     "cg_solve",
+    "cg_solver",
     "dense_hessian",
     "exact_solve",
+    "exact_solver",
     "finite_difference_from_grad",
     "finite_difference_hypergrad",
-    "frozen_batchnorm_stats",
     "functional_implicit_hypergrad",
     "fwdrev_hvp",
     "gradient_graph",
@@ -34,10 +39,12 @@ __all__ = [
     "implicit_hypergrad",
     "mixed_term",
     "neumann_solve",
+    "neumann_solver",
     "outer_gradient",
     "revrev_hvp",
     "select_hvp",
     "solve",
+    "solver_for",
     "unrolled_from_graph",
     "unrolled_hypergrad",
 ]

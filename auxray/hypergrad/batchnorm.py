@@ -1,33 +1,29 @@
-"""Keep BatchNorm running statistics untouched by hyperstep forward passes."""
+"""The one BatchNorm guard for hypersteps: their extra forward passes must leave running statistics alone."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
-import torch
 from torch import nn
 
 
 @contextmanager
-def frozen_batchnorm_stats(*modules: nn.Module) -> Iterator[None]:
-    """Snapshot every _BatchNorm's running_mean/running_var/num_batches_tracked; restore them in place on exit."""
-    names = ("running_mean", "running_var", "num_batches_tracked")
-    saved = []
-    for module in modules:
-        for bn in module.modules():
-            if isinstance(bn, nn.modules.batchnorm._BatchNorm):
-                for name in names:
-                    buf = getattr(bn, name, None)
-                    if buf is not None:
-                        saved.append((bn, name, buf.detach().clone()))
+def batch_stats_only(*modules: nn.Module) -> Iterator[None]:
+    """Inside, every BatchNorm layer of ``modules`` in training mode normalises with the batch's own statistics
+    and neither reads nor updates its running ones (``track_running_stats`` is off, and restored on exit).
+
+    Why: the hypergradient re-evaluates the training loss (and the aux-set loss) at the same W; those passes must
+    not move the running statistics a plain training step maintains, and a forward that mutates no buffer stays
+    pure for torch.func transforms. Normalisation is unchanged: a training-mode forward uses batch statistics
+    either way. (In eval mode the running statistics are still read, as usual, but never updated.)
+    """
+    bns = [m for mod in modules for m in mod.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.track_running_stats for m in bns]
+    for m in bns:
+        m.track_running_stats = False
     try:
         yield
     finally:
-        with torch.no_grad():
-            for bn, name, value in saved:
-                current = getattr(bn, name, None)
-                if current is not None and current.shape == value.shape:
-                    current.copy_(value)
-                else:
-                    setattr(bn, name, value)
+        for m, s in zip(bns, saved):
+            m.track_running_stats = s

@@ -1,34 +1,24 @@
-"""Implicit-function-theorem hypergradient dL_A/dphi = - M^T H^{-1} v (no direct term)."""
+"""Implicit-function-theorem hypergradient dL_A/dphi = - M^T H^{-1} v (+ an optional direct term).
+
+One implementation, :func:`implicit_from_graph`; :func:`implicit_hypergrad` (from loss tensors) and
+:func:`functional_implicit_hypergrad` (from pure functions of W and phi) only build its inputs.
+"""
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import Tensor
 
-from auxray.hypergrad.cg import cg_solve
-from auxray.hypergrad.exact import exact_solve
 from auxray.hypergrad.hvp import damped, fwdrev_hvp, gradient_graph, reduced, revrev_hvp, select_hvp
-from auxray.hypergrad.neumann import neumann_solve
+from auxray.hypergrad.solvers import Solver, solver_for
 from auxray.hypergrad.vectors import HVP, Reduce, Vec, fill_zeros, leaves
-
-METHODS = ("neumann", "cg", "exact")
-
-
-def solve(hvp: HVP, v: Vec, *, method: str, steps: int, alpha: float, tol: float) -> Vec:
-    """u ~= H^{-1} v by the named solver (``hvp`` already includes damping and reduction)."""
-    if method == "neumann":
-        return neumann_solve(hvp, v, steps=steps, alpha=alpha)
-    if method == "cg":
-        return cg_solve(hvp, v, steps=steps, tol=tol)
-    if method == "exact":
-        return exact_solve(hvp, v)
-    raise ValueError(f"unknown hypergradient method {method!r}; choose one of {', '.join(METHODS)}")
 
 
 def outer_gradient(outer_loss: Tensor, params: Vec, reduce: Reduce | None = None) -> Vec:
     """v = dL_A/dW, zeros where L_A does not reach, reduced when a hook is given."""
+    grads: tuple[Tensor | None, ...]
     if outer_loss.requires_grad:
         grads = torch.autograd.grad(outer_loss, params, retain_graph=True, allow_unused=True)
     else:
@@ -37,8 +27,9 @@ def outer_gradient(outer_loss: Tensor, params: Vec, reduce: Reduce | None = None
     return tuple(reduce(v)) if reduce is not None else v
 
 
-def mixed_term(grads: Vec, hparams: Vec, u: Vec, reduce: Reduce | None = None,
-               direct: Tensor | None = None) -> tuple[Tensor, ...]:
+def mixed_term(
+    grads: Vec, hparams: Vec, u: Vec, reduce: Reduce | None = None, direct: Tensor | None = None
+) -> tuple[Tensor, ...]:
     """-M^T u = -d/dphi (dL_T/dW . u), plus d(direct)/dphi when a scalar ``direct`` term is given (in the same
     backward pass); zeros for hparams not reached, reduced when a hook is given."""
     live = [i for i, g in enumerate(grads) if g.requires_grad]
@@ -47,6 +38,7 @@ def mixed_term(grads: Vec, hparams: Vec, u: Vec, reduce: Reduce | None = None,
     if direct is not None and direct.requires_grad:
         outputs.append(direct)
         grad_outputs.append(torch.ones_like(direct))
+    res: tuple[Tensor | None, ...]
     if outputs and hparams:
         res = torch.autograd.grad(outputs, hparams, grad_outputs=grad_outputs, retain_graph=True, allow_unused=True)
     else:
@@ -61,7 +53,7 @@ def implicit_hypergrad(
     params: Iterable[Tensor],
     hparams: Iterable[Tensor],
     *,
-    method: str = "neumann",
+    method: str | Solver = "neumann",
     steps: int = 3,
     alpha: float = 1e-2,
     tol: float = 1e-6,
@@ -71,25 +63,37 @@ def implicit_hypergrad(
 ) -> tuple[Tensor, ...]:
     """dL_A/dphi = -M^T (H + damping I)^{-1} v from the graphs of L_T and L_A (reverse-over-reverse HVPs).
 
-    ``steps`` is the Neumann depth K, or CG's iteration cap (at least 1); CG stops once
-    ||r|| <= tol * ||v||. ``reduce`` is applied to v, to every H-vector product when ``reduce_hvp``,
-    and to the result. Neumann includes the factor alpha (AuxiLearn's reference code drops it: its
-    result is ours / alpha).
+    ``method`` is a solver (``neumann_solver(...)``, ``cg_solver(...)``, ``exact_solver()`` or any
+    ``(hvp, v) -> u``) or its name, ``"neumann"``, ``"cg"`` or ``"exact"``, set by ``steps`` (the Neumann depth K,
+    or CG's iteration cap, at least 1), ``alpha`` and ``tol`` (CG stops once ||r|| <= tol * ||v||). ``reduce`` is
+    applied to v, to every H-vector product when ``reduce_hvp``, and to the result. Neumann includes the factor
+    alpha (AuxiLearn's reference code drops it: its result is ours / alpha).
     """
     params, hparams = tuple(params), tuple(hparams)
     grads = gradient_graph(inner_loss, params)
     v = outer_gradient(outer_loss, params, reduce)
-    return implicit_from_graph(grads, v, params, hparams, method=method, steps=steps, alpha=alpha, tol=tol,
-                               damping=damping, reduce=reduce, reduce_hvp=reduce_hvp)
+    return implicit_from_graph(
+        grads,
+        v,
+        params,
+        hparams,
+        method=method,
+        steps=steps,
+        alpha=alpha,
+        tol=tol,
+        damping=damping,
+        reduce=reduce,
+        reduce_hvp=reduce_hvp,
+    )
 
 
 def implicit_from_graph(
-    grads: Vec,
+    grads: Vec | Callable[[], Vec],
     v: Vec,
     params: Vec,
     hparams: Vec,
     *,
-    method: str = "neumann",
+    method: str | Solver = "neumann",
     steps: int = 3,
     alpha: float = 1e-2,
     tol: float = 1e-6,
@@ -98,20 +102,29 @@ def implicit_from_graph(
     reduce_hvp: bool = True,
     hvp_wrap: Callable[[HVP], HVP] | None = None,
     direct: Tensor | None = None,
+    product: HVP | None = None,
 ) -> tuple[Tensor, ...]:
     """-M^T (H + damping I)^{-1} v from a gradient graph dL_T/dW (built with create_graph) and v = dL_A/dW.
 
     The core of every implicit hypergradient here: a caller that already holds the training loss's gradient
     graph (the inner step's own backward, kept for the outer step) pays for no second forward or backward.
+    ``method``, ``steps``, ``alpha``, ``tol``: the solver, as in :func:`implicit_hypergrad`.
     ``hvp_wrap`` lets a caller observe each H-vector product (timing); it must return an equivalent HVP.
     ``direct``: a scalar term of the outer objective on phi alone whose gradient is added (one backward pass).
+    ``product``: H-vector products taken another way (e.g. forward-over-reverse) instead of differentiating
+    ``grads`` again; ``grads`` may then be a function that builds the graph, called only after the solve, so no
+    double-backward graph stays alive during the series.
     """
-    product = revrev_hvp(grads, params)
+    build: Callable[[], Vec] = grads if callable(grads) else (lambda: grads)
+    graph = None
+    if product is None:
+        graph = build()
+        product = revrev_hvp(graph, params)
     if hvp_wrap is not None:
         product = hvp_wrap(product)
     hvp = damped(reduced(product, reduce if reduce_hvp else None), damping)
-    u = solve(hvp, v, method=method, steps=steps, alpha=alpha, tol=tol)
-    return mixed_term(grads, hparams, u, reduce, direct)
+    u = solver_for(method, steps=steps, alpha=alpha, tol=tol)(hvp, v)
+    return mixed_term(build() if graph is None else graph, hparams, u, reduce, direct)
 
 
 def functional_implicit_hypergrad(
@@ -120,7 +133,7 @@ def functional_implicit_hypergrad(
     params: Iterable[Tensor],
     hparams: Iterable[Tensor],
     *,
-    method: str = "neumann",
+    method: str | Solver = "neumann",
     steps: int = 3,
     alpha: float = 1e-2,
     tol: float = 1e-6,
@@ -138,9 +151,18 @@ def functional_implicit_hypergrad(
     w, phi = leaves(params), leaves(hparams)
     with torch.enable_grad():
         v = outer_gradient(outer_fn(w), w, reduce)
-        if mode == "revrev":
-            return implicit_from_graph(gradient_graph(inner_fn(w, phi), w), v, w, phi, method=method, steps=steps,
-                                       alpha=alpha, tol=tol, damping=damping, reduce=reduce, reduce_hvp=reduce_hvp)
-        product = reduced(fwdrev_hvp(inner_fn, w, phi), reduce if reduce_hvp else None)
-        u = solve(damped(product, damping), v, method=method, steps=steps, alpha=alpha, tol=tol)
-        return mixed_term(gradient_graph(inner_fn(w, phi), w), phi, u, reduce)
+        product = fwdrev_hvp(inner_fn, w, phi) if mode == "fwdrev" else None
+        return implicit_from_graph(
+            lambda: gradient_graph(inner_fn(w, phi), w),
+            v,
+            w,
+            phi,
+            method=method,
+            steps=steps,
+            alpha=alpha,
+            tol=tol,
+            damping=damping,
+            reduce=reduce,
+            reduce_hvp=reduce_hvp,
+            product=product,
+        )

@@ -1,14 +1,18 @@
-"""Given auxiliary tasks: what each adds to a batch and the per-sample losses it yields."""
+"""Given auxiliary tasks: what each adds to a batch and the per-sample losses it yields. Built-in ones (rotation,
+regression targets) and a user's own, named by import path in a config or passed as a callable."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from auxray.data.rotation import rotate_batch
+from auxray.importpath import is_import_path, resolve_callable
 from auxray.methods.base import Batch, ForwardFn, main_loss, main_target
 
 
@@ -20,6 +24,29 @@ class TaskLosses:
     aux: Tensor
     logits: Tensor
     features: Tensor | None
+
+
+@runtime_checkable
+class AuxiliaryTask(Protocol):
+    """What an objective asks of a given auxiliary task: its heads on the primary net, the batch it prepares once
+    per step, and the per-sample main and auxiliary losses of one forward pass."""
+
+    names: tuple[str, ...]  # one per column of TaskLosses.aux
+    heads: dict[str, int]  # extra heads of the primary net: name -> outputs
+    task: str  # the main task: "classification" or "regression"
+
+    def prepare(self, x: Tensor, y: Tensor, generator: torch.Generator | None) -> Batch: ...
+
+    def losses(self, forward: ForwardFn, batch: Batch, features: bool = False) -> TaskLosses: ...
+
+
+# A user's task factory, called with the main task ("classification" or "regression").
+AuxTaskFactory = Callable[[str], AuxiliaryTask]
+# An auxiliary task: a built-in name, an import path "package.module:factory", or a factory itself.
+AuxTaskSpec = str | AuxTaskFactory
+# A user's per-sample auxiliary losses: (the primary net's outputs by head, the prepared batch) -> [B] or [B, n_aux].
+AuxLossFn = Callable[[dict[str, Tensor], Batch], Tensor]
+PrepareFn = Callable[[Tensor, Tensor, torch.Generator | None], Batch]
 
 
 class AuxTask:
@@ -44,7 +71,7 @@ class AuxTask:
 class RotationTask(AuxTask):
     """Rotation prediction (0/90/180/270 degrees) as a self-supervised auxiliary; one joint forward pass."""
 
-    names = ("rotation",)
+    names: tuple[str, ...] = ("rotation",)
     heads = {"rotation": 4}
 
     def prepare(self, x: Tensor, y: Tensor, generator: torch.Generator | None) -> Batch:
@@ -65,7 +92,7 @@ class RotationTask(AuxTask):
 class RegressionAuxTask(AuxTask):
     """Auxiliary regression targets carried as extra columns of y (the synthetic helpful/harmful task)."""
 
-    names = ("helpful", "harmful")
+    names: tuple[str, ...] = ("helpful", "harmful")
     heads = {"helpful": 1, "harmful": 1}
 
     def __init__(self, task: str = "regression") -> None:
@@ -79,10 +106,64 @@ class RegressionAuxTask(AuxTask):
         return TaskLosses(main, aux, out["main"], out.get("features"))
 
 
-def build_aux_task(aux_task: str, task: str) -> AuxTask:
-    """The given auxiliary task named in the config (labels-learning methods bring their own)."""
-    if aux_task == "targets":
-        return RegressionAuxTask(task)
-    if aux_task == "rotation":
-        return RotationTask(task)
-    return AuxTask(task)
+class LossFnTask(AuxTask):
+    """A user's auxiliary task from a callable giving per-sample losses: ``loss(outputs, batch)`` returns ``[B]``
+    (one task) or ``[B, len(heads)]``, where ``outputs`` holds the logits of every head (``"main"`` and ``heads``)
+    for ``batch["x"]``. ``prepare(x, y, generator)``, if given, builds the batch (it must keep ``"x"`` and ``"y"``),
+    e.g. to add targets derived from the images."""
+
+    def __init__(
+        self, heads: dict[str, int], loss: AuxLossFn, *, task: str = "classification", prepare: PrepareFn | None = None
+    ) -> None:
+        super().__init__(task)
+        if not heads or "main" in heads:
+            raise ValueError(f"an auxiliary task needs at least one head and none called 'main', got {sorted(heads)}")
+        self.heads = dict(heads)
+        self.names = tuple(heads)
+        self.loss_fn, self.prepare_fn = loss, prepare
+
+    def prepare(self, x: Tensor, y: Tensor, generator: torch.Generator | None) -> Batch:
+        return self.prepare_fn(x, y, generator) if self.prepare_fn is not None else {"x": x, "y": y}
+
+    def losses(self, forward: ForwardFn, batch: Batch, features: bool = False) -> TaskLosses:
+        out = forward(batch["x"], return_features=features) if features else forward(batch["x"])
+        main = main_loss(out["main"], main_target(batch["y"], self.task), self.task)
+        aux = self.loss_fn(out, batch)
+        aux = aux.unsqueeze(1) if aux.dim() == 1 else aux
+        if tuple(aux.shape) != (main.shape[0], len(self.names)):
+            raise ValueError(
+                f"auxiliary loss of {self.names} has shape {tuple(aux.shape)}, expected "
+                f"[{main.shape[0]}, {len(self.names)}] (one loss per sample and task)"
+            )
+        return TaskLosses(main, aux, out["main"], out.get("features"))
+
+
+BUILTIN_TASKS: dict[str, AuxTaskFactory] = {
+    "targets": RegressionAuxTask,
+    "rotation": RotationTask,
+    "none": AuxTask,
+    "labels": AuxTask,
+}
+
+
+def build_aux_task(spec: AuxTaskSpec, task: str) -> AuxiliaryTask:
+    """The given auxiliary task a config names (labels-learning methods bring their own): a built-in name, an
+    import path ``"package.module:factory"`` or a factory callable, called as ``factory(task)``."""
+    if callable(spec):
+        factory = spec
+    elif spec in BUILTIN_TASKS:
+        factory = BUILTIN_TASKS[spec]
+    elif is_import_path(spec):
+        factory = resolve_callable(spec)
+    else:
+        raise ValueError(
+            f"unknown auxiliary task {spec!r}; choose one of {', '.join(BUILTIN_TASKS)}, "
+            "or name your own as 'package.module:factory'"
+        )
+    made = factory(task)
+    if not isinstance(made, AuxiliaryTask):
+        raise TypeError(
+            f"auxiliary task {spec!r} must return an AuxiliaryTask (names, heads, task, prepare, "
+            f"losses), got {type(made).__name__}"
+        )
+    return made

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+if TYPE_CHECKING:  # gradient_rules imports InnerResult from this module
+    from auxray.methods.gradient_rules import GradientRule
 
 Batch = dict[str, Tensor]  # "x", "y" and whatever the aux task prepared once per batch
 ForwardFn = Callable[..., dict[str, Tensor]]
@@ -38,6 +42,9 @@ class Objective(Protocol):
     heads: dict[str, int]
     learned: bool
     aux_names: tuple[str, ...]  # the columns of InnerResult.aux_per_sample
+    trains_with_primary: bool  # the aux net's parameters are trained with W by the inner optimizer (not bi-level)
+    label_classes: tuple[int, ...] | None  # learned sub-classes per class (label generators), else None
+    gradient_rule: GradientRule  # how an inner result becomes W's gradients
 
     def build_auxnet(self, model: nn.Module) -> nn.Module | None: ...
 
@@ -70,17 +77,14 @@ def accuracy(logits: Tensor, y: Tensor) -> Tensor:
 
 
 class MainOuterMixin:
-    """Outer loss shared by all methods: the main-task loss on a held-out batch."""
+    """Outer loss shared by all methods (the main-task loss on a held-out batch) and their common defaults."""
 
     task: str = "classification"
+    trains_with_primary: bool = False
+    label_classes: tuple[int, ...] | None = None
 
     def outer(self, forward: ForwardFn, batch: Batch) -> Tensor:
         return main_loss(forward(batch["x"])["main"], main_target(batch["y"], self.task), self.task).mean()
 
     def task_weights(self, auxnet: nn.Module | None, result: InnerResult) -> dict[str, Tensor]:
         return {}
-
-
-def stack_first_dim(*tensors: Tensor) -> Tensor:
-    """Concatenate along the batch dimension (one forward pass for several inputs)."""
-    return torch.cat(tensors, dim=0)

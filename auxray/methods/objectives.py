@@ -16,9 +16,10 @@ from auxray.auxnets import (
     label_entropy_regulariser,
     soft_cross_entropy,
 )
-from auxray.methods.aux_tasks import AuxTask, TaskLosses
+from auxray.methods.aux_tasks import AuxiliaryTask, TaskLosses
 from auxray.methods.base import AuxFn, Batch, ForwardFn, InnerResult, MainOuterMixin
-from auxray.models import build_trunk
+from auxray.methods.gradient_rules import SUM, GCSRule, GradientRule
+from auxray.models import BackboneSpec, build_trunk
 
 
 class GivenAuxObjective(MainOuterMixin):
@@ -26,17 +27,15 @@ class GivenAuxObjective(MainOuterMixin):
     GCS sums them and lets the trainer drop conflicting gradients."""
 
     learned = False
-    gradient_mode = "sum"
 
-    def __init__(self, name: str, aux_task: AuxTask, num_outputs: int) -> None:
+    def __init__(self, name: str, aux_task: AuxiliaryTask, num_outputs: int) -> None:
         self.name = name
         self.aux_task = aux_task
         self.aux_names = aux_task.names
         self.task = aux_task.task
         self.heads = {"main": num_outputs, **aux_task.heads}
         self.aux_weight = 0.0 if name == "stl" else 1.0
-        if name == "gcs":
-            self.gradient_mode = "gcs"
+        self.gradient_rule: GradientRule = GCSRule() if name == "gcs" else SUM
 
     def build_auxnet(self, model: nn.Module) -> nn.Module | None:
         return None
@@ -61,8 +60,9 @@ class UncertaintyObjective(GivenAuxObjective):
     def inner(self, forward: ForwardFn, aux: AuxFn | None, batch: Batch) -> InnerResult:
         t = self.aux_task.losses(forward, batch)
         task_losses = torch.cat([t.main.mean().unsqueeze(0), t.aux.mean(dim=0)])
+        assert isinstance(aux, UncertaintyWeighting)  # trained with W, so the loop passes the module itself
         result = _result(aux(task_losses), t, self.aux_task.names)
-        weights = aux.task_weights()  # type: ignore[union-attr]
+        weights = aux.task_weights()
         result.task_weights = {n: weights[i + 1].detach() for i, n in enumerate(self.aux_task.names)}
         return result
 
@@ -72,7 +72,9 @@ class CombinerObjective(GivenAuxObjective):
 
     learned = True
 
-    def __init__(self, name: str, aux_task: AuxTask, num_outputs: int, kind: str, hidden: list[int], monotone: bool):
+    def __init__(
+        self, name: str, aux_task: AuxiliaryTask, num_outputs: int, kind: str, hidden: list[int], monotone: bool
+    ) -> None:
         super().__init__(name, aux_task, num_outputs)
         self.kind, self.hidden, self.monotone = kind, hidden, monotone
 
@@ -87,12 +89,14 @@ class CombinerObjective(GivenAuxObjective):
     def inner(self, forward: ForwardFn, aux: AuxFn | None, batch: Batch) -> InnerResult:
         t = self.aux_task.losses(forward, batch)
         losses = torch.cat([t.main.unsqueeze(1), t.aux], dim=1)
-        loss = (t.main + aux(losses)).mean()
+        loss = (t.main + _required(aux)(losses)).mean()
         return _result(loss, t, self.aux_task.names)
 
     def task_weights(self, auxnet: nn.Module | None, result: InnerResult) -> dict[str, Tensor]:
         """The combiner's effective weight of each aux task at this batch's losses (d g / d l_aux)."""
         assert isinstance(auxnet, (LinearCombiner, NonlinearCombiner))
+        if result.main_per_sample is None or result.aux_per_sample is None:
+            raise ValueError("the combiner's task weights need per-sample main and auxiliary losses")
         losses = torch.cat([result.main_per_sample.detach().unsqueeze(1), result.aux_per_sample.detach()], dim=1)
         weights = auxnet.task_weights(losses)
         return {n: weights[i] for i, n in enumerate(self.aux_task.names)}
@@ -103,7 +107,7 @@ class SchedulerObjective(GivenAuxObjective):
 
     learned = True
 
-    def __init__(self, name: str, aux_task: AuxTask, num_outputs: int, feat_dim: int):
+    def __init__(self, name: str, aux_task: AuxiliaryTask, num_outputs: int, feat_dim: int):
         super().__init__(name, aux_task, num_outputs)
         self.feat_dim = feat_dim
 
@@ -112,7 +116,9 @@ class SchedulerObjective(GivenAuxObjective):
 
     def inner(self, forward: ForwardFn, aux: AuxFn | None, batch: Batch) -> InnerResult:
         t = self.aux_task.losses(forward, batch, features=True)
-        weights = aux(t.features.detach(), t.aux.detach())
+        if t.features is None:
+            raise ValueError("JTDS needs the primary network's features")
+        weights = _required(aux)(t.features.detach(), t.aux.detach())
         loss = (t.main + (weights * t.aux).sum(dim=1)).mean()
         result = _result(loss, t, self.aux_task.names)
         result.task_weights = {n: weights[:, i].mean().detach() for i, n in enumerate(self.aux_task.names)}
@@ -125,14 +131,24 @@ class LabelObjective(MainOuterMixin):
     label distribution (a direct term on phi) keeps all sub-classes in use."""
 
     learned = True
-    gradient_mode = "sum"
     task = "classification"
-    aux_names = ("labels",)
+    aux_names: tuple[str, ...] = ("labels",)
+    gradient_rule: GradientRule = SUM
 
-    def __init__(self, name: str, num_classes: int, psi: int | list[int], backbone: str, width: int,
-                 in_channels: int, entropy_weight: float, focal_gamma: float) -> None:
+    def __init__(
+        self,
+        name: str,
+        num_classes: int,
+        psi: int | list[int],
+        backbone: BackboneSpec,
+        width: int,
+        in_channels: int,
+        entropy_weight: float,
+        focal_gamma: float,
+    ) -> None:
         self.name = name
         self.psi = expand_psi(psi, num_classes)
+        self.label_classes: tuple[int, ...] | None = tuple(self.psi)
         self.heads = {"main": num_classes, "labels": sum(self.psi)}
         self.backbone, self.width, self.in_channels = backbone, width, in_channels
         self.entropy_weight, self.focal_gamma = entropy_weight, focal_gamma
@@ -148,16 +164,29 @@ class LabelObjective(MainOuterMixin):
         x, y = batch["x"], batch["y"]
         out = forward(x)
         main = nn.functional.cross_entropy(out["main"], y, reduction="none")
-        targets = aux(x, y)
+        targets = _required(aux)(x, y)
         aux_loss = soft_cross_entropy(out["labels"], targets, gamma=self.focal_gamma)
         loss = (main + aux_loss).mean()
         reg = self.entropy_weight * label_entropy_regulariser(targets) if self.entropy_weight else None
-        return InnerResult(loss, main.mean().detach(), out["main"], {"labels": aux_loss.mean().detach()},
-                           main_per_sample=main, aux_per_sample=aux_loss.unsqueeze(1), regulariser=reg)
+        return InnerResult(
+            loss,
+            main.mean().detach(),
+            out["main"],
+            {"labels": aux_loss.mean().detach()},
+            main_per_sample=main,
+            aux_per_sample=aux_loss.unsqueeze(1),
+            regulariser=reg,
+        )
+
+
+def _required(aux: AuxFn | None) -> AuxFn:
+    """The auxiliary network a learned objective cannot do without."""
+    if aux is None:
+        raise ValueError("this objective needs its auxiliary network")
+    return aux
 
 
 def _result(loss: Tensor, t: TaskLosses, names: tuple[str, ...]) -> InnerResult:
     """Pack an inner loss with the per-task means to log."""
     aux_means = {n: t.aux[:, i].mean().detach() for i, n in enumerate(names)}
-    return InnerResult(loss, t.main.mean().detach(), t.logits, aux_means,
-                       main_per_sample=t.main, aux_per_sample=t.aux)
+    return InnerResult(loss, t.main.mean().detach(), t.logits, aux_means, main_per_sample=t.main, aux_per_sample=t.aux)

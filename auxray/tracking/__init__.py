@@ -21,7 +21,6 @@ __all__ = [
     "check_reachable",
     "end_parent",
     "find_parent",
-    "label_assignment",
     "plot_hypergrad_norms",
     "plot_label_assignment",
     "plot_task_weights",
@@ -34,7 +33,7 @@ __all__ = [
     "write_plots",
 ]
 
-_PLOTS = ("label_assignment", "plot_hypergrad_norms", "plot_label_assignment", "plot_task_weights", "write_plots")
+_PLOTS = ("plot_hypergrad_norms", "plot_label_assignment", "plot_task_weights", "write_plots")
 
 
 def __getattr__(name: str) -> Any:

@@ -11,8 +11,8 @@ import matplotlib
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from torch import Tensor  # noqa: E402
+
+from auxray.train.session import RunView  # noqa: E402
 
 TASK_WEIGHT_PREFIX = "task_weight/"
 
@@ -25,32 +25,34 @@ def save_figure(fig: Any, path: Path) -> Path:
     return path
 
 
-def plot_task_weights(trainer: Any, out_dir: str | Path) -> Path | None:
-    """Each auxiliary task's learned weight per epoch (from ``trainer.history``)."""
-    history = getattr(trainer, "history", None) or []
-    names = sorted({k for row in history for k in row if k.startswith(TASK_WEIGHT_PREFIX)})
+def plot_task_weights(view: RunView, out_dir: str | Path) -> Path | None:
+    """Each auxiliary task's learned weight per epoch (from the run's history)."""
+    names = sorted({k for row in view.history for k in row if k.startswith(TASK_WEIGHT_PREFIX)})
     if not names:
         return None
     fig, ax = plt.subplots(figsize=(6, 3.6))
     for name in names:
-        rows = [row for row in history if name in row]
-        ax.plot([row["epoch"] for row in rows], [row[name] for row in rows], marker="o", ms=3,
-                label=name[len(TASK_WEIGHT_PREFIX):])
+        rows = [row for row in view.history if name in row]
+        ax.plot(
+            [row["epoch"] for row in rows],
+            [row[name] for row in rows],
+            marker="o",
+            ms=3,
+            label=name[len(TASK_WEIGHT_PREFIX) :],
+        )
     ax.set_xlabel("epoch")
     ax.set_ylabel("mean task weight")
-    ax.set_title(f"Learned task weights ({trainer.cfg.method.name})" if hasattr(trainer, "cfg") else
-                 "Learned task weights")
+    ax.set_title(f"Learned task weights ({view.method})")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return save_figure(fig, Path(out_dir) / "task_weights.png")
 
 
-def plot_hypergrad_norms(trainer: Any, out_dir: str | Path) -> Path | None:
+def plot_hypergrad_norms(view: RunView, out_dir: str | Path) -> Path | None:
     """Norm of each outer step's hypergradient against the inner step it was taken at."""
-    norms = list(getattr(trainer, "hypergrad_norms", None) or [])
-    if not norms:
+    if not view.hypergrad_norms:
         return None
-    steps, values = zip(*norms)
+    steps, values = zip(*view.hypergrad_norms)
     fig, ax = plt.subplots(figsize=(6, 3.6))
     ax.plot(steps, values, lw=1, marker="." if len(steps) < 200 else None)
     if min(values) > 0 and max(values) / min(values) > 100:
@@ -62,52 +64,16 @@ def plot_hypergrad_norms(trainer: Any, out_dir: str | Path) -> Path | None:
     return save_figure(fig, Path(out_dir) / "hypergrad_norms.png")
 
 
-def has_label_generator(trainer: Any) -> bool:
-    """True when the run learns auxiliary labels (an aux net g(x, y) over sum(psi) sub-classes)."""
-    return getattr(trainer, "auxnet", None) is not None and getattr(getattr(trainer, "objective", None),
-                                                                    "psi", None) is not None
-
-
-@torch.no_grad()
-def label_assignment(trainer: Any, data: Any, max_images: int = 2000) -> Tensor:
-    """Counts ``[num_classes, sum(psi)]`` of the generator's most likely sub-class over up to `max_images`
-    images of `data` (a TensorData), spread evenly over the split."""
-    from auxray.data import BatchIterator
-
-    psi = list(trainer.objective.psi)
-    n = len(data)
-    if n > max_images:
-        data = data.subset(torch.linspace(0, n - 1, max_images).round().long())
-    device = getattr(trainer, "device", torch.device("cpu"))
-    dtype = getattr(trainer, "dtype", torch.float32)
-    counts = torch.zeros(len(psi), sum(psi), dtype=torch.long)
-    net = trainer.auxnet
-    was_training = net.training
-    net.eval()
-    try:
-        it = BatchIterator(data, 500, shuffle=False, seed=0, drop_last=False, augment=False,
-                           device=device)
-        for x, y in it:
-            probs = net(x.to(device, dtype), y.to(device))
-            flat = y.long().cpu() * sum(psi) + probs.argmax(dim=1).cpu()
-            counts += torch.bincount(flat, minlength=counts.numel()).view_as(counts)
-    finally:
-        net.train(was_training)
-    return counts
-
-
-def plot_label_assignment(trainer: Any, out_dir: str | Path, data: Any = None, max_images: int = 2000) -> Path | None:
-    """Heat map of label_assignment: classes as rows, each class's block of sub-classes as columns, cells
-    the share of the class's images given that sub-class (image counts written in each class's own block)."""
-    if not has_label_generator(trainer):
+def plot_label_assignment(view: RunView, out_dir: str | Path) -> Path | None:
+    """Heat map of the label generator's sub-class counts: classes as rows, each class's block of sub-classes as
+    columns, cells the share of the class's images given that sub-class (counts written in each class's block)."""
+    labels = view.labels()
+    if labels is None:
         return None
-    if data is None:
-        data = trainer.data.train
-    if len(data) == 0:
+    counts, psi = labels[0].float(), labels[1]
+    if counts.sum() == 0:
         return None
-    counts = label_assignment(trainer, data, max_images).float()
-    psi = list(trainer.objective.psi)
-    classes = list(getattr(trainer.data, "classes", None) or [str(c) for c in range(len(psi))])
+    classes = view.classes if len(view.classes) == len(psi) else [str(c) for c in range(len(psi))]
     share = counts / counts.sum(dim=1, keepdim=True).clamp(min=1)
     k = sum(psi)
     fig, ax = plt.subplots(figsize=(min(16, 2 + 0.32 * k), 1.2 + 0.42 * len(psi)))
@@ -125,15 +91,21 @@ def plot_label_assignment(trainer: Any, out_dir: str | Path, data: Any = None, m
         for c in range(len(psi)):
             for j in range(edges[c], edges[c + 1]):
                 value = int(counts[c, j])
-                ax.text(j, c, str(value), ha="center", va="center", fontsize=6,
-                        color="white" if share[c, j] > 0.55 else "0.2")
+                ax.text(
+                    j,
+                    c,
+                    str(value),
+                    ha="center",
+                    va="center",
+                    fontsize=6,
+                    color="white" if share[c, j] > 0.55 else "0.2",
+                )
     ax.set_title(f"Learned auxiliary labels: sub-class of each image (n={int(counts.sum())})")
     fig.colorbar(im, ax=ax, fraction=0.025, pad=0.01, label="share of the class")
     return save_figure(fig, Path(out_dir) / "label_assignment.png")
 
 
-def write_plots(trainer: Any, out_dir: str | Path) -> list[Path]:
+def write_plots(view: RunView, out_dir: str | Path) -> list[Path]:
     """Every plot the run has data for."""
-    made = [plot_task_weights(trainer, out_dir), plot_hypergrad_norms(trainer, out_dir),
-            plot_label_assignment(trainer, out_dir)]
+    made = [plot_task_weights(view, out_dir), plot_hypergrad_norms(view, out_dir), plot_label_assignment(view, out_dir)]
     return [p for p in made if p is not None]

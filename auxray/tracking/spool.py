@@ -88,13 +88,13 @@ def apply_record(client: MlflowClient, run_id: str, record: dict[str, Any]) -> N
     """Send one record to a run."""
     op = record["op"]
     if op == "params":
-        items = [Param(k, v) for k, v in record["params"].items()]
-        for i in range(0, len(items), MAX_PARAMS_PER_BATCH):
-            client.log_batch(run_id, params=items[i:i + MAX_PARAMS_PER_BATCH])
+        params = [Param(k, v) for k, v in record["params"].items()]
+        for i in range(0, len(params), MAX_PARAMS_PER_BATCH):
+            client.log_batch(run_id, params=params[i : i + MAX_PARAMS_PER_BATCH])
     elif op == "metrics":
-        items = [Metric(m["key"], m["value"], m["timestamp"], m["step"]) for m in record["metrics"]]
-        for i in range(0, len(items), MAX_METRICS_PER_BATCH):
-            client.log_batch(run_id, metrics=items[i:i + MAX_METRICS_PER_BATCH])
+        metrics = [Metric(m["key"], m["value"], m["timestamp"], m["step"]) for m in record["metrics"]]
+        for i in range(0, len(metrics), MAX_METRICS_PER_BATCH):
+            client.log_batch(run_id, metrics=metrics[i : i + MAX_METRICS_PER_BATCH])
     elif op == "tags":
         client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in record["tags"].items()])
     elif op == "text":
@@ -119,7 +119,10 @@ def experiment_id(client: MlflowClient, uri: str, name: str) -> str:
     except MlflowException as exc:
         if exc.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
-        return client.get_experiment_by_name(name).experiment_id
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
 
 
 def run_exists(client: MlflowClient, run_id: str) -> bool:
@@ -186,8 +189,10 @@ def replay_spool(path: str | Path, uri: str | None = None, *, timeout: float = 1
             _mark(path, {"seq": record["seq"]})
     except Exception as exc:
         if is_unavailable(exc):
-            raise UserError(f"MLflow tracking server at {uri} is unreachable: {first_line(exc)}; "
-                            f"{sent} records sent, run the replay again later") from None
+            raise UserError(
+                f"MLflow tracking server at {uri} is unreachable: {first_line(exc)}; "
+                f"{sent} records sent, run the replay again later"
+            ) from None
         raise
     return {"run_id": target, "sent": sent, "skipped": skipped, "already_sent": len(done)}
 
@@ -204,8 +209,10 @@ def _deliver(client: MlflowClient, run_id: str, record: dict[str, Any], timeout:
     except Exception as exc:
         if is_unavailable(exc):
             raise
-        print(f"auxray: MLflow rejected spooled {record['op']} #{record['seq']}: {first_line(exc)}; skipped",
-              file=sys.stderr)
+        print(
+            f"auxray: MLflow rejected spooled {record['op']} #{record['seq']}: {first_line(exc)}; skipped",
+            file=sys.stderr,
+        )
         return False
     return True
 
@@ -216,7 +223,10 @@ def _recreate(client: MlflowClient, uri: str, header: dict[str, Any]) -> str:
     if header.get("parent_run_id"):
         tags["mlflow.parentRunId"] = header["parent_run_id"]
     tags["auxray.replayed_from"] = header["run_id"]
-    run = client.create_run(experiment_id(client, uri, header["experiment"]), start_time=header.get("created"),
-                            tags=tags, run_name=header.get("run_name"))
+    run = client.create_run(
+        experiment_id(client, uri, header["experiment"]),
+        start_time=header.get("created"),
+        tags=tags,
+        run_name=header.get("run_name"),
+    )
     return run.info.run_id
-

@@ -10,9 +10,10 @@ import re
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from mlflow import MlflowClient
@@ -20,6 +21,7 @@ from mlflow.exceptions import MlflowException
 
 from auxray.config import RunConfig
 from auxray.errors import UserError
+from auxray.paths import output_path
 from auxray.tracking.spool import (
     Spool,
     apply_record,
@@ -31,6 +33,9 @@ from auxray.tracking.spool import (
     replay_spool,
 )
 from auxray.tracking.uri import http_limits, is_http, resolve_uri, server_healthy
+
+if TYPE_CHECKING:  # torch loads only where a run trains; `auxray tracking replay` stays light
+    from auxray.train.session import RunView
 
 Status = Literal["FINISHED", "FAILED", "KILLED"]
 PARENT_TAG = "mlflow.parentRunId"
@@ -77,28 +82,36 @@ def _as_number(value: Any) -> float | None:
 
 
 class RunTracker:
-    """Tracks one run in MLflow; also the trainer's epoch callback (``tracker(trainer, metrics)``).
+    """Tracks one run in MLflow; also a training session's sink (``epoch(view, metrics, summary)``).
 
     Every call is fast-failing: MLflow's HTTP timeout and retries are kept short, and once the store is
     unreachable nothing more is sent to it; calls go to ``<spool_dir>/<run_id>.jsonl`` (one warning line),
     with a cheap health probe every `probe_interval` seconds that resends the spool when the store is back.
     """
 
-    def __init__(self, uri: str | None, experiment: str = "auxray", run_name: str | None = None, *,
-                 parent_run_id: str | None = None, tags: dict[str, Any] | None = None,
-                 spool_dir: str | Path | None = None, timeout: float = 10.0, probe_interval: float = 60.0) -> None:
+    def __init__(
+        self,
+        uri: str | None,
+        experiment: str = "auxray",
+        run_name: str | None = None,
+        *,
+        parent_run_id: str | None = None,
+        tags: dict[str, Any] | None = None,
+        spool_dir: str | Path | None = None,
+        timeout: float = 10.0,
+        probe_interval: float = 60.0,
+    ) -> None:
         self.uri = resolve_uri(uri)
         self.experiment, self.run_name = experiment, run_name
         self.parent_run_id = parent_run_id
         self.tags = {sanitize_key(k): str(v) for k, v in (tags or {}).items()}
-        self.spool_dir = Path(spool_dir) if spool_dir is not None else Path.cwd() / "mlflow-spool"
+        self.spool_dir = Path(spool_dir) if spool_dir is not None else output_path("mlflow-spool")
         self.timeout, self.probe_interval = timeout, probe_interval
         self.client = MlflowClient(tracking_uri=self.uri)
         self.run_id: str | None = None
         self.offline = False
         self.status: str | None = None
         self._spool: Spool | None = None
-        self._trainer: Any = None
         self._created = now_ms()
         self._last_probe = 0.0
         self._warned: set[str] = set()
@@ -134,6 +147,12 @@ class RunTracker:
             self._go_offline(exc)
             self._get_spool().open()
         return self.run_id
+
+    def attach(self, run_id: str) -> None:
+        """Log to an existing run (one a driver created) instead of starting a new one."""
+        self.run_id = run_id
+        if run_id.startswith("offline-"):
+            self._go_offline(RuntimeError("the run was created while the store was unreachable"))
 
     def end(self, status: Status = "FINISHED") -> None:
         """Set the run's final status (once)."""
@@ -178,43 +197,47 @@ class RunTracker:
         if path.exists():
             self._send({"op": "artifact", "path": str(path), "artifact_path": artifact_path})
 
-    def __call__(self, trainer: Any, metrics: dict[str, Any]) -> None:
-        """Epoch callback: all numeric metrics at step = metrics["epoch"] (rank 0 only)."""
-        if getattr(getattr(trainer, "collective", None), "rank", 0) != 0:
+    def epoch(self, view: RunView, metrics: dict[str, Any], summary: dict[str, Any] | None) -> None:
+        """Session sink: every numeric metric of the epoch at step = its epoch (rank 0 only); with the final
+        summary also the run's results (log_result). The run's status is left to its owner."""
+        if view.rank != 0:
             return
-        self._trainer = trainer
-        step = int(metrics.get("epoch", getattr(trainer, "epoch", 0)))
-        self.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step)
+        self.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, int(metrics.get("epoch", view.epoch)))
+        if summary is not None:
+            self.log_result(view, summary)
 
-    def finish(self, trainer: Any = None, result: dict[str, Any] | None = None, status: Status = "FINISHED") -> None:
-        """Final metrics (test accuracy, …), artifacts (best.pt, metrics.jsonl, plots), then the status.
-        Nothing here raises: a tracking problem never fails a finished training run."""
-        trainer = trainer if trainer is not None else self._trainer
-        result = result or {}
+    def log_result(self, view: RunView | None, result: dict[str, Any]) -> None:
+        """Final metrics (test accuracy, ...) and artifacts (best.pt, metrics.jsonl, plots). Never raises: a
+        tracking problem never fails a finished training run."""
         try:
             final = {k: v for k, v in result.items() if k not in ("epochs", "steps")}
             final = {k: v for k, v in final.items() if (n := _as_number(v)) is not None and math.isfinite(n)}
-            step = int(getattr(trainer, "epoch", None) or result.get("epochs") or 0)
+            step = view.epoch if view is not None else int(result.get("epochs") or 0)
             self.log_metrics(final, step)
             run_dir = Path(result["run_dir"]) if result.get("run_dir") else None
             if run_dir is not None:
                 self.set_tags({"auxray.run_dir": str(run_dir)})
                 self.log_artifact(run_dir / "best.pt", "checkpoints")
                 self.log_artifact(run_dir / "metrics.jsonl")
-            if trainer is not None:
-                for png in self._plots(trainer, run_dir):
+            if view is not None:
+                for png in self._plots(view, run_dir):
                     self.log_artifact(png, "plots")
         except Exception as exc:
             self._warn_once("finish", f"auxray: tracking could not log the run's results: {first_line(exc)}")
+
+    def finish(self, view: RunView | None, result: dict[str, Any], status: Status = "FINISHED") -> None:
+        """log_result, then the final status."""
+        try:
+            self.log_result(view, result)
         finally:
             self.end(status)
 
-    def _plots(self, trainer: Any, run_dir: Path | None) -> list[Path]:
+    def _plots(self, view: RunView, run_dir: Path | None) -> list[Path]:
         out = run_dir / "plots" if run_dir is not None else self.spool_dir / "plots" / str(self.run_id)
         try:
-            from auxray.tracking.plots import write_plots
+            from auxray.tracking.plots import write_plots  # matplotlib loads only when a run ends
 
-            return write_plots(trainer, out)
+            return write_plots(view, out)
         except Exception as exc:
             self._warn_once("plots", f"auxray: could not draw the run's plots: {first_line(exc)}")
             return []
@@ -222,9 +245,21 @@ class RunTracker:
     # ---- delivery ------------------------------------------------------------------------
     def _get_spool(self) -> Spool:
         if self._spool is None:
-            self._spool = Spool(self.spool_path, {
-                "run_id": self.run_id, "uri": self.uri, "experiment": self.experiment, "run_name": self.run_name,
-                "tags": self.tags, "parent_run_id": self.parent_run_id, "created": self._created})
+            path = self.spool_path
+            if path is None:
+                raise RuntimeError("RunTracker.start() must be called before logging")
+            self._spool = Spool(
+                path,
+                {
+                    "run_id": self.run_id,
+                    "uri": self.uri,
+                    "experiment": self.experiment,
+                    "run_name": self.run_name,
+                    "tags": self.tags,
+                    "parent_run_id": self.parent_run_id,
+                    "created": self._created,
+                },
+            )
         return self._spool
 
     def _send(self, record: dict[str, Any]) -> None:
@@ -242,14 +277,18 @@ class RunTracker:
                 self._go_offline(exc)
                 self._get_spool().append(record)
             else:
-                self._warn_once(f"reject:{record['op']}",
-                                f"auxray: MLflow rejected the run's {record['op']}: {first_line(exc)}")
+                self._warn_once(
+                    f"reject:{record['op']}", f"auxray: MLflow rejected the run's {record['op']}: {first_line(exc)}"
+                )
 
     def _go_offline(self, exc: BaseException) -> None:
         self.offline = True
         self._last_probe = time.monotonic()
-        self._warn_once("offline", f"auxray: MLflow server unreachable; buffering to {self.spool_path}; "
-                                   f"resend with `auxray tracking replay {self.spool_path}` ({first_line(exc)})")
+        self._warn_once(
+            "offline",
+            f"auxray: MLflow server unreachable; buffering to {self.spool_path}; "
+            f"resend with `auxray tracking replay {self.spool_path}` ({first_line(exc)})",
+        )
 
     def _recover(self) -> bool:
         """At most every probe_interval seconds: if the store answers, resend the spool and go back online."""
@@ -258,13 +297,19 @@ class RunTracker:
         self._last_probe = time.monotonic()
         if is_http(self.uri) and not server_healthy(self.uri, timeout=1.0):
             return False
+        path = self.spool_path
+        if path is None:
+            return False
         try:
-            done = replay_spool(self.spool_path, self.uri, timeout=self.timeout)
+            done = replay_spool(path, self.uri, timeout=self.timeout)
         except Exception:
             return False
         self.run_id, self.offline = done["run_id"], False
-        print(f"auxray: MLflow server reachable again; resent {done['sent']} buffered records to run "
-              f"{self.run_id}", file=sys.stderr, flush=True)
+        print(
+            f"auxray: MLflow server reachable again; resent {done['sent']} buffered records to run {self.run_id}",
+            file=sys.stderr,
+            flush=True,
+        )
         return True
 
     def _warn_once(self, kind: str, message: str) -> None:
@@ -274,14 +319,23 @@ class RunTracker:
 
 
 @contextmanager
-def tracked_run(uri: str | None, experiment: str = "auxray", run_name: str | None = None, *,
-                cfg: RunConfig | None = None, parent_run_id: str | None = None, tags: dict[str, Any] | None = None,
-                spool_dir: str | Path | None = None, **options: Any) -> Iterator[RunTracker]:
+def tracked_run(
+    uri: str | None,
+    experiment: str = "auxray",
+    run_name: str | None = None,
+    *,
+    cfg: RunConfig | None = None,
+    parent_run_id: str | None = None,
+    tags: dict[str, Any] | None = None,
+    spool_dir: str | Path | None = None,
+    **options: Any,
+) -> Iterator[RunTracker]:
     """A started RunTracker (with cfg logged when given) whose run always ends: FAILED when the body raises
     (KeyboardInterrupt included, with the error as the tag auxray.error), else FINISHED unless
     ``finish``/``end`` already set a status."""
-    tracker = RunTracker(uri, experiment, run_name, parent_run_id=parent_run_id, tags=tags, spool_dir=spool_dir,
-                         **options)
+    tracker = RunTracker(
+        uri, experiment, run_name, parent_run_id=parent_run_id, tags=tags, spool_dir=spool_dir, **options
+    )
     tracker.start()
     try:
         if cfg is not None:
@@ -323,8 +377,12 @@ def find_parent(uri: str | None, experiment: str, sweep_name: str) -> str | None
         if exp is None:
             return None
         name = sweep_name.replace("'", "\\'")
-        runs = client.search_runs([exp.experiment_id], max_results=1, order_by=["attributes.start_time DESC"],
-                                  filter_string=f"tags.`{SWEEP_TAG}` = '{name}' and tags.`{KIND_TAG}` = 'sweep'")
+        runs = client.search_runs(
+            [exp.experiment_id],
+            max_results=1,
+            order_by=["attributes.start_time DESC"],
+            filter_string=f"tags.`{SWEEP_TAG}` = '{name}' and tags.`{KIND_TAG}` = 'sweep'",
+        )
     return runs[0].info.run_id if runs else None
 
 

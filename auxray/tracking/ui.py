@@ -15,8 +15,20 @@ UI_ENV_DEFAULTS = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 def ui_command(uri: str, host: str = "127.0.0.1", port: int = 5000) -> list[str]:
     """The `mlflow ui` command line for a database store (one worker; artifacts beside a SQLite file)."""
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port),
-           "--workers", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        uri,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
     db = sqlite_path(uri)
     if db is not None:
         cmd += ["--default-artifact-root", (db.parent / ARTIFACT_DIR).as_uri()]

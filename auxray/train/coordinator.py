@@ -30,9 +30,6 @@ class Coordinator:
             self.optimizer.load_state_dict(state)
         return self.optimizer.version
 
-    def is_initialised(self) -> bool:
-        return self.phi is not None
-
     def apply(self, grads: list[Tensor], step: int) -> tuple[int, list[Tensor]]:
         """One optimizer step on phi from the all-reduced hypergradient; a replayed step id is ignored."""
         assert self.optimizer is not None and self.phi is not None, "coordinator not initialised"

@@ -4,24 +4,19 @@ one, and a phase-by-phase timing of one outer step (for `auxray bench overhead`)
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
-from auxray.data import BatchIterator
+from auxray.data import BatchIterator, TensorData
+from auxray.hypergrad import batch_stats_only
 from auxray.methods import Batch
-from auxray.train.hyperstep import PhaseTimer, batch_stats_only, compute_hypergrad
+from auxray.methods.gradient_rules import cosine
+from auxray.train.hyperstep import PhaseTimer, compute_hypergrad
 
 if TYPE_CHECKING:  # the trainer imports this module; the type is only for annotations
     from auxray.train.loop import BilevelTrainer
-
-
-def cosine(a: Sequence[Tensor], b: Sequence[Tensor]) -> Tensor:
-    """Cosine similarity of two gradients given as tensor lists."""
-    fa = torch.cat([t.reshape(-1) for t in a])
-    fb = torch.cat([t.reshape(-1) for t in b])
-    return torch.nn.functional.cosine_similarity(fa, fb, dim=0, eps=1e-12)
 
 
 def example_batches(trainer: BilevelTrainer, seed: int) -> tuple[Batch, Batch]:
@@ -29,8 +24,15 @@ def example_batches(trainer: BilevelTrainer, seed: int) -> tuple[Batch, Batch]:
     gen = torch.Generator(device="cpu").manual_seed(seed)
     trainer.train_iter.set_epoch(seed)
     x, y = next(iter(trainer.train_iter))
-    aux_iter = BatchIterator(trainer.data.aux, trainer.cfg.trainer.batch_size, shuffle=True, seed=seed,
-                             drop_last=False, augment=False, device=trainer.device)
+    aux_iter = BatchIterator(
+        trainer.data.aux,
+        trainer.cfg.trainer.batch_size,
+        shuffle=True,
+        seed=seed,
+        drop_last=False,
+        augment=False,
+        device=trainer.device,
+    )
     ax, ay = next(iter(aux_iter))
     return trainer.prepare(x, y, gen), trainer.prepare(ax, ay, gen)
 
@@ -48,7 +50,7 @@ def epoch_diagnostics(trainer: BilevelTrainer) -> dict[str, float]:
     with batch_stats_only(model):
         res = objective.inner(model, trainer.auxnet, batch)
     weights = {f"task_weight/{k}": float(v) for k, v in objective.task_weights(trainer.auxnet, res).items()}
-    if res.aux_per_sample is None or res.aux_per_sample.shape[1] == 0:
+    if res.aux_per_sample is None or res.main_per_sample is None or res.aux_per_sample.shape[1] == 0:
         return weights
     collective = trainer.collective
     shared = [p for p in model.trunk.parameters() if p.requires_grad]
@@ -56,8 +58,9 @@ def epoch_diagnostics(trainer: BilevelTrainer) -> dict[str, float]:
     out = dict(weights)
     for j, name in enumerate(objective.aux_names):
         g_aux = torch.autograd.grad(res.aux_per_sample[:, j].mean(), shared, retain_graph=True, allow_unused=True)
-        g_aux = collective.all_reduce_mean(tuple(torch.zeros_like(p) if g is None else g
-                                                 for p, g in zip(shared, g_aux)))
+        g_aux = collective.all_reduce_mean(
+            tuple(torch.zeros_like(p) if g is None else g for p, g in zip(shared, g_aux))
+        )
         out[f"grad_cosine/{name}"] = float(cosine(g_main, g_aux))
     model.zero_grad(set_to_none=True)
     return out
@@ -69,7 +72,8 @@ def hypergrad_cosine(trainer: BilevelTrainer, train_batch: Batch, aux_batch: Bat
     lr = trainer.opt_w.param_groups[0]["lr"]
     cfg = trainer.cfg.hypergrad
     full_cfg = cfg.model_copy(update={"params": "all", "batch_size": None})
-    args = (trainer.objective, trainer.model, trainer.auxnet, train_batch, aux_batch)
+    auxnet, _ = trainer.phi_parts()
+    args = (trainer.objective, trainer.model, auxnet, train_batch, aux_batch)
     cheap = compute_hypergrad(*args, cfg, inner_lr=lr, reduce=trainer.reduce_hook(), mask=trainer.hyper_mask)
     full = compute_hypergrad(*args, full_cfg, inner_lr=lr, reduce=trainer.reduce_hook())
     return float(cosine(cheap, full))
@@ -101,3 +105,29 @@ def outer_step_breakdown(trainer: BilevelTrainer, train_batch: Batch, aux_batch:
         "communication": sec["communication"],
         "total": sec["total"],
     }
+
+
+@torch.no_grad()
+def label_counts(trainer: BilevelTrainer, data: TensorData, max_images: int = 2000) -> Tensor:
+    """Counts ``[num_classes, sum(psi)]`` of the label generator's most likely sub-class over up to `max_images`
+    images of `data`, spread evenly over the split (what the label-assignment plot shows)."""
+    psi = trainer.objective.label_classes
+    if psi is None or trainer.auxnet is None:
+        raise ValueError(f"{trainer.cfg.method.name} learns no auxiliary labels")
+    n = len(data)
+    if n > max_images:
+        data = data.subset(torch.linspace(0, n - 1, max_images).round().long())
+    counts = torch.zeros(len(psi), sum(psi), dtype=torch.long)
+    net = trainer.auxnet
+    was_training = net.training
+    net.eval()
+    try:
+        for x, y in BatchIterator(
+            data, 500, shuffle=False, seed=0, drop_last=False, augment=False, device=trainer.device
+        ):
+            probs = net(x.to(trainer.device, trainer.dtype), y.to(trainer.device))
+            flat = y.long().cpu() * sum(psi) + probs.argmax(dim=1).cpu()
+            counts += torch.bincount(flat, minlength=counts.numel()).view_as(counts)
+    finally:
+        net.train(was_training)
+    return counts

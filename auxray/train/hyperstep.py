@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Callable, Iterator, Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -22,6 +23,7 @@ from torch.func import functional_call
 
 from auxray.config import HypergradConfig
 from auxray.hypergrad import (
+    batch_stats_only,
     finite_difference_from_grad,
     finite_difference_hypergrad,
     functional_implicit_hypergrad,
@@ -29,11 +31,10 @@ from auxray.hypergrad import (
     outer_gradient,
     unrolled_from_graph,
 )
-from auxray.hypergrad.vectors import HVP, Vec, fill_zeros, leaves
+from auxray.hypergrad.vectors import HVP, Reduce, Vec, fill_zeros, leaves
 from auxray.methods import Batch, InnerResult, Objective
 from auxray.models import last_block_prefixes
 
-Reduce = Callable[[tuple[Tensor, ...]], tuple[Tensor, ...]]
 IMPLICIT = ("neumann", "cg", "exact")
 
 
@@ -72,32 +73,18 @@ class PhaseTimer:
             torch.cuda.synchronize(self.device)
 
 
-@contextmanager
-def batch_stats_only(*modules: nn.Module) -> Iterator[None]:
-    """BatchNorm layers normalise with batch statistics but neither read nor update running ones,
-    so hypersteps leave the running statistics alone (and stay pure for torch.func transforms)."""
-    bns = [m for mod in modules for m in mod.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    saved = [m.track_running_stats for m in bns]
-    for m in bns:
-        m.track_running_stats = False
-    try:
-        yield
-    finally:
-        for m, s in zip(bns, saved):
-            m.track_running_stats = s
-
-
 def trainable(module: nn.Module) -> tuple[list[str], tuple[Tensor, ...]]:
     """Names and tensors of a module's trainable parameters."""
     named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
     return [n for n, _ in named], tuple(p for _, p in named)
 
 
-def functional(module: nn.Module, names: list[str]) -> Callable[[tuple[Tensor, ...]], Callable[..., object]]:
-    """params -> a callable that runs `module` with those parameters in place of its own."""
+def functional(module: nn.Module, names: list[str]) -> Callable[[tuple[Tensor, ...]], Callable[..., Any]]:
+    """params -> a callable that runs `module` with those parameters in place of its own (its outputs are what
+    the module returns: the caller knows whether that is the primary net's heads or the aux net's tensor)."""
     buffers = dict(module.named_buffers())
 
-    def bind(params: tuple[Tensor, ...]) -> Callable[..., object]:
+    def bind(params: tuple[Tensor, ...]) -> Callable[..., Any]:
         state = {**buffers, **dict(zip(names, params))}
         return lambda *args, **kwargs: functional_call(module, state, args, kwargs)
 
@@ -132,8 +119,15 @@ class HyperstepResult:
 class _Problem:
     """The bi-level problem at one outer step as pure functions of the hypergradient's parameter subset."""
 
-    def __init__(self, objective: Objective, model: nn.Module, auxnet: nn.Module, train_batch: Batch,
-                 aux_batch: Batch, mask: list[bool]) -> None:
+    def __init__(
+        self,
+        objective: Objective,
+        model: nn.Module,
+        auxnet: nn.Module,
+        train_batch: Batch,
+        aux_batch: Batch,
+        mask: list[bool],
+    ) -> None:
         self.objective, self.train_batch, self.aux_batch = objective, train_batch, aux_batch
         w_names, w = trainable(model)
         phi_names, phi = trainable(auxnet)
@@ -150,8 +144,9 @@ class _Problem:
         return tuple(out)
 
     def inner_result(self, base: Vec) -> Callable[[Vec, Vec], InnerResult]:
-        return lambda sub, phi: self.objective.inner(self.model_at(self.full(sub, base)), self.aux_at(phi),
-                                                     self.train_batch)
+        return lambda sub, phi: self.objective.inner(
+            self.model_at(self.full(sub, base)), self.aux_at(phi), self.train_batch
+        )
 
     def inner_fn(self, base: Vec) -> Callable[[Vec, Vec], Tensor]:
         return lambda sub, phi: self.inner_result(base)(sub, phi).loss
@@ -183,24 +178,46 @@ def _timed_hvp(phases: Phases) -> Callable[[HVP], HVP]:
     return wrap
 
 
-def _from_gradient(p: _Problem, grads: Vec, sub: Vec, phi: Vec, direct: Tensor | None, cfg: HypergradConfig,
-                   lr: float, reduce: Reduce | None, phases: Phases) -> Vec:
+def _from_gradient(
+    p: _Problem,
+    grads: Vec,
+    sub: Vec,
+    phi: Vec,
+    direct: Tensor | None,
+    cfg: HypergradConfig,
+    lr: float,
+    reduce: Reduce | None,
+    phases: Phases,
+) -> Vec:
     """The hypergradient given dL_T/dW_sub at W (a create_graph graph for the implicit and unrolled methods,
     a plain gradient for finite differences) and the direct term on phi from the same inner pass."""
     if cfg.method in IMPLICIT:
         with phases("aux_gradient"):
             v = outer_gradient(p.outer_fn(p.w)(sub), sub, reduce)
         with phases("solve_and_mixed_term"):
-            return implicit_from_graph(grads, v, sub, phi, method=cfg.method, steps=cfg.steps, alpha=cfg.alpha,
-                                       tol=cfg.tol, damping=cfg.damping, reduce=reduce,
-                                       reduce_hvp=cfg.mode == "global", hvp_wrap=_timed_hvp(phases),
-                                       direct=direct)
+            return implicit_from_graph(
+                grads,
+                v,
+                sub,
+                phi,
+                method=cfg.method,
+                steps=cfg.steps,
+                alpha=cfg.alpha,
+                tol=cfg.tol,
+                damping=cfg.damping,
+                reduce=reduce,
+                reduce_hvp=cfg.mode == "global",
+                hvp_wrap=_timed_hvp(phases),
+                direct=direct,
+            )
     with phases("aux_gradient"):
         if cfg.method == "unroll":
             res = unrolled_from_graph(grads, p.outer_fn(p.w), sub, phi, lr=lr, direct=direct)
         else:
-            res = _plus(finite_difference_from_grad(grads, p.inner_fn(p.w), p.outer_fn(p.w), sub, phi, lr=lr,
-                                                    eps=cfg.fd_eps), _direct_gradient(direct, phi))
+            res = _plus(
+                finite_difference_from_grad(grads, p.inner_fn(p.w), p.outer_fn(p.w), sub, phi, lr=lr, eps=cfg.fd_eps),
+                _direct_gradient(direct, phi),
+            )
     return tuple(reduce(tuple(res))) if reduce is not None else tuple(res)
 
 
@@ -212,8 +229,9 @@ def _direct_gradient(direct: Tensor | None, phi: Vec) -> Vec | None:
     """d(direct)/dphi, zeros where unreached; None when the method has no direct term."""
     if direct is None or not direct.requires_grad:
         return None
-    return tuple(g.detach() for g in fill_zeros(torch.autograd.grad(direct, phi, retain_graph=True,
-                                                                    allow_unused=True), phi))
+    return tuple(
+        g.detach() for g in fill_zeros(torch.autograd.grad(direct, phi, retain_graph=True, allow_unused=True), phi)
+    )
 
 
 def compute_hypergrad(
@@ -232,8 +250,14 @@ def compute_hypergrad(
     """dL_A/dphi (plus the direct regulariser term) for one outer step at the current W, by cfg.method, on at
     most cfg.batch_size samples and through the parameters ``mask`` selects (all when None)."""
     names, _ = trainable(model)
-    p = _Problem(objective, model, auxnet, first_rows(train_batch, cfg.batch_size),
-                 first_rows(aux_batch, cfg.batch_size), mask or [True] * len(names))
+    p = _Problem(
+        objective,
+        model,
+        auxnet,
+        first_rows(train_batch, cfg.batch_size),
+        first_rows(aux_batch, cfg.batch_size),
+        mask or [True] * len(names),
+    )
     reduce = _reduced(reduce, phases)
     sub = tuple(p.w[i] for i in p.sub)
     w_sub, phi = leaves(sub), leaves(p.phi)
@@ -243,13 +267,27 @@ def compute_hypergrad(
                 direct = _direct_gradient(p.inner_result(p.w)(w_sub, phi).regulariser, phi)
             with phases("solve_and_mixed_term"):
                 if cfg.method == "fd":
-                    grads = _plus(finite_difference_hypergrad(p.inner_fn(p.w), p.outer_fn(p.w), sub, p.phi,
-                                                              lr=cfg.unroll_lr or inner_lr, eps=cfg.fd_eps), direct)
+                    grads = _plus(
+                        finite_difference_hypergrad(
+                            p.inner_fn(p.w), p.outer_fn(p.w), sub, p.phi, lr=cfg.unroll_lr or inner_lr, eps=cfg.fd_eps
+                        ),
+                        direct,
+                    )
                     return tuple(reduce(grads)) if reduce is not None else grads
                 grads = functional_implicit_hypergrad(
-                    p.inner_fn(p.w), p.outer_fn(p.w), sub, p.phi, method=cfg.method, steps=cfg.steps,
-                    alpha=cfg.alpha, tol=cfg.tol, damping=cfg.damping, hvp=cfg.hvp, reduce=reduce,
-                    reduce_hvp=cfg.mode == "global")
+                    p.inner_fn(p.w),
+                    p.outer_fn(p.w),
+                    sub,
+                    p.phi,
+                    method=cfg.method,
+                    steps=cfg.steps,
+                    alpha=cfg.alpha,
+                    tol=cfg.tol,
+                    damping=cfg.damping,
+                    hvp=cfg.hvp,
+                    reduce=reduce,
+                    reduce_hvp=cfg.mode == "global",
+                )
             if direct is not None and reduce is not None:
                 direct = tuple(reduce(direct))
             return _plus(tuple(grads), direct)
@@ -286,11 +324,16 @@ def fused_hyperstep(
     with torch.enable_grad():
         with phases("inner_forward_backward"):
             result = objective.inner(p.model_at(w), p.aux_at(phi), train_batch)
-            g_rest = fill_zeros(torch.autograd.grad(result.loss, rest, retain_graph=True, allow_unused=True)
-                                if rest else (), rest)
+            g_rest = fill_zeros(
+                torch.autograd.grad(result.loss, rest, retain_graph=True, allow_unused=True) if rest else (), rest
+            )
         with phases("graph_build"):
-            g_sub = fill_zeros(torch.autograd.grad(result.loss, sub, create_graph=cfg.method != "fd",
-                                                   retain_graph=True, allow_unused=True), sub)
+            g_sub = fill_zeros(
+                torch.autograd.grad(
+                    result.loss, sub, create_graph=cfg.method != "fd", retain_graph=True, allow_unused=True
+                ),
+                sub,
+            )
         w_grads: list[Tensor] = [torch.empty(0)] * len(w)
         for i, g in zip(p.sub, g_sub):
             w_grads[i] = g.detach()
@@ -298,7 +341,8 @@ def fused_hyperstep(
             w_grads[i] = g
         reduced_w = tuple(reduce(tuple(w_grads))) if reduce is not None else tuple(w_grads)
         with batch_stats_only(model, auxnet):
-            grads = _from_gradient(p, g_sub, sub, phi, result.regulariser, cfg, cfg.unroll_lr or inner_lr, reduce,
-                                   phases)
+            grads = _from_gradient(
+                p, g_sub, sub, phi, result.regulariser, cfg, cfg.unroll_lr or inner_lr, reduce, phases
+            )
     result.loss = result.loss.detach()
     return HyperstepResult(result, reduced_w, grads)

@@ -7,7 +7,8 @@ import copy
 import math
 import random
 import time
-from typing import Any, Callable, Protocol, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -18,7 +19,7 @@ from auxray.data import BatchIterator, DataBundle, TensorData
 from auxray.methods import Batch, InnerResult, Objective, accuracy, build_objective, main_loss, main_target
 from auxray.models import MultiHeadNet, build_trunk
 from auxray.train.checkpoint import rng_state, set_rng_state
-from auxray.train.diagnostics import cosine, epoch_diagnostics, hypergrad_cosine
+from auxray.train.diagnostics import epoch_diagnostics, hypergrad_cosine
 from auxray.train.hyperstep import Phases, compute_hypergrad, fused_hyperstep, hypergrad_mask, no_phases, trainable
 from auxray.train.phi_optimizer import PhiOptimizer
 from auxray.train.progress import Progress
@@ -45,6 +46,8 @@ class Collective:
 
 class PhiUpdater(Protocol):
     """Applies an outer step's hypergradient to the aux net (locally, or through a coordinator)."""
+
+    bytes_sent: int  # hypergradient bytes sent to a coordinator (0 when phi is updated in this process)
 
     def apply(self, grads: Sequence[Tensor], step: int) -> bool: ...
 
@@ -93,23 +96,32 @@ class BilevelTrainer:
         seed_everything(t.seed)
 
         in_features = data.train.x.shape[1] if data.task == "regression" else None
-        trunk, feat_dim = build_trunk(cfg.model.backbone, in_channels=data.in_channels, width=cfg.model.width,
-                                      in_features=in_features)
-        self.objective: Objective = build_objective(cfg, num_classes=max(data.num_classes, 1), task=data.task,
-                                                    feat_dim=feat_dim, in_channels=data.in_channels)
+        trunk, feat_dim = build_trunk(
+            cfg.model.backbone, in_channels=data.in_channels, width=cfg.model.width, in_features=in_features
+        )
+        self.objective: Objective = build_objective(
+            cfg, num_classes=max(data.num_classes, 1), task=data.task, feat_dim=feat_dim, in_channels=data.in_channels
+        )
         self.model = MultiHeadNet(trunk, feat_dim, self.objective.heads).to(self.device, self.dtype)
         auxnet = self.objective.build_auxnet(self.model)
         self.auxnet = auxnet.to(self.device, self.dtype) if auxnet is not None else None
         self.train_model = self.collective.wrap_model(self.model)
 
         inner_params = list(self.model.parameters())
-        if self.auxnet is not None and getattr(self.objective, "trains_with_primary", False):
+        if self.auxnet is not None and self.objective.trains_with_primary:
             inner_params += list(self.auxnet.parameters())
         self.opt_w = _make_inner_optimizer(inner_params, cfg)
-        self.train_iter = BatchIterator(data.train, t.batch_size, shuffle=True, seed=t.seed,
-                                        rank=self.collective.rank, world_size=self.collective.world_size,
-                                        drop_last=True, augment=cfg.data.augment and data.task == "classification",
-                                        device=self.device)
+        self.train_iter = BatchIterator(
+            data.train,
+            t.batch_size,
+            shuffle=True,
+            seed=t.seed,
+            rank=self.collective.rank,
+            world_size=self.collective.world_size,
+            drop_last=True,
+            augment=cfg.data.augment and data.task == "classification",
+            device=self.device,
+        )
         self.steps_per_epoch = min(len(self.train_iter), t.max_steps_per_epoch or len(self.train_iter))
         if self.steps_per_epoch == 0:
             raise ValueError("the training split is smaller than one batch per worker; lower trainer.batch_size")
@@ -120,11 +132,21 @@ class BilevelTrainer:
         self.fused = cfg.hypergrad.reuse_graph and cfg.hypergrad.batch_size is None and cfg.hypergrad.hvp != "fwdrev"
         self.learns_phi = self.objective.learned and cfg.hypergrad.enabled
         if self.learns_phi:
+            if self.auxnet is None:
+                raise ValueError(f"{self.objective.name} is a learned method but built no auxiliary network")
             self.phi = phi_updater(self.auxnet) if phi_updater else PhiOptimizer(self.auxnet, cfg.method)
             aux_bs = min(t.batch_size, max(1, len(data.aux) // self.collective.world_size))
-            self.aux_iter = BatchIterator(data.aux, aux_bs, shuffle=True, seed=t.seed + 1,
-                                          rank=self.collective.rank, world_size=self.collective.world_size,
-                                          drop_last=True, augment=False, device=self.device)
+            self.aux_iter = BatchIterator(
+                data.aux,
+                aux_bs,
+                shuffle=True,
+                seed=t.seed + 1,
+                rank=self.collective.rank,
+                world_size=self.collective.world_size,
+                drop_last=True,
+                augment=False,
+                device=self.device,
+            )
         self.epoch = 0
         self.step = 0
         self.history: list[dict[str, Any]] = []
@@ -140,28 +162,20 @@ class BilevelTrainer:
     def inner_step(self, batch: Batch) -> dict[str, float]:
         """One optimizer step of W on L_T(W, phi) with phi held fixed."""
         self.model.train()
-        fixed_phi = self.auxnet is not None and not getattr(self.objective, "trains_with_primary", False)
-        if fixed_phi:
-            self.auxnet.requires_grad_(False)
+        fixed_phi = self.auxnet if self.auxnet is not None and not self.objective.trains_with_primary else None
+        if fixed_phi is not None:
+            fixed_phi.requires_grad_(False)
+        rule = self.objective.gradient_rule
         try:
             self.opt_w.zero_grad(set_to_none=True)
-            gcs = getattr(self.objective, "gradient_mode", "sum") == "gcs"
-            # GCS takes per-loss gradients itself, so it runs the bare model and all-reduces by hand.
-            res = self.objective.inner(self.model if gcs else self.train_model, self.auxnet, batch)
-            if gcs:
-                cos = self._gcs_backward(res)
-            else:
-                res.loss.backward()
-                cos = None
+            res = self.objective.inner(self.model if rule.reduces_itself else self.train_model, self.auxnet, batch)
+            logged = rule.backward(res, self.model, self.collective.all_reduce_mean)
         finally:
-            if fixed_phi:
-                self.auxnet.requires_grad_(True)
+            if fixed_phi is not None:
+                fixed_phi.requires_grad_(True)
         self.opt_w.step()
         self.sched_w.step()
-        out = self._step_stats(res, batch)
-        if cos is not None:
-            out["grad_cosine/aux"] = cos
-        return out
+        return {**self._step_stats(res, batch), **logged}
 
     def _step_stats(self, res: InnerResult, batch: Batch) -> dict[str, float]:
         """What one inner step logs: losses, accuracy, and task weights the objective computed anyway."""
@@ -174,58 +188,61 @@ class BilevelTrainer:
             out[f"task_weight/{name}"] = float(v)
         return out
 
-    def _gcs_backward(self, res: Any) -> float:
-        """Gradient cosine similarity (Du et al.): the auxiliary gradient on shared parameters is used
-        only when it does not point against the main task's gradient."""
-        shared = [p for p in self.model.trunk.parameters() if p.requires_grad]
-        heads = [p for n, p in self.model.named_parameters() if not n.startswith("trunk.") and p.requires_grad]
-        main = res.main_per_sample.mean()
-        aux = res.aux_per_sample.sum(dim=1).mean()
-        g_main = torch.autograd.grad(main, shared, retain_graph=True)
-        g_aux = torch.autograd.grad(aux, shared, retain_graph=True)
-        g_main = self.collective.all_reduce_mean(g_main)
-        g_aux = self.collective.all_reduce_mean(g_aux)
-        cos = float(cosine(g_main, g_aux))
-        g_heads = torch.autograd.grad(main + aux, heads, allow_unused=True)
-        g_heads = self.collective.all_reduce_mean(tuple(torch.zeros_like(p) if g is None else g
-                                                        for p, g in zip(heads, g_heads)))
-        use_aux = 1.0 if cos > 0 else 0.0
-        for p, gm, ga in zip(shared, g_main, g_aux):
-            p.grad = gm + use_aux * ga
-        for p, g in zip(heads, g_heads):
-            p.grad = g
-        return cos
-
     # ---- one outer step -------------------------------------------------------------------
     def reduce_hook(self) -> Callable[[tuple[Tensor, ...]], tuple[Tensor, ...]] | None:
         """The all-reduce the hypergradient passes through (None on one process)."""
         return self.collective.all_reduce_mean if self.collective.world_size > 1 else None
 
+    def phi_parts(self) -> tuple[nn.Module, PhiUpdater]:
+        """The aux net and its updater of a run that learns phi (an outer step is an error otherwise)."""
+        if self.auxnet is None or self.phi is None:
+            raise RuntimeError(f"{self.objective.name} with hypergrad.enabled={self.learns_phi} takes no outer steps")
+        return self.auxnet, self.phi
+
     def outer_step(self, train_batch: Batch, aux_batch: Batch, phases: Phases = no_phases) -> float:
         """Hypergradient of the main loss on an aux batch w.r.t. phi at the current W, applied through the phi
         updater (the path when the inner step has already run: a sub-batch, or reuse_graph off)."""
-        grads = compute_hypergrad(self.objective, self.model, self.auxnet, train_batch, aux_batch, self.cfg.hypergrad,
-                                  inner_lr=self.opt_w.param_groups[0]["lr"], reduce=self.reduce_hook(),
-                                  mask=self.hyper_mask, phases=phases)
+        auxnet, phi = self.phi_parts()
+        grads = compute_hypergrad(
+            self.objective,
+            self.model,
+            auxnet,
+            train_batch,
+            aux_batch,
+            self.cfg.hypergrad,
+            inner_lr=self.opt_w.param_groups[0]["lr"],
+            reduce=self.reduce_hook(),
+            mask=self.hyper_mask,
+            phases=phases,
+        )
         with phases("optimizer"):
-            self.phi.apply(grads, self.step)
+            phi.apply(grads, self.step)
         return math.sqrt(sum(float(g.pow(2).sum()) for g in grads))
 
-    def fused_step(self, batch: Batch, aux_batch: Batch,
-                   phases: Phases = no_phases) -> tuple[dict[str, float], float]:
+    def fused_step(self, batch: Batch, aux_batch: Batch, phases: Phases = no_phases) -> tuple[dict[str, float], float]:
         """One inner step and one outer step on a single forward/backward of the training batch: the gradient
         updates W, its graph gives the hypergradient (at the W before the update), which updates phi."""
+        auxnet, phi = self.phi_parts()
         self.model.train()
         self.opt_w.zero_grad(set_to_none=True)
-        out = fused_hyperstep(self.objective, self.model, self.auxnet, batch, aux_batch, self.cfg.hypergrad,
-                              inner_lr=self.opt_w.param_groups[0]["lr"], reduce=self.reduce_hook(),
-                              mask=self.hyper_mask, phases=phases)
+        out = fused_hyperstep(
+            self.objective,
+            self.model,
+            auxnet,
+            batch,
+            aux_batch,
+            self.cfg.hypergrad,
+            inner_lr=self.opt_w.param_groups[0]["lr"],
+            reduce=self.reduce_hook(),
+            mask=self.hyper_mask,
+            phases=phases,
+        )
         with phases("optimizer"):
             for p, g in zip(trainable(self.model)[1], out.w_grads, strict=True):
                 p.grad = g
             self.opt_w.step()
             self.sched_w.step()
-            self.phi.apply(out.hypergrad, self.step)
+            phi.apply(out.hypergrad, self.step)
         return self._step_stats(out.inner, batch), math.sqrt(sum(float(g.pow(2).sum()) for g in out.hypergrad))
 
     def _aux_batches(self, epoch: int, generator: torch.Generator):
@@ -241,8 +258,9 @@ class BilevelTrainer:
     def train_epoch(self) -> dict[str, Any]:
         """One pass over this worker's shard of the training split."""
         t0 = time.perf_counter()
-        gen = torch.Generator(device="cpu").manual_seed(self.cfg.trainer.seed * 1_000_003 + self.epoch * 101
-                                                        + self.collective.rank)
+        gen = torch.Generator(device="cpu").manual_seed(
+            self.cfg.trainer.seed * 1_000_003 + self.epoch * 101 + self.collective.rank
+        )
         self.train_iter.set_epoch(self.epoch)
         # The aux stream draws from its own generator, so a learned method and its fixed twin (no aux stream)
         # see the very same training batches, rotations included.
@@ -287,6 +305,8 @@ class BilevelTrainer:
             metrics["outer_step_allreduce_bytes"] = outer_bytes / len(norms)
         if last_outer is not None and self.cfg.hypergrad.report_cosine:
             metrics["hypergrad_cosine"] = hypergrad_cosine(self, *last_outer)
+        if self.collective.world_size > 1:
+            metrics["allreduce_bytes"] = self.collective.bytes_sent  # cumulative, over the whole run
         metrics["lr"] = self.opt_w.param_groups[0]["lr"]
         metrics["epoch_seconds"] = time.perf_counter() - t0
         metrics["steps_per_second"] = n / metrics["epoch_seconds"]
@@ -297,8 +317,17 @@ class BilevelTrainer:
         """Main-task loss and accuracy (or MSE) on a split, summed across data-parallel workers."""
         net = model or self.model
         net.eval()
-        it = BatchIterator(data, self.cfg.trainer.eval_batch_size, shuffle=False, seed=0, rank=self.collective.rank,
-                           world_size=self.collective.world_size, drop_last=False, augment=False, device=self.device)
+        it = BatchIterator(
+            data,
+            self.cfg.trainer.eval_batch_size,
+            shuffle=False,
+            seed=0,
+            rank=self.collective.rank,
+            world_size=self.collective.world_size,
+            drop_last=False,
+            augment=False,
+            device=self.device,
+        )
         total = torch.zeros(3, dtype=torch.float64, device=self.device)
         for x, y in it:
             x = x.to(self.device, self.dtype)
@@ -307,8 +336,9 @@ class BilevelTrainer:
             target = main_target(y, self.data.task)
             loss = main_loss(logits, target, self.data.task)
             correct = (logits.argmax(-1) == target).sum() if self.data.task == "classification" else 0
-            total += torch.tensor([float(loss.sum()), float(correct), len(target)], dtype=torch.float64,
-                                  device=self.device)
+            total += torch.tensor(
+                [float(loss.sum()), float(correct), len(target)], dtype=torch.float64, device=self.device
+            )
         total = self.collective.all_reduce_sum(total)
         n = max(float(total[2]), 1.0)
         net.train()
@@ -329,8 +359,11 @@ class BilevelTrainer:
             self.epoch += 1
             score = val.get("accuracy", -val.get("mse", 0.0)) if val else self.epoch
             if score > self.best["val_accuracy"]:
-                self.best = {"val_accuracy": score, "epoch": self.epoch,
-                             "state": copy.deepcopy(self.model.state_dict())}
+                self.best = {
+                    "val_accuracy": score,
+                    "epoch": self.epoch,
+                    "state": copy.deepcopy(self.model.state_dict()),
+                }
             self.history.append(metrics)
             for cb in self.callbacks:
                 cb(self, metrics)
@@ -359,7 +392,7 @@ class BilevelTrainer:
             "hypergrad_norms": self.hypergrad_norms,
             "best": self.best,
             "rng": rng_state(),
-            "config": self.cfg.model_dump(),
+            "config": self.cfg.model_dump(mode="json"),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -378,7 +411,7 @@ class BilevelTrainer:
         set_rng_state(state["rng"])
 
 
-def _make_inner_optimizer(params: list[Tensor], cfg: RunConfig) -> torch.optim.Optimizer:
+def _make_inner_optimizer(params: Sequence[Tensor], cfg: RunConfig) -> torch.optim.Optimizer:
     t = cfg.trainer
     if t.optimizer == "adam":
         return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)

@@ -3,7 +3,8 @@ and the Ray coordinator actor, so both apply hypergradients the same way."""
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -20,6 +21,8 @@ def make_phi_optimizer(params: Sequence[Tensor], cfg: MethodConfig) -> torch.opt
 
 class PhiOptimizer:
     """Applies hypergradients to phi in place; a step id that was already applied is ignored."""
+
+    bytes_sent = 0  # phi lives in this process: nothing is sent
 
     def __init__(self, auxnet: nn.Module, cfg: MethodConfig) -> None:
         self.params = [p for p in auxnet.parameters() if p.requires_grad]

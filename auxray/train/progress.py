@@ -11,8 +11,11 @@ class Progress:
     """A step counter with a live loss readout; does nothing when `enabled` is False."""
 
     def __init__(self, total: int, desc: str, enabled: bool = True) -> None:
-        self.bar = tqdm(total=total, desc=desc, file=sys.stderr, leave=False, dynamic_ncols=True,
-                        mininterval=1.0) if enabled else None
+        self.bar = (
+            tqdm(total=total, desc=desc, file=sys.stderr, leave=False, dynamic_ncols=True, mininterval=1.0)
+            if enabled
+            else None
+        )
 
     def update(self, **postfix: float) -> None:
         if self.bar is not None:

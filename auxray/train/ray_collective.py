@@ -31,7 +31,7 @@ class TorchDistributedCollective(Collective):
         self.calls += 1
         out, offset = [], 0
         for t in tensors:
-            out.append(flat[offset:offset + t.numel()].view_as(t).to(t.dtype))
+            out.append(flat[offset : offset + t.numel()].view_as(t).to(t.dtype))
             offset += t.numel()
         return tuple(out)
 

@@ -1,9 +1,8 @@
-"""What each Ray Train worker runs: the unchanged BilevelTrainer with a torch.distributed Collective,
-the coordinator as its phi updater, and Ray Train checkpoints as its checkpoints."""
+"""What each Ray Train worker runs: the training session with a torch.distributed Collective, the coordinator
+as its phi updater, Ray Train checkpoints as its resumable state and, on rank 0, the run's other sinks."""
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Any
 
 import ray
 import ray.train
+import ray.train.torch
 import torch
 
 from auxray.config import RunConfig
@@ -19,7 +19,8 @@ from auxray.train.checkpoint import LATEST, load_checkpoint, save_checkpoint
 from auxray.train.coordinator import RemotePhiUpdater
 from auxray.train.loop import BilevelTrainer
 from auxray.train.ray_collective import TorchDistributedCollective
-from auxray.train.run import format_metrics
+from auxray.train.run_dir import LogSink, RunDir
+from auxray.train.session import RunView, Sink, Summary, run_session
 
 
 def _device(gpus_per_worker: float) -> torch.device:
@@ -28,13 +29,35 @@ def _device(gpus_per_worker: float) -> torch.device:
     return torch.device("cpu")
 
 
+class RayTrainReport:
+    """Sink on every rank: ray.train.report per epoch (a barrier); the rank that holds the state attaches it as a
+    checkpoint when due, and the final report carries the summary, so Result.metrics holds it."""
+
+    def __init__(self, every: int) -> None:
+        self.every = every
+
+    def epoch(self, view: RunView, metrics: dict[str, Any], summary: Summary | None) -> None:
+        out = dict(metrics)
+        if summary is not None:
+            out.update({k: v for k, v in summary.items() if k != "run_dir"})
+        due = view.epoch % self.every == 0 or view.done
+        if view.rank != 0 or not due:
+            ray.train.report(out, checkpoint=None)
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            save_checkpoint(view.state(), Path(tmp) / LATEST)
+            ray.train.report(
+                out, checkpoint=ray.train.Checkpoint.from_directory(tmp), checkpoint_dir_name=f"epoch_{view.epoch:05d}"
+            )
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Ray Train entry point: config holds the RunConfig as a dict and the coordinator's actor name."""
+    """Ray Train entry point: config holds the RunConfig as a dict, the coordinator's actor name, the run folder
+    and the rank-0 sink factories."""
     cfg = RunConfig.model_validate(config["cfg"])
     device = _device(cfg.scaling.gpus_per_worker)
     cfg.trainer.device = str(device)
-    cpus = int(config.get("cpus_per_worker", 1))
-    cfg.trainer.threads = cfg.trainer.threads or max(1, cpus)
+    cfg.trainer.threads = cfg.trainer.threads or max(1, int(config["cpus_per_worker"]))
     collective = TorchDistributedCollective(device)
     coordinator = ray.get_actor(config["coordinator"], namespace=config["namespace"])
     rank = collective.rank
@@ -42,16 +65,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     def make_updater(auxnet: torch.nn.Module) -> RemotePhiUpdater:
         return RemotePhiUpdater(coordinator, auxnet, rank, collective.barrier)
 
-    def report(trainer: BilevelTrainer, metrics: dict[str, Any]) -> None:
-        metrics = {**metrics, "allreduce_bytes": collective.bytes_sent}
-        if rank == 0:
-            print(format_metrics(metrics, cfg.trainer.epochs), flush=True)
-        due = trainer.epoch % cfg.trainer.checkpoint_every == 0 or trainer.epoch == cfg.trainer.epochs
-        report_with_state(trainer, metrics, rank == 0 and due, f"epoch_{trainer.epoch:05d}")
-
-    data = build_data(cfg.data)
-    trainer = BilevelTrainer(cfg, data, collective=collective, phi_updater=make_updater, callbacks=[report],
-                             progress=False)
+    trainer = BilevelTrainer(cfg, build_data(cfg.data), collective=collective, phi_updater=make_updater, progress=False)
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
@@ -62,44 +76,32 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if rank == 0:
             ray.get(coordinator.initialise.remote([p.detach().cpu() for p in trainer.phi.params]))
         collective.barrier()
-    fault = config.get("fault")
-    if fault:
-        _arm_fault(fault, trainer, rank, coordinator)
-    trainer.fit()
-    test = trainer.test(best=True)
-    final = {f"test_{k}": v for k, v in test.items()}
-    final.update({"epoch": trainer.epoch, "step": trainer.step, "done": 1, "allreduce_bytes": collective.bytes_sent,
-                  "best_val_accuracy": trainer.best["val_accuracy"], "best_epoch": trainer.best["epoch"],
-                  "phi_bytes_sent": getattr(trainer.phi, "bytes_sent", 0)})
-    # The final report carries the final state too: Ray Train keeps the metrics that come with a
-    # checkpoint, so this is what Result.metrics holds at the end.
-    report_with_state(trainer, final, rank == 0, "final")
+    sinks: list[Sink] = []
+    if rank == 0:
+        sinks = [
+            LogSink(lambda line: print(line, flush=True)),
+            RunDir(Path(config["run_dir"]), cfg, latest=False),
+            *(open_sink() for open_sink in config["sinks"]),
+        ]
+    sinks.append(RayTrainReport(cfg.trainer.checkpoint_every))
+    if config.get("fault"):
+        sinks.append(FaultInjector(config["fault"], coordinator))
+    run_session(trainer, sinks, run_dir=config["run_dir"])
 
 
-def report_with_state(trainer: BilevelTrainer, metrics: dict[str, Any], with_state: bool, dir_name: str) -> None:
-    """ray.train.report on every rank (it is a barrier); the rank that passes with_state attaches
-    the trainer's full state as a checkpoint."""
-    if not with_state:
-        ray.train.report(metrics, checkpoint=None)
-        return
-    with tempfile.TemporaryDirectory() as tmp:
-        save_checkpoint(trainer.state_dict(), Path(tmp) / LATEST)
-        (Path(tmp) / "metrics.json").write_text(json.dumps(metrics))
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp), checkpoint_dir_name=dir_name)
-
-
-def _arm_fault(fault: dict[str, Any], trainer: BilevelTrainer, rank: int, coordinator: Any) -> None:
-    """Test hook: kill this worker process (or the coordinator) once, after a given epoch.
+class FaultInjector:
+    """Test hook, the last sink: kill this worker process (or the coordinator) once, after a given epoch's report.
     A marker file makes the fault fire only on the first attempt."""
-    marker = Path(fault["marker"])
 
-    def maybe_fail(t: BilevelTrainer, metrics: dict[str, Any]) -> None:
-        if t.epoch != fault["after_epoch"] or marker.exists() or rank != fault.get("rank", 0):
+    def __init__(self, fault: dict[str, Any], coordinator: Any) -> None:
+        self.fault, self.coordinator = fault, coordinator
+        self.marker = Path(fault["marker"])
+
+    def epoch(self, view: RunView, metrics: dict[str, Any], summary: Summary | None) -> None:
+        if view.epoch != self.fault["after_epoch"] or self.marker.exists() or view.rank != self.fault.get("rank", 0):
             return
-        marker.write_text("fired")
-        if fault["target"] == "coordinator":
-            ray.kill(coordinator, no_restart=False)
+        self.marker.write_text("fired")
+        if self.fault["target"] == "coordinator":
+            ray.kill(self.coordinator, no_restart=False)
         else:
             os._exit(1)
-
-    trainer.callbacks.append(maybe_fail)

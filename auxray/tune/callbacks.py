@@ -46,8 +46,10 @@ def activate(sweep: ActiveSweep | None) -> None:
 
 def format_params(config: dict[str, Any]) -> str:
     """`key=value` pairs, numbers shortened."""
-    return " ".join(f"{k.split('.')[-1]}={v:.3g}" if isinstance(v, float) else f"{k.split('.')[-1]}={v}"
-                    for k, v in sorted(config.items()))
+    return " ".join(
+        f"{k.split('.')[-1]}={v:.3g}" if isinstance(v, float) else f"{k.split('.')[-1]}={v}"
+        for k, v in sorted(config.items())
+    )
 
 
 class TrialCloser(Callback):
@@ -85,8 +87,14 @@ class TrialCloser(Callback):
         result = trial.last_result or {}
         epoch = int(result.get("epoch", 0) or 0)
         stopped = error is None and epoch < sweep.epochs
-        close_child(sweep.uri, sweep.parent_id, trial.trial_id, status="FAILED" if error else "FINISHED",
-                    stopped_early=stopped, error=error)
+        close_child(
+            sweep.uri,
+            sweep.parent_id,
+            trial.trial_id,
+            status="FAILED" if error else "FINISHED",
+            stopped_early=stopped,
+            error=error,
+        )
         sweep.done += 1
         if not sweep.progress:
             return
@@ -99,8 +107,12 @@ class TrialCloser(Callback):
                 state += f"  test {result['test_accuracy']:.4f}"
             if stopped:
                 state += "  (stopped early)"
-        print(f"trial {trial.trial_id} [{sweep.done}/{sweep.trials}] epochs {epoch}/{sweep.epochs}  {state}  "
-              f"{format_params(trial.config)}", file=sys.stderr, flush=True)
+        print(
+            f"trial {trial.trial_id} [{sweep.done}/{sweep.trials}] epochs {epoch}/{sweep.epochs}  {state}  "
+            f"{format_params(trial.config)}",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def _error_text(trial: Any) -> str:

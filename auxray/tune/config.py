@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from auxray.config import RunConfig, config_from_dict, format_validation_error, read_yaml
 from auxray.config import set_dotted as set_config_key
 from auxray.errors import UserError
+from auxray.paths import absolute_paths, output_path
 
 Scalar = bool | int | float | str | None
 
@@ -32,7 +33,7 @@ class ParamSpace(_Strict):
     log: bool = False
 
     @model_validator(mode="after")
-    def _complete(self) -> "ParamSpace":
+    def _complete(self) -> ParamSpace:
         if self.type == "choice":
             if not self.values:
                 raise ValueError("a choice needs a non-empty `values` list")
@@ -52,13 +53,20 @@ class ParamSpace(_Strict):
         """True for log-scaled ranges."""
         return self.type == "loguniform" or (self.type in ("uniform", "int") and self.log)
 
+    def bounds(self) -> tuple[float, float]:
+        """`low` and `high` of a range (set on every validated range; only a choice has none)."""
+        if self.low is None or self.high is None:
+            raise ValueError(f"a {self.type} range needs `low` and `high`")
+        return self.low, self.high
+
     def samples(self) -> list[Any]:
         """Representative values (both ends, or every choice) used to validate the key against RunConfig."""
         if self.type == "choice":
             return list(self.values or [])
+        low, high = self.bounds()
         if self.type == "int":
-            return [int(self.low), int(self.high)]
-        return [float(self.low), float(self.high)]
+            return [int(low), int(high)]
+        return [float(low), float(high)]
 
 
 class SchedulerConfig(_Strict):
@@ -97,7 +105,7 @@ class SweepConfig(_Strict):
     _cwd: str = PrivateAttr(default_factory=os.getcwd)
 
     @model_validator(mode="after")
-    def _non_empty_space(self) -> "SweepConfig":
+    def _non_empty_space(self) -> SweepConfig:
         if not self.space:
             raise ValueError("the search space is empty")
         return self
@@ -112,7 +120,7 @@ class SweepConfig(_Strict):
     def storage_path(self) -> Path:
         """Absolute folder holding the Tune experiment (relative to the working directory the sweep was
         loaded in: trials run elsewhere)."""
-        return (Path(self._cwd) / Path(self.storage).expanduser()).resolve()
+        return output_path(self.storage, cwd=Path(self._cwd)).resolve()
 
     @property
     def experiment_dir(self) -> Path:
@@ -158,17 +166,6 @@ class SweepConfig(_Strict):
 def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
     """Set ``section.key`` in a raw config mapping (a copy of value), creating sections as needed."""
     set_config_key(raw, key, copy.deepcopy(value), source="sweep key")
-
-
-def absolute_paths(cfg: RunConfig, cwd: Path) -> RunConfig:
-    """Data root, cache and checkpoint folders resolved against the driver's working directory `cwd`."""
-    d, t = cfg.data, cfg.trainer
-    d.root = str((cwd / Path(d.root).expanduser()).resolve())
-    if d.cache_dir:
-        d.cache_dir = str((cwd / Path(d.cache_dir).expanduser()).resolve())
-    if t.checkpoint_dir:
-        t.checkpoint_dir = str((cwd / Path(t.checkpoint_dir).expanduser()).resolve())
-    return cfg
 
 
 def _known_key(key: str) -> bool:

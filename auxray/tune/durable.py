@@ -34,8 +34,9 @@ STATE_PREFIXES = ("experiment_state-", "searcher-state-", "search_gen_state-", "
 
 
 def _state_files(exp_dir: Path) -> list[Path]:
-    return [p for p in exp_dir.iterdir() if p.is_file() and p.name.startswith(STATE_PREFIXES)] \
-        if exp_dir.is_dir() else []
+    return (
+        [p for p in exp_dir.iterdir() if p.is_file() and p.name.startswith(STATE_PREFIXES)] if exp_dir.is_dir() else []
+    )
 
 
 def _readable(path: Path) -> bool:
@@ -118,16 +119,20 @@ def reconcile_search_state(exp_dir: Path) -> bool:
     unfinished = {t["trial_id"] for t in trials if t.get("status") in UNFINISHED}
     with open(gen, "rb") as f:
         state = pickle.load(f)
-    before = repr(state.get("counter")), {k: repr(v.get("live_trials")) for k, v in state.items()
-                                          if k.startswith("name:") and isinstance(v, dict)}
+    before = (
+        repr(state.get("counter")),
+        {k: repr(v.get("live_trials")) for k, v in state.items() if k.startswith("name:") and isinstance(v, dict)},
+    )
     state["counter"] = len(trials)
     for key, value in state.items():
         if key.startswith("name:") and isinstance(value, dict) and "live_trials" in value:
             value["live_trials"] = set(unfinished)
             value["num_unfinished_live_trials"] = len(unfinished)
             value["cached_results"] = {}
-    after = repr(state.get("counter")), {k: repr(v.get("live_trials")) for k, v in state.items()
-                                         if k.startswith("name:") and isinstance(v, dict)}
+    after = (
+        repr(state.get("counter")),
+        {k: repr(v.get("live_trials")) for k, v in state.items() if k.startswith("name:") and isinstance(v, dict)},
+    )
     if before == after:
         return False
     tmp = gen.with_name(f".{gen.name}.tmp")
@@ -151,9 +156,13 @@ class DurableOptunaSearch(OptunaSearch):
         try:
             super().restore(checkpoint_path)
         except Exception as exc:
-            logger.warning("searcher state %s unreadable (%s); rebuilding it from the Optuna study",
-                           checkpoint_path, type(exc).__name__)
-            self._setup_study(self._mode)
+            logger.warning(
+                "searcher state %s unreadable (%s); rebuilding it from the Optuna study",
+                checkpoint_path,
+                type(exc).__name__,
+            )
+            # Ray annotates `mode` as non-optional, yet its own set_search_properties passes this Optional _mode
+            self._setup_study(self._mode)  # type: ignore[arg-type]
         self._sync_from_storage()
 
     def _sync_from_storage(self) -> None:

@@ -69,12 +69,14 @@ def fail_stale_children(uri: str, parent_id: str) -> int:
     return len(stale)
 
 
-def open_child(uri: str, experiment: str, *, sweep_name: str, parent_id: str, trial_id: str,
-               spool_dir: str) -> RunTracker:
+def open_child(
+    uri: str, experiment: str, *, sweep_name: str, parent_id: str, trial_id: str, spool_dir: str
+) -> RunTracker:
     """A started RunTracker for one trial: its earlier child run when the trial is restored, else a new one."""
     tags = {SWEEP_TAG: sweep_name, KIND_TAG: "trial", TRIAL_TAG: trial_id}
-    tracker = RunTracker(uri, experiment, f"{sweep_name}-{trial_id}", parent_run_id=parent_id, tags=tags,
-                         spool_dir=spool_dir)
+    tracker = RunTracker(
+        uri, experiment, f"{sweep_name}-{trial_id}", parent_run_id=parent_id, tags=tags, spool_dir=spool_dir
+    )
     earlier = None
     try:
         earlier = child_of_trial(uri, parent_id, trial_id)
@@ -106,8 +108,9 @@ def tag_orphans(uri: str, parent_id: str, known_trials: set[str]) -> int:
     return len(orphans)
 
 
-def close_child(uri: str, parent_id: str, trial_id: str, *, status: str, stopped_early: bool,
-                error: str | None = None) -> None:
+def close_child(
+    uri: str, parent_id: str, trial_id: str, *, status: str, stopped_early: bool, error: str | None = None
+) -> None:
     """Driver-side guarantee that a finished trial's child run is not left RUNNING (a trial stopped by the
     scheduler may be torn down before its own cleanup completes)."""
     try:

@@ -17,9 +17,10 @@ def optuna_distribution(spec: ParamSpace) -> Any:
 
     if spec.type == "choice":
         return CategoricalDistribution(list(spec.values or []))
+    low, high = spec.bounds()
     if spec.type == "int":
-        return IntDistribution(int(spec.low), int(spec.high), log=spec.is_log)
-    return FloatDistribution(float(spec.low), float(spec.high), log=spec.is_log)
+        return IntDistribution(int(low), int(high), log=spec.is_log)
+    return FloatDistribution(float(low), float(high), log=spec.is_log)
 
 
 def tune_domain(spec: ParamSpace) -> Any:
@@ -28,10 +29,11 @@ def tune_domain(spec: ParamSpace) -> Any:
 
     if spec.type == "choice":
         return tune.choice(list(spec.values or []))
+    low, high = spec.bounds()
     if spec.type == "int":
         make = tune.lograndint if spec.is_log else tune.randint
-        return make(int(spec.low), int(spec.high) + 1)
-    return (tune.loguniform if spec.is_log else tune.uniform)(float(spec.low), float(spec.high))
+        return make(int(low), int(high) + 1)
+    return (tune.loguniform if spec.is_log else tune.uniform)(float(low), float(high))
 
 
 def startup_trials(trials: int) -> int:
@@ -79,5 +81,6 @@ def scheduler_for(sweep: SweepConfig, epochs: int) -> Any:
     s = sweep.scheduler
     if s.type == "none" or epochs <= s.grace_period:
         return FIFOScheduler()
-    return ASHAScheduler(time_attr="training_iteration", max_t=epochs, grace_period=s.grace_period,
-                         reduction_factor=s.reduction_factor)
+    return ASHAScheduler(
+        time_attr="training_iteration", max_t=epochs, grace_period=s.grace_period, reduction_factor=s.reduction_factor
+    )

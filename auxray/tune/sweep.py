@@ -7,10 +7,12 @@ import os
 import shutil
 import sys
 import time
-from typing import Any
+from typing import Any, TypedDict
 
 from auxray.errors import UserError
 from auxray.tracking import check_reachable, end_parent, resolve_uri
+from auxray.tracking.tracker import Status
+from auxray.train.ray_cluster import ensure_ray
 from auxray.tune.callbacks import ActiveSweep, TrialCloser, activate
 from auxray.tune.config import SweepConfig, finite
 from auxray.tune.durable import reconcile_search_state, repair_state
@@ -18,7 +20,6 @@ from auxray.tune.runs import children, fail_stale_children, parent_run, tag_orph
 from auxray.tune.space import scheduler_for, search_setup
 from auxray.tune.trial import TrialContext, make_trainable
 
-OBJECT_STORE_BYTES = 200 * 1024 * 1024
 MAX_TRIAL_FAILURES = 1
 TUNE_ENV_DEFAULTS = {
     "TUNE_GLOBAL_CHECKPOINT_S": "2",
@@ -28,21 +29,8 @@ TUNE_ENV_DEFAULTS = {
 
 
 def start_ray() -> bool:
-    """Join RAY_ADDRESS, or start a small local instance; True when this call started Ray."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    address = os.environ.get("RAY_ADDRESS")
-    try:
-        if address:
-            ray.init(address=address, log_to_driver=False)
-        else:
-            ray.init(num_cpus=os.cpu_count() or 1, object_store_memory=OBJECT_STORE_BYTES, include_dashboard=False,
-                     log_to_driver=False)
-    except (ConnectionError, RuntimeError, ValueError) as err:
-        raise UserError(f"cannot start or reach Ray ({address or 'local'}): {str(err).splitlines()[0]}") from None
-    return True
+    """Join RAY_ADDRESS, or start a local instance; True when this call started Ray."""
+    return ensure_ray(None, log_to_driver=False)
 
 
 def _trial_resources(sweep: SweepConfig) -> dict[str, float]:
@@ -62,8 +50,11 @@ def _tuner(ctx: TrialContext, resume: bool) -> Any:
     if resume:
         repaired = repair_state(sweep.experiment_dir, sweep.state_backup_dir)
         if repaired:
-            print(f"auxray: restored truncated sweep state from its backup: {', '.join(repaired)}",
-                  file=sys.stderr, flush=True)
+            print(
+                f"auxray: restored truncated sweep state from its backup: {', '.join(repaired)}",
+                file=sys.stderr,
+                flush=True,
+            )
         reconcile_search_state(sweep.experiment_dir)
         return tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
     search_alg, param_space = search_setup(sweep)
@@ -99,30 +90,52 @@ def _check_experiment(sweep: SweepConfig, resume: bool) -> None:
     if resume and not exists:
         raise UserError(f"nothing to resume: no sweep {sweep.name!r} under {sweep.storage_path}")
     if not resume and path.exists():
-        raise UserError(f"sweep {sweep.name!r} already exists at {path}; continue it with --resume, "
-                        f"or rename the sweep / remove that folder")
+        raise UserError(
+            f"sweep {sweep.name!r} already exists at {path}; continue it with --resume, "
+            f"or rename the sweep / remove that folder"
+        )
+
+
+class TrialRow(TypedDict):
+    """One trial's outcome, as summarise_grid collects it."""
+
+    trial_id: str
+    params: dict[str, Any]
+    epochs: int
+    score: float | None
+    val_accuracy: float | None
+    test_accuracy: float | None
+    error: bool
 
 
 def summarise_grid(grid: Any, sweep: SweepConfig, epochs: int) -> dict[str, Any]:
     """Per-trial outcomes and the best trial: the best `best_<metric>` among trials that ran every epoch
     (any trial when none did), with its test accuracy."""
-    rows = []
+    rows: list[TrialRow] = []
     for result in grid:
         metrics = result.metrics or {}
-        rows.append({
-            "trial_id": metrics.get("trial_id") or (result.path or "").rsplit("/", 1)[-1],
-            "params": dict(result.config or {}),
-            "epochs": int(metrics.get("epoch", 0) or 0),
-            "score": finite(metrics.get(f"best_{sweep.metric}", metrics.get(sweep.metric))),
-            "val_accuracy": finite(metrics.get("best_val_accuracy", metrics.get("val_accuracy"))),
-            "test_accuracy": finite(metrics.get("test_accuracy")),
-            "error": result.error is not None,
-        })
+        rows.append(
+            {
+                "trial_id": metrics.get("trial_id") or (result.path or "").rsplit("/", 1)[-1],
+                "params": dict(result.config or {}),
+                "epochs": int(metrics.get("epoch", 0) or 0),
+                "score": finite(metrics.get(f"best_{sweep.metric}", metrics.get(sweep.metric))),
+                "val_accuracy": finite(metrics.get("best_val_accuracy", metrics.get("val_accuracy"))),
+                "test_accuracy": finite(metrics.get("test_accuracy")),
+                "error": result.error is not None,
+            }
+        )
     sign = 1 if sweep.mode == "max" else -1
     scored = [r for r in rows if r["score"] is not None]
     complete = [r for r in scored if r["epochs"] >= epochs and r["test_accuracy"] is not None]
     pool = complete or scored
-    best = max(pool, key=lambda r: sign * r["score"]) if pool else None
+
+    def signed_score(r: TrialRow) -> float:
+        score = r["score"]
+        assert score is not None  # the pool holds scored rows only
+        return sign * score
+
+    best = max(pool, key=signed_score) if pool else None
     return {
         "trials": len(rows),
         "completed": sum(1 for r in rows if r["epochs"] >= epochs and not r["error"]),
@@ -130,10 +143,12 @@ def summarise_grid(grid: Any, sweep: SweepConfig, epochs: int) -> dict[str, Any]
         "errored": sum(1 for r in rows if r["error"]),
         "trial_epochs": sum(r["epochs"] for r in rows),
         "budget_epochs": len(rows) * epochs,
-        "best": None if best is None else {k: best[k] for k in ("trial_id", "params", "val_accuracy",
-                                                               "test_accuracy", "epochs")},
-        "per_trial": [{k: r[k] for k in ("trial_id", "params", "epochs", "val_accuracy", "test_accuracy", "error")}
-                      for r in rows],
+        "best": None
+        if best is None
+        else {k: best[k] for k in ("trial_id", "params", "val_accuracy", "test_accuracy", "epochs")},
+        "per_trial": [
+            {k: r[k] for k in ("trial_id", "params", "epochs", "val_accuracy", "test_accuracy", "error")} for r in rows
+        ],
     }
 
 
@@ -170,8 +185,9 @@ def _close_leftovers(uri: str, parent_id: str, status: str) -> None:
         pass
 
 
-def run_sweep(sweep: SweepConfig, *, resume: bool = False, tracking_uri: str | None = None,
-              progress: bool = True) -> dict[str, Any]:
+def run_sweep(
+    sweep: SweepConfig, *, resume: bool = False, tracking_uri: str | None = None, progress: bool = True
+) -> dict[str, Any]:
     """Run (or resume) a sweep and return its summary: the best trial's params, validation and test
     accuracy, the number of trials and the trial-epochs spent. The tracking store is checked first."""
     t0 = time.perf_counter()
@@ -182,27 +198,50 @@ def run_sweep(sweep: SweepConfig, *, resume: bool = False, tracking_uri: str | N
     _check_experiment(sweep, resume)
     if not resume:
         shutil.rmtree(sweep.state_backup_dir, ignore_errors=True)
-    params = {"base": str(sweep.base_path), "search": sweep.search, "trials": sweep.trials,
-              "concurrency": sweep.concurrency, "scheduler": sweep.scheduler.type, "metric": sweep.metric,
-              "seed": sweep.seed, "overrides": sweep.overrides,
-              "space": {k: v.model_dump(exclude_none=True) for k, v in sweep.space.items()}}
+    params = {
+        "base": str(sweep.base_path),
+        "search": sweep.search,
+        "trials": sweep.trials,
+        "concurrency": sweep.concurrency,
+        "scheduler": sweep.scheduler.type,
+        "metric": sweep.metric,
+        "seed": sweep.seed,
+        "overrides": sweep.overrides,
+        "space": {k: v.model_dump(exclude_none=True) for k, v in sweep.space.items()},
+    }
     parent_id = parent_run(uri, experiment, sweep.name, resume=resume, params=params)
     stale = fail_stale_children(uri, parent_id) if resume else 0
     for key, value in TUNE_ENV_DEFAULTS.items():
         os.environ.setdefault(key, value)
-    ctx = TrialContext(sweep=sweep, uri=uri, experiment=experiment, parent_id=parent_id,
-                       spool_dir=str(sweep.experiment_dir / "mlflow-spool"))
-    status = "FAILED"
+    ctx = TrialContext(
+        sweep=sweep,
+        uri=uri,
+        experiment=experiment,
+        parent_id=parent_id,
+        spool_dir=str(sweep.experiment_dir / "mlflow-spool"),
+    )
+    status: Status = "FAILED"
     started = False
     try:
         started = start_ray()
-        activate(ActiveSweep(uri=uri, parent_id=parent_id, epochs=base.trainer.epochs, trials=sweep.trials,
-                             progress=progress, exp_dir=sweep.experiment_dir, backup_dir=sweep.state_backup_dir))
+        activate(
+            ActiveSweep(
+                uri=uri,
+                parent_id=parent_id,
+                epochs=base.trainer.epochs,
+                trials=sweep.trials,
+                progress=progress,
+                exp_dir=sweep.experiment_dir,
+                backup_dir=sweep.state_backup_dir,
+            )
+        )
         grid = _tuner(ctx, resume).fit()
         summary = summarise_grid(grid, sweep, base.trainer.epochs)
         if summary["best"] is None:
-            raise UserError(f"sweep {sweep.name}: no trial reported {sweep.metric} "
-                            f"({summary['errored']} of {summary['trials']} failed; see {sweep.experiment_dir})")
+            raise UserError(
+                f"sweep {sweep.name}: no trial reported {sweep.metric} "
+                f"({summary['errored']} of {summary['trials']} failed; see {sweep.experiment_dir})"
+            )
         _log_parent_summary(uri, parent_id, summary)
         if resume:
             summary["orphaned_runs"] = tag_orphans(uri, parent_id, {r["trial_id"] for r in summary["per_trial"]})
@@ -219,8 +258,18 @@ def run_sweep(sweep: SweepConfig, *, resume: bool = False, tracking_uri: str | N
             import ray
 
             ray.shutdown()
-    summary.update({"sweep": sweep.name, "search": sweep.search, "scheduler": sweep.scheduler.type,
-                    "resumed": resume, "stale_runs_failed": stale, "experiment_dir": str(sweep.experiment_dir),
-                    "tracking_uri": uri, "experiment": experiment, "parent_run_id": parent_id,
-                    "seconds": time.perf_counter() - t0})
+    summary.update(
+        {
+            "sweep": sweep.name,
+            "search": sweep.search,
+            "scheduler": sweep.scheduler.type,
+            "resumed": resume,
+            "stale_runs_failed": stale,
+            "experiment_dir": str(sweep.experiment_dir),
+            "tracking_uri": uri,
+            "experiment": experiment,
+            "parent_run_id": parent_id,
+            "seconds": time.perf_counter() - t0,
+        }
+    )
     return summary

@@ -5,10 +5,9 @@ ASHA can stop them at a rung and a restored trial continues from its last epoch.
 every epoch's metrics first; the last epoch's report carries the test accuracy of the best-on-validation
 weights, after the child run was finished with its artifacts.
 
-Trials with ``scaling.workers > 1`` run ``auxray.train.ray_run.run_distributed`` (a Ray Train run started
-from inside the trial; its workers take their own CPUs). run_distributed returns only a summary, so such a
-trial reports once, at the end: every epoch of the returned history is logged to MLflow, and Tune gets the
-final metrics (ASHA cannot stop it early).
+Trials with ``scaling.workers > 1`` start a Ray Train run from inside the trial (its workers take their own
+CPUs); its rank 0 logs every epoch to the child run live, as a single-process trial does, and Tune gets one
+report with the final metrics at the end (ASHA cannot stop it early).
 """
 
 from __future__ import annotations
@@ -18,11 +17,23 @@ import math
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+from ray import tune
+
+from auxray.config import RunConfig
+from auxray.data import build_data
 from auxray.tracking.spool import first_line
+from auxray.tracking.tracker import RunTracker
+from auxray.tracking.training import TrackerSink
+from auxray.train.checkpoint import LATEST, load_checkpoint, save_checkpoint
+from auxray.train.launch import train
+from auxray.train.loop import BilevelTrainer
+from auxray.train.run_dir import RunDir
+from auxray.train.session import RunView, Summary, run_session
 from auxray.tune.config import SweepConfig
 from auxray.tune.runs import STOPPED_TAG, open_child
 
@@ -49,43 +60,32 @@ def tune_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-class TuneReporter:
-    """Epoch callback: tune.report(metrics, checkpoint=trainer state) after every epoch; at the last epoch
-    it first finishes the child MLflow run (test accuracy, artifacts) and adds the test metrics."""
+class TuneReport:
+    """Session sink: tune.report(metrics, checkpoint=the trainer state) after every epoch; the last report also
+    carries the test metrics, so ASHA and the sweep's table read them from the trial's final result."""
 
-    def __init__(self, finish: Callable[[Any], dict[str, Any]]) -> None:
-        self.finish = finish
-        self.final_reported = False
-
-    def __call__(self, trainer: Any, metrics: dict[str, Any]) -> None:
+    def epoch(self, view: RunView, metrics: dict[str, Any], summary: Summary | None) -> None:
         out = tune_metrics(metrics)
-        out["best_val_accuracy"] = float(trainer.best["val_accuracy"])
-        if trainer.epoch >= trainer.cfg.trainer.epochs:
-            out.update(self._final(trainer))
-        self._report(trainer, out)
-
-    def _final(self, trainer: Any) -> dict[str, float]:
-        result = self.finish(trainer)
-        self.final_reported = True
-        keys = ("test_accuracy", "final_test_accuracy", "test_mse", "best_epoch")
-        return {k: result[k] for k in keys if isinstance(result.get(k), (int, float))}
-
-    def report_final(self, trainer: Any) -> None:
-        """For a trial restored after its last epoch: report the final result once more."""
-        out = tune_metrics(trainer.history[-1]) if trainer.history else {"epoch": trainer.epoch}
-        out["best_val_accuracy"] = float(trainer.best["val_accuracy"])
-        out.update(self._final(trainer))
-        self._report(trainer, out)
-
-    @staticmethod
-    def _report(trainer: Any, metrics: dict[str, Any]) -> None:
-        from ray import tune
-
-        from auxray.train.checkpoint import LATEST, save_checkpoint
-
+        out["best_val_accuracy"] = float(view.best_score)
+        if summary is not None:
+            keys = ("test_accuracy", "final_test_accuracy", "test_mse", "best_epoch", "best_val_accuracy")
+            out.update({k: summary[k] for k in keys if isinstance(summary.get(k), (int, float))})
         with tempfile.TemporaryDirectory() as tmp:
-            save_checkpoint(trainer.state_dict(), Path(tmp) / LATEST)
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+            save_checkpoint(view.state(), Path(tmp) / LATEST)
+            tune.report(out, checkpoint=tune.Checkpoint.from_directory(tmp))
+
+
+class ChildRun:
+    """Session sink around a trial's child MLflow run: epochs live; at the end the results and the FINISHED
+    status, before the final Tune report (after which Tune may tear the trial down)."""
+
+    def __init__(self, tracker: RunTracker) -> None:
+        self.tracker = tracker
+
+    def epoch(self, view: RunView, metrics: dict[str, Any], summary: Summary | None) -> None:
+        self.tracker.epoch(view, metrics, None)
+        if summary is not None:
+            self.tracker.finish(view, summary, "FINISHED")
 
 
 def _log_attempt(trial_dir: Path, start_epoch: int) -> None:
@@ -105,43 +105,31 @@ def make_trainable(ctx: TrialContext) -> Callable[[dict[str, Any]], None]:
 
 def run_trial(ctx: TrialContext, params: dict[str, Any]) -> None:
     """One trial: build its config, reattach or open its child run, train, report."""
-    from ray import tune
-
     trial_id = tune.get_context().get_trial_id()
     trial_dir = ctx.sweep.trial_files_dir(trial_id)
     trial_dir.mkdir(parents=True, exist_ok=True)
     cfg = ctx.sweep.trial_config(params)
-    tracker = open_child(ctx.uri, ctx.experiment, sweep_name=ctx.sweep.name, parent_id=ctx.parent_id,
-                         trial_id=trial_id, spool_dir=ctx.spool_dir)
+    tracker = open_child(
+        ctx.uri,
+        ctx.experiment,
+        sweep_name=ctx.sweep.name,
+        parent_id=ctx.parent_id,
+        trial_id=trial_id,
+        spool_dir=ctx.spool_dir,
+    )
     if cfg.scaling.workers > 1:
         _run_distributed_trial(ctx, cfg, tracker, trial_id)
         return
     _run_local_trial(ctx, cfg, tracker, trial_dir, params)
 
 
-def _run_local_trial(ctx: TrialContext, cfg: Any, tracker: Any, trial_dir: Path, params: dict[str, Any]) -> None:
-    from ray import tune
-
-    from auxray.data import build_data
-    from auxray.train.checkpoint import LATEST, load_checkpoint
-    from auxray.train.loop import BilevelTrainer
-    from auxray.train.run import Checkpointer, summarise
-
-    t0 = time.perf_counter()
+def _run_local_trial(
+    ctx: TrialContext, cfg: RunConfig, tracker: RunTracker, trial_dir: Path, params: dict[str, Any]
+) -> None:
     cfg.trainer.threads = cfg.trainer.threads or max(1, int(ctx.sweep.cpus_per_trial))
     stopped = False
-    trainer = None
     try:
-        data = build_data(cfg.data)
-
-        def finish(tr: Any) -> dict[str, Any]:
-            result = summarise(tr, trial_dir, time.perf_counter() - t0)
-            tracker.finish(tr, result, "FINISHED")
-            return result
-
-        reporter = TuneReporter(finish)
-        trainer = BilevelTrainer(cfg, data, callbacks=[Checkpointer(trial_dir, cfg.trainer.epochs), tracker,
-                                                       reporter], progress=False)
+        trainer = BilevelTrainer(cfg, build_data(cfg.data), progress=False)
         checkpoint = tune.get_checkpoint()
         if checkpoint is not None:
             with checkpoint.as_directory() as d:
@@ -150,23 +138,26 @@ def _run_local_trial(ctx: TrialContext, cfg: Any, tracker: Any, trial_dir: Path,
             tracker.log_config(cfg)
             tracker.log_params({"trial": params})
         _log_attempt(trial_dir, trainer.epoch)
-        trainer.fit()
-        if not reporter.final_reported:
-            reporter.report_final(trainer)
+        run_session(trainer, [RunDir(trial_dir, cfg, latest=False), ChildRun(tracker), TuneReport()], run_dir=trial_dir)
     except SystemExit:
         stopped = True
         raise
     except BaseException as exc:
-        if not tracker.ended:
-            tracker.set_tags({"auxray.error": f"{type(exc).__name__}: {first_line(exc)}"})
-            tracker.end("FAILED")
+        _fail(tracker, exc)
         raise
     finally:
         if stopped and not tracker.ended:
             _close_stopped(tracker, trial_dir)
 
 
-def _close_stopped(tracker: Any, trial_dir: Path) -> None:
+def _fail(tracker: RunTracker, exc: BaseException) -> None:
+    """End a trial's child run FAILED with the error as a tag (unless it already ended)."""
+    if not tracker.ended:
+        tracker.set_tags({"auxray.error": f"{type(exc).__name__}: {first_line(exc)}"})
+        tracker.end("FAILED")
+
+
+def _close_stopped(tracker: RunTracker, trial_dir: Path) -> None:
     """A trial Tune stopped (ASHA, or the sweep ending): end the child run first, then best-effort artifacts."""
     try:
         tracker.set_tags({STOPPED_TAG: "true"})
@@ -177,28 +168,19 @@ def _close_stopped(tracker: Any, trial_dir: Path) -> None:
         print(f"auxray: could not close a stopped trial's run: {first_line(exc)}", file=sys.stderr)
 
 
-def _run_distributed_trial(ctx: TrialContext, cfg: Any, tracker: Any, trial_id: str) -> None:
-    """A data-parallel trial: one Ray Train run, its history replayed to MLflow, one final Tune report."""
-    from ray import tune
-
-    from auxray.train.ray_run import run_distributed
-
+def _run_distributed_trial(ctx: TrialContext, cfg: RunConfig, tracker: RunTracker, trial_id: str) -> None:
+    """A data-parallel trial: one Ray Train run whose rank 0 logs to the child run live; one final Tune report."""
     try:
         tracker.log_config(cfg)
-        result = run_distributed(cfg, name=f"{ctx.sweep.name}-{trial_id}", progress=False)
-        for epoch_metrics in result.get("history", []):
-            tracker.log_metrics({k: v for k, v in epoch_metrics.items() if k != "epoch"},
-                                int(epoch_metrics.get("epoch", 0)))
-        summary = {k: v for k, v in result.items() if k != "history"}
-        tracker.finish(None, summary, "FINISHED")
+        sink = TrackerSink(tracker.uri, str(tracker.run_id), ctx.experiment, str(Path(ctx.spool_dir).resolve()))
+        result = train(cfg, name=f"{ctx.sweep.name}-{trial_id}", sinks=[sink], progress=False)
+        tracker.end("FINISHED")
     except BaseException as exc:
-        if not tracker.ended:
-            tracker.set_tags({"auxray.error": f"{type(exc).__name__}: {first_line(exc)}"})
-            tracker.end("FAILED")
+        _fail(tracker, exc)
         raise
     last = result["history"][-1] if result.get("history") else {}
     final = tune_metrics(last)
-    final.update({k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    final.update({k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
     final.setdefault("epoch", cfg.trainer.epochs)
     final.setdefault("val_accuracy", final.get("best_val_accuracy", 0.0))
     tune.report(final)

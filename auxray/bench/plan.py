@@ -1,0 +1,228 @@
+"""What the reproduction trains: the methods and seeds of the table, and each (method, seed)'s resolved config.
+
+Every method reads its own ``configs/cifar10_5pct/<method>.yaml`` under the same overrides (seed, epochs,
+backbone, quick-mode data slice), and the table is fair only when the configs then share their data, model and
+trainer settings. A run is identified by the fingerprint of its resolved config, so a changed budget, backbone or
+config file re-runs it.
+
+``auxray.config`` (pydantic) is imported inside the functions that need it: the ``auxray`` CLI imports this
+module (through ``bench.overhead`` and ``bench.reproduce``) when it builds its parser, and stays quick to start.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from auxray.errors import UserError
+
+if TYPE_CHECKING:
+    from auxray.config import RunConfig
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "cifar10_5pct"
+DEFAULT_METHODS = ("stl", "maxl", "maxl_fo", "auxilearn_labels", "auxilearn_combine", "jtds", "gcs", "uncertainty")
+DEFAULT_SEEDS = (0, 1, 2)
+QUICK_PER_CLASS = 40
+QUICK_TEST_LIMIT = 1000
+
+# The settings of method.* / hypergrad.* that matter to each method (the rest are unused defaults).
+_LABEL_KEYS = ("psi", "entropy_weight", "focal_gamma", "aux_lr", "aux_weight_decay", "aux_optimizer", "aux_grad_clip")
+_METHOD_KEYS = {
+    "stl": (),
+    "equal": ("aux_task",),
+    "uncertainty": ("aux_task",),
+    "gcs": ("aux_task",),
+    "auxilearn_combine": (
+        "aux_task",
+        "combiner",
+        "combiner_hidden",
+        "monotone",
+        "aux_lr",
+        "aux_weight_decay",
+        "aux_optimizer",
+        "aux_grad_clip",
+    ),
+    "auxilearn_labels": _LABEL_KEYS,
+    "maxl": _LABEL_KEYS,
+    "maxl_fo": _LABEL_KEYS,
+    "jtds": ("aux_task", "aux_lr", "aux_weight_decay", "aux_optimizer", "aux_grad_clip"),
+}
+_HYPERGRAD_KEYS = {
+    "neumann": ("method", "steps", "alpha", "every", "hvp", "mode"),
+    "cg": ("method", "steps", "tol", "damping", "every", "hvp", "mode"),
+    "exact": ("method", "every"),
+    "unroll": ("method", "unroll_lr", "every"),
+    "fd": ("method", "unroll_lr", "fd_eps", "every"),
+}
+
+Key = tuple[str, int]  # (method, seed)
+
+
+def parse_list(text: str | None) -> list[str]:
+    """A comma-separated command-line list (``--methods a,b``), blanks dropped."""
+    return [t.strip() for t in (text or "").split(",") if t.strip()]
+
+
+def check_methods(methods: Sequence[str]) -> None:
+    """Raise UserError unless `methods` names at least one method, all known."""
+    from auxray.config import METHODS  # pydantic: see the module docstring
+
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise UserError(f"unknown method(s) {unknown or '(none given)'}; choose from {', '.join(METHODS)}")
+
+
+def default_tag(backbone: str, quick: bool) -> str:
+    return f"quick_{backbone}" if quick else f"cifar10_5pct_{backbone}"
+
+
+def method_overrides(
+    seed: int,
+    epochs: int | None,
+    backbone: str,
+    width: int | None,
+    quick: bool,
+    tracking: bool,
+    checkpoint_dir: str | Path,
+    extra_overrides: Sequence[str] = (),
+) -> list[str]:
+    """The ``--set`` overrides shared by every method's config for one seed."""
+    out = [
+        f"data.seed={seed}",
+        f"trainer.seed={seed}",
+        f"model.backbone={backbone}",
+        f"tracking.enabled={'true' if tracking else 'false'}",
+        f"trainer.checkpoint_dir={checkpoint_dir}",
+    ]
+    if epochs is not None:
+        out.append(f"trainer.epochs={epochs}")
+    if width is not None:
+        out.append(f"model.width={width}")
+    if quick:
+        out += [
+            f"data.labeled_per_class={QUICK_PER_CLASS}",
+            "data.labeled_fraction=null",
+            f"data.test_limit={QUICK_TEST_LIMIT}",
+        ]
+    return out + list(extra_overrides)
+
+
+def shared_settings(cfg: Any) -> dict[str, Any]:
+    """Everything that must be identical across methods for a fair table: data (bar the seed), model, trainer
+    (bar the seed and where checkpoints go)."""
+    d = cfg.model_dump()
+    data = {k: v for k, v in d["data"].items() if k != "seed"}
+    trainer = {k: v for k, v in d["trainer"].items() if k not in ("seed", "checkpoint_dir")}
+    return {"data": data, "model": d["model"], "trainer": trainer}
+
+
+def method_settings(cfg: Any) -> dict[str, Any]:
+    """The method.* and hypergrad.* settings this method actually uses, from its resolved config."""
+    from auxray.config import LEARNED_METHODS  # pydantic: see the module docstring
+
+    m = cfg.method.model_dump()
+    out: dict[str, Any] = {k: m[k] for k in _METHOD_KEYS.get(cfg.method.name, tuple(m)) if k in m}
+    if cfg.method.name in LEARNED_METHODS:
+        h = cfg.hypergrad.model_dump()
+        for k in _HYPERGRAD_KEYS.get(cfg.hypergrad.method, tuple(h)):
+            out[f"hypergrad.{k}"] = h[k]
+    return out
+
+
+def fingerprint(cfg: Any) -> str:
+    """A hash of the resolved config, bar where checkpoints go and tracking: equal fingerprints, same run."""
+    d = cfg.model_dump()
+    d["trainer"].pop("checkpoint_dir", None)
+    d.pop("tracking", None)
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The overrides every method's config gets in one reproduction (all but the seed)."""
+
+    epochs: int | None
+    backbone: str
+    width: int | None
+    quick: bool
+    tracking: bool
+    checkpoint_dir: Path
+    extra_overrides: tuple[str, ...] = ()
+    config_dir: Path = CONFIG_DIR
+
+    def config(self, method: str, seed: int) -> RunConfig:
+        """The resolved config of one (method, seed); a bad option raises UserError."""
+        from auxray.config import load_config  # pydantic: see the module docstring
+
+        return load_config(
+            self.config_dir / f"{method}.yaml",
+            method_overrides(
+                seed,
+                self.epochs,
+                self.backbone,
+                self.width,
+                self.quick,
+                self.tracking,
+                self.checkpoint_dir,
+                self.extra_overrides,
+            ),
+        )
+
+
+def resolve_configs(plan: Plan, methods: Sequence[str], seeds: Sequence[int]) -> dict[Key, RunConfig]:
+    """Every (method, seed)'s config, resolved before any training so that a bad option fails at once; raises
+    UserError when two methods differ in their shared settings (the first method's are the reference)."""
+    cfgs = {(m, s): plan.config(m, s) for m in methods for s in seeds}
+    reference = shared_settings(cfgs[methods[0], seeds[0]])
+    for (m, _), cfg in cfgs.items():
+        mine = shared_settings(cfg)
+        if mine != reference:
+            diff = [
+                f"{sec}.{k}: {reference[sec].get(k)!r} ({methods[0]}) vs {mine[sec].get(k)!r} ({m})"
+                for sec in reference
+                for k in set(reference[sec]) | set(mine[sec])
+                if reference[sec].get(k) != mine[sec].get(k)
+            ]
+            raise UserError("methods must share data/model/trainer settings for a fair table; " + "; ".join(diff))
+    return cfgs
+
+
+def carried_runs(
+    plan: Plan,
+    methods: Sequence[str],
+    seeds: Sequence[int],
+    done: Mapping[tuple, dict[str, Any]],
+    reference: dict[str, Any],
+) -> dict[Key, tuple[dict[str, Any], RunConfig]]:
+    """Finished runs of methods not asked for this time whose config (under this plan) is unchanged and shares
+    the reference settings: (row, config) by (method, seed). `done` maps (method, seed, fingerprint) to a row.
+    The plan should fix the epochs, so a method whose config file has another default is compared fairly."""
+    from auxray.config import METHODS  # pydantic: see the module docstring
+
+    out: dict[Key, tuple[dict[str, Any], RunConfig]] = {}
+    for m in METHODS:
+        if m in methods:
+            continue
+        for s in seeds:
+            try:
+                c = plan.config(m, s)
+            except Exception:  # no config for it, or an override it does not take
+                break
+            row = done.get((m, s, fingerprint(c)))
+            if row is not None and shared_settings(c) == reference:
+                out[m, s] = row, c
+    return out
+
+
+def table_order(methods: Sequence[str], carried: Sequence[str]) -> tuple[str, ...]:
+    """The table's methods: those asked for, plus carried ones, in the usual order (not "asked for first")."""
+    if not carried:
+        return tuple(methods)
+    from auxray.config import METHODS  # pydantic: see the module docstring
+
+    order = [*DEFAULT_METHODS, *(m for m in METHODS if m not in DEFAULT_METHODS)]
+    return tuple(sorted(tuple(methods) + tuple(carried), key=order.index))

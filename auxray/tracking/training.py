@@ -1,0 +1,62 @@
+"""The one way a training run is tracked: an MLflow run around the session, whose rank-0 sink logs every epoch
+live and, at the end, the results, best checkpoint, metrics file and plots, in one process or on a cluster."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from auxray.config import RunConfig
+from auxray.tracking.tracker import RunTracker, tracked_run
+from auxray.tracking.uri import check_reachable, resolve_uri
+from auxray.train.launch import is_distributed, train
+from auxray.train.loop import EpochCallback
+from auxray.train.run_dir import Log, stderr_log
+from auxray.train.session import SinkFactory, Summary
+
+
+@dataclass(frozen=True)
+class TrackerSink:
+    """A picklable recipe for a RunTracker attached to an existing run, opened where the run trains (rank 0 of a
+    Ray Train run, or this process). The run's owner sets its final status."""
+
+    uri: str
+    run_id: str
+    experiment: str
+    spool_dir: str
+
+    def __call__(self) -> RunTracker:
+        tracker = RunTracker(self.uri, self.experiment, spool_dir=self.spool_dir)
+        tracker.attach(self.run_id)
+        return tracker
+
+
+def train_tracked(
+    cfg: RunConfig,
+    *,
+    name: str,
+    tracking_uri: str | None = None,
+    resume: bool = False,
+    sinks: Sequence[SinkFactory] = (),
+    progress: bool = True,
+    log: Log = stderr_log,
+    callbacks: Sequence[EpochCallback] = (),
+) -> Summary:
+    """`train`, tracked in MLflow when cfg.tracking.enabled (the summary then names the run: mlflow_run_id)."""
+    if not cfg.tracking.enabled:
+        return train(cfg, name=name, resume=resume, sinks=sinks, progress=progress, log=log, callbacks=callbacks)
+    uri = resolve_uri(tracking_uri, cfg.tracking)
+    check_reachable(uri)
+    with tracked_run(uri, cfg.tracking.experiment, cfg.tracking.run_name or name, cfg=cfg) as tracker:
+        # This process's tracker serves a local run; a distributed run's rank 0 attaches its own to the same run.
+        own: SinkFactory = (
+            TrackerSink(uri, str(tracker.run_id), cfg.tracking.experiment, str(Path(tracker.spool_dir).resolve()))
+            if is_distributed(cfg)
+            else (lambda: tracker)
+        )
+        result = train(
+            cfg, name=name, resume=resume, sinks=[own, *sinks], progress=progress, log=log, callbacks=callbacks
+        )
+    result["mlflow_run_id"] = tracker.run_id
+    return result
