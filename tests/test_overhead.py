@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from auxray.bench.overhead import (TWINS, VARIANTS, build_rows, check_twins_match, parse_seeds, resolve_configs,
-                                   run_order, run_overhead)
+from auxray.bench.outer_breakdown import VARIANTS
+from auxray.bench.overhead import (TWINS, build_rows, check_twins_match, parse_seeds, resolve_configs, run_order,
+                                   run_overhead)
 from auxray.bench.plan import CONFIG_DIR
 from auxray.bench.report import render_harmful, render_overhead, update_readme
 from auxray.errors import UserError

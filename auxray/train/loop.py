@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import copy
 import math
-import random
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -19,55 +17,14 @@ from auxray.data import BatchIterator, DataBundle, TensorData
 from auxray.methods import Batch, InnerResult, Objective, accuracy, build_objective, main_loss, main_target
 from auxray.models import MultiHeadNet, build_trunk
 from auxray.train.checkpoint import rng_state, set_rng_state
+from auxray.train.collective import Collective, PhiUpdater
 from auxray.train.diagnostics import epoch_diagnostics, hypergrad_cosine
 from auxray.train.hyperstep import Phases, compute_hypergrad, fused_hyperstep, hypergrad_mask, no_phases, trainable
 from auxray.train.phi_optimizer import PhiOptimizer
 from auxray.train.progress import Progress
+from auxray.train.setup import make_inner_optimizer, make_scheduler, resolve_device, seed_everything
 
 EpochCallback = Callable[["BilevelTrainer", dict[str, Any]], None]
-
-
-class Collective:
-    """What the loop needs from a data-parallel layer; this base class is the one-process case."""
-
-    rank: int = 0
-    world_size: int = 1
-    bytes_sent: int = 0
-
-    def all_reduce_mean(self, tensors: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-        return tensors
-
-    def all_reduce_sum(self, tensor: Tensor) -> Tensor:
-        return tensor
-
-    def wrap_model(self, model: nn.Module) -> nn.Module:
-        return model
-
-
-class PhiUpdater(Protocol):
-    """Applies an outer step's hypergradient to the aux net (locally, or through a coordinator)."""
-
-    bytes_sent: int  # hypergradient bytes sent to a coordinator (0 when phi is updated in this process)
-
-    def apply(self, grads: Sequence[Tensor], step: int) -> bool: ...
-
-    def state_dict(self) -> dict[str, Any]: ...
-
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' picks CUDA when present, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def seed_everything(seed: int) -> None:
-    """Seed torch, numpy and random for a reproducible run."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 class BilevelTrainer:
@@ -110,7 +67,7 @@ class BilevelTrainer:
         inner_params = list(self.model.parameters())
         if self.auxnet is not None and self.objective.trains_with_primary:
             inner_params += list(self.auxnet.parameters())
-        self.opt_w = _make_inner_optimizer(inner_params, cfg)
+        self.opt_w = make_inner_optimizer(inner_params, cfg)
         self.train_iter = BatchIterator(
             data.train,
             t.batch_size,
@@ -125,7 +82,7 @@ class BilevelTrainer:
         self.steps_per_epoch = min(len(self.train_iter), t.max_steps_per_epoch or len(self.train_iter))
         if self.steps_per_epoch == 0:
             raise ValueError("the training split is smaller than one batch per worker; lower trainer.batch_size")
-        self.sched_w = _make_scheduler(self.opt_w, cfg, t.epochs * self.steps_per_epoch)
+        self.sched_w = make_scheduler(self.opt_w, cfg, t.epochs * self.steps_per_epoch)
         self.phi: PhiUpdater | None = None
         self.hyper_mask = hypergrad_mask(trainable(self.model)[0], cfg.hypergrad.params, cfg.model.backbone)
         # The fused inner + outer step needs the whole batch and reverse-over-reverse products (hyperstep.py).
@@ -409,19 +366,3 @@ class BilevelTrainer:
         self.hypergrad_norms = list(state["hypergrad_norms"])
         self.best = state["best"]
         set_rng_state(state["rng"])
-
-
-def _make_inner_optimizer(params: Sequence[Tensor], cfg: RunConfig) -> torch.optim.Optimizer:
-    t = cfg.trainer
-    if t.optimizer == "adam":
-        return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
-    return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
-
-
-def _make_scheduler(opt: torch.optim.Optimizer, cfg: RunConfig, total_steps: int):
-    kind = cfg.trainer.scheduler
-    if kind == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, total_steps))
-    if kind == "step":
-        return torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, total_steps // 3), gamma=0.1)
-    return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)

@@ -7,7 +7,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from auxray.train.loop import Collective
+from auxray.train.collective import Collective
 
 
 class TorchDistributedCollective(Collective):
