@@ -6,14 +6,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from auxray.config import RunConfig
-from auxray.tracking.tracker import RunTracker, tracked_run
 from auxray.tracking.uri import check_reachable, resolve_uri
 from auxray.train.launch import is_distributed, train
 from auxray.train.loop import EpochCallback
 from auxray.train.run_dir import Log, stderr_log
 from auxray.train.session import SinkFactory, Summary
+
+if TYPE_CHECKING:  # MLflow loads only when a run is tracked (seconds of start-up otherwise spent for nothing)
+    from auxray.tracking.tracker import RunTracker
 
 
 @dataclass(frozen=True)
@@ -27,6 +30,8 @@ class TrackerSink:
     spool_dir: str
 
     def __call__(self) -> RunTracker:
+        from auxray.tracking.tracker import RunTracker
+
         tracker = RunTracker(self.uri, self.experiment, spool_dir=self.spool_dir)
         tracker.attach(self.run_id)
         return tracker
@@ -46,6 +51,8 @@ def train_tracked(
     """`train`, tracked in MLflow when cfg.tracking.enabled (the summary then names the run: mlflow_run_id)."""
     if not cfg.tracking.enabled:
         return train(cfg, name=name, resume=resume, sinks=sinks, progress=progress, log=log, callbacks=callbacks)
+    from auxray.tracking.tracker import tracked_run
+
     uri = resolve_uri(tracking_uri, cfg.tracking)
     check_reachable(uri)
     with tracked_run(uri, cfg.tracking.experiment, cfg.tracking.run_name or name, cfg=cfg) as tracker:
