@@ -151,10 +151,10 @@ def test_readme_cluster_block_runs_verbatim_and_keeps_its_results(tmp_path: Path
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0 and "succeeded" in out, out[-4000:]
     storage = home / "auxray"
-    (run_dir,) = (storage / "runs" / "demo").iterdir()
+    (run_dir,) = (storage / "runs" / "cluster_demo").iterdir()
     assert {"best.pt", "metrics.jsonl", "config.json"} <= {p.name for p in run_dir.iterdir()}
     assert [json.loads(line)["epoch"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()] == [1, 2]
-    assert list((storage / "runs" / "ray").glob("demo-*/epoch_00002/latest.pt")), out[-3000:]
+    assert list((storage / "runs" / "ray").glob("cluster_demo-*/epoch_00002/latest.pt")), out[-3000:]
     client = MlflowClient(tracking_uri=f"sqlite:///{storage / 'mlflow.db'}")
     (run,) = client.search_runs([client.get_experiment_by_name("auxray-demo").experiment_id])
     assert run.info.status == "FINISHED"

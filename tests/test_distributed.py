@@ -161,13 +161,15 @@ def assert_consistent_finish(result: dict, epochs: int) -> None:
     assert state["phi"]["optimizer"]["last_step"] <= state["step"]
 
 
-@pytest.mark.parametrize("target", ["worker", "coordinator"])
-def test_run_recovers_from_a_dead_process(ray_local, cifar_zip, tmp_path, target):
+def test_run_recovers_from_a_dead_worker_and_a_dead_coordinator(ray_local, cifar_zip, tmp_path):
+    """Both faults in one run (bounded retries): a worker process dies after epoch 1, the coordinator actor after
+    epoch 2; the run restarts from its checkpoints each time and finishes with W and phi consistent."""
     from auxray.train.ray_run import run_distributed
 
     cfg = tiny_distributed_cfg(cifar_zip, tmp_path)
-    marker = tmp_path / "fault-fired"
-    fault = {"target": target, "after_epoch": 1, "rank": 1 if target == "worker" else 0, "marker": str(marker)}
-    result = run_distributed(cfg, name=f"fault-{target}", fault=fault)
-    assert marker.read_text() == "fired"
+    markers = {target: tmp_path / f"{target}-fault-fired" for target in ("worker", "coordinator")}
+    faults = [{"target": "worker", "after_epoch": 1, "rank": 1, "marker": str(markers["worker"])},
+              {"target": "coordinator", "after_epoch": 2, "rank": 0, "marker": str(markers["coordinator"])}]
+    result = run_distributed(cfg, name="faults", faults=faults)
+    assert {t: m.read_text() for t, m in markers.items()} == {"worker": "fired", "coordinator": "fired"}
     assert_consistent_finish(result, 3)

@@ -34,7 +34,7 @@ def run_distributed(
     resume: bool = False,
     sinks: Sequence[SinkFactory] = (),
     progress: bool = True,
-    fault: dict[str, Any] | None = None,
+    faults: Sequence[dict[str, Any]] = (),
 ) -> Summary:
     """Train cfg (paths already absolute) on cfg.scaling.workers Ray Train workers (DDP, gloo or NCCL) with a
     coordinator actor; Ray Train restores the newest run of `name` from its latest checkpoint when resuming."""
@@ -68,7 +68,7 @@ def run_distributed(
             "cpus_per_worker": cpus_per_worker,
             "run_dir": str(base / folder),
             "sinks": list(sinks),
-            "fault": fault,
+            "faults": list(faults),
         },
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=s.workers, use_gpu=use_gpu, resources_per_worker=resources),

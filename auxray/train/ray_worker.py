@@ -84,8 +84,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             *(open_sink() for open_sink in config["sinks"]),
         ]
     sinks.append(RayTrainReport(cfg.trainer.checkpoint_every))
-    if config.get("fault"):
-        sinks.append(FaultInjector(config["fault"], coordinator))
+    sinks += [FaultInjector(fault, coordinator) for fault in config["faults"]]
     run_session(trainer, sinks, run_dir=config["run_dir"])
 
 
