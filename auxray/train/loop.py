@@ -150,6 +150,17 @@ class BilevelTrainer:
         """The all-reduce the hypergradient passes through (None on one process)."""
         return self.collective.all_reduce_mean if self.collective.world_size > 1 else None
 
+    def _hyperstep_options(self, phases: Phases) -> dict[str, Any]:
+        """What both outer-step paths pass the hyperstep besides the problem: settings, the inner step size, the
+        all-reduce, the parameter subset and the phase timer."""
+        return {
+            "cfg": self.cfg.hypergrad,
+            "inner_lr": self.opt_w.param_groups[0]["lr"],
+            "reduce": self.reduce_hook(),
+            "mask": self.hyper_mask,
+            "phases": phases,
+        }
+
     def phi_parts(self) -> tuple[nn.Module, PhiUpdater]:
         """The aux net and its updater of a run that learns phi (an outer step is an error otherwise)."""
         if self.auxnet is None or self.phi is None:
@@ -161,20 +172,11 @@ class BilevelTrainer:
         updater (the path when the inner step has already run: a sub-batch, or reuse_graph off)."""
         auxnet, phi = self.phi_parts()
         grads = compute_hypergrad(
-            self.objective,
-            self.model,
-            auxnet,
-            train_batch,
-            aux_batch,
-            self.cfg.hypergrad,
-            inner_lr=self.opt_w.param_groups[0]["lr"],
-            reduce=self.reduce_hook(),
-            mask=self.hyper_mask,
-            phases=phases,
+            self.objective, self.model, auxnet, train_batch, aux_batch, **self._hyperstep_options(phases)
         )
         with phases("optimizer"):
             phi.apply(grads, self.step)
-        return math.sqrt(sum(float(g.pow(2).sum()) for g in grads))
+        return _norm(grads)
 
     def fused_step(self, batch: Batch, aux_batch: Batch, phases: Phases = no_phases) -> tuple[dict[str, float], float]:
         """One inner step and one outer step on a single forward/backward of the training batch: the gradient
@@ -182,25 +184,14 @@ class BilevelTrainer:
         auxnet, phi = self.phi_parts()
         self.model.train()
         self.opt_w.zero_grad(set_to_none=True)
-        out = fused_hyperstep(
-            self.objective,
-            self.model,
-            auxnet,
-            batch,
-            aux_batch,
-            self.cfg.hypergrad,
-            inner_lr=self.opt_w.param_groups[0]["lr"],
-            reduce=self.reduce_hook(),
-            mask=self.hyper_mask,
-            phases=phases,
-        )
+        out = fused_hyperstep(self.objective, self.model, auxnet, batch, aux_batch, **self._hyperstep_options(phases))
         with phases("optimizer"):
             for p, g in zip(trainable(self.model)[1], out.w_grads, strict=True):
                 p.grad = g
             self.opt_w.step()
             self.sched_w.step()
             phi.apply(out.hypergrad, self.step)
-        return self._step_stats(out.inner, batch), math.sqrt(sum(float(g.pow(2).sum()) for g in out.hypergrad))
+        return self._step_stats(out.inner, batch), _norm(out.hypergrad)
 
     def _aux_batches(self, epoch: int, generator: torch.Generator):
         """An endless stream of aux-set batches whose order depends only on (seed, epoch)."""
@@ -366,3 +357,8 @@ class BilevelTrainer:
         self.hypergrad_norms = list(state["hypergrad_norms"])
         self.best = state["best"]
         set_rng_state(state["rng"])
+
+
+def _norm(grads: Sequence[Tensor]) -> float:
+    """The L2 norm of a gradient given as a tensor list (what the hypergradient-norm metric logs)."""
+    return math.sqrt(sum(float(g.pow(2).sum()) for g in grads))
