@@ -150,7 +150,6 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_train(args: argparse.Namespace) -> int:
     """`auxray train CONFIG`: validate, then run in-process or on Ray Train, tracked unless disabled."""
     from auxray.config import load_config
-    from auxray.tracking.training import train_tracked
 
     if args.gpus_per_worker is not None and (args.workers or 1) < 2:
         raise UserError(
@@ -165,6 +164,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.address is not None:
         overrides.append(f"scaling.address={args.address}")
     cfg = load_config(args.config, overrides)
+    # Loaded after the config is valid: torch and torchvision take seconds to import, bad input answers at once.
+    from auxray.tracking.training import train_tracked
+
     result = train_tracked(
         cfg,
         name=args.name or Path(args.config).stem,

@@ -128,7 +128,10 @@ class MethodConfig(_Section):
     aux_task: str = "none"
     combiner: Literal["linear", "nonlinear", "deep"] = "nonlinear"
     combiner_hidden: list[int] = Field(default_factory=lambda: [10])
-    monotone: bool = False
+    # The combiner's weights kept non-negative (non-decreasing in every auxiliary loss). Unset: true for the
+    # linear combiner (AuxiLearn's; a negative weight would reward a growing auxiliary loss), false for the
+    # nonlinear one (its output is non-negative either way).
+    monotone: bool | None = None
     psi: int | list[int] = 5
     entropy_weight: float = Field(0.2, ge=0)
     focal_gamma: float = Field(0.0, ge=0)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -11,8 +10,9 @@ REPO = Path(__file__).resolve().parents[1]
 CIFAR_ZIP = (REPO.parent / "shared" / "data" / "cifar10-images.zip").resolve()
 CACHE_DIR = REPO / ".auxray_cache"
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+# No Ray settings here: the tests run Ray as a user's environment does (token auth on for a new local instance,
+# Ray's uv-run hook unless auxray switches it off itself). The cluster tests pin RAY_AUTH_MODE in their `ray`
+# commands, as the README's cluster block does.
 
 
 @pytest.fixture(scope="session")

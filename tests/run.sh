@@ -15,5 +15,4 @@ uv sync --frozen
 uv run --frozen ruff check auxray
 uv run --frozen ruff format --check auxray
 uv run --frozen mypy
-export RAY_AUTH_MODE="${RAY_AUTH_MODE:-disabled}"
 exec uv run --frozen pytest -m "" --durations=15 "$@"

@@ -51,11 +51,28 @@ def test_linear_combiner_starts_at_init_weight_and_ignores_main_column() -> None
     torch.testing.assert_close(comb(losses), comb(shifted))
 
 
-def test_linear_combiner_non_monotone_allows_negative_weights() -> None:
-    comb = LinearCombiner(2, monotone=False)
-    with torch.no_grad():
-        comb.raw.copy_(torch.tensor([-1.5, 0.5]))
-    torch.testing.assert_close(comb.task_weights(torch.rand(3, 3)), torch.tensor([-1.5, 0.5]))
+@pytest.mark.parametrize(("combiner", "monotone", "kind", "keeps_sign"),
+                         [("linear", None, LinearCombiner, True), ("linear", False, LinearCombiner, False),
+                          ("linear", True, LinearCombiner, True), ("nonlinear", None, NonlinearCombiner, False),
+                          ("nonlinear", True, NonlinearCombiner, True)])
+def test_config_monotone_reaches_the_combiner(combiner: str, monotone: bool | None, kind: type,
+                                              keeps_sign: bool) -> None:
+    """`method.monotone` as a config sets it (unset: the linear combiner stays non-negative, AuxiLearn's form); a
+    non-monotone linear combiner built from a config can give a task a negative weight."""
+    from auxray.config import config_from_dict
+    from auxray.methods import build_objective
+
+    method = {"name": "auxilearn_combine", "aux_task": "targets", "combiner": combiner}
+    if monotone is not None:
+        method["monotone"] = monotone
+    cfg = config_from_dict({"data": {"dataset": "synthetic"}, "model": {"backbone": "mlp"}, "method": method})
+    comb = build_objective(cfg, num_classes=1, task="regression", feat_dim=4, in_channels=1).build_auxnet(nn.Linear(1, 1))
+    assert type(comb) is kind and comb.monotone == keeps_sign
+    if kind is LinearCombiner:
+        with torch.no_grad():
+            comb.raw.copy_(torch.tensor([-1.5, 0.5]))
+        weights = comb.task_weights(torch.rand(3, 3))
+        assert bool((weights < 0).any()) == (not keeps_sign), weights
 
 
 @pytest.mark.parametrize("monotone", [False, True])

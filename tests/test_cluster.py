@@ -1,12 +1,8 @@
-"""A real two-node Ray cluster on this machine (deploy/local_cluster.sh) and `ray job submit` against it.
+"""The README's two-node Ray cluster on this machine (deploy/local_cluster.sh), shared by every test here: the
+README block's job and its results, both nodes alive, `ray status`, and `ray job submit` of jobs that succeed on the
+worker node or fail.
 
-Marked `cluster` (deselected by default; run with `pytest -m cluster tests/test_cluster.py`).
-The `local_cluster` fixture and `submit_job` helper are meant for more tests, e.g. a real
-training job:
-
-    status, logs = submit_job(local_cluster, ["python", "jobs/train.py", CONFIG, "--workers", "2"],
-                              working_dir=REPO, timeout=600)
-"""
+Marked `cluster` (deselected by default; run with `pytest -m cluster tests/test_cluster.py`)."""
 
 from __future__ import annotations
 
@@ -20,6 +16,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Iterator, Sequence
 
 import pytest
@@ -42,22 +39,6 @@ def ray_cli() -> str:
     return found or str(REPO / ".venv" / "bin" / "ray")
 
 
-def cluster_env(state_dir: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        RAY_PORT=str(free_port()),
-        RAY_DASHBOARD_PORT=str(free_port()),
-        AUXRAY_CLUSTER_DIR=str(state_dir),
-        RAY_AUTH_MODE=os.environ.get("RAY_AUTH_MODE", "disabled"),
-        RAY_HEAD_CPUS="1",
-        RAY_WORKER_CPUS="1",
-        RAY_OBJECT_STORE_MB="150",
-        RAY_START_TIMEOUT="180",
-    )
-    env.pop("RAY_ADDRESS", None)  # never let the script's own `ray` calls aim at another cluster
-    return env
-
-
 class ClusterAddress(str):
     """The dashboard / job-submission address (use it as a plain str), plus `gcs_address` for
     `ray status` / `ray.init(address=...)` and `state_dir` (logs: head.log, worker.log, ray/)."""
@@ -67,28 +48,43 @@ class ClusterAddress(str):
 
 
 @pytest.fixture(scope="module")
-def local_cluster() -> Iterator[ClusterAddress]:
-    """Start head + worker node with free ports; yield the dashboard / job-submission address
-    (http://127.0.0.1:PORT); always stop this cluster (and only it) afterwards."""
+def readme_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
+    """The README's cluster block, run as written from the repository: every line but its last (start the cluster,
+    submit the training job) now; the last (`deploy/local_cluster.sh stop`) when this module's tests are done, so
+    that they all use this one cluster. HOME is a fresh folder, so that ~/auxray starts empty. Yields the block's
+    outcome, HOME and the cluster's addresses."""
+    block = readme_block("## On a Ray cluster")
+    *run_lines, stop_line = block.splitlines()
+    assert "jobs/train.py" in block and stop_line.startswith("deploy/local_cluster.sh stop")
+    home = tmp_path_factory.mktemp("home")
+    (home / ".cache").mkdir()
+    (REPO / ".auxray_cache").mkdir(exist_ok=True)
+    (home / ".cache" / "auxray").symlink_to(REPO / ".auxray_cache", target_is_directory=True)  # decoded CIFAR-10
     # Short path under /tmp: Ray's Unix sockets live under it and must stay < 108 bytes.
-    state_dir = Path(tempfile.mkdtemp(prefix="auxray-rc-", dir="/tmp"))
-    env = cluster_env(state_dir)
+    state_dir = Path(tempfile.mkdtemp(prefix="auxray-rm-", dir="/tmp"))
+    env = {**os.environ, "HOME": str(home), "AUXRAY_CLUSTER_DIR": str(state_dir), "RAY_OBJECT_STORE_MB": "150",
+           "RAY_START_TIMEOUT": "180"}
+    for key in ("RAY_ADDRESS", "AUXRAY_STORAGE", "MLFLOW_TRACKING_URI", "XDG_CACHE_HOME"):
+        env.pop(key, None)
     try:
-        proc = subprocess.run([str(SCRIPT), "start"], env=env, capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, f"local_cluster.sh start failed:\n{proc.stdout}\n{proc.stderr}"
-        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RAY_ADDRESS=")]
-        assert lines, f"no RAY_ADDRESS printed:\n{proc.stdout}\n{proc.stderr}"
-        address = lines[-1].split("=", 1)[1]
-        assert address == f"http://127.0.0.1:{env['RAY_DASHBOARD_PORT']}"
+        proc = subprocess.run(["bash", "-euo", "pipefail", "-c", "\n".join(run_lines)], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=900)
         info = dict(ln.split("=", 1) for ln in (state_dir / "cluster.env").read_text().splitlines() if "=" in ln)
-        cluster = ClusterAddress(address)
-        cluster.gcs_address = info["RAY_GCS_ADDRESS"]
-        cluster.state_dir = state_dir
-        yield cluster
+        address = ClusterAddress(info.get("RAY_ADDRESS", ""))
+        address.gcs_address, address.state_dir = info.get("RAY_GCS_ADDRESS", ""), state_dir
+        yield SimpleNamespace(proc=proc, home=home, address=address)
     finally:
-        stop = subprocess.run([str(SCRIPT), "stop"], env=env, capture_output=True, text=True, timeout=180)
-        assert stop.returncode == 0, f"local_cluster.sh stop failed:\n{stop.stdout}\n{stop.stderr}"
+        stop = subprocess.run(["bash", "-euo", "pipefail", "-c", stop_line], cwd=REPO, env=env, capture_output=True,
+                              text=True, timeout=180)
         shutil.rmtree(state_dir, ignore_errors=True)
+        assert stop.returncode == 0, f"{stop_line} failed:\n{stop.stdout}\n{stop.stderr}"
+
+
+@pytest.fixture
+def local_cluster(readme_cluster: SimpleNamespace) -> ClusterAddress:
+    """The dashboard / job-submission address of the README's cluster (a plain str, plus gcs_address)."""
+    assert readme_cluster.proc.returncode == 0, (readme_cluster.proc.stdout + readme_cluster.proc.stderr)[-3000:]
+    return readme_cluster.address
 
 
 def submit_job(address: str, entrypoint: Sequence[str] | str, working_dir: Path | str,
@@ -127,27 +123,12 @@ def readme_block(heading: str) -> str:
     return after[after.index("```bash\n") + len("```bash\n"):after.index("\n```", after.index("```bash"))]
 
 
-def test_readme_cluster_block_runs_verbatim_and_keeps_its_results(tmp_path: Path) -> None:
-    """The README's cluster commands, run as written from the repository (runs first in this module, so that it
-    is the only cluster up): the job succeeds and its checkpoint and MLflow run are under ~/auxray, not in the
-    job's temporary working copy. HOME is a fresh folder so that ~/auxray starts empty."""
+def test_readme_cluster_block_runs_verbatim_and_keeps_its_results(readme_cluster: SimpleNamespace) -> None:
+    """The README's cluster block: the job succeeds and its checkpoint and MLflow run are under ~/auxray, not in the
+    job's temporary working copy."""
     from mlflow import MlflowClient
 
-    block = readme_block("## On a Ray cluster")
-    assert "jobs/train.py" in block and "deploy/local_cluster.sh stop" in block
-    home = tmp_path / "home"
-    (home / ".cache").mkdir(parents=True)
-    (REPO / ".auxray_cache").mkdir(exist_ok=True)
-    (home / ".cache" / "auxray").symlink_to(REPO / ".auxray_cache", target_is_directory=True)  # decoded CIFAR-10
-    env = {**os.environ, "HOME": str(home), "AUXRAY_CLUSTER_DIR": tempfile.mkdtemp(prefix="auxray-rm-", dir="/tmp"),
-           "RAY_OBJECT_STORE_MB": "150", "RAY_START_TIMEOUT": "180"}
-    for key in ("RAY_ADDRESS", "AUXRAY_STORAGE", "MLFLOW_TRACKING_URI", "XDG_CACHE_HOME"):
-        env.pop(key, None)
-    try:
-        proc = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=REPO, env=env, capture_output=True,
-                              text=True, timeout=900)
-    finally:
-        subprocess.run([str(SCRIPT), "stop"], env=env, capture_output=True, timeout=180)
+    proc, home = readme_cluster.proc, readme_cluster.home
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0 and "succeeded" in out, out[-4000:]
     storage = home / "auxray"

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
-import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
+from auxray.cli import run as cli_run
 from auxray.config import RunConfig, config_from_dict
 from auxray.data import build_data
 from auxray.train.checkpoint import LATEST, load_checkpoint
@@ -36,31 +38,54 @@ def ray_local():
     ray.shutdown()
 
 
-def test_two_worker_cli_run_records_in_mlflow_what_a_single_process_run_records(cifar_zip, tmp_path):
-    """`auxray train --workers 2` with tracking on (the default user path): the summary has the same keys as a
-    single-process run's, and its MLflow run the same artifacts and (besides traffic counters) the same metric
-    keys, logged per epoch."""
+def user_env() -> dict[str, str]:
+    """The environment of a user who never heard of Ray's settings: no auth mode, no uv-run switch, no cluster."""
+    unset = ("RAY_AUTH_MODE", "RAY_ENABLE_UV_RUN_RUNTIME_ENV", "RAY_ADDRESS")
+    return {k: v for k, v in os.environ.items() if k not in unset}
+
+
+def untimed(history: list[dict]) -> list[dict]:
+    """A history without timings, nor the traffic this process sent (a resumed process counts from its start)."""
+    skip = ("epoch_seconds", "steps_per_second", "outer_step_seconds", "allreduce_bytes")
+    return [{k: v for k, v in h.items() if k not in skip} for h in history]
+
+
+def test_two_worker_cli_runs_as_a_user_runs_them_record_and_resume(cifar_zip, tmp_path, capsys, monkeypatch):
+    """`uv run auxray train --workers 2` in a user's environment (no RAY_AUTH_MODE, Ray's uv-run hook not switched
+    off, tracking on in the default store ./mlflow.db): the summary has a single-process run's keys and its MLflow
+    run the same artifacts and metric keys, logged per epoch. Killed (SIGKILL to the driver's process group)
+    mid-training and resumed with --resume, it ends with the uninterrupted run's weights and history, in the same
+    MLflow run, every epoch logged once."""
     from mlflow import MlflowClient
 
-    cfg = tiny_distributed_cfg(cifar_zip, tmp_path, epochs=2)
-    cfg.tracking.enabled = True
+    from tests.test_sweep import ray_session_processes
+
+    cfg = tiny_distributed_cfg(cifar_zip, tmp_path, epochs=4)
+    cfg.tracking.enabled, cfg.tracking.experiment = True, "dist"
     path = tmp_path / "dist.yaml"
     path.write_text(yaml.safe_dump(cfg.model_dump()))
-    uri = f"sqlite:///{tmp_path / 'm.db'}"
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    results = {}
-    for workers in ("1", "2"):
-        proc = subprocess.run([sys.executable, "-m", "auxray.cli", "train", str(path), "--workers", workers, "--json",
-                               "--tracking-uri", uri, "--no-progress"],
-                              cwd=REPO, capture_output=True, text=True, timeout=900, env=env)
+    work = tmp_path / "work"
+    work.mkdir()
+
+    def cmd(workers: str, folder: str, *extra: str) -> list[str]:
+        return ["uv", "run", "--frozen", "--project", str(REPO), "auxray", "train", str(path), "--workers", workers,
+                "--json", "--no-progress", "--set", f"trainer.checkpoint_dir={tmp_path / folder}", *extra]
+
+    def train(*args: str) -> dict:
+        proc = subprocess.run(cmd(*args), cwd=work, capture_output=True, text=True, timeout=900, env=user_env())
         assert proc.returncode == 0, proc.stderr[-3000:]
-        results[workers] = json.loads(proc.stdout.strip().splitlines()[-1])
-    single, dist = results["1"], results["2"]
-    assert dist["workers"] == 2 and dist["allreduce_bytes"] > 0
-    assert [h["epoch"] for h in dist["history"]] == [1, 2]
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    dist = train("2", "dist")
+    monkeypatch.chdir(work)  # the single-process reference runs through the same CLI entry in this process
+    capsys.readouterr()
+    assert cli_run(cmd("1", "single")[6:]) == 0, capsys.readouterr().err[-3000:]
+    single = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert dist["workers"] == 2 and dist["allreduce_bytes"] > 0 and dist["resumed_from"] == []
+    assert [h["epoch"] for h in dist["history"]] == [1, 2, 3, 4]
     assert set(single) - {"history"} <= set(dist), "a distributed summary misses keys a single-process one has"
     assert {"test_accuracy", "final_test_accuracy", "best_val_accuracy", "run_dir", "mlflow_run_id"} <= set(dist)
-    client = MlflowClient(tracking_uri=uri)
+    client = MlflowClient(tracking_uri=f"sqlite:///{work / 'mlflow.db'}")
 
     def record(result):
         run = client.get_run(result["mlflow_run_id"])
@@ -75,8 +100,38 @@ def test_two_worker_cli_run_records_in_mlflow_what_a_single_process_run_records(
                                "plots/task_weights.png", "plots/hypergrad_norms.png"} <= art_2
     traffic = {"allreduce_bytes", "phi_bytes_sent", "outer_step_allreduce_bytes"}
     assert set(run_1.data.metrics) - traffic == set(run_2.data.metrics) - traffic
-    assert [m.step for m in client.get_metric_history(run_2.info.run_id, "val_accuracy")] == [1, 2]
+    assert [m.step for m in client.get_metric_history(run_2.info.run_id, "val_accuracy")] == [1, 2, 3, 4]
     assert run_2.data.metrics["test_accuracy"] == pytest.approx(dist["test_accuracy"])
+
+    killed = tmp_path / "killed"
+    driver = subprocess.Popen(cmd("2", "killed"), cwd=work, env=user_env(), start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 600
+    while not list(killed.glob("ray/*/epoch_00001")) and driver.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    # uv runs the driver as its child; the local Ray instance is named after the driver's pid.
+    drivers = [int(pid) for pid in Path(f"/proc/{driver.pid}/task/{driver.pid}/children").read_text().split()]
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait(timeout=60)
+    deadline = time.monotonic() + 60
+    while any(ray_session_processes(pid) for pid in drivers) and time.monotonic() < deadline:
+        time.sleep(1)
+    # Read once Ray's processes are gone: a worker may persist the checkpoint it was writing as the driver died.
+    at_kill = max(int(d.name.split("_")[1]) for d in killed.glob("ray/*/epoch_*"))
+    assert driver.returncode == -signal.SIGKILL and at_kill < 4, "the run ended before it was killed"
+
+    resumed = train("2", "killed", "--resume")
+    assert resumed["resumed_from"] == [at_kill] and untimed(resumed["history"]) == untimed(dist["history"])
+    for key in ("test_accuracy", "final_test_accuracy", "best_val_accuracy", "steps"):
+        assert resumed[key] == dist[key], key
+    ends = [load_checkpoint(Path(r["checkpoint"]) / LATEST) for r in (resumed, dist)]
+    for key in ("model", "auxnet"):
+        for name, tensor in ends[0][key].items():
+            assert torch.equal(tensor, ends[1][key][name]), (key, name)
+    logged = client.get_metric_history(resumed["mlflow_run_id"], "val_accuracy")
+    assert [(m.step, m.value) for m in logged] == [(h["epoch"], h["val_accuracy"]) for h in dist["history"]]
+    assert client.get_run(resumed["mlflow_run_id"]).info.status == "FINISHED"
+    assert len(client.search_runs([run_2.info.experiment_id])) == 3
 
 
 def fixed_batches(trainer: BilevelTrainer, start: int, size: int):
@@ -149,16 +204,22 @@ def tiny_distributed_cfg(cifar_zip: Path, tmp_path: Path, epochs: int = 3) -> Ru
     return config_from_dict(raw)
 
 
-def assert_consistent_finish(result: dict, epochs: int) -> None:
+def assert_consistent_finish(result: dict, epochs: int, every: int) -> dict:
+    """The run trained every epoch once and W and phi end as one consistent pair; returns the final state."""
     assert [h["epoch"] for h in result["history"]] == list(range(1, epochs + 1))
-    assert 0.0 <= result["test_accuracy"] <= 1.0
     state = load_checkpoint(Path(result["checkpoint"]) / LATEST)
-    assert state["epoch"] == epochs
-    # W and phi are one consistent pair: the aux net in the checkpoint is the coordinator's phi.
+    assert state["epoch"] == epochs and state["step"] == result["steps"]
+    # The aux net in the checkpoint is the coordinator's phi, and the coordinator applied each outer step once:
+    # one optimizer version per outer step the workers took, the last at the last step divisible by `every`.
     phi_params = [v for k, v in state["auxnet"].items()]
-    for a, b in zip(phi_params, state["phi"]["phi"]):
+    assert len(phi_params) == len(state["phi"]["phi"]) > 0
+    for a, b in zip(phi_params, state["phi"]["phi"], strict=True):
         assert torch.equal(a, b)
-    assert state["phi"]["optimizer"]["last_step"] <= state["step"]
+    outer_steps = [step for step, _ in state["hypergrad_norms"]]
+    assert outer_steps == list(range(every, state["step"] + 1, every))
+    assert state["phi"]["optimizer"]["version"] == len(outer_steps)
+    assert state["phi"]["optimizer"]["last_step"] == outer_steps[-1]
+    return state
 
 
 def test_run_recovers_from_a_dead_worker_and_a_dead_coordinator(ray_local, cifar_zip, tmp_path):
@@ -170,6 +231,23 @@ def test_run_recovers_from_a_dead_worker_and_a_dead_coordinator(ray_local, cifar
     markers = {target: tmp_path / f"{target}-fault-fired" for target in ("worker", "coordinator")}
     faults = [{"target": "worker", "after_epoch": 1, "rank": 1, "marker": str(markers["worker"])},
               {"target": "coordinator", "after_epoch": 2, "rank": 0, "marker": str(markers["coordinator"])}]
-    result = run_distributed(cfg, name="faults", faults=faults)
+    result = run_distributed(cfg, folder="faults/0", faults=faults)
     assert {t: m.read_text() for t, m in markers.items()} == {"worker": "fired", "coordinator": "fired"}
-    assert_consistent_finish(result, 3)
+    # Restored twice, from the checkpoints of epochs 1 and 2 (a run that started afresh would say []).
+    assert result["resumed_from"] == [1, 2]
+    assert_consistent_finish(result, 3, cfg.hypergrad.every)
+
+
+def test_retries_exhausted_is_one_line(ray_local, cifar_zip, tmp_path):
+    """A run whose worker dies with no retries left (scaling.max_failures: 0) ends with one UserError line that
+    names the run and the retry budget, not Ray's traceback."""
+    from auxray.errors import UserError
+    from auxray.train.ray_run import run_distributed
+
+    cfg = tiny_distributed_cfg(cifar_zip, tmp_path, epochs=2)
+    cfg.scaling.max_failures = 0
+    fault = {"target": "worker", "after_epoch": 1, "rank": 1, "marker": str(tmp_path / "fired")}
+    with pytest.raises(UserError) as err:
+        run_distributed(cfg, folder="doomed/0", faults=[fault])
+    message = str(err.value)
+    assert "\n" not in message and message.startswith("distributed run doomed-0 failed after 0 retries"), message

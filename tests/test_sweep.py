@@ -147,8 +147,10 @@ def test_sweep_config_validates_keys_and_values(tmp_path: Path, cifar_zip: Path,
     assert (cfg.method.aux_lr, cfg.hypergrad.steps, cfg.method.combiner) == (0.003, 2, "linear")
     assert Path(cfg.data.root).is_absolute() and cfg.data.cache_dir == str(CACHE_DIR)
 
+    # Relative paths resolve against the directory the sweep was loaded from, even after the process moves (a
+    # Ray Tune trial runs in its own working directory).
+    monkeypatch.chdir(tmp_path)
     relative = load_sweep(write_sweep(tmp_path, cifar_zip, name="relative", storage="rel-sweeps"))
-    relative._cwd = str(tmp_path)
     elsewhere = tmp_path / "trial-cwd"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
@@ -177,6 +179,35 @@ def test_sweep_config_validates_keys_and_values(tmp_path: Path, cifar_zip: Path,
     assert cli_run(["sweep", str(bad_key)]) == 2
 
 
+def test_bad_sweep_input_is_one_line(tmp_path: Path, cifar_zip: Path, capsys: pytest.CaptureFixture,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """`auxray sweep` on a missing or malformed file, a missing base config, --resume with nothing to resume, or a
+    sweep that exists already: one line on stderr, exit code 2, and an existing sweep's folder left as it was."""
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+
+    def error(*args: str) -> str:
+        capsys.readouterr()
+        code = cli_run(["sweep", *args])
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(lines) == 1, lines
+        return lines[0]
+
+    assert "not found" in error(str(tmp_path / "nope.yaml"))
+    (tmp_path / "bad.yaml").write_text("name: [unclosed\n")
+    assert "YAML" in error(str(tmp_path / "bad.yaml"))
+    path = write_sweep(tmp_path, cifar_zip)
+    (tmp_path / "base.yaml").rename(tmp_path / "moved.yaml")
+    assert "base.yaml" in error(str(path))
+    (tmp_path / "moved.yaml").rename(tmp_path / "base.yaml")
+    assert "nothing to resume" in error(str(path), "--resume", "--tracking-uri", uri)
+    existing = load_sweep(path).experiment_dir
+    existing.mkdir(parents=True)
+    (existing / "keep.txt").write_text("earlier results")
+    assert "already exists" in error(str(path), "--tracking-uri", uri)
+    assert [p.name for p in existing.iterdir()] == ["keep.txt"]
+
+
 def test_search_spaces_match_the_sweep() -> None:
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
@@ -198,6 +229,31 @@ def test_search_spaces_match_the_sweep() -> None:
     assert type(scheduler_for(sweep, 4)).__name__ == "AsyncHyperBandScheduler"
     sweep.scheduler.type = "none"
     assert type(scheduler_for(sweep, 4)).__name__ == "FIFOScheduler"
+
+
+def test_asha_stops_a_trial_below_the_rung_median_after_the_grace_period() -> None:
+    """The sweep's ASHA (grace period 1, reduction factor 2, metric val_accuracy, mode max) lets the first trial at
+    epoch 1 through, stops a later one scoring below the median of those before it and keeps those above it."""
+    from ray.tune.schedulers import TrialScheduler
+
+    from auxray.tune.space import scheduler_for
+
+    sweep = SweepConfig.model_validate({"base": "x.yaml", "name": "s", "metric": "val_accuracy", "mode": "max",
+                                        "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
+                                        "space": {"trainer.lr": {"type": "uniform", "low": 0.01, "high": 0.1}}})
+    scheduler = scheduler_for(sweep, 3)
+    scheduler.set_search_properties(sweep.metric, sweep.mode)
+    trials = {name: SimpleNamespace(trial_id=name) for name in ("first", "weak", "strong", "late")}
+    for trial in trials.values():
+        scheduler.on_trial_add(None, trial)
+
+    def decide(name: str, epoch: int, accuracy: float) -> str:
+        return scheduler.on_trial_result(None, trials[name], {"training_iteration": epoch, "val_accuracy": accuracy})
+
+    assert decide("first", 1, 0.30) == TrialScheduler.CONTINUE
+    assert decide("weak", 1, 0.10) == TrialScheduler.STOP
+    assert decide("strong", 1, 0.50) == TrialScheduler.CONTINUE
+    assert decide("late", 1, 0.40) == TrialScheduler.CONTINUE  # above the median of 0.30, 0.10, 0.50
 
 
 def test_summary_picks_the_best_completed_trial() -> None:
@@ -271,7 +327,10 @@ def test_sweep_logs_parent_and_children(server: SimpleNamespace, finished_sweep:
     assert result["trials"] == 4 and result["errored"] == 0
     assert result["best"]["test_accuracy"] is not None and 0 <= result["best"]["val_accuracy"] <= 1
     assert set(result["best"]["params"]) == {"method.aux_lr", "hypergrad.steps", "method.combiner"}
-    assert 4 <= result["trial_epochs"] <= 8 and result["completed"] >= 1
+    # Each trial ran to the end (2 epochs) or ASHA stopped it at its rung (1 epoch); the summary counts both.
+    epochs = sorted(row["epochs"] for row in result["per_trial"])
+    assert set(epochs) <= {1, 2} and epochs[-1] == 2 and result["trial_epochs"] == sum(epochs)
+    assert (result["completed"], result["stopped_early"]) == (epochs.count(2), epochs.count(1))
     assert finished_sweep.stderr.count("trial ") >= 4, finished_sweep.stderr[-3000:]
     for row in result["per_trial"]:
         files = Path(result["experiment_dir"]) / "trials" / row["trial_id"]
@@ -337,7 +396,7 @@ def test_mlflow_ui_shows_the_sweep(server: SimpleNamespace, finished_sweep: Simp
 @pytest.mark.cluster
 @pytest.mark.timeout(600)
 def test_kill_driver_then_resume(server: SimpleNamespace, cifar_zip: Path, tmp_path: Path) -> None:
-    trials, epochs = 6, 3
+    trials, epochs = 4, 2
     path = write_sweep(tmp_path, cifar_zip, name="resumable", trials=trials, concurrency=1, epochs=epochs,
                        scheduler={"type": "none"})
     experiment = "sweep-resumable"

@@ -21,6 +21,7 @@ from mlflow import MlflowClient
 from PIL import Image
 from torch import nn
 
+from auxray.cli import run as cli_run
 from auxray.config import RunConfig, TrackingConfig
 from auxray.errors import UserError
 from auxray.tracking import (
@@ -216,8 +217,12 @@ def test_offline_run_spools_and_replays_to_a_new_run(tmp_path: Path, capsys: pyt
     assert records[0]["op"] == "run" and records[-1] == {**records[-1], "op": "status", "status": "FINISHED"}
     assert sorted({m["step"] for r in records if r["op"] == "metrics" for m in r["metrics"]}) == [1, 2]
 
+    # `auxray tracking replay` (the command the warning names) sends it, once.
     store = f"sqlite:///{tmp_path}/m.db"
-    done = replay_spool(tracker.spool_path, store)
+    replay = [sys.executable, "-m", "auxray.cli", "tracking", "replay", str(tracker.spool_path), "--tracking-uri", store]
+    proc = subprocess.run([*replay, "--json"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    done = json.loads(proc.stdout.strip().splitlines()[-1])
     assert done["sent"] == len(records) - 1 and done["skipped"] == 0
     client = MlflowClient(tracking_uri=store)
     run = client.get_run(done["run_id"])
@@ -225,9 +230,11 @@ def test_offline_run_spools_and_replays_to_a_new_run(tmp_path: Path, capsys: pyt
     assert run.data.tags["auxray.replayed_from"] == tracker.run_id
     assert steps_of(client, done["run_id"], "val_accuracy") == [1, 2]
     assert {"config.yaml", "checkpoints/best.pt", "plots/task_weights.png"} <= artifact_paths(client, done["run_id"])
-    again = replay_spool(tracker.spool_path, store)
-    assert again["sent"] == 0 and again["run_id"] == done["run_id"]
+    capsys.readouterr()  # again, in this process (MLflow is imported already): nothing is sent twice
+    assert cli_run(replay[3:]) == 0 and f"0 records sent to run {done['run_id']}" in capsys.readouterr().out
     assert steps_of(client, done["run_id"], "val_accuracy") == [1, 2]
+    assert cli_run(["tracking", "replay", str(tmp_path / "nope.jsonl")]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
 
 
 # ---- plots --------------------------------------------------------------------------------------------
@@ -319,7 +326,7 @@ def kill_server(proc: subprocess.Popen) -> None:
 
 @pytest.mark.cluster
 @pytest.mark.timeout(600)
-def test_server_killed_mid_run_spools_then_replays(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_server_killed_mid_run_spools_then_resends_when_it_is_back(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
     db, artifacts, log = tmp_path / "m.db", tmp_path / "art", tmp_path / "server.log"
@@ -327,7 +334,7 @@ def test_server_killed_mid_run_spools_then_replays(tmp_path: Path, capsys: pytes
     try:
         check_reachable(uri)
         trainer = fake_trainer()
-        tracker = RunTracker(uri, "killed", "mid-run", spool_dir=tmp_path / "spool", probe_interval=3600)
+        tracker = RunTracker(uri, "killed", "mid-run", spool_dir=tmp_path / "spool", probe_interval=1.0)
         run_id = tracker.start()
         tracker.log_config(trainer.cfg)
         for epoch in (1, 2):
@@ -338,23 +345,24 @@ def test_server_killed_mid_run_spools_then_replays(tmp_path: Path, capsys: pytes
         kill_server(server)
         with pytest.raises(UserError):
             check_reachable(uri, timeout=2)
-        for epoch in (3, 4, 5):
+        for epoch in (3, 4):
             t0 = time.monotonic()
             tracker.epoch(view(trainer), epoch_metrics(trainer, epoch), None)
             assert time.monotonic() - t0 < 5, f"epoch {epoch} callback blocked on the dead server"
+            time.sleep(1.1)  # past the probe interval: the probe runs, finds the server still down
+        assert tracker.offline
+        records = [json.loads(line) for line in tracker.spool_path.read_text().splitlines()]
+        assert sorted({m["step"] for r in records if r["op"] == "metrics" for m in r["metrics"]}) == [3, 4]
+
+        # The server comes back: the next call past the probe interval finds it and resends the spool by itself.
+        server = start_server(db, artifacts, port, log)
+        time.sleep(1.1)
+        tracker.epoch(view(trainer), epoch_metrics(trainer, 5), None)
+        assert not tracker.offline
         tracker.finish(view(trainer), {"test_accuracy": 0.61, "epochs": 5, "run_dir": str(run_dir_with_files(tmp_path))})
         err = capsys.readouterr().err
-        assert err.count("MLflow server unreachable") == 1, err
-        assert tracker.run_id == run_id and tracker.offline
-        records = [json.loads(line) for line in tracker.spool_path.read_text().splitlines()]
-        spooled_steps = sorted({m["step"] for r in records if r["op"] == "metrics" for m in r["metrics"]})
-        assert spooled_steps == [3, 4, 5]
-        assert records[-1]["op"] == "status" and records[-1]["status"] == "FINISHED"
-
-        server = start_server(db, artifacts, port, log)
-        assert client.get_run(run_id).info.status == "RUNNING"
-        done = replay_spool(tracker.spool_path)
-        assert done["run_id"] == run_id and done["sent"] == len(records) - 1
+        assert err.count("MLflow server unreachable") == 1 and "reachable again; resent" in err, err
+        assert tracker.run_id == run_id
         run = client.get_run(run_id)
         assert run.info.status == "FINISHED"
         assert steps_of(client, run_id, "val_accuracy") == [1, 2, 3, 4, 5]
@@ -362,7 +370,7 @@ def test_server_killed_mid_run_spools_then_replays(tmp_path: Path, capsys: pytes
         assert run.data.metrics["test_accuracy"] == pytest.approx(0.61)
         assert {"config.yaml", "checkpoints/best.pt", "metrics.jsonl", "plots/task_weights.png",
                 "plots/hypergrad_norms.png"} <= artifact_paths(client, run_id)
-        assert replay_spool(tracker.spool_path)["sent"] == 0
+        assert replay_spool(tracker.spool_path)["sent"] == 0  # nothing was left to replay by hand
         assert steps_of(client, run_id, "val_accuracy") == [1, 2, 3, 4, 5]
     finally:
         kill_server(server)
@@ -401,19 +409,46 @@ def test_tracker_resends_the_spool_when_the_store_comes_back(tmp_path: Path, mon
 
 @pytest.mark.cluster
 @pytest.mark.timeout(300)
-def test_serve_ui_serves_the_local_store_and_stops_on_ctrl_c(tmp_path: Path) -> None:
+def listening_hosts(port: int) -> set[str]:
+    """The local addresses a TCP socket listens on at `port` (from /proc/net/tcp and tcp6)."""
+    hosts = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, hex_port = local.split(":")
+            if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                hosts.add(socket.inet_ntoa(bytes.fromhex(address)[::-1]) if len(address) == 8 else address)
+    return hosts
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(300)
+def test_auxray_ui_serves_the_local_store_on_loopback_shows_the_run_and_stops_on_ctrl_c(tmp_path: Path) -> None:
+    """`auxray ui --tracking-uri sqlite:///...` (the README's command): listens on 127.0.0.1 only, headless
+    Chromium shows the run in the MLflow UI, and Ctrl-C stops it and its workers."""
+    from playwright.sync_api import sync_playwright
+
     uri = f"sqlite:///{tmp_path}/m.db"
-    with tracked_run(uri, "ui", "shown") as tracker:
+    with tracked_run(uri, "ui", "shown-in-the-browser") as tracker:
         tracker.log_metrics({"val_accuracy": 0.5}, step=1)
     port, log = free_port(), tmp_path / "ui.log"
-    proc = subprocess.Popen([sys.executable, "-c", f"import sys; from auxray.tracking import serve_ui; "
-                             f"sys.exit(serve_ui({uri!r}, port={port}))"], stdout=open(log, "a"),
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen([sys.executable, "-m", "auxray.cli", "ui", "--tracking-uri", uri, "--port", str(port)],
+                            stdout=open(log, "a"), stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_healthy(port, proc, log)
+        assert listening_hosts(port) == {"127.0.0.1"}
         resp = requests.post(f"http://127.0.0.1:{port}/api/2.0/mlflow/runs/search", json={"experiment_ids": ["1"]},
                              timeout=10)
         assert [r["info"]["run_id"] for r in resp.json()["runs"]] == [tracker.run_id]
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
+                                         args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+            try:
+                page = browser.new_page(viewport={"width": 1400, "height": 900})
+                page.goto(f"http://127.0.0.1:{port}/#/experiments/1/runs", wait_until="load", timeout=120_000)
+                page.get_by_text("shown-in-the-browser", exact=True).first.wait_for(timeout=90_000)
+            finally:
+                browser.close()
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 130
         with pytest.raises(requests.RequestException):

@@ -54,7 +54,7 @@ def test_learned_combiner_downweights_harmful_auxiliary():
     assert last["task_weight/harmful"] < first["task_weight/harmful"], (first, last)
 
 
-@pytest.mark.parametrize("method", ["neumann", "cg", "unroll", "fd"])
+@pytest.mark.parametrize("method", ["neumann", "cg", "exact", "unroll", "fd"])
 def test_every_hypergradient_method_moves_phi(method):
     cfg = config_from_dict(synthetic_raw(hypergrad={"method": method, "steps": 3}, trainer={"epochs": 1}))
     trainer = BilevelTrainer(cfg, build_data(cfg.data), progress=False)
@@ -63,6 +63,34 @@ def test_every_hypergradient_method_moves_phi(method):
     after = list(trainer.auxnet.parameters())
     assert any(not torch.equal(a, b) for a, b in zip(before, after))
     assert trainer.history[-1]["hypergrad_norm"] > 0
+
+
+def test_sgd_on_phi_with_clipping_moves_phi_by_at_most_lr_times_clip_per_outer_step():
+    """method.aux_optimizer: sgd and method.aux_grad_clip in a run: every outer step's hypergradient is clipped to
+    the given norm before SGD (momentum 0.9) applies it, so phi's k-th step is at most lr * clip * sum_j 0.9^j."""
+    lr, clip = 1.0, 1e-4
+    cfg = config_from_dict(synthetic_raw(method={"aux_optimizer": "sgd", "aux_grad_clip": clip, "aux_lr": lr,
+                                                 "aux_weight_decay": 0.0}, trainer={"epochs": 1}))
+    trainer = BilevelTrainer(cfg, build_data(cfg.data), progress=False)
+    moves: list[float] = []
+
+    def flat() -> torch.Tensor:
+        return torch.cat([p.detach().reshape(-1) for p in trainer.auxnet.parameters()])
+
+    last = flat()
+
+    def record(*_: object) -> None:
+        nonlocal last
+        now = flat()
+        moves.append(float((now - last).norm()))
+        last = now
+
+    trainer.phi.optimizer.register_step_post_hook(record)
+    trainer.fit()
+    assert len(moves) == trainer.step // cfg.hypergrad.every > 3
+    assert trainer.history[-1]["hypergrad_norm"] > 10 * clip  # unclipped, the first step would be 10x longer
+    assert moves[0] == pytest.approx(lr * clip, rel=2e-3)  # clip_grad_norm_ divides by (norm + 1e-6)
+    assert all(m <= lr * clip * sum(0.9**j for j in range(k + 1)) * 1.002 for k, m in enumerate(moves))
 
 
 def assert_resume_matches(cfg, stop_after: int) -> BilevelTrainer:
@@ -187,3 +215,20 @@ def test_label_entropy_term_prevents_collapse(cifar_zip, tmp_path):
     _, without = run(0.0)
     assert with_entropy > 0.95, with_entropy
     assert without < 0.6 < start, (start, without)
+
+
+def test_coordinator_ignores_a_replayed_outer_step():
+    """The coordinator applies each outer-step id once: a replayed call (a retried RPC, a restarted worker sending
+    the same step again) leaves phi, its optimizer and its version as they were."""
+    from auxray.config import MethodConfig
+    from auxray.train.coordinator import Coordinator
+
+    coordinator = Coordinator(MethodConfig(name="auxilearn_combine", aux_lr=0.1).model_dump())
+    coordinator.initialise([torch.ones(3)])
+    grad = [torch.tensor([1.0, -1.0, 0.5])]
+    version, after_first = coordinator.apply(grad, step=5)
+    assert version == 1 and not torch.equal(after_first[0], torch.ones(3))
+    replayed_version, after_replay = coordinator.apply(grad, step=5)
+    assert replayed_version == 1 and torch.equal(after_replay[0], after_first[0]) and coordinator.applied == 1
+    assert coordinator.apply(grad, step=4)[0] == 1  # an older step id is a replay too
+    assert coordinator.apply(grad, step=10)[0] == 2 and coordinator.state()["optimizer"]["last_step"] == 10

@@ -8,7 +8,7 @@ from typing import Literal
 
 from auxray.config import DataConfig
 from auxray.data.batches import BatchIterator
-from auxray.data.cifar import load_cifar10
+from auxray.data.cifar import load_cifar10, needs_download
 from auxray.data.imagefolder import ImageFolderData, load_imagefolder
 from auxray.data.rotation import rotate_batch
 from auxray.data.splits import SplitIndices, make_splits
@@ -16,7 +16,7 @@ from auxray.data.synthetic import TARGETS, make_synthetic
 from auxray.data.tensors import TensorData
 from auxray.errors import UserError
 
-__all__ = ["BatchIterator", "DataBundle", "TensorData", "build_data", "rotate_batch"]
+__all__ = ["BatchIterator", "DataBundle", "TensorData", "build_data", "check_source", "rotate_batch"]
 
 SYNTHETIC_POOL = 10_000
 SYNTHETIC_TEST = 2_000
@@ -76,13 +76,26 @@ def _bundle(cfg: DataConfig, pool: TensorData, test: TensorData, classes: list[s
     )
 
 
+def check_source(cfg: DataConfig) -> None:
+    """Fail with one line when the data source cannot be there at load time (a missing root that will not be
+    downloaded): a stat, so callers check it before they open anything (a tracking run, Ray)."""
+    if cfg.dataset == "synthetic":
+        return
+    root = Path(cfg.root).expanduser()
+    if cfg.dataset == "cifar10":
+        if needs_download(root) and not cfg.download:
+            found = "data root is empty" if root.exists() else "data root not found"
+            raise UserError(f"{found}: {root} (set data.download: true to fetch CIFAR-10 there)")
+    elif not root.exists():
+        raise UserError(f"data root not found: {root}")
+
+
 def load_images(cfg: DataConfig) -> ImageFolderData:
     """Decoded train/test images for an image data set (cifar10 or imagefolder)."""
+    check_source(cfg)
     root = Path(cfg.root).expanduser()
     if cfg.dataset == "cifar10":
         return load_cifar10(root, image_size=cfg.image_size, cache_dir=cfg.cache_dir, download=cfg.download)
-    if not root.exists():
-        raise UserError(f"data root not found: {root}")
     return load_imagefolder(root, cfg.image_size, cfg.cache_dir)
 
 

@@ -73,7 +73,7 @@ class CombinerObjective(GivenAuxObjective):
     learned = True
 
     def __init__(
-        self, name: str, aux_task: AuxiliaryTask, num_outputs: int, kind: str, hidden: list[int], monotone: bool
+        self, name: str, aux_task: AuxiliaryTask, num_outputs: int, kind: str, hidden: list[int], monotone: bool | None
     ) -> None:
         super().__init__(name, aux_task, num_outputs)
         self.kind, self.hidden, self.monotone = kind, hidden, monotone
@@ -81,9 +81,9 @@ class CombinerObjective(GivenAuxObjective):
     def build_auxnet(self, model: nn.Module) -> nn.Module:
         n_aux = len(self.aux_task.names)
         if self.kind == "linear":
-            return LinearCombiner(n_aux, monotone=True)
+            return LinearCombiner(n_aux, monotone=self.monotone is not False)
         if self.kind == "nonlinear":
-            return NonlinearCombiner(n_aux, hidden=self.hidden, monotone=self.monotone)
+            return NonlinearCombiner(n_aux, hidden=self.hidden, monotone=bool(self.monotone))
         raise ValueError("the deep combiner needs per-pixel losses; CIFAR classification has none")
 
     def inner(self, forward: ForwardFn, aux: AuxFn | None, batch: Batch) -> InnerResult:

@@ -9,10 +9,10 @@ from typing import Any
 _HOMES = {
     "replay_spool": "spool",
     "RunTracker": "tracker",
-    "end_parent": "tracker",
-    "find_parent": "tracker",
+    "end_parent": "parents",
+    "find_parent": "parents",
     "sanitize_key": "tracker",
-    "start_parent": "tracker",
+    "start_parent": "parents",
     "tracked_run": "tracker",
     "serve_ui": "ui",
     "artifact_location": "uri",

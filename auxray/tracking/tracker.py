@@ -17,10 +17,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from mlflow import MlflowClient
-from mlflow.exceptions import MlflowException
 
 from auxray.config import RunConfig
-from auxray.errors import UserError
 from auxray.paths import output_path
 from auxray.tracking.spool import (
     Spool,
@@ -41,6 +39,8 @@ Status = Literal["FINISHED", "FAILED", "KILLED"]
 PARENT_TAG = "mlflow.parentRunId"
 SWEEP_TAG = "auxray.sweep"
 KIND_TAG = "auxray.kind"
+EPOCH_METRIC = "epoch_seconds"  # logged at every epoch of every run: its history says which epochs are logged
+RUN_DIR_TAG = "auxray.run_dir"  # a run's folder: `auxray train --resume` continues the MLflow run that has it
 MAX_KEY_LENGTH = 250
 MAX_PARAM_LENGTH = 6000
 _BAD_KEY_CHARS = re.compile(r"[^/\w.\- :]")
@@ -109,6 +109,7 @@ class RunTracker:
         self.timeout, self.probe_interval = timeout, probe_interval
         self.client = MlflowClient(tracking_uri=self.uri)
         self.run_id: str | None = None
+        self.logged_through = 0  # the last epoch the run has logged (set when attaching to an existing run)
         self.offline = False
         self.status: str | None = None
         self._spool: Spool | None = None
@@ -148,11 +149,51 @@ class RunTracker:
             self._get_spool().open()
         return self.run_id
 
+    def start_or_reopen(self, tag: str, value: str) -> str:
+        """Reopen the run of this experiment tagged `tag` = `value` (set RUNNING again: a resumed run goes on
+        logging where it stopped), else start a new run carrying that tag. Returns the run id."""
+        self.tags[tag] = value
+        earlier = None
+        try:
+            with http_limits(self.timeout):
+                exp = self.client.get_experiment_by_name(self.experiment)
+                query = f"tags.`{tag}` = '{value.replace(chr(39), chr(92) + chr(39))}'"
+                found = self.client.search_runs([exp.experiment_id], query, max_results=1) if exp else []
+            earlier = found[0].info.run_id if found else None
+        except Exception as exc:
+            if not is_unavailable(exc):
+                raise
+        if earlier is None:
+            return self.start()
+        self.reopen(earlier)
+        return earlier
+
+    def reopen(self, run_id: str) -> None:
+        """Log to an earlier run again (a resumed run or a restored trial): RUNNING, tagged auxray.restored."""
+        self.attach(run_id)
+        if self.offline:
+            return
+        with http_limits(self.timeout):
+            self.client.update_run(run_id, status="RUNNING")
+        self.set_tags({"auxray.restored": "true"})
+
     def attach(self, run_id: str) -> None:
-        """Log to an existing run (one a driver created) instead of starting a new one."""
+        """Log to an existing run (one a driver created, or an earlier attempt of this one) instead of starting a
+        new one. Epochs the run has logged already are not logged again: a run restored from a checkpoint older
+        than its last logged epoch trains those epochs again, to the same values."""
         self.run_id = run_id
         if run_id.startswith("offline-"):
             self._go_offline(RuntimeError("the run was created while the store was unreachable"))
+            return
+        try:
+            with http_limits(self.timeout):
+                logged = self.client.get_metric_history(run_id, EPOCH_METRIC)
+        except Exception as exc:
+            if not is_unavailable(exc):
+                raise
+            self._go_offline(exc)  # the spool keeps this attempt's epochs; a replay sends them
+            return
+        self.logged_through = max((m.step for m in logged), default=0)
 
     def end(self, status: Status = "FINISHED") -> None:
         """Set the run's final status (once)."""
@@ -202,7 +243,9 @@ class RunTracker:
         summary also the run's results (log_result). The run's status is left to its owner."""
         if view.rank != 0:
             return
-        self.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, int(metrics.get("epoch", view.epoch)))
+        epoch = int(metrics.get("epoch", view.epoch))
+        if epoch > self.logged_through:
+            self.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, epoch)
         if summary is not None:
             self.log_result(view, summary)
 
@@ -216,7 +259,7 @@ class RunTracker:
             self.log_metrics(final, step)
             run_dir = Path(result["run_dir"]) if result.get("run_dir") else None
             if run_dir is not None:
-                self.set_tags({"auxray.run_dir": str(run_dir)})
+                self.set_tags({RUN_DIR_TAG: str(run_dir)})
                 self.log_artifact(run_dir / "best.pt", "checkpoints")
                 self.log_artifact(run_dir / "metrics.jsonl")
             if view is not None:
@@ -328,15 +371,20 @@ def tracked_run(
     parent_run_id: str | None = None,
     tags: dict[str, Any] | None = None,
     spool_dir: str | Path | None = None,
+    reopen: tuple[str, str] | None = None,
     **options: Any,
 ) -> Iterator[RunTracker]:
     """A started RunTracker (with cfg logged when given) whose run always ends: FAILED when the body raises
     (KeyboardInterrupt included, with the error as the tag auxray.error), else FINISHED unless
-    ``finish``/``end`` already set a status."""
+    ``finish``/``end`` already set a status. `reopen` = (tag, value): continue the earlier run carrying that tag
+    (see RunTracker.start_or_reopen)."""
     tracker = RunTracker(
         uri, experiment, run_name, parent_run_id=parent_run_id, tags=tags, spool_dir=spool_dir, **options
     )
-    tracker.start()
+    if reopen is not None:
+        tracker.start_or_reopen(*reopen)
+    else:
+        tracker.start()
     try:
         if cfg is not None:
             tracker.log_config(cfg)
@@ -348,48 +396,3 @@ def tracked_run(
         raise
     else:
         tracker.end("FINISHED")
-
-
-# ---- sweeps: one parent run, one child per trial ---------------------------------------------
-def start_parent(uri: str | None, experiment: str, sweep_name: str, tags: dict[str, Any] | None = None) -> str:
-    """Create the parent run of a sweep and return its id; children pass it as RunTracker(parent_run_id=…).
-    The store must be reachable (UserError otherwise); end it with end_parent."""
-    uri = resolve_uri(uri)
-    client = MlflowClient(tracking_uri=uri)
-    all_tags = {sanitize_key(k): str(v) for k, v in (tags or {}).items()}
-    all_tags.update({SWEEP_TAG: sweep_name, KIND_TAG: "sweep"})
-    try:
-        with http_limits():
-            exp = experiment_id(client, uri, experiment)
-            return client.create_run(exp, tags=all_tags, run_name=sweep_name).info.run_id
-    except MlflowException as exc:
-        if is_unavailable(exc):
-            raise UserError(f"MLflow tracking server at {uri} is unreachable: {first_line(exc)}") from None
-        raise
-
-
-def find_parent(uri: str | None, experiment: str, sweep_name: str) -> str | None:
-    """The newest parent run of `sweep_name` (to reattach a resumed sweep), or None."""
-    uri = resolve_uri(uri)
-    client = MlflowClient(tracking_uri=uri)
-    with http_limits():
-        exp = client.get_experiment_by_name(experiment)
-        if exp is None:
-            return None
-        name = sweep_name.replace("'", "\\'")
-        runs = client.search_runs(
-            [exp.experiment_id],
-            max_results=1,
-            order_by=["attributes.start_time DESC"],
-            filter_string=f"tags.`{SWEEP_TAG}` = '{name}' and tags.`{KIND_TAG}` = 'sweep'",
-        )
-    return runs[0].info.run_id if runs else None
-
-
-def end_parent(uri: str | None, run_id: str, status: Status = "FINISHED") -> None:
-    """End a sweep's parent run; a failure is one warning line, never an exception."""
-    try:
-        with http_limits():
-            MlflowClient(tracking_uri=resolve_uri(uri)).set_terminated(run_id, status)
-    except Exception as exc:
-        print(f"auxray: could not end MLflow parent run {run_id}: {first_line(exc)}", file=sys.stderr, flush=True)

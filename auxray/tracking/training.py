@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from auxray.config import RunConfig
 from auxray.tracking.uri import check_reachable, resolve_uri
-from auxray.train.launch import is_distributed, train
+from auxray.train.launch import is_distributed, plan_run, train
 from auxray.train.loop import EpochCallback
 from auxray.train.run_dir import Log, stderr_log
 from auxray.train.session import SinkFactory, Summary
@@ -51,11 +51,17 @@ def train_tracked(
     """`train`, tracked in MLflow when cfg.tracking.enabled (the summary then names the run: mlflow_run_id)."""
     if not cfg.tracking.enabled:
         return train(cfg, name=name, resume=resume, sinks=sinks, progress=progress, log=log, callbacks=callbacks)
-    from auxray.tracking.tracker import tracked_run
+    from auxray.tracking.tracker import RUN_DIR_TAG, tracked_run
 
+    cfg, folder = plan_run(cfg, name=name, resume=resume)  # a run that cannot start leaves no FAILED run behind
     uri = resolve_uri(tracking_uri, cfg.tracking)
     check_reachable(uri)
-    with tracked_run(uri, cfg.tracking.experiment, cfg.tracking.run_name or name, cfg=cfg) as tracker:
+    run_dir = str(Path(cfg.trainer.checkpoint_dir or "runs") / folder)
+    # Every run is tagged with its folder; a resumed one goes on logging to the MLflow run of that folder.
+    reopen = (RUN_DIR_TAG, run_dir) if resume else None
+    with tracked_run(
+        uri, cfg.tracking.experiment, cfg.tracking.run_name or name, cfg=cfg, tags={RUN_DIR_TAG: run_dir}, reopen=reopen
+    ) as tracker:
         # This process's tracker serves a local run; a distributed run's rank 0 attaches its own to the same run.
         own: SinkFactory = (
             TrackerSink(uri, str(tracker.run_id), cfg.tracking.experiment, str(Path(tracker.spool_dir).resolve()))
@@ -63,7 +69,14 @@ def train_tracked(
             else (lambda: tracker)
         )
         result = train(
-            cfg, name=name, resume=resume, sinks=[own, *sinks], progress=progress, log=log, callbacks=callbacks
+            cfg,
+            name=name,
+            resume=resume,
+            folder=folder,
+            sinks=[own, *sinks],
+            progress=progress,
+            log=log,
+            callbacks=callbacks,
         )
     result["mlflow_run_id"] = tracker.run_id
     return result

@@ -108,6 +108,7 @@ class BilevelTrainer:
         self.step = 0
         self.history: list[dict[str, Any]] = []
         self.hypergrad_norms: list[tuple[int, float]] = []
+        self.resumed_from: list[int] = []  # the epoch of every checkpoint this run was restored from, in order
         self.best: dict[str, Any] = {"val_accuracy": -math.inf, "epoch": -1, "state": None}
 
     # ---- one inner step -------------------------------------------------------------------
@@ -254,7 +255,7 @@ class BilevelTrainer:
         if last_outer is not None and self.cfg.hypergrad.report_cosine:
             metrics["hypergrad_cosine"] = hypergrad_cosine(self, *last_outer)
         if self.collective.world_size > 1:
-            metrics["allreduce_bytes"] = self.collective.bytes_sent  # cumulative, over the whole run
+            metrics["allreduce_bytes"] = self.collective.bytes_sent  # cumulative since this process started
         metrics["lr"] = self.opt_w.param_groups[0]["lr"]
         metrics["epoch_seconds"] = time.perf_counter() - t0
         metrics["steps_per_second"] = n / metrics["epoch_seconds"]
@@ -338,6 +339,7 @@ class BilevelTrainer:
             "step": self.step,
             "history": self.history,
             "hypergrad_norms": self.hypergrad_norms,
+            "resumed_from": self.resumed_from,
             "best": self.best,
             "rng": rng_state(),
             "config": self.cfg.model_dump(mode="json"),
@@ -355,6 +357,7 @@ class BilevelTrainer:
         self.epoch, self.step = state["epoch"], state["step"]
         self.history = list(state["history"])
         self.hypergrad_norms = list(state["hypergrad_norms"])
+        self.resumed_from = [*state.get("resumed_from", []), int(state["epoch"])]  # absent in older checkpoints
         self.best = state["best"]
         set_rng_state(state["rng"])
 

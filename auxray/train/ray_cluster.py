@@ -9,11 +9,6 @@ from auxray.errors import UserError
 
 LOCAL_OBJECT_STORE_BYTES = 256 * 1024 * 1024
 
-# Ray reads this when it is imported: workers then run this interpreter directly instead of Ray's `uv run` hook
-# re-creating the virtual environment in a copy of the working directory (cluster images already hold the
-# locked environment, see deploy/Dockerfile). It is set here, before any `import ray`, for every entry point.
-os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
-
 
 def ensure_ray(address: str | None = None, *, num_cpus: int | None = None, log_to_driver: bool = True) -> bool:
     """Connect to the cluster named by `address` or RAY_ADDRESS, else start a local instance (dashboard on

@@ -15,37 +15,32 @@ from ray.train import RunConfig as TrainRunConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from auxray.config import RunConfig
-from auxray.data import build_data
 from auxray.errors import UserError
 from auxray.train.checkpoint import LATEST, load_checkpoint
 from auxray.train.coordinator import Coordinator
 from auxray.train.ray_cluster import ensure_ray
 from auxray.train.ray_worker import train_loop_per_worker
-from auxray.train.run_dir import run_name
+from auxray.train.run_dir import RAY_DIR, ray_train_name
 from auxray.train.session import SinkFactory, Summary
-
-RAY_DIR = "ray"  # Ray Train's storage under the checkpoint folder; every node must reach it on a real cluster
 
 
 def run_distributed(
     cfg: RunConfig,
     *,
-    name: str,
-    resume: bool = False,
+    folder: str,
     sinks: Sequence[SinkFactory] = (),
     progress: bool = True,
     faults: Sequence[dict[str, Any]] = (),
 ) -> Summary:
-    """Train cfg (paths already absolute) on cfg.scaling.workers Ray Train workers (DDP, gloo or NCCL) with a
-    coordinator actor; Ray Train restores the newest run of `name` from its latest checkpoint when resuming."""
+    """Train cfg (paths already absolute) in run folder `folder` (launch.plan_run's) on cfg.scaling.workers Ray
+    Train workers (DDP, gloo or NCCL) with a coordinator actor. Ray Train restores a run whose storage already
+    holds checkpoints (a resumed one) from the latest of them."""
     t0 = time.perf_counter()
-    build_data(cfg.data)  # fail fast, with one line, on a bad data path before any Ray resources are spent
     s = cfg.scaling
     ensure_ray(s.address, num_cpus=max(os.cpu_count() or 1, s.workers))
     base = Path(cfg.trainer.checkpoint_dir or "runs")
     storage = base / RAY_DIR
-    folder = run_name(base, name, resume=resume, done=lambda d: (storage / _train_name(d.relative_to(base))).is_dir())
-    run_id = _train_name(Path(folder))
+    run_id = ray_train_name(Path(folder))
     namespace = ray.get_runtime_context().namespace
     actor = f"auxray-coordinator-{run_id}"
     coordinator: Any = (  # an actor handle: Ray's stubs do not type its remote methods
@@ -91,11 +86,6 @@ def run_distributed(
     return _summary(cfg, result, base / folder, time.perf_counter() - t0)
 
 
-def _train_name(folder: Path) -> str:
-    """Ray Train's run name for a run folder `<name>/<stamp>` (its storage is flat)."""
-    return "-".join(folder.parts)
-
-
 def _summary(cfg: RunConfig, result: Any, run_dir: Path, seconds: float) -> Summary:
     """The session's summary as the final report carried it, plus what only the driver knows: workers, wall
     time, where the checkpoint is, and the per-epoch history held in it."""
@@ -115,6 +105,7 @@ def _summary(cfg: RunConfig, result: Any, run_dir: Path, seconds: float) -> Summ
         "best_val_accuracy",
         "best_val_mse",
         "best_epoch",
+        "resumed_from",
         "allreduce_bytes",
         "phi_bytes_sent",
     )

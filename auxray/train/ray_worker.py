@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +81,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if rank == 0:
         sinks = [
             LogSink(lambda line: print(line, flush=True)),
-            RunDir(Path(config["run_dir"]), cfg, latest=False),
+            RunDir(Path(config["run_dir"]), cfg),
             *(open_sink() for open_sink in config["sinks"]),
         ]
     sinks.append(RayTrainReport(cfg.trainer.checkpoint_every))
@@ -100,6 +101,9 @@ class FaultInjector:
         if view.epoch != self.fault["after_epoch"] or self.marker.exists() or view.rank != self.fault.get("rank", 0):
             return
         self.marker.write_text("fired")
+        # Ray Train's controller collects each worker's report (and registers the checkpoint) when it polls the
+        # workers, every health-check interval: a worker dying sooner would take the epoch's checkpoint with it.
+        time.sleep(2.5 * float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "2.0")))  # Ray's default: 2 s
         if self.fault["target"] == "coordinator":
             ray.kill(self.coordinator, no_restart=False)
         else:

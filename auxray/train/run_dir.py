@@ -16,6 +16,7 @@ from auxray.train.checkpoint import BEST, LATEST, load_checkpoint, save_checkpoi
 from auxray.train.session import RunView, Summary
 
 METRICS = "metrics.jsonl"
+RAY_DIR = "ray"  # Ray Train's storage under the checkpoint folder; every node must reach it on a real cluster
 Log = Callable[[str], None]
 
 
@@ -41,6 +42,18 @@ def has_latest(folder: Path) -> bool:
     return (folder / LATEST).is_file()
 
 
+def ray_train_name(folder: Path) -> str:
+    """Ray Train's run name for a run folder `<name>/<stamp>` (its storage is flat)."""
+    return "-".join(folder.parts)
+
+
+def resumable(base: Path, *, distributed: bool) -> Callable[[Path], bool]:
+    """`run_name`'s test of an earlier run folder under base: a latest.pt, or Ray Train's storage of that run."""
+    if not distributed:
+        return has_latest
+    return lambda folder: (base / RAY_DIR / ray_train_name(folder.relative_to(base))).is_dir()
+
+
 def format_metrics(metrics: dict[str, Any], epochs: int) -> str:
     """A compact one-line summary of an epoch's metrics."""
     keys = ["train_loss", "train_accuracy", "val_accuracy", "val_mse", "hypergrad_norm"]
@@ -63,27 +76,43 @@ class LogSink:
 
 
 class RunDir:
-    """Session sink keeping a run's files in one folder (rank 0 only). `latest=False` leaves the resumable
-    state to another sink (Ray Train or Tune checkpoints) and keeps only best.pt and the metrics."""
+    """Session sink keeping a run's files in one folder (rank 0 only): config.json, metrics.jsonl and best.pt. The
+    resumable state is another sink's (LatestCheckpoint here, Ray Train's or Tune's checkpoints), placed after
+    every other sink: a checkpoint is the point a run resumes from, so what an epoch logs is out before it."""
 
-    def __init__(self, path: Path, cfg: RunConfig, *, latest: bool = True) -> None:
-        self.path, self.every, self.latest = Path(path), cfg.trainer.checkpoint_every, latest
+    def __init__(self, path: Path, cfg: RunConfig) -> None:
+        self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         (self.path / "config.json").write_text(cfg.model_dump_json(indent=2))
         self.best_epoch = -1
-
-    def restore(self) -> dict[str, Any] | None:
-        """The state in latest.pt, if there is one."""
-        return load_checkpoint(self.path / LATEST) if has_latest(self.path) else None
+        self.synced = False  # metrics.jsonl rewritten from the run's history (once per process)
 
     def epoch(self, view: RunView, metrics: dict[str, Any], summary: Summary | None) -> None:
         if view.rank != 0:
             return
-        with open(self.path / METRICS, "a") as f:
-            f.write(json.dumps(metrics) + "\n")
-        if self.latest and (view.epoch % self.every == 0 or view.done):
-            save_checkpoint(view.state(), self.path / LATEST)
+        # The first epoch of this process rewrites the file from the history the run continues from, so that
+        # epochs logged after the checkpoint it was restored from (then trained again) are not listed twice.
+        lines = [metrics] if self.synced else view.history
+        with open(self.path / METRICS, "a" if self.synced else "w") as f:
+            f.writelines(json.dumps(m) + "\n" for m in lines)
+        self.synced = True
         best = view.best()
         if best["epoch"] != self.best_epoch:
             self.best_epoch = best["epoch"]
             save_checkpoint(best, self.path / BEST)
+
+
+class LatestCheckpoint:
+    """Session sink writing a single-process run's resumable state to latest.pt every `checkpoint_every` epochs
+    and after the last one; the last sink of the session."""
+
+    def __init__(self, path: Path, cfg: RunConfig) -> None:
+        self.path, self.every = Path(path) / LATEST, cfg.trainer.checkpoint_every
+
+    def restore(self) -> dict[str, Any] | None:
+        """The state in latest.pt, if there is one."""
+        return load_checkpoint(self.path) if self.path.is_file() else None
+
+    def epoch(self, view: RunView, metrics: dict[str, Any], summary: Summary | None) -> None:
+        if view.rank == 0 and (view.epoch % self.every == 0 or view.done):
+            save_checkpoint(view.state(), self.path)

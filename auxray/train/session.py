@@ -84,7 +84,7 @@ SinkFactory = Callable[[], Sink]  # a picklable recipe for a sink, opened where 
 
 def summarise(trainer: BilevelTrainer, seconds: float, run_dir: str | Path | None) -> Summary:
     """The one summary schema of every run: test metrics of the best-on-validation and of the final weights,
-    the best validation score and epoch, counters, time and where the run's files are."""
+    the best validation score and epoch, counters, the epochs it was restored at, time and where its files are."""
     result: Summary = {"method": trainer.cfg.method.name, "epochs": trainer.epoch, "steps": trainer.step}
     if trainer.epoch >= trainer.cfg.trainer.epochs:
         best, final = trainer.test(best=True), trainer.test(best=False)
@@ -97,6 +97,7 @@ def summarise(trainer: BilevelTrainer, seconds: float, run_dir: str | Path | Non
     else:
         result["best_val_accuracy"] = trainer.best["val_accuracy"]
     result["best_epoch"] = trainer.best["epoch"]
+    result["resumed_from"] = list(trainer.resumed_from)
     if trainer.collective.world_size > 1:  # what a data-parallel run sent: all-reduces, and phi to the coordinator
         result["allreduce_bytes"] = trainer.collective.bytes_sent
         result["phi_bytes_sent"] = trainer.phi.bytes_sent if trainer.phi is not None else 0

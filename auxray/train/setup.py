@@ -11,13 +11,34 @@ from torch import Tensor
 from torch.optim.lr_scheduler import LRScheduler
 
 from auxray.config import RunConfig
+from auxray.errors import UserError
 
 
 def resolve_device(name: str) -> torch.device:
-    """'auto' picks CUDA when present, else the CPU."""
+    """'auto' picks CUDA when present, else the CPU; a CUDA device this machine does not have is one line."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise UserError(f"trainer.device: {name!r} is not a device ({str(err).splitlines()[0]})") from None
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise UserError(
+            f"trainer.device: {name} asks for a CUDA GPU, but this machine has {torch.cuda.device_count()} "
+            "(use auto or cpu)"
+        )
+    return device
+
+
+def check_gpus(gpus_per_worker: float, workers: int) -> None:
+    """A data-parallel run on a local Ray instance needs the GPUs it asks for on this machine (Ray would wait for
+    them forever)."""
+    needed = gpus_per_worker * workers
+    if needed > torch.cuda.device_count():
+        raise UserError(
+            f"--gpus-per-worker {gpus_per_worker:g} with {workers} workers needs {needed:g} GPUs, but this machine "
+            f"has {torch.cuda.device_count()} (a cluster's GPUs are used with --address or RAY_ADDRESS)"
+        )
 
 
 def seed_everything(seed: int) -> None:

@@ -85,13 +85,11 @@ def open_child(
     if earlier is None:
         tracker.start()
         return tracker
-    tracker.run_id = earlier.info.run_id
+    tracker.reopen(earlier.info.run_id)
     with http_limits():
-        tracker.client.update_run(tracker.run_id, status="RUNNING")
         for tag in (STOPPED_TAG, "auxray.interrupted"):
             if tag in earlier.data.tags:
-                tracker.client.delete_tag(tracker.run_id, tag)
-    tracker.set_tags({"auxray.restored": "true"})
+                tracker.client.delete_tag(earlier.info.run_id, tag)
     return tracker
 
 

@@ -79,12 +79,11 @@ class ChildRun:
     """Session sink around a trial's child MLflow run: epochs live; at the end the results and the FINISHED
     status, before the final Tune report (after which Tune may tear the trial down)."""
 
-    def __init__(self, tracker: RunTracker, *, log_epochs: bool = True) -> None:
-        self.tracker, self.log_epochs = tracker, log_epochs
+    def __init__(self, tracker: RunTracker) -> None:
+        self.tracker = tracker
 
     def epoch(self, view: RunView, metrics: dict[str, Any], summary: Summary | None) -> None:
-        if self.log_epochs:  # off for a trial restored after its last epoch: that epoch is logged already
-            self.tracker.epoch(view, metrics, None)
+        self.tracker.epoch(view, metrics, None)  # a restored trial's reopened run skips epochs logged already
         if summary is not None:
             self.tracker.finish(view, summary, "FINISHED")
 
@@ -139,10 +138,9 @@ def _run_local_trial(
             tracker.log_config(cfg)
             tracker.log_params({"trial": params})
         _log_attempt(trial_dir, trainer.epoch)
-        done = trainer.epoch >= cfg.trainer.epochs
         run_session(
             trainer,
-            [RunDir(trial_dir, cfg, latest=False), ChildRun(tracker, log_epochs=not done), TuneReport()],
+            [RunDir(trial_dir, cfg), ChildRun(tracker), TuneReport()],
             run_dir=trial_dir,
         )
     except SystemExit:
