@@ -11,7 +11,7 @@ from mlflow.exceptions import MlflowException
 
 from auxray.errors import UserError
 from auxray.tracking.spool import experiment_id, first_line
-from auxray.tracking.tracker import KIND_TAG, SWEEP_TAG, Status, is_unavailable, sanitize_key
+from auxray.tracking.tracker import KIND_TAG, SWEEP_TAG, Status, is_unavailable, quoted, sanitize_key
 from auxray.tracking.uri import http_limits, resolve_uri
 
 
@@ -40,12 +40,11 @@ def find_parent(uri: str | None, experiment: str, sweep_name: str) -> str | None
         exp = client.get_experiment_by_name(experiment)
         if exp is None:
             return None
-        name = sweep_name.replace("'", "\\'")
         runs = client.search_runs(
             [exp.experiment_id],
             max_results=1,
             order_by=["attributes.start_time DESC"],
-            filter_string=f"tags.`{SWEEP_TAG}` = '{name}' and tags.`{KIND_TAG}` = 'sweep'",
+            filter_string=f"tags.`{SWEEP_TAG}` = {quoted(sweep_name)} and tags.`{KIND_TAG}` = 'sweep'",
         )
     return runs[0].info.run_id if runs else None
 

@@ -46,6 +46,11 @@ MAX_PARAM_LENGTH = 6000
 _BAD_KEY_CHARS = re.compile(r"[^/\w.\- :]")
 
 
+def quoted(text: str) -> str:
+    """`text` as a single-quoted string in an MLflow search filter."""
+    return "'" + text.replace("'", "\\'") + "'"
+
+
 def sanitize_key(key: Any) -> str:
     """A metric/param name MLflow accepts: alphanumerics, ``_ - . / : space``, no empty, ``.`` or ``..``
     path parts, at most 250 characters."""
@@ -157,7 +162,7 @@ class RunTracker:
         try:
             with http_limits(self.timeout):
                 exp = self.client.get_experiment_by_name(self.experiment)
-                query = f"tags.`{tag}` = '{value.replace(chr(39), chr(92) + chr(39))}'"
+                query = f"tags.`{tag}` = {quoted(value)}"
                 found = self.client.search_runs([exp.experiment_id], query, max_results=1) if exp else []
             earlier = found[0].info.run_id if found else None
         except Exception as exc:

@@ -11,15 +11,11 @@ from mlflow import MlflowClient
 
 from auxray.tracking import RunTracker, find_parent, start_parent
 from auxray.tracking.spool import first_line
-from auxray.tracking.tracker import KIND_TAG, PARENT_TAG, SWEEP_TAG
+from auxray.tracking.tracker import KIND_TAG, PARENT_TAG, SWEEP_TAG, quoted
 from auxray.tracking.uri import http_limits
 
 TRIAL_TAG = "auxray.trial_id"
 STOPPED_TAG = "auxray.stopped_early"
-
-
-def _quote(text: str) -> str:
-    return text.replace("'", "\\'")
 
 
 def parent_run(uri: str, experiment: str, sweep_name: str, *, resume: bool, params: dict[str, Any]) -> str:
@@ -42,7 +38,7 @@ def children(uri: str, parent_id: str, *, status: str | None = None) -> list[Any
     client = MlflowClient(tracking_uri=uri)
     with http_limits():
         parent = client.get_run(parent_id)
-        query = f"tags.`{PARENT_TAG}` = '{_quote(parent_id)}'"
+        query = f"tags.`{PARENT_TAG}` = {quoted(parent_id)}"
         if status:
             query += f" and attributes.status = '{status}'"
         return client.search_runs([parent.info.experiment_id], filter_string=query, max_results=1000)
@@ -53,7 +49,7 @@ def child_of_trial(uri: str, parent_id: str, trial_id: str) -> Any | None:
     client = MlflowClient(tracking_uri=uri)
     with http_limits():
         parent = client.get_run(parent_id)
-        query = f"tags.`{PARENT_TAG}` = '{_quote(parent_id)}' and tags.`{TRIAL_TAG}` = '{_quote(trial_id)}'"
+        query = f"tags.`{PARENT_TAG}` = {quoted(parent_id)} and tags.`{TRIAL_TAG}` = {quoted(trial_id)}"
         runs = client.search_runs([parent.info.experiment_id], filter_string=query, max_results=1)
     return runs[0] if runs else None
 
