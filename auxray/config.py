@@ -26,7 +26,11 @@ METHODS = (
 LEARNED_METHODS = ("auxilearn_combine", "auxilearn_labels", "maxl", "maxl_fo", "jtds")
 LABEL_METHODS = ("auxilearn_labels", "maxl", "maxl_fo")
 BACKBONES = ("convnet4", "vgg16", "resnet18", "mlp")
-AUX_TASKS = ("none", "rotation", "targets", "labels")
+AUX_TASKS = ("none", "rotation", "targets", "labels", "consistency", "pseudo_labels", "noise_labels", "table")
+# Built-in tasks that can be listed together (method.aux_task: [rotation, consistency, ...]): each gives one loss
+# per sample from one shared forward pass, on labelled and unlabelled images alike.
+COMBINABLE_TASKS = ("rotation", "consistency", "pseudo_labels", "noise_labels", "table")
+UNLABELED_CHOICES = ("none", "rest")
 # Each label method is defined by its hypergradient (README, "Methods and configs"): the first is the method's
 # default, the others compute the same thing another way. Every hypergrad.method belongs to exactly one of them.
 HypergradMethod = Literal["neumann", "cg", "exact", "unroll", "fd"]
@@ -73,6 +77,24 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class TableTask(_Section):
+    """One auxiliary task from columns of data.aux_table: binary (one or many 0/1 columns), categorical (one
+    column of class ids; classes inferred unless given) or regression (one or many numeric columns, standardised)."""
+
+    name: str = Field(min_length=1)
+    columns: list[str] = Field(min_length=1)
+    kind: Literal["binary", "categorical", "regression"]
+    classes: int | None = Field(None, gt=1)
+
+    @model_validator(mode="after")
+    def _one_categorical_column(self) -> TableTask:
+        if self.kind == "categorical" and len(self.columns) != 1:
+            raise ValueError(f"table task {self.name!r}: a categorical task takes one column")
+        if self.classes is not None and self.kind != "categorical":
+            raise ValueError(f"table task {self.name!r}: classes applies to categorical tasks only")
+        return self
+
+
 class DataConfig(_Section):
     """Which data set, where it lives, and how the few-label / aux / validation splits are carved.
 
@@ -92,6 +114,15 @@ class DataConfig(_Section):
     augment: bool = True
     image_size: int = Field(32, gt=0)
     seed: int = 0
+    # Images without main labels that auxiliary losses train on: none; rest (every training image outside the
+    # labelled train / aux / validation subsets); or a folder or .zip of images (flat or class folders).
+    unlabeled: str = "none"
+    unlabeled_batch_size: int | None = Field(None, gt=0)  # per inner step; unset: trainer.batch_size
+    # Auxiliary labels from a table (method.aux_task: table): a Parquet or CSV file keyed by each image's path
+    # relative to the data root (class folder included), and the tasks its columns make.
+    aux_table: str | None = None
+    aux_key: str = "path"
+    aux_columns: list[TableTask] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _one_budget(self) -> DataConfig:
@@ -125,7 +156,11 @@ class MethodConfig(_Section):
     name: Literal[METHODS] = "stl"  # type: ignore[valid-type]
     # A built-in task, or a user's own as "package.module:factory": factory(task) returns an
     # auxray.methods.aux_tasks.AuxiliaryTask (e.g. a LossFnTask around a callable giving per-sample losses).
-    aux_task: str = "none"
+    # A list of built-in tasks (COMBINABLE_TASKS) trains them together, one loss each.
+    aux_task: str | list[str] = "none"
+    # pseudo_labels: a weak view's prediction is the target for a strong view when its confidence reaches this
+    # (FixMatch's 0.95); 0 keeps every pseudo-label, leaving JTDS's per-sample weights to act as the confidence.
+    pseudo_threshold: float = Field(0.95, ge=0, lt=1)
     combiner: Literal["linear", "nonlinear", "deep"] = "nonlinear"
     combiner_hidden: list[int] = Field(default_factory=lambda: [10])
     # The combiner's weights kept non-negative (non-decreasing in every auxiliary loss). Unset: true for the
@@ -142,8 +177,20 @@ class MethodConfig(_Section):
 
     @field_validator("aux_task")
     @classmethod
-    def _known_aux_task(cls, v: str) -> str:
-        return check_import_path(v, AUX_TASKS, "auxiliary task")
+    def _known_aux_task(cls, v: str | list[str]) -> str | list[str]:
+        if isinstance(v, str):
+            return check_import_path(v, AUX_TASKS, "auxiliary task")
+        wrong = [t for t in v if t not in COMBINABLE_TASKS]
+        if not v or wrong or len(set(v)) != len(v):
+            raise ValueError(
+                f"a list of auxiliary tasks takes distinct built-in tasks ({', '.join(COMBINABLE_TASKS)}), got {v}"
+            )
+        return v
+
+    @property
+    def aux_tasks(self) -> tuple[str, ...]:
+        """method.aux_task as a tuple of names (one for a single task)."""
+        return (self.aux_task,) if isinstance(self.aux_task, str) else tuple(self.aux_task)
 
     @field_validator("psi")
     @classmethod
@@ -238,13 +285,14 @@ class RunConfig(_Section):
     @model_validator(mode="after")
     def _consistent(self) -> RunConfig:
         m = self.method
-        if m.name in ("equal", "uncertainty", "gcs", "auxilearn_combine", "jtds") and m.aux_task == "none":
+        if m.name in ("equal", "uncertainty", "gcs", "auxilearn_combine", "jtds") and m.aux_tasks == ("none",):
             raise ValueError(
                 f"method {m.name!r} needs an auxiliary task (method.aux_task: rotation, or targets for "
                 "data that carries them, or your own as 'package.module:factory')"
             )
-        if m.name in LABEL_METHODS and m.aux_task not in ("labels", "none"):
+        if m.name in LABEL_METHODS and m.aux_tasks not in (("labels",), ("none",)):
             raise ValueError(f"method {m.name!r} learns its own auxiliary labels; leave method.aux_task unset")
+        self._data_for_tasks()
         if m.name == "auxilearn_combine" and m.combiner == "deep":
             raise ValueError(
                 "method.combiner: deep weighs per-pixel loss maps (dense tasks such as segmentation), "
@@ -258,6 +306,21 @@ class RunConfig(_Section):
             )
         self._label_hypergradient()
         return self
+
+    def _data_for_tasks(self) -> None:
+        """The unlabelled pool and the table go with the methods and tasks that can use them."""
+        m, d = self.method, self.data
+        if d.unlabeled != "none" and m.name in LABEL_METHODS:
+            raise ValueError(
+                f"method {m.name!r} generates labels from the main label, which unlabelled images lack; "
+                "set data.unlabeled: none or pick a method that weighs given auxiliary tasks"
+            )
+        if d.unlabeled != "none" and d.dataset == "synthetic":
+            raise ValueError("data.unlabeled takes images; the synthetic data set has none to spare")
+        if "table" in m.aux_tasks and (d.aux_table is None or not d.aux_columns):
+            raise ValueError("method.aux_task: table needs data.aux_table (a Parquet or CSV file) and data.aux_columns")
+        if d.aux_table is not None and "table" not in m.aux_tasks:
+            raise ValueError("data.aux_table is set but method.aux_task does not list table")
 
     def _label_hypergradient(self) -> None:
         """A label method decides its hypergradient unless hypergrad.method is given; a given one must be its own."""

@@ -21,6 +21,7 @@ from auxray.auxnets import (
     label_entropy_regulariser,
     soft_cross_entropy,
 )
+from auxray.auxnets.uncertainty import LOSS_FLOOR
 
 
 @pytest.fixture(autouse=True)
@@ -262,7 +263,7 @@ def test_scheduler_uses_normalised_features_and_loss_filter() -> None:
 def test_uncertainty_value_and_task_weights() -> None:
     uw = UncertaintyWeighting(2)
     losses = torch.tensor([0.5, 2.0])
-    torch.testing.assert_close(uw(losses), losses.sum())
+    torch.testing.assert_close(uw(losses), (losses + LOSS_FLOOR).sum())
     with torch.no_grad():
         uw.log_vars.copy_(torch.tensor([1.0, -1.0]))
     torch.testing.assert_close(uw.task_weights(), torch.exp(torch.tensor([-1.0, 1.0])))
@@ -272,11 +273,24 @@ def test_uncertainty_gradient_pushes_s_toward_log_loss() -> None:
     uw = UncertaintyWeighting(2)
     losses = torch.tensor([0.5, 2.0])
     uw(losses).backward()
-    assert uw.log_vars.grad[0] > 0  # s above log(0.5) < 0: descent lowers it
-    assert uw.log_vars.grad[1] < 0  # s below log(2) > 0: descent raises it
+    assert uw.log_vars.grad[0] > 0  # s above log(0.5 + floor) < 0: descent lowers it
+    assert uw.log_vars.grad[1] < 0  # s below log(2 + floor) > 0: descent raises it
     opt = torch.optim.SGD(uw.parameters(), lr=0.2)
     for _ in range(300):
         opt.zero_grad()
         uw(losses).backward()
         opt.step()
-    torch.testing.assert_close(uw.log_vars.detach(), losses.log(), atol=1e-3, rtol=0)
+    torch.testing.assert_close(uw.log_vars.detach(), (losses + LOSS_FLOOR).log(), atol=1e-3, rtol=0)
+
+
+def test_uncertainty_weight_of_a_task_whose_loss_is_zero_stays_bounded() -> None:
+    """A loss that is 0 for many steps (pseudo-labels before any confident prediction) must not drive the weight to
+    overflow: it settles at 1 / LOSS_FLOOR, and the weighted loss stays finite once the task's loss turns positive."""
+    uw = UncertaintyWeighting(2)
+    opt = torch.optim.SGD(uw.parameters(), lr=0.03, momentum=0.9)
+    for _ in range(1000):
+        opt.zero_grad()
+        uw(torch.tensor([1.0, 0.0])).backward()
+        opt.step()
+    torch.testing.assert_close(uw.task_weights()[1], torch.tensor(1 / LOSS_FLOOR), rtol=1e-3, atol=0)
+    assert torch.isfinite(uw(torch.tensor([1.0, 5.0])))

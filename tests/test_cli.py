@@ -215,7 +215,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result_bit_for_bit(tmp_path, ci
 
     # test_accuracy is the best-on-validation weights' (best.pt), final_test_accuracy the last epoch's.
     cfg = config_from_dict(raw)
-    trainer = BilevelTrainer(cfg, build_data(cfg.data), progress=False)
+    trainer = BilevelTrainer(cfg, build_data(cfg.data, cfg.method.aux_tasks), progress=False)
     best = torch.load(full_dir / "best.pt", weights_only=True)
     val = [h["val_accuracy"] for h in history]
     assert best["epoch"] == full["best_epoch"] == val.index(max(val)) + 1

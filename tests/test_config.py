@@ -13,7 +13,7 @@ from auxray.config import DATA_ENV, DataConfig, config_from_dict, load_config, r
 from auxray.data import build_data
 from auxray.errors import UserError
 from auxray.methods import build_objective
-from auxray.methods.aux_tasks import AuxTask, LossFnTask, RotationTask, build_aux_task
+from auxray.methods.aux_tasks import AuxTask, LossFnTask, ViewTasks, build_aux_task
 from auxray.models import MultiHeadNet, build_trunk, last_block_prefixes
 from auxray.tune.config import load_sweep
 from tests import helpers_user_models as user
@@ -136,7 +136,8 @@ def test_build_trunk_takes_a_name_an_import_path_or_a_callable() -> None:
 
 
 def test_build_aux_task_takes_a_name_an_import_path_or_a_callable() -> None:
-    assert isinstance(build_aux_task("rotation", "classification"), RotationTask)
+    rotation = build_aux_task("rotation", "classification")
+    assert isinstance(rotation, ViewTasks) and rotation.names == ("rotation",) and rotation.heads == {"rotation": 4}
     assert type(build_aux_task("none", "regression")) is AuxTask
     for spec in (f"{USER}:helpful_target", user.helpful_target):
         task = build_aux_task(spec, "regression")

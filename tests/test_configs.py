@@ -1,6 +1,6 @@
 """Every shipped config loads and runs: each run config for one short epoch through `auxray train`, and each sweep
-config's trials at both ends of its search space. Short: one epoch of `hypergrad.every` steps (so a learned method
-takes exactly one outer step) and 200 test images, in this process (torch is imported once for all of them)."""
+config's trials at both ends of its search space. Short: one epoch of `hypergrad.every` steps for a learned method
+(so it takes exactly one outer step), two for a fixed one, and 200 test images, in this process (torch is imported once for all of them)."""
 
 from __future__ import annotations
 
@@ -22,15 +22,22 @@ SWEEPS = [p for p in SHIPPED if "space" in yaml.safe_load(p.read_text())]
 RUNS = [p for p in SHIPPED if p not in SWEEPS]
 
 
+def steps(cfg: RunConfig) -> int:
+    """Inner steps of the short run: enough for a learned method's one outer step, two for a fixed method."""
+    return cfg.hypergrad.every if cfg.method.name in LEARNED_METHODS else 2
+
+
 def short(cfg: RunConfig, tmp_path: Path) -> dict[str, Any]:
-    """Settings for a seconds-long run of cfg that still takes an outer step and writes only under tmp_path."""
-    return {"trainer.epochs": 1, "trainer.max_steps_per_epoch": cfg.hypergrad.every, "data.test_limit": 200,
+    """Settings for a seconds-long run of cfg that still takes an outer step and writes only under tmp_path: batches
+    of 16 (labelled and unlabelled), one epoch of `steps`, 200 test images."""
+    return {"trainer.epochs": 1, "trainer.max_steps_per_epoch": steps(cfg), "data.test_limit": 200,
+            "trainer.batch_size": 16, "data.unlabeled_batch_size": 16,
             "trainer.checkpoint_dir": str(tmp_path), "data.cache_dir": str(CACHE_DIR), "tracking.enabled": False}
 
 
 def assert_ran(result: dict[str, Any], cfg: RunConfig) -> None:
-    """One epoch of hypergrad.every steps, tested; a learned method took its outer step."""
-    assert result["method"] == cfg.method.name and result["epochs"] == 1 and result["steps"] == cfg.hypergrad.every
+    """One epoch of `steps`, tested; a learned method took its outer step."""
+    assert result["method"] == cfg.method.name and result["epochs"] == 1 and result["steps"] == steps(cfg)
     assert "test_accuracy" in result or "test_mse" in result
     (epoch,) = [json.loads(line) for line in (Path(result["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
     assert epoch.get("outer_steps", 0) == (1 if cfg.method.name in LEARNED_METHODS else 0), epoch

@@ -153,7 +153,7 @@ def _equivalence_worker(config: dict) -> None:
         cfg = RunConfig.model_validate(config["cfg"])
         cfg.trainer.dtype = dtype
         collective = TorchDistributedCollective(torch.device("cpu"))
-        trainer = BilevelTrainer(cfg, build_data(cfg.data), collective=collective, progress=False)
+        trainer = BilevelTrainer(cfg, build_data(cfg.data, cfg.method.aux_tasks), collective=collective, progress=False)
         batch, aux = fixed_batches(trainer, collective.rank * PER_WORKER, PER_WORKER)
         for mode in ("global", "local"):
             cfg.hypergrad.mode = mode
@@ -186,7 +186,7 @@ def test_two_worker_outer_step_equals_single_process(ray_local, tmp_path):
     for dtype, tol in (("float64", 1e-5), ("float32", 1e-3)):
         cfg = config_from_dict(raw)
         cfg.trainer.dtype = dtype
-        single = BilevelTrainer(cfg, build_data(cfg.data), progress=False)
+        single = BilevelTrainer(cfg, build_data(cfg.data, cfg.method.aux_tasks), progress=False)
         batch, aux = fixed_batches(single, 0, 2 * PER_WORKER)
         expected = compute_hypergrad(single.objective, single.model, single.auxnet, batch, aux, cfg.hypergrad,
                                      inner_lr=cfg.trainer.lr)

@@ -31,7 +31,7 @@ def _trainer(cifar_zip, tmp_path, hypergrad_method: str, **hypergrad) -> Bilevel
     raw["trainer"]["dtype"] = "float64"
     raw["hypergrad"].update(method=hypergrad_method, **hypergrad)
     cfg = config_from_dict(raw)
-    return BilevelTrainer(cfg, build_data(cfg.data), progress=False)
+    return BilevelTrainer(cfg, build_data(cfg.data, cfg.method.aux_tasks), progress=False)
 
 
 def _close(a, b, rtol=1e-9) -> None:
@@ -164,7 +164,7 @@ def test_hypergrad_mask_names():
 
 def test_disabled_outer_steps_keep_the_aux_net_fixed():
     cfg = config_from_dict(synthetic_raw(trainer={"epochs": 2}, hypergrad={"enabled": False}))
-    trainer = BilevelTrainer(cfg, build_data(cfg.data), progress=False)
+    trainer = BilevelTrainer(cfg, build_data(cfg.data, cfg.method.aux_tasks), progress=False)
     before = [p.detach().clone() for p in trainer.auxnet.parameters()]
     trainer.fit()
     assert all(torch.equal(a, b) for a, b in zip(before, trainer.auxnet.parameters()))
@@ -174,7 +174,7 @@ def test_disabled_outer_steps_keep_the_aux_net_fixed():
 @pytest.mark.parametrize("params,exact", [("all", True), ("last_block", False)])
 def test_report_cosine_compares_with_the_full_hypergradient(params, exact):
     cfg = config_from_dict(synthetic_raw(trainer={"epochs": 2}, hypergrad={"params": params, "report_cosine": True}))
-    trainer = BilevelTrainer(cfg, build_data(cfg.data), progress=False)
+    trainer = BilevelTrainer(cfg, build_data(cfg.data, cfg.method.aux_tasks), progress=False)
     trainer.fit()
     cosines = [h["hypergrad_cosine"] for h in trainer.history]
     if exact:
@@ -189,7 +189,7 @@ def test_harmful_auxiliary_gets_the_lowest_weight_at_cheap_settings(cheap):
     the cheap settings alike, and the validation error is no worse than half again the full-cost run's."""
     def run(hypergrad: dict) -> dict:
         cfg = config_from_dict(synthetic_raw(trainer={"epochs": 12}, hypergrad=hypergrad))
-        trainer = BilevelTrainer(cfg, build_data(cfg.data), progress=False)
+        trainer = BilevelTrainer(cfg, build_data(cfg.data, cfg.method.aux_tasks), progress=False)
         trainer.fit()
         return trainer.history[-1]
 

@@ -396,7 +396,7 @@ def test_mlflow_ui_shows_the_sweep(server: SimpleNamespace, finished_sweep: Simp
 @pytest.mark.cluster
 @pytest.mark.timeout(600)
 def test_kill_driver_then_resume(server: SimpleNamespace, cifar_zip: Path, tmp_path: Path) -> None:
-    trials, epochs = 4, 2
+    trials, epochs = 3, 2
     path = write_sweep(tmp_path, cifar_zip, name="resumable", trials=trials, concurrency=1, epochs=epochs,
                        scheduler={"type": "none"})
     experiment = "sweep-resumable"

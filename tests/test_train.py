@@ -46,7 +46,7 @@ def params_of(trainer: BilevelTrainer) -> list[torch.Tensor]:
 
 def test_learned_combiner_downweights_harmful_auxiliary():
     cfg = config_from_dict(synthetic_raw(trainer={"epochs": 12}))
-    trainer = BilevelTrainer(cfg, build_data(cfg.data), progress=False)
+    trainer = BilevelTrainer(cfg, build_data(cfg.data, cfg.method.aux_tasks), progress=False)
     trainer.fit()
     last = trainer.history[-1]
     assert last["task_weight/harmful"] < last["task_weight/helpful"], last
@@ -57,7 +57,7 @@ def test_learned_combiner_downweights_harmful_auxiliary():
 @pytest.mark.parametrize("method", ["neumann", "cg", "exact", "unroll", "fd"])
 def test_every_hypergradient_method_moves_phi(method):
     cfg = config_from_dict(synthetic_raw(hypergrad={"method": method, "steps": 3}, trainer={"epochs": 1}))
-    trainer = BilevelTrainer(cfg, build_data(cfg.data), progress=False)
+    trainer = BilevelTrainer(cfg, build_data(cfg.data, cfg.method.aux_tasks), progress=False)
     before = [p.detach().clone() for p in trainer.auxnet.parameters()]
     trainer.fit()
     after = list(trainer.auxnet.parameters())
@@ -71,7 +71,7 @@ def test_sgd_on_phi_with_clipping_moves_phi_by_at_most_lr_times_clip_per_outer_s
     lr, clip = 1.0, 1e-4
     cfg = config_from_dict(synthetic_raw(method={"aux_optimizer": "sgd", "aux_grad_clip": clip, "aux_lr": lr,
                                                  "aux_weight_decay": 0.0}, trainer={"epochs": 1}))
-    trainer = BilevelTrainer(cfg, build_data(cfg.data), progress=False)
+    trainer = BilevelTrainer(cfg, build_data(cfg.data, cfg.method.aux_tasks), progress=False)
     moves: list[float] = []
 
     def flat() -> torch.Tensor:
@@ -96,7 +96,7 @@ def test_sgd_on_phi_with_clipping_moves_phi_by_at_most_lr_times_clip_per_outer_s
 def assert_resume_matches(cfg, stop_after: int) -> BilevelTrainer:
     """Train uninterrupted, and again stopped after `stop_after` epochs then resumed from the state in a
     fresh trainer: the two must end with bit-identical W and phi."""
-    data = build_data(cfg.data)
+    data = build_data(cfg.data, cfg.method.aux_tasks)
     full = BilevelTrainer(cfg, data, progress=False)
     full.fit()
     first = BilevelTrainer(cfg, data, progress=False)
@@ -153,7 +153,7 @@ def test_user_backbone_and_aux_task_by_import_path_train_an_epoch():
     raw["method"].update(aux_task="tests.helpers_user_models:helpful_target")
     cfg = config_from_dict(raw)
     user.CALLS.clear()
-    trainer = BilevelTrainer(cfg, build_data(cfg.data), progress=False)
+    trainer = BilevelTrainer(cfg, build_data(cfg.data, cfg.method.aux_tasks), progress=False)
     assert user.CALLS == [{"in_channels": 1, "width": 8, "in_features": 20}]
     assert set(trainer.model.heads) == {"main", "helper"} and trainer.objective.aux_names == ("helper",)
     before = [p.detach().clone() for p in trainer.auxnet.parameters()]
@@ -164,7 +164,7 @@ def test_user_backbone_and_aux_task_by_import_path_train_an_epoch():
 
 def test_hyperstep_leaves_batchnorm_statistics_alone(cifar_zip, tmp_path):
     cfg = config_from_dict(tiny_cifar_raw(cifar_zip, tmp_path, name="auxilearn_combine", aux_task="rotation"))
-    trainer = BilevelTrainer(cfg, build_data(cfg.data), progress=False)
+    trainer = BilevelTrainer(cfg, build_data(cfg.data, cfg.method.aux_tasks), progress=False)
     trainer.train_iter.set_epoch(0)
     x, y = next(iter(trainer.train_iter))
     gen = torch.Generator().manual_seed(0)
@@ -206,7 +206,7 @@ def test_label_entropy_term_prevents_collapse(cifar_zip, tmp_path):
         raw["trainer"].update(epochs=4)
         raw["hypergrad"].update(every=1)
         cfg = config_from_dict(raw)
-        trainer = BilevelTrainer(cfg, build_data(cfg.data), progress=False)
+        trainer = BilevelTrainer(cfg, build_data(cfg.data, cfg.method.aux_tasks), progress=False)
         start = subclass_usage(trainer)
         trainer.fit()
         return start, subclass_usage(trainer)

@@ -69,7 +69,7 @@ def run_distributed_bench(
         raw["trainer"]["threads"] = None
         workers = tuple(range(1, gpus + 1))
     t0 = time.perf_counter()
-    single = BilevelTrainer(cfg, build_data(cfg.data), progress=False)
+    single = BilevelTrainer(cfg, build_data(cfg.data, cfg.method.aux_tasks), progress=False)
     single.fit()
     assert single.auxnet is not None  # the benchmarked method learns phi
     out: dict[str, Any] = {

@@ -102,7 +102,7 @@ def run_breakdown(
             )
             key = cfg.data.model_dump_json()
             if key not in data_cache:
-                data_cache[key] = build_data(cfg.data)
+                data_cache[key] = build_data(cfg.data, cfg.method.aux_tasks)
             trainer = BilevelTrainer(cfg, data_cache[key], progress=False)
             device = str(trainer.device)
             log(f"[overhead breakdown] {m}: {name}")
@@ -148,7 +148,7 @@ def harmful_check(seeds: Sequence[int] = (0, 1, 2)) -> list[dict[str, Any]]:
                     "trainer.threads=1",
                 ],
             )
-            trainer = BilevelTrainer(cfg, build_data(cfg.data), progress=False)
+            trainer = BilevelTrainer(cfg, build_data(cfg.data, cfg.method.aux_tasks), progress=False)
             t0 = time.perf_counter()
             trainer.fit()
             last = trainer.history[-1]

@@ -67,17 +67,30 @@ def parse_list(text: str | None) -> list[str]:
     return [t.strip() for t in (text or "").split(",") if t.strip()]
 
 
-def check_methods(methods: Sequence[str]) -> None:
-    """Raise UserError unless `methods` names at least one method, all known."""
-    from auxray.config import METHODS  # pydantic: see the module docstring
+def config_entries(config_dir: Path) -> tuple[str, ...]:
+    """The table's possible rows: the config files of `config_dir` by stem, in the usual method order (a stem
+    names a method, or a variant such as auxilearn_linear), others after them alphabetically."""
+    stems = sorted(p.stem for p in Path(config_dir).glob("*.yaml"))
+    order = [*DEFAULT_METHODS, "equal"]
+    return tuple(sorted(stems, key=lambda s: (order.index(s) if s in order else len(order), s)))
 
-    unknown = [m for m in methods if m not in METHODS]
+
+def default_methods(config_dir: Path) -> tuple[str, ...]:
+    """What a reproduction trains when no --methods is given: the usual methods, or every config of another folder."""
+    return DEFAULT_METHODS if Path(config_dir) == CONFIG_DIR else config_entries(config_dir)
+
+
+def check_methods(methods: Sequence[str], config_dir: Path = CONFIG_DIR) -> None:
+    """Raise UserError unless `methods` names at least one config of `config_dir`, all present."""
+    known = config_entries(config_dir)
+    unknown = [m for m in methods if m not in known]
     if unknown or not methods:
-        raise UserError(f"unknown method(s) {unknown or '(none given)'}; choose from {', '.join(METHODS)}")
+        raise UserError(f"unknown method(s) {unknown or '(none given)'}; choose from {', '.join(known)}")
 
 
-def default_tag(backbone: str, quick: bool) -> str:
-    return f"quick_{backbone}" if quick else f"cifar10_5pct_{backbone}"
+def default_tag(backbone: str, quick: bool, config_dir: Path = CONFIG_DIR) -> str:
+    """The results' file tag: quick_<backbone>, or <config folder>_<backbone>."""
+    return f"quick_{backbone}" if quick else f"{Path(config_dir).name}_{backbone}"
 
 
 def method_overrides(
@@ -201,10 +214,8 @@ def carried_runs(
     """Finished runs of methods not asked for this time whose config (under this plan) is unchanged and shares
     the reference settings: (row, config) by (method, seed). `done` maps (method, seed, fingerprint) to a row.
     The plan should fix the epochs, so a method whose config file has another default is compared fairly."""
-    from auxray.config import METHODS  # pydantic: see the module docstring
-
     out: dict[Key, tuple[dict[str, Any], RunConfig]] = {}
-    for m in METHODS:
+    for m in config_entries(plan.config_dir):
         if m in methods:
             continue
         for s in seeds:
@@ -218,11 +229,9 @@ def carried_runs(
     return out
 
 
-def table_order(methods: Sequence[str], carried: Sequence[str]) -> tuple[str, ...]:
+def table_order(methods: Sequence[str], carried: Sequence[str], config_dir: Path = CONFIG_DIR) -> tuple[str, ...]:
     """The table's methods: those asked for, plus carried ones, in the usual order (not "asked for first")."""
     if not carried:
         return tuple(methods)
-    from auxray.config import METHODS  # pydantic: see the module docstring
-
-    order = [*DEFAULT_METHODS, *(m for m in METHODS if m not in DEFAULT_METHODS)]
+    order = config_entries(config_dir)
     return tuple(sorted(tuple(methods) + tuple(carried), key=order.index))

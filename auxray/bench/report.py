@@ -144,6 +144,25 @@ def render_reproduce(data: list[dict[str, Any]]) -> str:
     )
 
 
+def render_semisup(data: list[dict[str, Any]]) -> str:
+    """A semi-supervised table: mean ± std per method with its auxiliary set, per seed, time relative to STL."""
+    rows = [
+        [
+            r["method"],
+            r.get("aux_set", "–"),
+            f"{100 * r['mean']:.1f} ± {100 * r['std']:.1f}",
+            ", ".join(f"{100 * a:.1f}" for a in r["accuracies"]),
+            r["seconds"],
+            r.get("relative_time"),
+        ]
+        for r in data
+    ]
+    return _table(
+        ["method", "auxiliary tasks", "test accuracy % (mean ± std)", "per seed", "seconds per run", "time × STL"],
+        rows,
+    )
+
+
 def _settings_cell(settings: dict[str, Any]) -> str:
     return ", ".join(
         f"{k}={json.dumps(v)}" if isinstance(v, bool) or v is None else f"{k}={v}" for k, v in settings.items()
@@ -279,6 +298,8 @@ RENDERERS: dict[str, tuple[str, Callable[..., str]]] = {
     "distributed": ("bench_distributed_cpu.json", render_distributed),
     "sweep": ("bench_sweep_cpu.json", render_sweep),
     "reproduce": ("reproduce_cifar10_5pct_convnet4.json", render_reproduce),
+    "semisup": ("reproduce_cifar10_5pct_semisup_convnet4.json", render_semisup),
+    "semisup_noise": ("reproduce_cifar10_5pct_semisup_noise_convnet4.json", render_semisup),
     "overhead": ("bench_overhead_cpu.json", render_overhead),
 }
 # A second JSON a section's renderer takes when it exists (passed as its second argument).

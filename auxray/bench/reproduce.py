@@ -29,12 +29,12 @@ from typing import TYPE_CHECKING, Any
 
 from auxray.bench.plan import (
     CONFIG_DIR,
-    DEFAULT_METHODS,
     DEFAULT_SEEDS,
     Key,
     Plan,
     carried_runs,
     check_methods,
+    default_methods,
     default_tag,
     fingerprint,
     method_settings,
@@ -53,7 +53,7 @@ if TYPE_CHECKING:
 
 
 def run_reproduce(
-    methods: Sequence[str] = DEFAULT_METHODS,
+    methods: Sequence[str] | None = None,
     seeds: Sequence[int] = DEFAULT_SEEDS,
     epochs: int | None = None,
     backbone: str = "convnet4",
@@ -75,9 +75,11 @@ def run_reproduce(
 
     quick: 1 seed (unless `seeds` is given), 1 epoch (unless `epochs`), 40 labelled images
     per class and 1,000 test images. jobs: runs trained at once (each in its own process, the CPUs split
-    between them). Returns the JSON table (one dict per method)."""
+    between them). methods: config stems of config_dir (default: default_methods). Returns the JSON table (one
+    dict per method)."""
     t_start = time.perf_counter()
-    methods = tuple(methods)
+    config_dir = Path(config_dir)
+    methods = tuple(methods) if methods is not None else default_methods(config_dir)
     command = command or canonical_command(
         methods,
         None if seeds is DEFAULT_SEEDS else seeds,
@@ -91,8 +93,9 @@ def run_reproduce(
         runs_dir,
         tracking,
         jobs,
+        config_dir,
     )
-    check_methods(methods)
+    check_methods(methods, config_dir)
     if quick and seeds is DEFAULT_SEEDS:  # the default, not seeds asked for explicitly
         seeds = (0,)
     seeds = tuple(int(s) for s in seeds)
@@ -102,7 +105,7 @@ def run_reproduce(
         epochs = 1
     if jobs < 1:
         raise UserError(f"--jobs must be at least 1, got {jobs}")
-    tag = tag or default_tag(backbone, quick)
+    tag = tag or default_tag(backbone, quick, config_dir)
     out = Path(out_dir)
     runs_file = out / f"reproduce_{tag}.runs.jsonl"
     ckpt_root = Path(runs_dir) if runs_dir is not None else Path("runs") / "reproduce" / tag
@@ -146,7 +149,7 @@ def run_reproduce(
     for key, (row, cfg) in carried.items():
         results[key], cfgs[key] = row, cfg
     carried_methods = list(dict.fromkeys(m for m, _ in carried))
-    table_methods = table_order(methods, carried_methods)
+    table_methods = table_order(methods, carried_methods, config_dir)
     finished = [results[m, s] for s in seeds for m in table_methods if (m, s) in results]
     table = build_table(finished, table_methods)
     sizes = next((r["diagnostics"].get("sizes") for r in finished if r.get("diagnostics", {}).get("sizes")), None)
@@ -157,11 +160,13 @@ def run_reproduce(
         "quick": quick,
         "command": command,
         "backbone": backbone,
+        "config_dir": _shown(config_dir),
         "width": first.model.width,
         "epochs": epochs,
         "seeds": list(seeds),
         "shared": reference,
         "settings": {m: method_settings(next(cfgs[m, x] for x in seeds if (m, x) in cfgs)) for m in table_methods},
+        "aux_sets": {m: aux_set(next(cfgs[m, x] for x in seeds if (m, x) in cfgs)) for m in table_methods},
         "carried": carried_methods,
         "data_note": data_note(first, sizes),
         "machine": machine_info(device),
@@ -222,18 +227,39 @@ def _write_table(
     out: Path, tag: str, table: list[dict[str, Any]], finished: list[dict[str, Any]], meta: dict[str, Any]
 ) -> None:
     """reproduce_<tag>.json (the rows, each with its method's settings), .png and .md."""
-    from auxray.bench.reproduce_plot import plot_reproduce  # matplotlib: only once a table is written
+    from auxray.bench.reproduce_plot import plot_reproduce, plot_task_weights  # matplotlib: once a table is written
 
     out.mkdir(parents=True, exist_ok=True)
     for row in table:
         row["settings"] = meta["settings"][row["method"]]
+        row["aux_set"] = meta["aux_sets"][row["method"]]
     (out / f"reproduce_{tag}.json").write_text(json.dumps(table, indent=2, default=float) + "\n")
+    pool = meta["shared"]["data"].get("unlabeled", "none")
     title = (
-        f"CIFAR-10, 5% labels: {meta['backbone']}, {meta['epochs']} epochs, seeds {', '.join(map(str, meta['seeds']))}"
+        f"CIFAR-10, 5% labels{'' if pool == 'none' else f' + unlabelled pool ({pool})'}: {meta['backbone']}, "
+        f"{meta['epochs']} epochs, seeds {', '.join(map(str, meta['seeds']))}"
     )
     picture = plot_reproduce(table, out / f"reproduce_{tag}.png", title)
     meta["picture"] = picture.name if picture else None
+    weights = plot_task_weights(finished, out / f"reproduce_{tag}_weights.png", f"Learned task weights: {title}")
+    meta["weights_picture"] = weights.name if weights else None
     (out / f"reproduce_{tag}.md").write_text(render_markdown(table, finished, meta))
+
+
+def aux_set(cfg: RunConfig) -> str:
+    """A row's auxiliary tasks as the table names them ("none" for a method that trains on the main loss alone,
+    the label generator's "labels" for label methods)."""
+    if cfg.method.name == "stl":
+        return "none"
+    return "+".join(cfg.method.aux_tasks)
+
+
+def _shown(path: Path) -> str:
+    """A path as the command line shows it: relative to the working directory when it lies inside it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def canonical_command(
@@ -249,12 +275,15 @@ def canonical_command(
     runs_dir: str | Path | None,
     tracking: bool,
     jobs: int = 1,
+    config_dir: Path = CONFIG_DIR,
 ) -> str:
     """The `python jobs/reproduce.py ...` line that repeats this invocation."""
     parts = ["python", "jobs/reproduce.py"]
     if quick:
         parts.append("--quick")
-    if tuple(methods) != DEFAULT_METHODS:
+    if Path(config_dir) != CONFIG_DIR:
+        parts += ["--config-dir", _shown(Path(config_dir))]
+    if tuple(methods) != default_methods(Path(config_dir)):
         parts += ["--methods", ",".join(methods)]
     if seeds is not None:  # None: the default seeds
         parts += ["--seeds", ",".join(str(s) for s in seeds)]
@@ -286,7 +315,17 @@ def add_arguments(p: Any) -> None:
         action="store_true",
         help="1 seed, 1 epoch, 40 labelled images per class, 1,000 test images (a few minutes on CPU)",
     )
-    p.add_argument("--methods", default=",".join(DEFAULT_METHODS), help="comma-separated methods")
+    p.add_argument(
+        "--config-dir",
+        default=str(CONFIG_DIR),
+        help="folder of the table's configs, one per row (default configs/cifar10_5pct; "
+        "configs/cifar10_5pct_semisup* for the semi-supervised tables)",
+    )
+    p.add_argument(
+        "--methods",
+        default=None,
+        help="comma-separated config names of --config-dir (default: the usual methods, or all of another folder)",
+    )
     p.add_argument("--seeds", default=None, help="comma-separated seeds (default 0,1,2; --quick: 0)")
     p.add_argument("--epochs", type=int, default=None, help="epoch budget for every method (default: the configs')")
     p.add_argument("--backbone", default="convnet4", choices=["convnet4", "vgg16", "resnet18"])
@@ -319,8 +358,12 @@ def run_from_args(args: Any) -> list[dict[str, Any]]:
         seeds = tuple(int(s) for s in parse_list(args.seeds)) if args.seeds else DEFAULT_SEEDS
     except ValueError:
         raise UserError(f"--seeds expects comma-separated integers, got {args.seeds!r}") from None
+    config_dir = Path(args.config_dir)
+    if not config_dir.is_dir():
+        raise UserError(f"--config-dir {config_dir} is not a folder of configs")
     return run_reproduce(
-        methods=tuple(parse_list(args.methods)),
+        methods=tuple(parse_list(args.methods)) if args.methods is not None else None,
+        config_dir=config_dir,
         seeds=seeds,
         epochs=args.epochs,
         backbone=args.backbone,

@@ -73,3 +73,35 @@ def plot_reproduce(table: Sequence[dict[str, Any]], path: str | Path, title: str
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return save_figure(fig, Path(path))
+
+
+def plot_task_weights(runs: Sequence[dict[str, Any]], path: str | Path, title: str) -> Path | None:
+    """The learned weight of every auxiliary task over training: one panel per method that learns weights, one
+    line per task (the mean over seeds, the band their range), from each run's per-epoch task_weight_history.
+    None when no run learned weights."""
+    histories: dict[str, list[dict[str, list[float]]]] = {}
+    for run in runs:
+        history = run.get("diagnostics", {}).get("task_weight_history")
+        if history:
+            histories.setdefault(run["method"], []).append(history)
+    if not histories:
+        return None
+    fig, axes = plt.subplots(1, len(histories), figsize=(3.2 * len(histories), 3.0), squeeze=False)
+    for ax, (method, seeds) in zip(axes[0], histories.items()):
+        for task in sorted(seeds[0]):
+            curves = [[float("nan") if v is None else v for v in h[task]] for h in seeds if task in h]
+            epochs = range(1, min(len(c) for c in curves) + 1)
+            columns = [[c[e - 1] for c in curves] for e in epochs]
+            mean = [sum(col) / len(col) for col in columns]
+            (line,) = ax.plot(list(epochs), mean, label=task)
+            ax.fill_between(
+                list(epochs), [min(c) for c in columns], [max(c) for c in columns], alpha=0.2, color=line.get_color()
+            )
+        ax.set_title(method, fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("learned task weight")
+    axes[0][-1].legend(fontsize=7, loc="best")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, Path(path))

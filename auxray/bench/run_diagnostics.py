@@ -51,6 +51,9 @@ class Diagnostics:
         for k, v in metrics.items():
             if k.startswith(("task_weight/", "grad_cosine/")):
                 out[k] = v
+        weights = sorted({k for h in trainer.history for k in h if k.startswith("task_weight/")})
+        if weights:  # every epoch's learned weight of each task, for the weights-over-training plot
+            out["task_weight_history"] = {k.split("/", 1)[1]: [h.get(k) for h in trainer.history] for k in weights}
         if trainer.cfg.method.name in LABEL_METHODS and trainer.auxnet is not None:
             out["labels"] = self.label_stats(trainer)
         return out

@@ -145,6 +145,8 @@ def render_markdown(table: list[dict[str, Any]], runs: list[dict[str, Any]], met
         )
     if meta.get("picture"):
         lines += ["", f"![test accuracy and relative wall time per method]({meta['picture']})"]
+    if meta.get("weights_picture"):
+        lines += ["", f"![learned weight of every auxiliary task over training]({meta['weights_picture']})"]
     lines += [
         "",
         "## Settings",

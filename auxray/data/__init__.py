@@ -2,21 +2,36 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import torch
+
 from auxray.config import DataConfig
-from auxray.data.batches import BatchIterator
+from auxray.data.aux_table import ColumnGroup, check_table, read_table_columns
+from auxray.data.batches import BatchIterator, derive_seed
 from auxray.data.cifar import load_cifar10, needs_download
 from auxray.data.imagefolder import ImageFolderData, load_imagefolder
 from auxray.data.rotation import rotate_batch
 from auxray.data.splits import SplitIndices, make_splits
 from auxray.data.synthetic import TARGETS, make_synthetic
-from auxray.data.tensors import TensorData
+from auxray.data.tensors import UNLABELED, TensorData, with_columns
+from auxray.data.unlabeled import load_unlabeled
 from auxray.errors import UserError
 
-__all__ = ["BatchIterator", "DataBundle", "TensorData", "build_data", "check_source", "rotate_batch"]
+__all__ = [
+    "UNLABELED",
+    "BatchIterator",
+    "ColumnGroup",
+    "DataBundle",
+    "TensorData",
+    "build_data",
+    "check_source",
+    "rotate_batch",
+]
+NOISE_TASK = "noise_labels"
 
 SYNTHETIC_POOL = 10_000
 SYNTHETIC_TEST = 2_000
@@ -37,6 +52,10 @@ class DataBundle:
     in_channels: int
     image_size: int
     split_indices: SplitIndices | None = None
+    # Images without a main label (y's main entry is UNLABELED) that auxiliary losses also train on.
+    unlabeled: TensorData | None = None
+    # Per-image auxiliary labels carried in y[:, 1:] (noise labels, table columns): which columns each task reads.
+    groups: list[ColumnGroup] = field(default_factory=list)
 
 
 def _splits(cfg: DataConfig, pool: TensorData, test: TensorData) -> SplitIndices:
@@ -57,15 +76,31 @@ def _splits(cfg: DataConfig, pool: TensorData, test: TensorData) -> SplitIndices
     )
 
 
-def _bundle(cfg: DataConfig, pool: TensorData, test: TensorData, classes: list[str]) -> DataBundle:
-    """Apply the splits and describe the data."""
+def _bundle(
+    cfg: DataConfig,
+    pool: TensorData,
+    test: TensorData,
+    classes: list[str],
+    extra: tuple[TensorData, list[ColumnGroup]] | None = None,
+) -> DataBundle:
+    """Apply the splits and describe the data. `extra` is (the pool with its auxiliary columns attached, their
+    groups): the splits are carved from the main labels and then taken from it, with the unlabelled rows."""
     idx = _splits(cfg, pool, test)
     regression = pool.y.is_floating_point()
     images = pool.x.dim() == 4
+    full, groups = extra if extra is not None else (pool, [])
+    labeled_rows = full if len(full) == len(pool) else full.subset(torch.arange(len(pool)))
+    unlabeled = None
+    if cfg.unlabeled == "rest":
+        rest = torch.ones(len(pool), dtype=torch.bool)
+        rest[torch.cat([idx.train, idx.aux, idx.val])] = False
+        unlabeled = full.subset(torch.nonzero(rest).flatten()).without_main_labels()
+    elif len(full) > len(pool):  # a pool from data.unlabeled: PATH, appended after the labelled images
+        unlabeled = full.subset(torch.arange(len(pool), len(full)))
     return DataBundle(
-        train=pool.subset(idx.train),
-        aux=pool.subset(idx.aux),
-        val=pool.subset(idx.val),
+        train=labeled_rows.subset(idx.train),
+        aux=labeled_rows.subset(idx.aux),
+        val=labeled_rows.subset(idx.val),
         test=test.subset(idx.test),
         num_classes=0 if regression else len(classes),
         classes=classes,
@@ -73,12 +108,15 @@ def _bundle(cfg: DataConfig, pool: TensorData, test: TensorData, classes: list[s
         in_channels=int(pool.x.shape[1]) if images else 1,
         image_size=int(pool.x.shape[-1]) if images else 0,
         split_indices=idx,
+        unlabeled=unlabeled,
+        groups=groups,
     )
 
 
 def check_source(cfg: DataConfig) -> None:
     """Fail with one line when the data source cannot be there at load time (a missing root that will not be
-    downloaded): a stat, so callers check it before they open anything (a tracking run, Ray)."""
+    downloaded, a missing unlabelled pool, a bad auxiliary table): cheap checks, so callers make them before they
+    open anything (a tracking run, Ray)."""
     if cfg.dataset == "synthetic":
         return
     root = Path(cfg.root).expanduser()
@@ -88,6 +126,10 @@ def check_source(cfg: DataConfig) -> None:
             raise UserError(f"{found}: {root} (set data.download: true to fetch CIFAR-10 there)")
     elif not root.exists():
         raise UserError(f"data root not found: {root}")
+    if cfg.unlabeled not in ("none", "rest") and not Path(cfg.unlabeled).expanduser().exists():
+        raise UserError(f"data.unlabeled not found: {cfg.unlabeled}")
+    if cfg.aux_table is not None:
+        check_table(cfg.aux_table, cfg.aux_key, cfg.aux_columns)
 
 
 def load_images(cfg: DataConfig) -> ImageFolderData:
@@ -99,12 +141,46 @@ def load_images(cfg: DataConfig) -> ImageFolderData:
     return load_imagefolder(root, cfg.image_size, cfg.cache_dir)
 
 
-def build_data(cfg: DataConfig) -> DataBundle:
-    """Load the configured data set and carve the train / aux / val / test splits."""
+def noise_labels(n: int, num_classes: int, seed: int) -> torch.Tensor:
+    """A fixed random class for each of n images: an auxiliary task harmful by construction (its labels carry
+    nothing about the images), the yardstick for whether a method learns to weigh a task down."""
+    gen = torch.Generator().manual_seed(derive_seed(seed, 0x4E015E))
+    return torch.randint(num_classes, (n,), generator=gen)
+
+
+def _with_aux_columns(
+    cfg: DataConfig, aux_tasks: Sequence[str], images: ImageFolderData
+) -> tuple[TensorData, list[ColumnGroup]] | None:
+    """The training pool (plus a pool from data.unlabeled: PATH, appended) with the per-image auxiliary columns the
+    tasks read: noise labels and table columns. None when no task reads any and no pool is appended."""
+    pool, keys = images.train, list(images.train_keys)
+    if cfg.unlabeled not in ("none", "rest"):
+        extra = load_unlabeled(Path(cfg.unlabeled).expanduser(), cfg.image_size, cfg.cache_dir)
+        unlabeled_y = torch.full((len(extra.x),), UNLABELED, dtype=pool.y.dtype)
+        pool = TensorData(torch.cat([pool.x, extra.x]), torch.cat([pool.y, unlabeled_y]))
+        keys += extra.keys
+    columns: list[torch.Tensor] = []
+    groups: list[ColumnGroup] = []
+    if NOISE_TASK in aux_tasks:
+        columns.append(noise_labels(len(pool), len(images.classes), cfg.seed).float().unsqueeze(1))
+        groups.append(ColumnGroup(NOISE_TASK, "categorical", 0, 1, len(images.classes)))
+    if "table" in aux_tasks and cfg.aux_table is not None:
+        table = read_table_columns(cfg.aux_table, cfg.aux_key, cfg.aux_columns, keys)
+        offset = sum(c.shape[1] for c in columns)
+        columns.append(table.values)
+        groups += [ColumnGroup(g.name, g.kind, g.start + offset, g.stop + offset, g.classes) for g in table.groups]
+    if not columns:
+        return (pool, []) if len(pool) > len(images.train) else None
+    return with_columns(pool, torch.cat(columns, dim=1)), groups
+
+
+def build_data(cfg: DataConfig, aux_tasks: Sequence[str] = ()) -> DataBundle:
+    """Load the configured data set, attach the per-image auxiliary columns `aux_tasks` read (method.aux_task),
+    and carve the train / aux / val / test splits and the unlabelled pool."""
     if cfg.dataset == "synthetic":
         full = make_synthetic(SYNTHETIC_POOL + SYNTHETIC_TEST, SYNTHETIC_DIM, seed=cfg.seed)
         pool = full.subset(range(SYNTHETIC_POOL))
         test = full.subset(range(SYNTHETIC_POOL, SYNTHETIC_POOL + SYNTHETIC_TEST))
         return _bundle(cfg, pool, test, list(TARGETS))
     images = load_images(cfg)
-    return _bundle(cfg, images.train, images.test, images.classes)
+    return _bundle(cfg, images.train, images.test, images.classes, _with_aux_columns(cfg, aux_tasks, images))

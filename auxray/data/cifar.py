@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import pickle
 from pathlib import Path
@@ -52,9 +53,15 @@ def _class_names(folder: Path) -> list[str]:
 
 
 def load_cifar_batches(folder: Path) -> ImageFolderData:
-    """The official python release: 50,000 train and 10,000 test images."""
+    """The official python release: 50,000 train and 10,000 test images, keyed ``train/{i:05d}`` and
+    ``test/{i:05d}`` by their position in the batches (train batches concatenated in order)."""
+    train, test = _read_batches(folder, TRAIN_BATCHES), _read_batches(folder, [TEST_BATCH])
     return ImageFolderData(
-        _class_names(folder), _read_batches(folder, TRAIN_BATCHES), _read_batches(folder, [TEST_BATCH])
+        _class_names(folder),
+        train,
+        test,
+        [f"train/{i:05d}" for i in range(len(train))],
+        [f"test/{i:05d}" for i in range(len(test))],
     )
 
 
@@ -106,9 +113,9 @@ def load_cifar10(
             raise UserError(f"{path} holds classes {data.classes}, not CIFAR-10's; use data.dataset: imagefolder")
         return data
     if image_size != 32:
-        data = ImageFolderData(
-            data.classes,
-            TensorData(resize_images(data.train.x, image_size), data.train.y),
-            TensorData(resize_images(data.test.x, image_size), data.test.y),
+        data = dataclasses.replace(
+            data,
+            train=TensorData(resize_images(data.train.x, image_size), data.train.y),
+            test=TensorData(resize_images(data.test.x, image_size), data.test.y),
         )
     return data

@@ -36,11 +36,14 @@ TORCHVISION_IO_DEPRECATION = "The image decoding and encoding capabilities of To
 
 @dataclass
 class ImageFolderData:
-    """Decoded images: class names (sorted), the train split and the test split."""
+    """Decoded images: class names (sorted), the train and test splits, and each row's key (the image's posix path
+    below the data root, wrapper folders dropped, e.g. ``train/bird/0338.jpg``), aligned with the split's rows."""
 
     classes: list[str]
     train: TensorData
     test: TensorData
+    train_keys: list[str]
+    test_keys: list[str]
 
 
 class _Source:
@@ -104,8 +107,8 @@ def _strip_wrapper(files: list[str]) -> tuple[list[str], str]:
     return files, prefix
 
 
-def _layout(files: list[str], prefix: str = "") -> dict[str, list[tuple[str, str]]]:
-    """Group files into splits of (name in source, class): {"train", "test"} or a single {"all"} tree."""
+def _layout(files: list[str]) -> dict[str, list[tuple[str, str]]]:
+    """Group files into splits of (key, class): {"train", "test"} or a single {"all"} tree."""
     tops = {f.split("/", 1)[0].lower() for f in files if "/" in f}
     split_layout = bool(tops & set(TRAIN_NAMES))
     out: dict[str, list[tuple[str, str]]] = {}
@@ -115,9 +118,9 @@ def _layout(files: list[str], prefix: str = "") -> dict[str, list[tuple[str, str
             split = parts[0].lower()
             if len(parts) < 3 or split not in TRAIN_NAMES + TEST_NAMES:
                 continue
-            out.setdefault("train" if split in TRAIN_NAMES else "test", []).append((prefix + f, parts[1]))
+            out.setdefault("train" if split in TRAIN_NAMES else "test", []).append((f, parts[1]))
         elif len(parts) >= 2:
-            out.setdefault("all", []).append((prefix + f, parts[0]))
+            out.setdefault("all", []).append((f, parts[0]))
     return out
 
 
@@ -149,15 +152,23 @@ def _fit(img: Tensor, size: int) -> Tensor:
     return TF.center_crop(img, [size, size])
 
 
-def decode_split(source: _Source, items: list[tuple[str, str]], classes: list[str], size: int) -> TensorData:
-    """Decode one split's files into a TensorData of uint8 images and int64 labels."""
+def decode_names(source: _Source, names: list[str], size: int) -> Tensor:
+    """Decode the named files of a source, in order, to uint8 [n, 3, size, size], CHUNK files at a time."""
+    x = torch.empty(len(names), 3, size, size, dtype=torch.uint8)
+    for start in range(0, len(names), CHUNK):
+        chunk = names[start : start + CHUNK]
+        x[start : start + len(chunk)] = _decode_chunk([source.read(n) for n in chunk], chunk, size)
+    return x
+
+
+def decode_split(
+    source: _Source, items: list[tuple[str, str]], classes: list[str], size: int, prefix: str = ""
+) -> TensorData:
+    """Decode one split's (key, class) items, stored in the source under `prefix` + key, into uint8 images and
+    int64 labels."""
     index = {c: i for i, c in enumerate(classes)}
-    x = torch.empty(len(items), 3, size, size, dtype=torch.uint8)
     y = torch.tensor([index[c] for _, c in items], dtype=torch.long)
-    for start in range(0, len(items), CHUNK):
-        names = [n for n, _ in items[start : start + CHUNK]]
-        x[start : start + len(names)] = _decode_chunk([source.read(n) for n in names], names, size)
-    return TensorData(x, y)
+    return TensorData(decode_names(source, [prefix + k for k, _ in items], size), y)
 
 
 def default_cache_dir() -> Path:
@@ -166,11 +177,33 @@ def default_cache_dir() -> Path:
     return data_home()
 
 
-def cache_path(path: Path, image_size: int, cache_dir: str | Path | None) -> Path:
-    """Cache file for a source, keyed by a hash of its path, size, mtime and the image size."""
-    key = hashlib.sha256(f"v{CACHE_VERSION}|{fingerprint(path)}|{image_size}".encode()).hexdigest()[:16]
+def cache_path(path: Path, image_size: int, cache_dir: str | Path | None, kind: str = "") -> Path:
+    """Cache file for a source, keyed by a hash of its path, size, mtime and the image size; `kind` names what
+    was decoded from it when that is not the labelled tree (e.g. ``unlabeled``), so the two never share a file."""
+    tag = f"|{kind}" if kind else ""
+    key = hashlib.sha256(f"v{CACHE_VERSION}|{fingerprint(path)}|{image_size}{tag}".encode()).hexdigest()[:16]
     base = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-    return base / f"{path.name.replace('.', '_')}-{image_size}px-{key}.pt"
+    return base / f"{path.name.replace('.', '_')}{'-' + kind if kind else ''}-{image_size}px-{key}.pt"
+
+
+def check_source_path(path: Path, what: str) -> None:
+    """A one-line UserError unless `path` is a folder or a zip archive (`what` names it, e.g. ``data root``)."""
+    if not path.exists():
+        raise UserError(f"{what} not found: {path}")
+    if path.is_file() and not zipfile.is_zipfile(path):
+        raise UserError(f"{what} {path} is a file but not a zip archive")
+
+
+def load_cache(target: Path, fields: tuple[str, ...]) -> dict | None:
+    """The cached blob at `target`, or None when there is none or it lacks one of `fields` (an older format, to
+    decode again)."""
+    if not target.is_file():
+        return None
+    blob = torch.load(target, weights_only=True)
+    if not isinstance(blob, dict) or any(f not in blob for f in fields):
+        log.info("cache %s is in an older format; decoding again", target)
+        return None
+    return blob
 
 
 def decode_imagefolder(path: Path, image_size: int) -> ImageFolderData:
@@ -182,7 +215,8 @@ def decode_imagefolder(path: Path, image_size: int) -> ImageFolderData:
 
 def _decode_source(source: _Source, path: Path, image_size: int) -> ImageFolderData:
     """Decode the train and test splits of an opened source."""
-    groups = _layout(*_strip_wrapper(source.files()))
+    files, prefix = _strip_wrapper(source.files())
+    groups = _layout(files)
     base = groups.get("train") or groups.get("all")
     if not base:
         raise UserError(f"no images in ImageFolder layout (train|test/<class>/<image> or <class>/<image>) under {path}")
@@ -190,14 +224,22 @@ def _decode_source(source: _Source, path: Path, image_size: int) -> ImageFolderD
     unknown = sorted({c for _, c in groups.get("test", [])} - set(classes))
     if unknown:
         raise UserError(f"ImageFolder {path}: test classes {unknown} are missing from train")
-    train = decode_split(source, base, classes, image_size)
+    train = decode_split(source, base, classes, image_size, prefix)
+    keys = [k for k, _ in base]
     if groups.get("test"):
-        return ImageFolderData(classes, train, decode_split(source, groups["test"], classes, image_size))
+        test = decode_split(source, groups["test"], classes, image_size, prefix)
+        return ImageFolderData(classes, train, test, keys, [k for k, _ in groups["test"]])
     kept, held = stratified_holdout(train.y, SINGLE_TREE_TEST_FRACTION, seed=0)
-    return ImageFolderData(classes, train.subset(kept), train.subset(held))
+    return ImageFolderData(
+        classes,
+        train.subset(kept),
+        train.subset(held),
+        [keys[i] for i in kept.tolist()],
+        [keys[i] for i in held.tolist()],
+    )
 
 
-def _save_atomic(obj: dict, target: Path) -> None:
+def save_atomic(obj: dict, target: Path) -> None:
     """torch.save to a temporary file in the same folder, then rename, so readers never see half a file."""
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=target.name, suffix=".tmp")
@@ -214,18 +256,26 @@ def _save_atomic(obj: dict, target: Path) -> None:
 def load_imagefolder(path: str | Path, image_size: int, cache_dir: str | Path | None = None) -> ImageFolderData:
     """Decoded images of an ImageFolder folder or zip, from the tensor cache when it is there."""
     path = Path(path).expanduser()
-    if not path.exists():
-        raise UserError(f"data root not found: {path}")
-    if path.is_file() and not zipfile.is_zipfile(path):
-        raise UserError(f"data root {path} is a file but not a zip archive")
+    check_source_path(path, "data root")
     target = cache_path(path, image_size, cache_dir)
-    if target.is_file():
-        blob = torch.load(target, weights_only=True)
-        return ImageFolderData(blob["classes"], TensorData(*blob["train"]), TensorData(*blob["test"]))
+    blob = load_cache(target, ("classes", "train", "test", "train_keys", "test_keys"))
+    if blob is not None:
+        return ImageFolderData(
+            blob["classes"],
+            TensorData(*blob["train"]),
+            TensorData(*blob["test"]),
+            blob["train_keys"],
+            blob["test_keys"],
+        )
     t0 = time.perf_counter()
     data = decode_imagefolder(path, image_size)
     log.info("decoded %d images from %s in %.1f s", len(data.train) + len(data.test), path, time.perf_counter() - t0)
-    _save_atomic(
-        {"classes": data.classes, "train": (data.train.x, data.train.y), "test": (data.test.x, data.test.y)}, target
-    )
+    blob = {
+        "classes": data.classes,
+        "train": (data.train.x, data.train.y),
+        "test": (data.test.x, data.test.y),
+        "train_keys": data.train_keys,
+        "test_keys": data.test_keys,
+    }
+    save_atomic(blob, target)
     return data

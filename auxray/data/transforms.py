@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
@@ -27,6 +28,36 @@ def _per_channel(values: Sequence[float], channels: int) -> list[float]:
     if len(vals) == channels:
         return vals
     return [sum(vals) / len(vals)] * channels
+
+
+def denormalize(x: Tensor, mean: Sequence[float] = CIFAR_MEAN, std: Sequence[float] = CIFAR_STD) -> Tensor:
+    """The inverse of normalize: float (x / 255 - mean) / std -> uint8 0..255 (rounded)."""
+    c = x.shape[1]
+    m = torch.as_tensor(_per_channel(mean, c), dtype=x.dtype, device=x.device).view(1, c, 1, 1)
+    s = torch.as_tensor(_per_channel(std, c), dtype=x.dtype, device=x.device).view(1, c, 1, 1)
+    return ((x * s + m) * 255.0).round_().clamp_(0, 255).to(torch.uint8)
+
+
+RAND_AUGMENT_GROUP = 8  # images that share one draw of RandAugment's operations
+
+
+def rand_augment(
+    x: Tensor,
+    generator: torch.Generator | None = None,
+    mean: Sequence[float] = CIFAR_MEAN,
+    std: Sequence[float] = CIFAR_STD,
+    group: int = RAND_AUGMENT_GROUP,
+) -> Tensor:
+    """A strongly augmented copy of normalised images (torchvision's RandAugment, 2 operations at magnitude 9, as
+    FixMatch uses), deterministic given `generator`. RandAugment draws one set of operations per call, so each
+    group of `group` images gets its own draw: per-image calls would cost a launch per image and operation on a GPU."""
+    seed = int(torch.randint(2**62, (1,), generator=generator, device=generator.device if generator else "cpu"))
+    images = denormalize(x, mean, std)
+    augment = v2.RandAugment(num_ops=2, magnitude=9)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        out = torch.cat([augment(images[i : i + group]) for i in range(0, len(images), group)])
+    return normalize(out, mean, std).to(x.dtype)
 
 
 def random_crop_flip(x: Tensor, generator: torch.Generator | None = None, padding: int = 4) -> Tensor:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from auxray.config import LABEL_METHODS, RunConfig
+from auxray.data.aux_table import ColumnGroup
 from auxray.methods.aux_tasks import AuxiliaryTask, AuxTaskSpec, LossFnTask, build_aux_task
-from auxray.methods.base import Batch, InnerResult, Objective, accuracy, main_loss, main_target
+from auxray.methods.base import Batch, InnerResult, Objective, accuracy, labeled_rows, main_loss, main_target
 from auxray.methods.objectives import (
     CombinerObjective,
     GivenAuxObjective,
@@ -12,6 +15,7 @@ from auxray.methods.objectives import (
     SchedulerObjective,
     UncertaintyObjective,
 )
+from auxray.methods.view_tasks import TaskContext
 from auxray.models import BackboneSpec
 
 __all__ = [
@@ -23,6 +27,7 @@ __all__ = [
     "Objective",
     "accuracy",
     "build_objective",
+    "labeled_rows",
     "main_loss",
     "main_target",
 ]
@@ -37,10 +42,12 @@ def build_objective(
     in_channels: int,
     backbone: BackboneSpec | None = None,
     aux_task: AuxTaskSpec | None = None,
+    groups: Sequence[ColumnGroup] = (),
 ) -> Objective:
     """The objective for cfg.method.name; num_classes is the main head's size (1 for regression). backbone and
     aux_task, when given (a name, an import path or a callable), replace cfg.model.backbone and cfg.method.aux_task:
-    how a Python caller passes its own trunk factory or auxiliary task without a config string for it."""
+    how a Python caller passes its own trunk factory or auxiliary task without a config string for it. groups: the
+    per-image label columns the data carries (DataBundle.groups), for the noise_labels and table tasks."""
     m = cfg.method
     outputs = num_classes if task == "classification" else 1
     if m.name in LABEL_METHODS:
@@ -56,7 +63,8 @@ def build_objective(
             m.entropy_weight,
             m.focal_gamma,
         )
-    given = build_aux_task(aux_task or m.aux_task, task)
+    context = TaskContext(num_classes, tuple(groups), m.pseudo_threshold)
+    given = build_aux_task(aux_task or m.aux_task, task, context)
     if m.name == "auxilearn_combine":
         return CombinerObjective(m.name, given, outputs, m.combiner, m.combiner_hidden, m.monotone)
     if m.name == "jtds":

@@ -1,5 +1,6 @@
 """Given auxiliary tasks: what each adds to a batch and the per-sample losses it yields. Built-in ones (rotation,
-regression targets) and a user's own, named by import path in a config or passed as a callable."""
+consistency, pseudo-labels, noise labels, table columns, regression targets; see view_tasks for the ones that
+combine) and a user's own, named by import path in a config or passed as a callable."""
 
 from __future__ import annotations
 
@@ -8,22 +9,23 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from auxray.data.rotation import rotate_batch
 from auxray.importpath import is_import_path, resolve_callable
-from auxray.methods.base import Batch, ForwardFn, main_loss, main_target
+from auxray.methods.base import Batch, ForwardFn, labeled_rows, main_loss, main_target
+from auxray.methods.view_tasks import AuxLoss, TaskContext, build_parts
 
 
 @dataclass
 class TaskLosses:
-    """Per-sample losses of one forward pass: main [B], auxiliaries [B, n_aux], main logits, features."""
+    """Per-sample losses of one forward pass: main [B] (0 where a row has no main label), auxiliaries [B, n_aux],
+    main logits, features, and which rows have a main label (None: all)."""
 
     main: Tensor
     aux: Tensor
     logits: Tensor
     features: Tensor | None
+    labeled: Tensor | None = None
 
 
 @runtime_checkable
@@ -65,28 +67,42 @@ class AuxTask:
         out = forward(batch["x"], return_features=features) if features else forward(batch["x"])
         y = main_target(batch["y"], self.task)
         main = main_loss(out["main"], y, self.task)
-        return TaskLosses(main, main.new_zeros(main.shape[0], 0), out["main"], out.get("features"))
+        return TaskLosses(
+            main,
+            main.new_zeros(main.shape[0], 0),
+            out["main"],
+            out.get("features"),
+            labeled_rows(batch["y"], self.task),
+        )
 
 
-class RotationTask(AuxTask):
-    """Rotation prediction (0/90/180/270 degrees) as a self-supervised auxiliary; one joint forward pass."""
+class ViewTasks(AuxTask):
+    """Built-in auxiliary losses trained together (rotation, consistency, pseudo-labels, noise labels, table
+    columns): each adds its views of the images ("x_*" keys) and targets to the batch, and one forward pass over
+    the images and every view gives the main loss (on the images) and one loss per task."""
 
-    names: tuple[str, ...] = ("rotation",)
-    heads = {"rotation": 4}
+    def __init__(self, parts: list[AuxLoss], task: str = "classification") -> None:
+        super().__init__(task)
+        self.parts = parts
+        self.names = tuple(p.name for p in parts)
+        self.heads = {h: n for p in parts for h, n in p.heads.items()}
 
     def prepare(self, x: Tensor, y: Tensor, generator: torch.Generator | None) -> Batch:
-        x_rot, rot = rotate_batch(x, generator=generator)
-        return {"x": x, "y": y, "x_rot": x_rot, "rot": rot}
+        batch: Batch = {"x": x, "y": y}
+        for part in self.parts:
+            part.prepare(batch, generator)
+        return batch
 
     def losses(self, forward: ForwardFn, batch: Batch, features: bool = False) -> TaskLosses:
-        x = batch["x"]
-        n = x.shape[0]
-        both = torch.cat([x, batch["x_rot"]], dim=0)
-        out = forward(both, return_features=features) if features else forward(both)
-        main = F.cross_entropy(out["main"][:n], batch["y"], reduction="none")
-        rot = F.cross_entropy(out["rotation"][n:], batch["rot"], reduction="none")
-        feats = out["features"][:n] if features else None
-        return TaskLosses(main, rot.unsqueeze(1), out["main"][:n], feats)
+        views = [k for k in batch if k == "x" or k.startswith("x_")]
+        inputs = torch.cat([batch[k] for k in views], dim=0)
+        out = forward(inputs, return_features=features) if features else forward(inputs)
+        n = batch["x"].shape[0]
+        outs = {v: {h: t[i * n : (i + 1) * n] for h, t in out.items()} for i, v in enumerate(views)}
+        main = main_loss(outs["x"]["main"], main_target(batch["y"], self.task), self.task)
+        aux = torch.stack([part.loss(outs, batch) for part in self.parts], dim=1)
+        labeled = labeled_rows(batch["y"], self.task)
+        return TaskLosses(main, aux, outs["x"]["main"], outs["x"].get("features"), labeled)
 
 
 class RegressionAuxTask(AuxTask):
@@ -103,7 +119,7 @@ class RegressionAuxTask(AuxTask):
         out = forward(x, return_features=features) if features else forward(x)
         main = (out["main"].squeeze(-1) - y[:, 0]) ** 2
         aux = torch.stack([(out[n].squeeze(-1) - y[:, i + 1]) ** 2 for i, n in enumerate(self.names)], dim=1)
-        return TaskLosses(main, aux, out["main"], out.get("features"))
+        return TaskLosses(main, aux, out["main"], out.get("features"), None)
 
 
 class LossFnTask(AuxTask):
@@ -135,20 +151,25 @@ class LossFnTask(AuxTask):
                 f"auxiliary loss of {self.names} has shape {tuple(aux.shape)}, expected "
                 f"[{main.shape[0]}, {len(self.names)}] (one loss per sample and task)"
             )
-        return TaskLosses(main, aux, out["main"], out.get("features"))
+        return TaskLosses(main, aux, out["main"], out.get("features"), labeled_rows(batch["y"], self.task))
 
 
 BUILTIN_TASKS: dict[str, AuxTaskFactory] = {
     "targets": RegressionAuxTask,
-    "rotation": RotationTask,
     "none": AuxTask,
     "labels": AuxTask,
 }
 
 
-def build_aux_task(spec: AuxTaskSpec, task: str) -> AuxiliaryTask:
-    """The given auxiliary task a config names (labels-learning methods bring their own): a built-in name, an
-    import path ``"package.module:factory"`` or a factory callable, called as ``factory(task)``."""
+def build_aux_task(spec: AuxTaskSpec | list[str], task: str, context: TaskContext | None = None) -> AuxiliaryTask:
+    """The given auxiliary task a config names (labels-learning methods bring their own): a built-in name or a
+    list of combinable ones (built with what `context` says about the data), an import path
+    ``"package.module:factory"`` or a factory callable, called as ``factory(task)``."""
+    names = [spec] if isinstance(spec, str) else spec if isinstance(spec, list) else None
+    if names is not None and names[0] not in BUILTIN_TASKS and not is_import_path(names[0]):
+        return ViewTasks(build_parts(names, context or TaskContext()), task)
+    if isinstance(spec, list):
+        raise ValueError(f"a list of auxiliary tasks takes built-in ones only, got {spec}")
     if callable(spec):
         factory = spec
     elif spec in BUILTIN_TASKS:

@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from auxray.data.tensors import UNLABELED
+
 if TYPE_CHECKING:  # gradient_rules imports InnerResult from this module
     from auxray.methods.gradient_rules import GradientRule
 
@@ -41,6 +43,7 @@ class Objective(Protocol):
     name: str
     heads: dict[str, int]
     learned: bool
+    uses_unlabeled: bool  # its inner loss trains on images without a main label (their main loss masked)
     aux_names: tuple[str, ...]  # the columns of InnerResult.aux_per_sample
     trains_with_primary: bool  # the aux net's parameters are trained with W by the inner optimizer (not bi-level)
     label_classes: tuple[int, ...] | None  # learned sub-classes per class (label generators), else None
@@ -60,20 +63,37 @@ class Objective(Protocol):
 
 
 def main_loss(logits: Tensor, y: Tensor, task: str) -> Tensor:
-    """Per-sample main-task loss: cross-entropy for classification, squared error for regression."""
+    """Per-sample main-task loss: cross-entropy for classification (0 for an unlabelled row), squared error for
+    regression."""
     if task == "regression":
         return (logits.squeeze(-1) - y) ** 2
-    return F.cross_entropy(logits, y, reduction="none")
+    return F.cross_entropy(logits, y, reduction="none", ignore_index=UNLABELED)
 
 
 def main_target(y: Tensor, task: str) -> Tensor:
-    """The main-task column of the targets (regression targets carry the auxiliaries as extra columns)."""
-    return y[:, 0] if task == "regression" and y.dim() > 1 else y
+    """The main-task column of the targets: targets may carry auxiliary columns after it (regression targets,
+    or class labels with per-image auxiliary labels, the class then stored as a float)."""
+    if y.dim() == 1:
+        return y
+    return y[:, 0] if task == "regression" else y[:, 0].long()
+
+
+def labeled_rows(y: Tensor, task: str) -> Tensor | None:
+    """Which rows have a main label (None: all of them, as in regression)."""
+    return main_target(y, task) != UNLABELED if task == "classification" else None
+
+
+def main_mean(per_sample: Tensor, labeled: Tensor | None) -> Tensor:
+    """The main loss of a batch: the mean over the rows with a main label (unlabelled rows add nothing)."""
+    if labeled is None:
+        return per_sample.mean()
+    return per_sample.sum() / labeled.sum().clamp(min=1)
 
 
 def accuracy(logits: Tensor, y: Tensor) -> Tensor:
-    """Fraction of correct top-1 predictions."""
-    return (logits.argmax(dim=-1) == y).float().mean()
+    """Fraction of correct top-1 predictions among the rows with a label."""
+    labeled = y != UNLABELED
+    return (logits.argmax(dim=-1) == y)[labeled].float().mean() if bool(labeled.any()) else logits.new_zeros(())
 
 
 class MainOuterMixin:
@@ -81,6 +101,7 @@ class MainOuterMixin:
 
     task: str = "classification"
     trains_with_primary: bool = False
+    uses_unlabeled: bool = False
     label_classes: tuple[int, ...] | None = None
 
     def outer(self, forward: ForwardFn, batch: Batch) -> Tensor:

@@ -17,14 +17,15 @@ from auxray.auxnets import (
     soft_cross_entropy,
 )
 from auxray.methods.aux_tasks import AuxiliaryTask, TaskLosses
-from auxray.methods.base import AuxFn, Batch, ForwardFn, InnerResult, MainOuterMixin
+from auxray.methods.base import AuxFn, Batch, ForwardFn, InnerResult, MainOuterMixin, main_mean
 from auxray.methods.gradient_rules import SUM, GCSRule, GradientRule
 from auxray.models import BackboneSpec, build_trunk
 
 
 class GivenAuxObjective(MainOuterMixin):
     """Main loss plus given auxiliary losses under a fixed rule: STL ignores them, equal sums them,
-    GCS sums them and lets the trainer drop conflicting gradients."""
+    GCS sums them and lets the trainer drop conflicting gradients. The main loss is the mean over the rows with
+    a main label; auxiliary losses are means over every row, unlabelled ones included."""
 
     learned = False
 
@@ -36,6 +37,7 @@ class GivenAuxObjective(MainOuterMixin):
         self.heads = {"main": num_outputs, **aux_task.heads}
         self.aux_weight = 0.0 if name == "stl" else 1.0
         self.gradient_rule: GradientRule = GCSRule() if name == "gcs" else SUM
+        self.uses_unlabeled = name != "stl" and bool(aux_task.names)  # STL ignores the pool: today's STL
 
     def build_auxnet(self, model: nn.Module) -> nn.Module | None:
         return None
@@ -45,7 +47,7 @@ class GivenAuxObjective(MainOuterMixin):
 
     def inner(self, forward: ForwardFn, aux: AuxFn | None, batch: Batch) -> InnerResult:
         t = self.aux_task.losses(forward, batch)
-        loss = t.main.mean() + self.aux_weight * t.aux.sum(dim=1).mean()
+        loss = main_mean(t.main, t.labeled) + self.aux_weight * t.aux.sum(dim=1).mean()
         return _result(loss, t, self.aux_task.names)
 
 
@@ -59,7 +61,7 @@ class UncertaintyObjective(GivenAuxObjective):
 
     def inner(self, forward: ForwardFn, aux: AuxFn | None, batch: Batch) -> InnerResult:
         t = self.aux_task.losses(forward, batch)
-        task_losses = torch.cat([t.main.mean().unsqueeze(0), t.aux.mean(dim=0)])
+        task_losses = torch.cat([main_mean(t.main, t.labeled).unsqueeze(0), t.aux.mean(dim=0)])
         assert isinstance(aux, UncertaintyWeighting)  # trained with W, so the loop passes the module itself
         result = _result(aux(task_losses), t, self.aux_task.names)
         weights = aux.task_weights()
@@ -68,7 +70,8 @@ class UncertaintyObjective(GivenAuxObjective):
 
 
 class CombinerObjective(GivenAuxObjective):
-    """AuxiLearn loss combiner: L_T = mean(l_main + g(l; phi)), phi tuned by the implicit hypergradient."""
+    """AuxiLearn loss combiner: L_T = mean(l_main) + mean(g(l; phi)), phi tuned by the implicit hypergradient; g
+    sees each row's losses with the main entry 0 where the row has no main label."""
 
     learned = True
 
@@ -89,7 +92,7 @@ class CombinerObjective(GivenAuxObjective):
     def inner(self, forward: ForwardFn, aux: AuxFn | None, batch: Batch) -> InnerResult:
         t = self.aux_task.losses(forward, batch)
         losses = torch.cat([t.main.unsqueeze(1), t.aux], dim=1)
-        loss = (t.main + _required(aux)(losses)).mean()
+        loss = main_mean(t.main, t.labeled) + _required(aux)(losses).mean()
         return _result(loss, t, self.aux_task.names)
 
     def task_weights(self, auxnet: nn.Module | None, result: InnerResult) -> dict[str, Tensor]:
@@ -119,7 +122,7 @@ class SchedulerObjective(GivenAuxObjective):
         if t.features is None:
             raise ValueError("JTDS needs the primary network's features")
         weights = _required(aux)(t.features.detach(), t.aux.detach())
-        loss = (t.main + (weights * t.aux).sum(dim=1)).mean()
+        loss = main_mean(t.main, t.labeled) + (weights * t.aux).sum(dim=1).mean()
         result = _result(loss, t, self.aux_task.names)
         result.task_weights = {n: weights[:, i].mean().detach() for i, n in enumerate(self.aux_task.names)}
         return result
@@ -189,4 +192,5 @@ def _required(aux: AuxFn | None) -> AuxFn:
 def _result(loss: Tensor, t: TaskLosses, names: tuple[str, ...]) -> InnerResult:
     """Pack an inner loss with the per-task means to log."""
     aux_means = {n: t.aux[:, i].mean().detach() for i, n in enumerate(names)}
-    return InnerResult(loss, t.main.mean().detach(), t.logits, aux_means, main_per_sample=t.main, aux_per_sample=t.aux)
+    main = main_mean(t.main, t.labeled).detach()
+    return InnerResult(loss, main, t.logits, aux_means, main_per_sample=t.main, aux_per_sample=t.aux)

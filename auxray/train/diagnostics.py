@@ -34,6 +34,17 @@ def example_batches(trainer: BilevelTrainer, seed: int) -> tuple[Batch, Batch]:
         device=trainer.device,
     )
     ax, ay = next(iter(aux_iter))
+    if trainer.pool_iter is not None:  # the training batch takes unlabelled rows too, as in training
+        pool = BatchIterator(
+            trainer.pool_iter.data,
+            trainer.pool_iter.batch_size,
+            shuffle=True,
+            seed=seed,
+            augment=trainer.pool_iter.augment,
+            device=trainer.device,
+        )
+        xu, yu = next(iter(pool))
+        x, y = torch.cat([x, xu]), torch.cat([y, yu])
     return trainer.prepare(x, y, gen), trainer.prepare(ax, ay, gen)
 
 

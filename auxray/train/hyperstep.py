@@ -100,7 +100,8 @@ def hypergrad_mask(names: list[str], params: str, backbone: str) -> list[bool]:
 
 
 def first_rows(batch: Batch, n: int | None) -> Batch:
-    """The first ``n`` samples of every tensor in a batch (all of them when ``n`` is None)."""
+    """The first ``n`` samples of every tensor in a batch (all of them when ``n`` is None). A batch with
+    unlabelled images holds the labelled rows first, so a small ``n`` keeps only those."""
     if n is None:
         return batch
     return {k: v[:n] for k, v in batch.items()}

@@ -87,7 +87,7 @@ def train_local(
     until_epoch: int | None = None,
 ) -> Summary:
     """One process, in `folder` under trainer.checkpoint_dir, resumed from its latest.pt when asked."""
-    data = build_data(cfg.data)
+    data = build_data(cfg.data, cfg.method.aux_tasks)
     path = Path(cfg.trainer.checkpoint_dir or "runs") / folder
     run_dir, latest = RunDir(path, cfg), LatestCheckpoint(path, cfg)
     trainer = BilevelTrainer(cfg, data, callbacks=callbacks, progress=progress)

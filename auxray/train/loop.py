@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -57,7 +57,12 @@ class BilevelTrainer:
             cfg.model.backbone, in_channels=data.in_channels, width=cfg.model.width, in_features=in_features
         )
         self.objective: Objective = build_objective(
-            cfg, num_classes=max(data.num_classes, 1), task=data.task, feat_dim=feat_dim, in_channels=data.in_channels
+            cfg,
+            num_classes=max(data.num_classes, 1),
+            task=data.task,
+            feat_dim=feat_dim,
+            in_channels=data.in_channels,
+            groups=data.groups,
         )
         self.model = MultiHeadNet(trunk, feat_dim, self.objective.heads).to(self.device, self.dtype)
         auxnet = self.objective.build_auxnet(self.model)
@@ -79,6 +84,22 @@ class BilevelTrainer:
             augment=cfg.data.augment and data.task == "classification",
             device=self.device,
         )
+        # Unlabelled images join every inner step of a method whose auxiliary losses use them: a batch of the pool
+        # after the labelled batch, from its own endless stream (sharded like the labelled one, resumed exactly).
+        self.pool_iter: BatchIterator | None = None
+        self._pool_stream: Iterator[tuple[Tensor, Tensor]] | None = None
+        if data.unlabeled is not None and self.objective.uses_unlabeled:
+            self.pool_iter = BatchIterator(
+                data.unlabeled,
+                cfg.data.unlabeled_batch_size or t.batch_size,
+                shuffle=True,
+                seed=t.seed + 2,
+                rank=self.collective.rank,
+                world_size=self.collective.world_size,
+                drop_last=True,
+                augment=cfg.data.augment,
+                device=self.device,
+            )
         self.steps_per_epoch = min(len(self.train_iter), t.max_steps_per_epoch or len(self.train_iter))
         if self.steps_per_epoch == 0:
             raise ValueError("the training split is smaller than one batch per worker; lower trainer.batch_size")
@@ -116,6 +137,15 @@ class BilevelTrainer:
         x = x.to(self.device, self.dtype) if x.is_floating_point() else x.to(self.device)
         y = y.to(self.device, self.dtype) if y.is_floating_point() else y.to(self.device)
         return self.objective.prepare(x, y, generator)
+
+    def with_unlabeled(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """The labelled batch followed by the next batch of the unlabelled pool (unchanged without a pool)."""
+        if self.pool_iter is None:
+            return x, y
+        if self._pool_stream is None:
+            self._pool_stream = self.pool_iter.infinite()
+        xu, yu = next(self._pool_stream)
+        return torch.cat([x, xu]), torch.cat([y, yu])
 
     def inner_step(self, batch: Batch) -> dict[str, float]:
         """One optimizer step of W on L_T(W, phi) with phi held fixed."""
@@ -224,7 +254,7 @@ class BilevelTrainer:
         for i, (x, y) in enumerate(self.train_iter):
             if i >= self.steps_per_epoch:
                 break
-            batch = self.prepare(x, y, gen)
+            batch = self.prepare(*self.with_unlabeled(x, y), gen)
             self.step += 1
             if aux_stream is not None and self.step % every == 0:
                 aux_batch = next(aux_stream)
@@ -335,6 +365,7 @@ class BilevelTrainer:
             "opt_w": self.opt_w.state_dict(),
             "sched_w": self.sched_w.state_dict(),
             "phi": self.phi.state_dict() if self.phi is not None else None,
+            "pool": self.pool_iter.state_dict() if self.pool_iter is not None else None,
             "epoch": self.epoch,
             "step": self.step,
             "history": self.history,
@@ -354,6 +385,9 @@ class BilevelTrainer:
         self.sched_w.load_state_dict(state["sched_w"])
         if self.phi is not None and state["phi"] is not None:
             self.phi.load_state_dict(state["phi"])
+        if self.pool_iter is not None and state.get("pool") is not None:  # absent in older checkpoints
+            self.pool_iter.load_state_dict(state["pool"])
+            self._pool_stream = None
         self.epoch, self.step = state["epoch"], state["step"]
         self.history = list(state["history"])
         self.hypergrad_norms = list(state["hypergrad_norms"])

@@ -66,7 +66,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     def make_updater(auxnet: torch.nn.Module) -> RemotePhiUpdater:
         return RemotePhiUpdater(coordinator, auxnet, rank, collective.barrier)
 
-    trainer = BilevelTrainer(cfg, build_data(cfg.data), collective=collective, phi_updater=make_updater, progress=False)
+    trainer = BilevelTrainer(
+        cfg, build_data(cfg.data, cfg.method.aux_tasks), collective=collective, phi_updater=make_updater, progress=False
+    )
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:

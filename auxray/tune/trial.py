@@ -129,7 +129,7 @@ def _run_local_trial(
     cfg.trainer.threads = cfg.trainer.threads or max(1, int(ctx.sweep.cpus_per_trial))
     stopped = False
     try:
-        trainer = BilevelTrainer(cfg, build_data(cfg.data), progress=False)
+        trainer = BilevelTrainer(cfg, build_data(cfg.data, cfg.method.aux_tasks), progress=False)
         checkpoint = tune.get_checkpoint()
         if checkpoint is not None:
             with checkpoint.as_directory() as d:
