@@ -22,6 +22,7 @@ from auxray.data.imagefolder import cache_path, load_imagefolder, save_atomic
 from auxray.data.tensors import TensorData
 from auxray.data.unlabeled import load_unlabeled
 from auxray.errors import UserError
+from tests.test_data import _write_folder
 
 COLOURS = {"ant": (250, 10, 10), "bee": (10, 250, 10), "cow": (10, 10, 250)}
 IMAGES = ["train/ant/000.png", "train/ant/001.png", "train/bee/000.png", "test/cow/000.png"]
@@ -39,13 +40,6 @@ def _tree(counts: dict[str, int], split: str | None) -> dict[str, bytes]:
     """Relative path -> PNG bytes, each class a solid colour."""
     top = f"{split}/" if split else ""
     return {f"{top}{c}/{i:03d}.png": _png(COLOURS[c]) for c, n in counts.items() for i in range(n)}
-
-
-def _write_folder(root: Path, files: dict[str, bytes]) -> Path:
-    for rel, blob in files.items():
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_bytes(blob)
-    return root
 
 
 def _write_zip(path: Path, files: dict[str, bytes], wrapper: str = "") -> Path:
