@@ -124,7 +124,10 @@ def test_two_worker_cli_runs_as_a_user_runs_them_record_and_resume(cifar_zip, tm
     assert driver.returncode == -signal.SIGKILL and at_kill < 3, "the run ended before it was killed"
 
     resumed = train("2", "killed", "--resume")
-    assert resumed["resumed_from"] == [at_kill] and untimed(resumed["history"]) == untimed(dist["history"])
+    # Restored once, from the checkpoint registered at the kill or a later one whose report was in flight then
+    # (Ray registers a report when it next polls the workers); a run that started afresh would say [].
+    (restored,) = resumed["resumed_from"]
+    assert at_kill <= restored < 3 and untimed(resumed["history"]) == untimed(dist["history"])
     for key in ("test_accuracy", "final_test_accuracy", "best_val_accuracy", "steps"):
         assert resumed[key] == dist[key], key
     ends = [load_checkpoint(Path(r["checkpoint"]) / LATEST) for r in (resumed, dist)]
