@@ -124,6 +124,11 @@ class DataConfig(_Section):
     aux_key: str = "path"
     aux_columns: list[TableTask] = Field(default_factory=list)
 
+    @property
+    def pool_path(self) -> str | None:
+        """data.unlabeled when it names a folder or zip of images (not one of UNLABELED_CHOICES), else None."""
+        return None if self.unlabeled in UNLABELED_CHOICES else self.unlabeled
+
     @model_validator(mode="after")
     def _one_budget(self) -> DataConfig:
         if self.aux_fraction + self.val_fraction >= 1:

@@ -54,8 +54,8 @@ def absolute_paths(cfg: RunConfig, cwd: Path | None = None) -> RunConfig:
     working directory), so that Ray workers and Tune trials, which run in other directories, find the same files."""
     cfg = cfg.model_copy(deep=True)
     cfg.data.root = str(input_path(cfg.data.root, "data.root", cwd))
-    if cfg.data.unlabeled not in ("none", "rest"):
-        cfg.data.unlabeled = str(input_path(cfg.data.unlabeled, "data.unlabeled", cwd))
+    if cfg.data.pool_path is not None:
+        cfg.data.unlabeled = str(input_path(cfg.data.pool_path, "data.unlabeled", cwd))
     if cfg.data.aux_table is not None:
         cfg.data.aux_table = str(input_path(cfg.data.aux_table, "data.aux_table", cwd))
     if cfg.data.cache_dir is not None:

@@ -122,18 +122,24 @@ def render_sweep(data: dict[str, Any]) -> str:
     )
 
 
+def _pct(mean: float, std: float) -> str:
+    """A fraction's mean ± std as percentages."""
+    return f"{100 * mean:.1f} ± {100 * std:.1f}"
+
+
+def _per_seed(accuracies: list[float]) -> str:
+    """Each seed's accuracy as a percentage."""
+    return ", ".join(f"{100 * a:.1f}" for a in accuracies)
+
+
 def render_reproduce(data: list[dict[str, Any]]) -> str:
     """Measured mean ± std per method beside the paper's number (where the paper has one)."""
-
-    def pct(mean: float, std: float) -> str:
-        return f"{100 * mean:.1f} ± {100 * std:.1f}"
-
     rows = [
         [
             r["method"],
-            pct(r["paper"]["mean"], r["paper"]["std"]) if r.get("paper") else "–",
-            pct(r["mean"], r["std"]),
-            ", ".join(f"{100 * a:.1f}" for a in r["accuracies"]),
+            _pct(r["paper"]["mean"], r["paper"]["std"]) if r.get("paper") else "–",
+            _pct(r["mean"], r["std"]),
+            _per_seed(r["accuracies"]),
             r["seconds"],
             r.get("relative_time"),
         ]
@@ -150,8 +156,8 @@ def render_semisup(data: list[dict[str, Any]]) -> str:
         [
             r["method"],
             r.get("aux_set", "–"),
-            f"{100 * r['mean']:.1f} ± {100 * r['std']:.1f}",
-            ", ".join(f"{100 * a:.1f}" for a in r["accuracies"]),
+            _pct(r["mean"], r["std"]),
+            _per_seed(r["accuracies"]),
             r["seconds"],
             r.get("relative_time"),
         ]

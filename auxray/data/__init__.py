@@ -126,7 +126,7 @@ def check_source(cfg: DataConfig) -> None:
             raise UserError(f"{found}: {root} (set data.download: true to fetch CIFAR-10 there)")
     elif not root.exists():
         raise UserError(f"data root not found: {root}")
-    if cfg.unlabeled not in ("none", "rest") and not Path(cfg.unlabeled).expanduser().exists():
+    if cfg.pool_path is not None and not Path(cfg.pool_path).expanduser().exists():
         raise UserError(f"data.unlabeled not found: {cfg.unlabeled}")
     if cfg.aux_table is not None:
         check_table(cfg.aux_table, cfg.aux_key, cfg.aux_columns)
@@ -154,8 +154,8 @@ def _with_aux_columns(
     """The training pool (plus a pool from data.unlabeled: PATH, appended) with the per-image auxiliary columns the
     tasks read: noise labels and table columns. None when no task reads any and no pool is appended."""
     pool, keys = images.train, list(images.train_keys)
-    if cfg.unlabeled not in ("none", "rest"):
-        extra = load_unlabeled(Path(cfg.unlabeled).expanduser(), cfg.image_size, cfg.cache_dir)
+    if cfg.pool_path is not None:
+        extra = load_unlabeled(Path(cfg.pool_path).expanduser(), cfg.image_size, cfg.cache_dir)
         unlabeled_y = torch.full((len(extra.x),), UNLABELED, dtype=pool.y.dtype)
         pool = TensorData(torch.cat([pool.x, extra.x]), torch.cat([pool.y, unlabeled_y]))
         keys += extra.keys
