@@ -31,6 +31,9 @@ AUX_TASKS = ("none", "rotation", "targets", "labels", "consistency", "pseudo_lab
 # per sample from one shared forward pass, on labelled and unlabelled images alike.
 COMBINABLE_TASKS = ("rotation", "consistency", "pseudo_labels", "noise_labels", "table")
 UNLABELED_CHOICES = ("none", "rest")
+# Names a table task cannot take: its name is its head's and its loss's, beside the main head, the trunk's features
+# and the built-in auxiliary tasks.
+RESERVED_TASK_NAMES = ("main", "features", *AUX_TASKS)
 # Each label method is defined by its hypergradient (README, "Methods and configs"): the first is the method's
 # default, the others compute the same thing another way. Every hypergrad.method belongs to exactly one of them.
 HypergradMethod = Literal["neumann", "cg", "exact", "unroll", "fd"]
@@ -123,6 +126,23 @@ class DataConfig(_Section):
     aux_table: str | None = None
     aux_key: str = "path"
     aux_columns: list[TableTask] = Field(default_factory=list)
+
+    @field_validator("aux_columns")
+    @classmethod
+    def _distinct_task_names(cls, tasks: list[TableTask]) -> list[TableTask]:
+        """Each table task names its own head and loss: no two alike, none a reserved name, no dot."""
+        seen: set[str] = set()
+        for task in tasks:
+            if task.name in RESERVED_TASK_NAMES:
+                raise ValueError(
+                    f"table task name {task.name!r} is reserved ({', '.join(RESERVED_TASK_NAMES)}); rename the task"
+                )
+            if "." in task.name:
+                raise ValueError(f"table task name {task.name!r} holds a dot, which a head name cannot")
+            if task.name in seen:
+                raise ValueError(f"table task name {task.name!r} is given twice; give each task its own name")
+            seen.add(task.name)
+        return tasks
 
     @property
     def pool_path(self) -> str | None:

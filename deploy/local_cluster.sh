@@ -4,12 +4,13 @@
 #
 #   deploy/local_cluster.sh start     # head + worker node; prints RAY_ADDRESS for `ray job submit`
 #   deploy/local_cluster.sh status    # `ray status` + the node list of this cluster
+#   deploy/local_cluster.sh address   # its job-submission address (http://127.0.0.1:8266 unless that was taken)
 #   deploy/local_cluster.sh stop      # stops THIS cluster (the processes it started, by pid)
 #   deploy/local_cluster.sh stop --all  # `ray stop --force`: every Ray process of this user
 #
 # Environment (all optional):
-#   RAY_PORT=6390                 head GCS port (0 = pick a free one)
-#   RAY_DASHBOARD_PORT=8266       dashboard / job-submission HTTP port (0 = pick a free one)
+#   RAY_PORT=6390                 head GCS port (taken or 0: a free one)
+#   RAY_DASHBOARD_PORT=8266       dashboard / job-submission HTTP port (taken or 0: a free one)
 #   RAY_HEAD_CPUS=1 RAY_WORKER_CPUS=1          --num-cpus of each node (this box has 2 cores)
 #   RAY_OBJECT_STORE_MB=200       --object-store-memory of EACH node, in MiB (Ray's minimum is ~75)
 #   RAY_AUTH_MODE=disabled        exported to every `ray` command (and so to the daemons)
@@ -84,8 +85,15 @@ free_port() {
   "$PY" -c 'import socket; s=socket.socket(); s.bind(("", 0)); print(s.getsockname()[1]); s.close()'
 }
 
-# $1 port, or 0 for a free one.
-pick_port() { if [ "${1:-0}" = 0 ]; then free_port; else echo "$1"; fi; }
+# $1 port if nothing listens on it, else (or for 0) a free one: a busy default never stops the cluster.
+pick_port() {
+  if [ "${1:-0}" != 0 ] && "$PY" -c 'import socket,sys; s=socket.socket(); s.bind(("", int(sys.argv[1]))); s.close()' "$1" 2>/dev/null; then
+    echo "$1"
+  else
+    [ "${1:-0}" = 0 ] || log "port $1 is taken; using a free one (see: $0 address)"
+    free_port
+  fi
+}
 
 alive() { [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null; }
 
@@ -206,6 +214,11 @@ EOF
   echo "RAY_ADDRESS=$DASHBOARD_URL"
 }
 
+cmd_address() {  # the running cluster's dashboard / job-submission URL, for `ray job submit --address`
+  [ -f "$STATE/cluster.env" ] || { log "no cluster running from $STATE"; exit 1; }
+  sed -n 's/^RAY_ADDRESS=//p' "$STATE/cluster.env"
+}
+
 cmd_status() {
   if [ ! -f "$STATE/cluster.env" ]; then
     log "no cluster running from $STATE"
@@ -223,5 +236,6 @@ case "${1:-}" in
   start) cmd_start ;;
   stop) shift; cmd_stop "${1:-}" ;;
   status) cmd_status ;;
-  *) echo "usage: $0 start|stop [--all]|status" >&2; exit 2 ;;
+  address) cmd_address ;;
+  *) echo "usage: $0 start|stop [--all]|status|address" >&2; exit 2 ;;
 esac

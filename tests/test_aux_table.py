@@ -14,15 +14,17 @@ import pytest
 import torch
 from torchvision.io import encode_png
 
+import auxray.data.cifar as cifar
+import auxray.data.imagefolder as imagefolder
 import auxray.data.unlabeled as unlabeled
 from auxray.config import TableTask
 from auxray.data.aux_table import ColumnGroup, check_table, read_table_columns
-from auxray.data.cifar import load_cifar_batches
-from auxray.data.imagefolder import cache_path, load_imagefolder, save_atomic
+from auxray.data.cifar import cifar10_train_keys, load_cifar10, load_cifar_batches
+from auxray.data.imagefolder import cache_path, imagefolder_train_keys, load_imagefolder, save_atomic
 from auxray.data.tensors import TensorData
-from auxray.data.unlabeled import load_unlabeled
+from auxray.data.unlabeled import load_unlabeled, unlabeled_keys
 from auxray.errors import UserError
-from tests.test_data import _write_folder
+from tests.test_data import _write_cifar_batches, _write_folder
 
 COLOURS = {"ant": (250, 10, 10), "bee": (10, 250, 10), "cow": (10, 10, 250)}
 IMAGES = ["train/ant/000.png", "train/ant/001.png", "train/bee/000.png", "test/cow/000.png"]
@@ -177,6 +179,116 @@ def test_bad_tables_are_one_line_user_errors(tmp_path: Path) -> None:
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize(
+    ("columns", "task", "message"),
+    [
+        (
+            {"path": ["cat/1.png", "cat/2.png"], "t": [0, 1]},
+            TableTask(name="t", columns=["t"], kind="binary"),
+            r"none of its 2 keys in column 'path' matches an image key",
+        ),
+        (
+            {"path": IMAGES, "c": [0, 1, 2, 3]},
+            TableTask(name="c", columns=["c"], kind="categorical", classes=3),
+            r"column 'c' \(task 'c'\) holds class 3, outside 0..2",
+        ),
+        (
+            {"path": IMAGES, "s": ["a", "b", "c", "d"]},
+            TableTask(name="s", columns=["s"], kind="categorical", classes=3),
+            r"column 's' \(task 's'\) has 4 distinct values but classes is 3",
+        ),
+        (
+            {"path": IMAGES, "c": [1, 1, 1, None]},
+            TableTask(name="c", columns=["c"], kind="categorical"),
+            r"column 'c' \(task 'c'\) has 1 distinct values; a categorical task needs 2 or more",
+        ),
+        (
+            {"path": IMAGES[:3] + ["elsewhere.png"], "w": [1.0, 1.0, 1.0, 7.0]},
+            TableTask(name="w", columns=["w"], kind="regression"),
+            r"regression column 'w' is constant over the 3 rows matching images",
+        ),
+    ],
+)
+def test_check_table_given_the_image_keys_stops_what_the_run_would_hit(
+    tmp_path: Path, columns: dict[str, list], task: TableTask, message: str
+) -> None:
+    """With the run's image keys, the check made before anything starts fails as reading the columns would: keys
+    matching no image, classes out of range or too many, a regression column constant over the matched rows."""
+    path = _csv(tmp_path / "aux.csv", columns)
+    with pytest.raises(UserError, match=message) as err:
+        check_table(path, "path", [task], IMAGES)
+    assert "\n" not in str(err.value) and str(err.value).startswith(f"aux table {path}: ")
+
+
+def test_the_match_report_counts_images_not_rows(tmp_path: Path) -> None:
+    """The report line says how many of the run's images have a row: two images with one key (a pool image keyed
+    like a training image) are two matches of one row."""
+    path = _csv(tmp_path / "aux.csv", {"path": ["a.png", "c.png"], "t": [0, 1]})
+    tasks = [TableTask(name="t", columns=["t"], kind="binary")]
+    out = check_table(path, "path", tasks, ["a.png", "b.png", "./a.png"])
+    assert out is not None and out.matched == 1 and out.images_matched == 2
+    assert out.report(path) == f"aux table {path}: 2 of 3 images matched (66.7%)"
+    assert check_table(path, "path", tasks) is None  # no image keys yet (CIFAR-10 still to be downloaded)
+
+
+def test_a_float_class_column_with_gaps_reads_as_class_ids(tmp_path: Path) -> None:
+    """pandas writes an integer column with missing values as floats with NaN: whole numbers are class ids, NaN
+    and null are missing; a fraction is one line."""
+    path = _parquet(tmp_path / "aux.parquet", {"path": IMAGES, "c": [2.0, nan, 0.0, None], "f": [0.0, 1.5, nan, 1.0]})
+    given = read_table_columns(
+        path, "path", [TableTask(name="c", columns=["c"], kind="categorical", classes=3)], IMAGES
+    )
+    assert _same(given.values, [[2], [nan], [0], [nan]]) and given.groups[0].classes == 3
+    inferred = read_table_columns(path, "path", [TableTask(name="c", columns=["c"], kind="categorical")], IMAGES)
+    assert _same(inferred.values, [[1], [nan], [0], [nan]]) and inferred.groups[0].classes == 2
+    _user_error(
+        path, [TableTask(name="f", columns=["f"], kind="categorical")], r"column 'f'.*integers or strings, found 1\.5"
+    )
+
+
+def _spy_reads(monkeypatch: pytest.MonkeyPatch) -> list[list[str] | None]:
+    """Record the columns each Parquet or CSV read of a table asks for (None: every column)."""
+    calls: list[list[str] | None] = []
+    real_parquet, real_csv = pq.read_table, pacsv.read_csv
+
+    def read_parquet(source: object, *args: object, columns: list[str] | None = None, **kwargs: object) -> pa.Table:
+        calls.append(columns)
+        return real_parquet(source, *args, columns=columns, **kwargs)
+
+    def read_csv(
+        source: object, *args: object, convert_options: pacsv.ConvertOptions | None = None, **kwargs: object
+    ) -> pa.Table:
+        wanted = convert_options.include_columns if convert_options is not None else []
+        calls.append(list(wanted) or None)
+        return real_csv(source, *args, convert_options=convert_options, **kwargs)
+
+    monkeypatch.setattr(pq, "read_table", read_parquet)
+    monkeypatch.setattr(pacsv, "read_csv", read_csv)
+    return calls
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv"])
+def test_only_the_key_and_declared_columns_are_read_once_per_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, suffix: str
+) -> None:
+    """The check before a run and the run's read share one read of the key and declared columns; a file written
+    anew is read anew; an unknown column is still one line naming it."""
+    write = _parquet if suffix == ".parquet" else _csv
+    wide = {"path": IMAGES, "t": [0, 1, 1, 0], "unused": ["x"] * 4, "other": [1.5] * 4}
+    path = write(tmp_path / f"wide{suffix}", wide)
+    calls = _spy_reads(monkeypatch)
+    tasks = [TableTask(name="t", columns=["t"], kind="binary")]
+    check_table(path, "path", tasks, IMAGES)
+    first = read_table_columns(path, "path", tasks, IMAGES)
+    assert calls == [["path", "t"]] and first.values[:, 0].tolist() == [0, 1, 1, 0]
+    write(path, {**wide, "t": [1, 1, 0, 0], "more": [0] * 4})
+    again = read_table_columns(path, "path", tasks, IMAGES)
+    assert calls == [["path", "t"]] * 2 and again.values[:, 0].tolist() == [1, 1, 0, 0]
+    _user_error(
+        path, [TableTask(name="u", columns=["u"], kind="binary")], rf"wide\{suffix}: no column 'u' \(task 'u'\)"
+    )
+
+
 # ---- image keys ----------------------------------------------------------------------------------
 
 
@@ -205,6 +317,32 @@ def test_imagefolder_keys_align_with_labels(tmp_path: Path) -> None:
     _assert_keys_follow_labels(single.classes, single.test_keys, single.test.y, 0)
     cached = load_imagefolder(tmp_path / "all", 8, tmp_path / "cache")
     assert cached.train_keys == single.train_keys and cached.test_keys == single.test_keys
+
+
+def test_keys_are_listed_without_decoding_as_the_loaders_give_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check before a run lists the image keys without decoding an image, and they are the keys the loaders
+    give: a wrapped split zip, a single tree (its held-out test images left out), a pool, the CIFAR batches."""
+    split = {**_tree({"cow": 3, "ant": 4, "bee": 2}, "train"), **_tree({"ant": 1}, "test")}
+    zipped = _write_zip(tmp_path / "split.zip", split, wrapper="wrap/")
+    single = _write_folder(tmp_path / "all", _tree({"ant": 5, "bee": 10, "cow": 5}, None))
+    pool = _write_zip(tmp_path / "pool.zip", split, wrapper="pool/")
+    _write_cifar_batches(tmp_path / "cifar" / "cifar-10-batches-py")
+
+    def no_decode(*args: object, **kwargs: object) -> None:
+        raise AssertionError("listing keys decoded images")
+
+    with monkeypatch.context() as m:
+        for module, name in [(imagefolder, "decode_names"), (unlabeled, "decode_names"), (cifar, "_read_batches")]:
+            m.setattr(module, name, no_decode)
+        listed = [imagefolder_train_keys(zipped), imagefolder_train_keys(single), unlabeled_keys(pool)]
+        batch_keys = cifar10_train_keys(tmp_path / "cifar")
+        assert cifar10_train_keys(tmp_path / "nothing-yet") is None
+    cache = tmp_path / "cache"
+    decoded = [load_imagefolder(zipped, 8, cache).train_keys, load_imagefolder(single, 8, cache).train_keys]
+    assert listed == [*decoded, load_unlabeled(pool, 8, cache).keys] and len(listed[1]) == 16
+    assert batch_keys == load_cifar10(tmp_path / "cifar").train_keys and len(batch_keys) == 100
 
 
 def test_cifar_batches_are_keyed_by_position(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -52,12 +52,19 @@ def test_linear_combiner_starts_at_init_weight_and_ignores_main_column() -> None
     torch.testing.assert_close(comb(losses), comb(shifted))
 
 
-@pytest.mark.parametrize(("combiner", "monotone", "kind", "keeps_sign"),
-                         [("linear", None, LinearCombiner, True), ("linear", False, LinearCombiner, False),
-                          ("linear", True, LinearCombiner, True), ("nonlinear", None, NonlinearCombiner, False),
-                          ("nonlinear", True, NonlinearCombiner, True)])
-def test_config_monotone_reaches_the_combiner(combiner: str, monotone: bool | None, kind: type,
-                                              keeps_sign: bool) -> None:
+@pytest.mark.parametrize(
+    ("combiner", "monotone", "kind", "keeps_sign"),
+    [
+        ("linear", None, LinearCombiner, True),
+        ("linear", False, LinearCombiner, False),
+        ("linear", True, LinearCombiner, True),
+        ("nonlinear", None, NonlinearCombiner, False),
+        ("nonlinear", True, NonlinearCombiner, True),
+    ],
+)
+def test_config_monotone_reaches_the_combiner(
+    combiner: str, monotone: bool | None, kind: type, keeps_sign: bool
+) -> None:
     """`method.monotone` as a config sets it (unset: the linear combiner stays non-negative, AuxiLearn's form); a
     non-monotone linear combiner built from a config can give a task a negative weight."""
     from auxray.config import config_from_dict
@@ -67,7 +74,9 @@ def test_config_monotone_reaches_the_combiner(combiner: str, monotone: bool | No
     if monotone is not None:
         method["monotone"] = monotone
     cfg = config_from_dict({"data": {"dataset": "synthetic"}, "model": {"backbone": "mlp"}, "method": method})
-    comb = build_objective(cfg, num_classes=1, task="regression", feat_dim=4, in_channels=1).build_auxnet(nn.Linear(1, 1))
+    comb = build_objective(cfg, num_classes=1, task="regression", feat_dim=4, in_channels=1).build_auxnet(
+        nn.Linear(1, 1)
+    )
     assert type(comb) is kind and comb.monotone == keeps_sign
     if kind is LinearCombiner:
         with torch.no_grad():
@@ -77,14 +86,26 @@ def test_config_monotone_reaches_the_combiner(combiner: str, monotone: bool | No
 
 
 @pytest.mark.parametrize("monotone", [False, True])
-def test_nonlinear_combiner_output_non_negative(monotone: bool) -> None:
+def test_nonlinear_combiner_is_the_softplus_of_its_mlp_over_the_aux_losses(monotone: bool) -> None:
+    """g(l) = softplus(MLP(l_aux)) with the MLP by hand: non-negative through the softplus where the MLP is not."""
     comb = NonlinearCombiner(3, hidden=[10, 5], monotone=monotone)
+    linears = [m for m in comb.net if not isinstance(m, nn.ReLU)]
+    losses = torch.rand(64, 4) * 10
+
+    def mlp(losses: torch.Tensor) -> torch.Tensor:
+        h = losses[:, 1:]
+        for i, layer in enumerate(linears):
+            h = h @ (F.softplus(layer.raw) if monotone else layer.weight).T + layer.bias
+            h = h.clamp(min=0) if i < len(linears) - 1 else h
+        return h.squeeze(1)
+
     with torch.no_grad():
         for p in comb.parameters():
-            p.mul_(5.0).sub_(2.0)
-    out = comb(torch.rand(64, 4) * 10)
-    assert out.shape == (64,)
-    assert (out >= 0).all()
+            p.copy_(torch.randn_like(p) * 2)
+        linears[-1].bias.sub_(mlp(losses).median())  # about half of the MLP's outputs negative
+    pre = mlp(losses)
+    assert (pre < 0).any() and (pre > 0).any()
+    torch.testing.assert_close(comb(losses), F.softplus(pre))
 
 
 def test_nonlinear_monotone_combiner_is_non_decreasing_in_each_aux_loss() -> None:
@@ -114,14 +135,24 @@ def test_nonlinear_task_weights_match_finite_differences() -> None:
     torch.testing.assert_close(comb.task_weights(losses), torch.stack(expected).detach())
 
 
-def test_deep_combiner_shapes_and_sign() -> None:
-    comb = DeepCombiner(2, channels=4)
-    maps = torch.rand(3, 3, 8, 8)
-    out = comb(maps)
-    assert out.shape == (3,)
-    assert (out >= 0).all()
-    assert comb.task_weights(maps).shape == (2,)
-    with pytest.raises(ValueError):
+def test_deep_combiner_is_the_pixel_mean_of_softplus_weighted_loss_maps() -> None:
+    """g is the pixel mean of softplus(ConvNet(l_aux)) * l_aux (by hand); task weights are its maps' derivatives."""
+    comb = DeepCombiner(2, channels=4).double()
+    maps = torch.rand(3, 3, 8, 8, dtype=torch.float64)
+    conv1, conv2, conv3 = (m for m in comb.net if isinstance(m, nn.Conv2d))
+    aux = maps[:, 1:]
+    h = F.conv2d(aux, conv1.weight, conv1.bias, padding=1).clamp(min=0)
+    h = F.conv2d(h, conv2.weight, conv2.bias, padding=1).clamp(min=0)
+    weights = F.softplus(F.conv2d(h, conv3.weight, conv3.bias))
+    torch.testing.assert_close(comb(maps), (weights * aux).sum(dim=1).mean(dim=(1, 2)))
+    eps, expected = 1e-6, []
+    for k in (1, 2):
+        up, down = maps.clone(), maps.clone()
+        up[:, k] += eps
+        down[:, k] -= eps
+        expected.append(((comb(up) - comb(down)) / (2 * eps)).mean())
+    torch.testing.assert_close(comb.task_weights(maps), torch.stack(expected).detach())
+    with pytest.raises(ValueError, match=r"expected losses \[B, 1\+n_aux, H, W\] with n_aux=2, got \(3, 3\)"):
         comb(torch.rand(3, 3))
 
 
@@ -136,9 +167,9 @@ def test_combiner_rejects_wrong_width() -> None:
 def test_expand_psi_int_and_list() -> None:
     assert expand_psi(3, 4) == [3, 3, 3, 3]
     assert expand_psi([1, 2, 3], 3) == [1, 2, 3]
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"psi has 2 entries, expected one per class \(3\)"):
         expand_psi([1, 2], 3)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"every class needs at least one sub-class, got psi=\[1, 0, 2\]"):
         expand_psi([1, 0, 2], 3)
 
 
@@ -196,9 +227,7 @@ def test_entropy_regulariser_gradient_finite_at_empty_subclass() -> None:
 def test_soft_cross_entropy_equals_ce_when_gamma_zero() -> None:
     logits = torch.randn(6, 5)
     target = torch.softmax(torch.randn(6, 5), dim=1)
-    torch.testing.assert_close(
-        soft_cross_entropy(logits, target), F.cross_entropy(logits, target, reduction="none")
-    )
+    torch.testing.assert_close(soft_cross_entropy(logits, target), F.cross_entropy(logits, target, reduction="none"))
     hard = torch.tensor([0, 1, 2, 3, 4, 0])
     torch.testing.assert_close(
         soft_cross_entropy(logits, F.one_hot(hard, 5).float()), F.cross_entropy(logits, hard, reduction="none")

@@ -14,8 +14,9 @@ from auxray.hypergrad import batch_stats_only
 
 def _bn_net() -> nn.Module:
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.LazyLinear(2),
-                        nn.BatchNorm1d(2)).train()
+    net = nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.LazyLinear(2), nn.BatchNorm1d(2)
+    ).train()
     net(torch.randn(4, 3, 8, 8))
     return net
 
@@ -41,7 +42,7 @@ def test_batch_stats_only_normalises_by_the_batch_and_leaves_running_stats_alone
 def test_batch_stats_only_restores_flags_on_error_and_when_nested():
     net = _bn_net()
     net[5].track_running_stats = False
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="^boom$"):
         with batch_stats_only(net, net[1]):
             with batch_stats_only(net):
                 pass
@@ -60,7 +61,7 @@ def test_batch_stats_only_keeps_forward_passes_pure_for_torch_func():
     x = torch.randn(8, 3)
     grad_fn = torch.func.grad(lambda p: functional_call(net, {**buffers, **p}, (x,)).pow(2).sum())
     tangent = {k: torch.ones_like(v) for k, v in params.items()}
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="in-place operation .* would mutate a captured Tensor"):
         torch.func.jvp(grad_fn, (params,), (tangent,))
     with batch_stats_only(net):
         torch.func.jvp(grad_fn, (params,), (tangent,))

@@ -1,6 +1,8 @@
-"""Every shipped config loads and runs: each run config for one short epoch through `auxray train`, and each sweep
-config's trials at both ends of its search space. Short: one epoch of `hypergrad.every` steps for a learned method
-(so it takes exactly one outer step), two for a fixed one, and 200 test images, in this process (torch is imported once for all of them)."""
+"""Every shipped config validates and plans, and trains as it promises: each run config for one short epoch through
+`auxray train`, and each sweep config's trials at both ends of its search space. The noise family differs from the
+semi-supervised one only by its noise_labels task (checked), so one of its configs trains for all. Short: one epoch
+of `hypergrad.every` steps for a learned method (so it takes exactly one outer step), two for a fixed one, and 200
+test images, in this process (torch is imported once for all of them)."""
 
 from __future__ import annotations
 
@@ -9,17 +11,33 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 import yaml
 
+from auxray.auxnets.uncertainty import LOSS_FLOOR
 from auxray.cli import run as cli_run
-from auxray.config import LEARNED_METHODS, RunConfig, load_config
-from auxray.train.launch import train
+from auxray.config import LABEL_METHODS, LEARNED_METHODS, RunConfig, load_config
+from auxray.data import DataBundle, build_data
+from auxray.train.checkpoint import LATEST, load_checkpoint
+from auxray.train.launch import plan_run, train
+from auxray.train.loop import BilevelTrainer
 from auxray.tune.config import load_sweep
 from tests.conftest import CACHE_DIR, REPO
 
-SHIPPED = sorted((REPO / "configs").rglob("*.yaml"))
+CONFIGS = REPO / "configs"
+SHIPPED = sorted(CONFIGS.rglob("*.yaml"))
 SWEEPS = [p for p in SHIPPED if "space" in yaml.safe_load(p.read_text())]
 RUNS = [p for p in SHIPPED if p not in SWEEPS]
+SEMISUP, NOISE = CONFIGS / "cifar10_5pct_semisup", CONFIGS / "cifar10_5pct_semisup_noise"
+NOISE_TRAINED = NOISE / "auxilearn_linear.yaml"  # learns a weight for each task, the noise task included
+TRAINED = [p for p in RUNS if p.parent != NOISE or p == NOISE_TRAINED]
+WEIGHING = ("auxilearn_combine", "jtds", "uncertainty")  # methods that log a weight per auxiliary task
+SYNTHETIC_TASKS = ("helpful", "harmful")  # the synthetic data set's auxiliary targets (aux_task: targets)
+TEST_IMAGES = 200
+
+
+def ids(paths: list[Path]) -> list[str]:
+    return [str(p.relative_to(CONFIGS)) for p in paths]
 
 
 def steps(cfg: RunConfig) -> int:
@@ -29,36 +47,154 @@ def steps(cfg: RunConfig) -> int:
 
 def short(cfg: RunConfig, tmp_path: Path) -> dict[str, Any]:
     """Settings for a seconds-long run of cfg that still takes an outer step and writes only under tmp_path: batches
-    of 16 (labelled and unlabelled), one epoch of `steps`, 200 test images."""
-    return {"trainer.epochs": 1, "trainer.max_steps_per_epoch": steps(cfg), "data.test_limit": 200,
-            "trainer.batch_size": 16, "data.unlabeled_batch_size": 16,
-            "trainer.checkpoint_dir": str(tmp_path), "data.cache_dir": str(CACHE_DIR), "tracking.enabled": False}
+    of 16 (labelled and unlabelled), one epoch of `steps`, 200 test images, on the CPU (a GPU machine runs these the
+    same; tests/test_gpu.py covers the device)."""
+    return {
+        "trainer.device": "cpu",
+        "trainer.epochs": 1,
+        "trainer.max_steps_per_epoch": steps(cfg),
+        "data.test_limit": TEST_IMAGES,
+        "trainer.batch_size": 16,
+        "data.unlabeled_batch_size": 16,
+        "trainer.checkpoint_dir": str(tmp_path),
+        "data.cache_dir": str(CACHE_DIR),
+        "tracking.enabled": False,
+    }
 
 
-def assert_ran(result: dict[str, Any], cfg: RunConfig) -> None:
-    """One epoch of `steps`, tested; a learned method took its outer step."""
-    assert result["method"] == cfg.method.name and result["epochs"] == 1 and result["steps"] == steps(cfg)
-    assert "test_accuracy" in result or "test_mse" in result
-    (epoch,) = [json.loads(line) for line in (Path(result["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
-    assert epoch.get("outer_steps", 0) == (1 if cfg.method.name in LEARNED_METHODS else 0), epoch
+def task_names(cfg: RunConfig) -> tuple[str, ...]:
+    """The auxiliary tasks cfg trains, by the names its history logs them under."""
+    if cfg.method.name in LABEL_METHODS:
+        return ("labels",)
+    expand = {"none": (), "targets": SYNTHETIC_TASKS}
+    return tuple(name for task in cfg.method.aux_tasks for name in expand.get(task, (task,)))
+
+
+_DATA: dict[str, DataBundle] = {}  # the last data built: configs of one family, tested in a row, share it
+
+
+def initial_phi(cfg: RunConfig) -> dict[str, torch.Tensor]:
+    """phi as a run of cfg starts: a trainer of the same config (same seed) holds it."""
+    key = cfg.data.model_dump_json() + repr(cfg.method.aux_tasks)
+    if key not in _DATA:
+        _DATA.clear()
+        _DATA[key] = build_data(cfg.data, cfg.method.aux_tasks)
+    trainer = BilevelTrainer(cfg, _DATA[key], progress=False)
+    return {name: p.detach().cpu().clone() for name, p in trainer.auxnet.named_parameters()}
+
+
+def assert_one_adam_step(
+    before: dict[str, torch.Tensor], after: dict[str, torch.Tensor], optimizer: dict[str, Any], hypergrad_norm: float
+) -> None:
+    """phi moved by one Adam step, lr * g / (|g| + eps) against g = the logged hypergradient + weight decay."""
+    (group,) = optimizer["param_groups"]
+    lr, beta1, eps, decay = group["lr"], group["betas"][0], group["eps"], group["weight_decay"]
+    hypergrad = []
+    for i, (name, start) in enumerate(before.items()):
+        state = optimizer["state"][i]
+        g = state["exp_avg"].cpu() / (1 - beta1)
+        assert int(state["step"]) == 1, name
+        torch.testing.assert_close(after[name].cpu() - start, -lr * g / (g.abs() + eps), rtol=1e-4, atol=1e-6)
+        hypergrad.append((g - decay * start).flatten())
+    assert float(torch.cat(hypergrad).norm()) == pytest.approx(hypergrad_norm, rel=1e-3)
+
+
+def assert_promises(result: dict[str, Any], cfg: RunConfig) -> None:
+    """A short run of cfg kept its promises: its steps and test, each task logged, the outer step, pool batches."""
+    n = steps(cfg)
+    assert (result["method"], result["epochs"], result["steps"]) == (cfg.method.name, 1, n)
+    run_dir = Path(result["run_dir"])
+    (epoch,) = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    state = load_checkpoint(run_dir / LATEST)
+    assert state["history"] == [epoch] and epoch["step"] == n
+    # One epoch: its weights are the best on validation, and the test scores them.
+    score = "mse" if cfg.data.dataset == "synthetic" else "accuracy"
+    assert result["best_epoch"] == 1 and result[f"best_val_{score}"] == epoch[f"val_{score}"]
+    assert result[f"test_{score}"] == result[f"final_test_{score}"]
+    if score == "accuracy":  # a count of correct images out of TEST_IMAGES
+        correct = result["test_accuracy"] * TEST_IMAGES
+        assert correct == pytest.approx(round(correct), abs=1e-9), result
+
+    tasks = task_names(cfg)
+    for task in tasks:
+        assert f"aux_loss/{task}" in epoch and f"grad_cosine/{task}" in epoch, (task, epoch)
+    weighed = {f"task_weight/{t}" for t in tasks} if cfg.method.name in WEIGHING else set()
+    assert {k for k in epoch if k.startswith("task_weight/")} == weighed, epoch
+
+    if cfg.method.name in LEARNED_METHODS:
+        assert cfg.method.aux_optimizer == "adam" and cfg.method.aux_grad_clip is None, "a phi step other than Adam's"
+        ((at, norm),) = state["hypergrad_norms"]
+        assert (at, norm) == (n, epoch["hypergrad_norm"]) and epoch["outer_steps"] == 1
+        assert (state["phi"]["version"], state["phi"]["last_step"]) == (1, n)
+        assert_one_adam_step(initial_phi(cfg), state["auxnet"], state["phi"]["optimizer"], norm)
+    else:
+        assert "outer_steps" not in epoch and state["hypergrad_norms"] == [] and state["phi"] is None
+    if cfg.method.name == "uncertainty":
+        # Weights start at 1 (log-variance 0) and move with W: down for a task whose loss plus the floor is above 1
+        # (its log-variance's gradient 1 - (loss + floor) is then negative), up for one below.
+        assert not torch.equal(state["auxnet"]["log_vars"], torch.zeros_like(state["auxnet"]["log_vars"]))
+        for task in tasks:
+            assert (epoch[f"task_weight/{task}"] < 1) == (epoch[f"aux_loss/{task}"] + LOSS_FLOOR > 1), (task, epoch)
+
+    draws_pool = cfg.data.unlabeled != "none" and cfg.method.name != "stl" and bool(tasks)
+    if draws_pool:
+        assert (state["pool"]["epoch"], state["pool"]["position"]) == (0, n), state["pool"]
+    else:
+        assert state["pool"] is None
+
+
+@pytest.mark.parametrize("config", SHIPPED, ids=ids(SHIPPED))
+def test_every_shipped_config_validates_and_plans(
+    config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every config (a sweep's trials at both ends) loads and plans: data found, run folder named, nothing made."""
+    monkeypatch.chdir(REPO)  # the shipped data roots are relative to the repository (../shared/data)
+    if config in SWEEPS:
+        sweep = load_sweep(config)
+        name, cfgs = (
+            sweep.name,
+            [sweep.trial_config({k: s.samples()[end] for k, s in sweep.space.items()}) for end in (0, -1)],
+        )
+    else:
+        name, cfgs = config.stem, [load_config(config)]
+    for cfg in cfgs:
+        cfg.trainer.checkpoint_dir = str(tmp_path / "runs")
+        planned, folder = plan_run(cfg, name=name, resume=False)
+        assert folder.startswith(f"{name}/") and Path(planned.data.root).is_absolute(), (folder, planned.data.root)
+    assert not any(tmp_path.iterdir())
+
+
+def test_the_noise_configs_add_only_the_noise_task_to_their_semisup_twins() -> None:
+    """One noise config trains for all: each is its semi-supervised twin with noise_labels added to its tasks."""
+    noise = sorted(NOISE.glob("*.yaml"))
+    assert NOISE_TRAINED in noise and len(noise) > 1
+    for path in noise:
+        twin = yaml.safe_load((SEMISUP / path.name).read_text())
+        if "aux_task" in twin["method"]:
+            twin["method"]["aux_task"] = [*twin["method"]["aux_task"], "noise_labels"]
+        assert yaml.safe_load(path.read_text()) == twin, path.name
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("config", RUNS, ids=[str(p.relative_to(REPO / "configs")) for p in RUNS])
-def test_every_shipped_run_config_trains(config: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
-                                         monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("config", TRAINED, ids=ids(TRAINED))
+def test_every_shipped_run_config_trains_as_it_promises(
+    config: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One short epoch of the config through `auxray train` keeps every promise the config makes."""
     monkeypatch.chdir(REPO)  # the shipped data roots are relative to the repository (../shared/data)
-    cfg = load_config(config)
-    args = [arg for key, value in short(cfg, tmp_path).items() for arg in ("--set", f"{key}={value}")]
+    settings = short(load_config(config), tmp_path)
+    cfg = load_config(config, [f"{key}={value}" for key, value in settings.items()])
+    args = [arg for key, value in settings.items() for arg in ("--set", f"{key}={value}")]
     capsys.readouterr()
     assert cli_run(["train", str(config), "--json", "--no-progress", *args]) == 0, capsys.readouterr().err[-3000:]
-    assert_ran(json.loads(capsys.readouterr().out.strip().splitlines()[-1]), cfg)
+    assert_promises(json.loads(capsys.readouterr().out.strip().splitlines()[-1]), cfg)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("config", SWEEPS, ids=[str(p.relative_to(REPO / "configs")) for p in SWEEPS])
-def test_every_shipped_sweep_config_builds_trials_that_train(config: Path, tmp_path: Path,
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("config", SWEEPS, ids=ids(SWEEPS))
+def test_every_shipped_sweep_config_builds_trials_that_train(
+    config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A sweep's trials at the low and the high end of every searched key are valid configs that train."""
     monkeypatch.chdir(REPO)
     sweep = load_sweep(config)
@@ -67,4 +203,4 @@ def test_every_shipped_sweep_config_builds_trials_that_train(config: Path, tmp_p
         for key, value in short(cfg, tmp_path / str(end)).items():
             section, name = key.split(".")
             setattr(getattr(cfg, section), name, value)
-        assert_ran(train(cfg, name=sweep.name, progress=False), cfg)
+        assert_promises(train(cfg, name=sweep.name, progress=False), cfg)

@@ -17,7 +17,7 @@ from auxray.config import DataConfig
 from auxray.data import BatchIterator, TensorData, build_data, rotate_batch
 from auxray.data.cifar import CIFAR10_CLASSES, load_cifar10
 from auxray.data.imagefolder import cache_path, load_imagefolder
-from auxray.data.splits import make_splits, limit_test_set
+from auxray.data.splits import limit_test_set, make_splits
 from auxray.data.synthetic import make_synthetic
 from auxray.data.transforms import CIFAR_MEAN, CIFAR_STD, normalize, random_crop_flip
 from auxray.errors import UserError
@@ -91,7 +91,7 @@ def test_tensordata_subset_and_length_check() -> None:
     d = TensorData(torch.arange(10).view(10, 1), torch.arange(10))
     sub = d.subset([7, 2])
     assert len(sub) == 2 and sub.y.tolist() == [7, 2] and sub.x.flatten().tolist() == [7, 2]
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="x has 3 rows but y has 2"):
         TensorData(torch.zeros(3, 1), torch.zeros(2))
 
 
@@ -159,7 +159,7 @@ def test_cifar_download_only_when_asked(tmp_path: Path, monkeypatch: pytest.Monk
             _write_cifar_batches(Path(root) / "cifar-10-batches-py")
 
     monkeypatch.setattr(torchvision.datasets, "CIFAR10", FakeCIFAR10)
-    with pytest.raises(UserError):
+    with pytest.raises(UserError, match=f"data root not found: {tmp_path / 'dl'} \\(set data.download: true"):
         load_cifar10(tmp_path / "dl")
     assert calls == []
     data = load_cifar10(tmp_path / "dl", download=True)
@@ -184,12 +184,28 @@ def test_cifar10_rejects_other_classes_and_empty_trees(tmp_path: Path) -> None:
 
 def test_build_data_imagefolder_bundle(tmp_path: Path) -> None:
     source = _write_zip(tmp_path / "tiny.zip", _split_tree())
-    cfg = DataConfig(dataset="imagefolder", root=str(source), cache_dir=str(tmp_path / "c"), image_size=8,
-                     labeled_fraction=1.0, aux_fraction=0.25, val_fraction=0.25, test_limit=3)
+    cfg = DataConfig(
+        dataset="imagefolder",
+        root=str(source),
+        cache_dir=str(tmp_path / "c"),
+        image_size=8,
+        labeled_fraction=1.0,
+        aux_fraction=0.25,
+        val_fraction=0.25,
+        test_limit=3,
+    )
     b = build_data(cfg)
-    assert (b.num_classes, b.classes, b.task, b.in_channels, b.image_size) == (3, ["ant", "bee", "cow"],
-                                                                               "classification", 3, 8)
-    assert len(b.train) + len(b.aux) + len(b.val) == 15 and len(b.aux) >= 3 and len(b.val) >= 3
+    assert (b.num_classes, b.classes, b.task, b.in_channels, b.image_size) == (
+        3,
+        ["ant", "bee", "cow"],
+        "classification",
+        3,
+        8,
+    )
+    # Per class (ant 5, bee 6, cow 4 images): aux and val take round(0.25 * n) each, train the rest.
+    assert torch.bincount(b.aux.y, minlength=3).tolist() == [1, 2, 1]
+    assert torch.bincount(b.val.y, minlength=3).tolist() == [1, 2, 1]
+    assert torch.bincount(b.train.y, minlength=3).tolist() == [3, 2, 2]
     assert sorted(b.test.y.tolist()) == [0, 1, 2]
 
 
@@ -202,8 +218,18 @@ def _cifar_like_labels() -> torch.Tensor:
 
 def test_split_sizes_stratified_and_disjoint() -> None:
     labels = _cifar_like_labels()
-    s = make_splits(labels, 50_000, torch.arange(10_000) % 10, 10_000, labeled_fraction=0.05,
-                    labeled_per_class=None, aux_fraction=0.1, val_fraction=0.1, test_limit=None, seed=0)
+    s = make_splits(
+        labels,
+        50_000,
+        torch.arange(10_000) % 10,
+        10_000,
+        labeled_fraction=0.05,
+        labeled_per_class=None,
+        aux_fraction=0.1,
+        val_fraction=0.1,
+        test_limit=None,
+        seed=0,
+    )
     labelled = torch.cat([s.train, s.aux, s.val])
     assert len(labelled) == 2_500 and len(set(labelled.tolist())) == 2_500
     assert torch.bincount(labels[labelled]).tolist() == [250] * 10
@@ -211,8 +237,18 @@ def test_split_sizes_stratified_and_disjoint() -> None:
     assert torch.bincount(labels[s.val]).tolist() == [25] * 10
     assert torch.bincount(labels[s.train]).tolist() == [200] * 10
     assert len(s.test) == 10_000
-    per_class = make_splits(labels, 50_000, None, 5, labeled_fraction=0.05, labeled_per_class=7, aux_fraction=0.0,
-                            val_fraction=0.0, test_limit=None, seed=0)
+    per_class = make_splits(
+        labels,
+        50_000,
+        None,
+        5,
+        labeled_fraction=0.05,
+        labeled_per_class=7,
+        aux_fraction=0.0,
+        val_fraction=0.0,
+        test_limit=None,
+        seed=0,
+    )
     assert len(per_class.train) == 70 and len(per_class.aux) == 0 and len(per_class.val) == 0
 
 
@@ -254,8 +290,9 @@ def test_rank_shards_disjoint_equal_and_covering() -> None:
     assert len(set(flat.tolist())) == 100
     shards = [BatchIterator(data, 5, seed=1, rank=r, world_size=4).indices() for r in range(4)]
     assert len(set(torch.cat(shards).tolist())) == 100 and all(len(s) == 25 for s in shards)
-    full = torch.cat([torch.cat([y for _, y in BatchIterator(data, 7, rank=r, world_size=4, drop_last=False)])
-                      for r in range(4)])
+    full = torch.cat(
+        [torch.cat([y for _, y in BatchIterator(data, 7, rank=r, world_size=4, drop_last=False)]) for r in range(4)]
+    )
     assert sorted(full.tolist()) == list(range(103))
 
 
@@ -289,7 +326,7 @@ def test_resume_yields_the_same_remaining_batches() -> None:
     assert state == {"epoch": 3, "position": 2, "seed": 2} and len(rest) == len(again) == 4 + 6
     for (xa, ya), (xb, yb) in zip(rest, again):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="state was saved with seed 2, this iterator uses seed 9"):
         BatchIterator(data, 6, seed=9).load_state_dict(state)
 
 
@@ -299,7 +336,7 @@ def test_infinite_cycles_epochs() -> None:
     ys = torch.cat([next(stream)[1] for _ in range(6)])
     assert it.epoch == 2 and len(ys) == 24
     assert not torch.equal(ys[:8], ys[8:16])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="3 samples over 1 ranks make no batch of 4"):
         next(BatchIterator(_indexed(3), 4).infinite())
 
 
@@ -322,7 +359,7 @@ def test_crop_flip_is_a_padded_crop_and_deterministic() -> None:
     padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
     kinds = set()
     for i in range(16):
-        crops = [padded[i, :, a:a + 8, b:b + 8] for a in range(9) for b in range(9)]
+        crops = [padded[i, :, a : a + 8, b : b + 8] for a in range(9) for b in range(9)]
         plain = any(torch.equal(out[i], c) for c in crops)
         flipped = any(torch.equal(out[i], c.flip(-1)) for c in crops)
         assert plain or flipped

@@ -14,8 +14,9 @@ import runpy
 import shlex
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import jsonschema
 import kubernetes_validate
@@ -94,15 +95,18 @@ def test_rays_schema_rejects_a_broken_cluster_yaml() -> None:
     """The validation above is not vacuous: the same schema rejects typical mistakes."""
     cfg = one_doc("deploy/cluster.yaml")
     schema = ray_schema()
-    for breakage in (
-        lambda c: c.update(max_worker=4),  # misspelt top-level key
-        lambda c: c["docker"].update(imagee="x"),  # misspelt docker key
-        lambda c: c["available_node_types"]["gpu_worker"].pop("node_config"),
-        lambda c: c["available_node_types"]["gpu_worker"]["resources"].update(GPU="one"),
+    for breakage, message in (
+        (lambda c: c.update(max_worker=4), "'max_worker' was unexpected"),  # misspelt top-level key
+        (lambda c: c["docker"].update(imagee="x"), "'imagee' was unexpected"),  # misspelt docker key
+        (lambda c: c["available_node_types"]["gpu_worker"].pop("node_config"), "'node_config' is a required"),
+        (
+            lambda c: c["available_node_types"]["gpu_worker"]["resources"].update(GPU="one"),
+            "'one' is not of type 'integer'",
+        ),
     ):
         broken = copy.deepcopy(cfg)
         breakage(broken)
-        with pytest.raises(jsonschema.ValidationError):
+        with pytest.raises(jsonschema.ValidationError, match=message):
             jsonschema.validate(broken, schema)
 
 
@@ -143,8 +147,10 @@ def docker_run_flags(options: list[str]) -> tuple[dict[str, str], list[tuple[str
 def nfs_mounts(commands: list[str]) -> dict[str, str]:
     """host mount point -> NFS export, for every `mount -t nfs[4]` in host commands."""
     text = " ".join(" ".join(commands).split())
-    return {target: export for export, target in
-            re.findall(r"\bmount -t nfs4? (?:-o \S+ )?(\S+) (/\S*?)(?=[;\s&|]|$)", text)}
+    return {
+        target: export
+        for export, target in re.findall(r"\bmount -t nfs4? (?:-o \S+ )?(\S+) (/\S*?)(?=[;\s&|]|$)", text)
+    }
 
 
 def launcher_storage_problems(cfg: dict[str, Any]) -> list[str]:
@@ -158,12 +164,19 @@ def launcher_storage_problems(cfg: dict[str, Any]) -> list[str]:
     nodes = [("head (ray up)", True, cfg["initialization_commands"], cfg["docker"])]
     for name, node_type in cfg["available_node_types"].items():
         docker = {**cfg["docker"], **node_type.get("docker", {})}
-        nodes.append((name, name == cfg["head_node_type"],
-                      node_type.get("initialization_commands", cfg["initialization_commands"]), docker))
+        nodes.append(
+            (
+                name,
+                name == cfg["head_node_type"],
+                node_type.get("initialization_commands", cfg["initialization_commands"]),
+                docker,
+            )
+        )
     storages = set()
     for name, is_head, init, docker in nodes:
-        env, binds = docker_run_flags(docker.get("run_options", []) +
-                                      docker.get("head_run_options" if is_head else "worker_run_options", []))
+        env, binds = docker_run_flags(
+            docker.get("run_options", []) + docker.get("head_run_options" if is_head else "worker_run_options", [])
+        )
         storage = env.get(STORAGE_ENV)
         if not storage or not posixpath.isabs(storage):
             problems.append(f"{name}: no absolute {STORAGE_ENV} in the container's env ({storage!r})")
@@ -211,8 +224,11 @@ def test_cluster_storage_check_is_not_vacuous() -> None:
         lambda c: c["available_node_types"]["gpu_worker"].update(initialization_commands=["nvidia-smi || true"]),
         lambda c: c["available_node_types"]["gpu_worker"].update(docker={"run_options": ["--ulimit nofile=1024:1024"]}),
         lambda c: c["docker"].update(worker_run_options=[f"--env {STORAGE_ENV}={storage}/other"]),
-        lambda c: c.update(initialization_commands=[x for x in c["initialization_commands"] if "mountpoint" not in x
-                                                    or "mount -t" in x]),
+        lambda c: c.update(
+            initialization_commands=[
+                x for x in c["initialization_commands"] if "mountpoint" not in x or "mount -t" in x
+            ]
+        ),
     ):
         broken = copy.deepcopy(cfg)
         breakage(broken)
@@ -243,11 +259,11 @@ def test_kubernetes_validation_is_not_vacuous() -> None:
     deployment = next(d for _, d in core_k8s_docs() if d["kind"] == "Deployment")
     broken = copy.deepcopy(deployment)
     broken["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"] = "five thousand"
-    with pytest.raises(kubernetes_validate.ValidationError):
+    with pytest.raises(kubernetes_validate.ValidationError, match="'five thousand' is not of type 'integer'"):
         kubernetes_validate.validate(broken, K8S_VERSION, strict=True)
     typo = copy.deepcopy(deployment)
     typo["spec"]["replica"] = 1  # strict mode: unknown field
-    with pytest.raises(kubernetes_validate.ValidationError):
+    with pytest.raises(kubernetes_validate.ValidationError, match=r"\('replica' was unexpected\)"):
         kubernetes_validate.validate(typo, K8S_VERSION, strict=True)
 
 
@@ -259,12 +275,14 @@ def test_mlflow_services_select_their_deployments_and_stay_in_cluster() -> None:
     for svc in services:
         assert svc["spec"].get("type", "ClusterIP") == "ClusterIP", f"{svc['metadata']['name']} exposed outside"
         matches = [
-            d for d in deployments.values()
+            d
+            for d in deployments.values()
             if svc["spec"]["selector"].items() <= d["spec"]["template"]["metadata"]["labels"].items()
         ]
         assert matches, f"Service {svc['metadata']['name']} selects no Deployment"
-        container_ports = {p.get("name") for c in matches[0]["spec"]["template"]["spec"]["containers"]
-                           for p in c.get("ports", [])}
+        container_ports = {
+            p.get("name") for c in matches[0]["spec"]["template"]["spec"]["containers"] for p in c.get("ports", [])
+        }
         for port in svc["spec"]["ports"]:
             assert port["targetPort"] in container_ports, f"{svc['metadata']['name']}: unknown targetPort"
     args = " ".join(deployments["mlflow"]["spec"]["template"]["spec"]["containers"][0]["args"])
@@ -295,8 +313,11 @@ _STR_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
 _CONTAINERS = {
     "type": "array",
     "minItems": 1,
-    "items": {"type": "object", "required": ["name", "image"],
-              "properties": {"name": {"type": "string"}, "image": {"type": "string", "minLength": 1}}},
+    "items": {
+        "type": "object",
+        "required": ["name", "image"],
+        "properties": {"name": {"type": "string"}, "image": {"type": "string", "minLength": 1}},
+    },
 }
 _TEMPLATE = {
     "type": "object",
@@ -357,8 +378,13 @@ RAY_JOB_SCHEMA: dict[str, Any] = {
         "metadata": _METADATA,
         "spec": {
             "type": "object",
-            "required": ["entrypoint", "rayClusterSpec", "submissionMode", "shutdownAfterJobFinishes",
-                         "ttlSecondsAfterFinished"],
+            "required": [
+                "entrypoint",
+                "rayClusterSpec",
+                "submissionMode",
+                "shutdownAfterJobFinishes",
+                "ttlSecondsAfterFinished",
+            ],
             "properties": {
                 "entrypoint": {"type": "string", "minLength": 1},
                 "runtimeEnvYAML": {"type": "string"},
@@ -382,13 +408,17 @@ def rayjob() -> dict[str, Any]:
 
 
 def cluster_specs() -> list[tuple[str, dict[str, Any]]]:
-    return [("RayCluster.spec", raycluster()["spec"]), ("RayJob.spec.rayClusterSpec", rayjob()["spec"]["rayClusterSpec"])]
+    return [
+        ("RayCluster.spec", raycluster()["spec"]),
+        ("RayJob.spec.rayClusterSpec", rayjob()["spec"]["rayClusterSpec"]),
+    ]
 
 
 def pod_specs(spec: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     """(group, pod spec) of the head group and every worker group."""
     return [("head", spec["headGroupSpec"]["template"]["spec"])] + [
-        (g["groupName"], g["template"]["spec"]) for g in spec["workerGroupSpecs"]]
+        (g["groupName"], g["template"]["spec"]) for g in spec["workerGroupSpecs"]
+    ]
 
 
 def ray_container_env(pod: dict[str, Any]) -> dict[str, str]:
@@ -398,18 +428,27 @@ def ray_container_env(pod: dict[str, Any]) -> dict[str, str]:
 
 def shared_claims() -> set[str]:
     """PVCs of storage.yaml that pods on different nodes can mount read-write at the same time."""
-    return {d["metadata"]["name"] for d in yaml_docs(REPO / "deploy/kuberay/storage.yaml")
-            if d["kind"] == "PersistentVolumeClaim" and "ReadWriteMany" in d["spec"]["accessModes"]}
+    return {
+        d["metadata"]["name"]
+        for d in yaml_docs(REPO / "deploy/kuberay/storage.yaml")
+        if d["kind"] == "PersistentVolumeClaim" and "ReadWriteMany" in d["spec"]["accessModes"]
+    }
 
 
 def shared_mounts(pod: dict[str, Any]) -> set[str]:
     """Where the Ray container mounts a ReadWriteMany PVC read-write."""
     claims = shared_claims()
-    volumes = {v["name"] for v in pod.get("volumes", [])
-               if v.get("persistentVolumeClaim", {}).get("claimName") in claims
-               and not v["persistentVolumeClaim"].get("readOnly")}
-    return {m["mountPath"] for m in pod["containers"][0].get("volumeMounts", [])
-            if m["name"] in volumes and not m.get("readOnly")}
+    volumes = {
+        v["name"]
+        for v in pod.get("volumes", [])
+        if v.get("persistentVolumeClaim", {}).get("claimName") in claims
+        and not v["persistentVolumeClaim"].get("readOnly")
+    }
+    return {
+        m["mountPath"]
+        for m in pod["containers"][0].get("volumeMounts", [])
+        if m["name"] in volumes and not m.get("readOnly")
+    }
 
 
 def kuberay_storage_problems(spec: dict[str, Any]) -> list[str]:
@@ -430,8 +469,11 @@ def kuberay_storage_problems(spec: dict[str, Any]) -> list[str]:
 
 
 def test_kuberay_shared_storage_claim_is_read_write_many() -> None:
-    claims = {d["metadata"]["name"]: d for d in yaml_docs(REPO / "deploy/kuberay/storage.yaml")
-              if d["kind"] == "PersistentVolumeClaim"}
+    claims = {
+        d["metadata"]["name"]: d
+        for d in yaml_docs(REPO / "deploy/kuberay/storage.yaml")
+        if d["kind"] == "PersistentVolumeClaim"
+    }
     assert claims["auxray-shared"]["spec"]["accessModes"] == ["ReadWriteMany"]
     assert shared_claims() >= {"auxray-shared"}
 
@@ -445,6 +487,7 @@ def test_kuberay_storage_check_is_not_vacuous() -> None:
     def env_of(group: int) -> Any:
         def pod(d: dict[str, Any]) -> dict[str, Any]:
             return pod_specs(d["spec"])[group][1]
+
         return pod
 
     def set_env(group: int, value: str | None) -> Any:
@@ -453,6 +496,7 @@ def test_kuberay_storage_check_is_not_vacuous() -> None:
             container["env"] = [e for e in container["env"] if e["name"] != STORAGE_ENV]
             if value is not None:
                 container["env"].append({"name": STORAGE_ENV, "value": value})
+
         return breakage
 
     def unmount_shared(d: dict[str, Any]) -> None:
@@ -471,12 +515,15 @@ def test_kuberay_storage_check_is_not_vacuous() -> None:
                 v["emptyDir"] = {}
 
     for breakage in (
-        set_env(0, None), set_env(1, None),  # head / worker without the variable
+        set_env(0, None),
+        set_env(1, None),  # head / worker without the variable
         set_env(1, "/tmp/ray/auxray"),  # an emptyDir: node-local, gone with the pod
         set_env(0, "/mnt/data/runs"),  # the read-only data volume
         set_env(1, "/mnt/cluster_storage/other"),  # shared, but not where the head writes
         set_env(0, "runs"),  # relative: would resolve in the job's temporary working copy
-        unmount_shared, read_only_shared, node_local_claim,
+        unmount_shared,
+        read_only_shared,
+        node_local_claim,
     ):
         broken = raycluster()
         breakage(broken)
@@ -484,8 +531,11 @@ def test_kuberay_storage_check_is_not_vacuous() -> None:
 
 
 def test_kuberay_mlflow_uri_is_the_in_cluster_mlflow_service() -> None:
-    (svc,) = [d for d in yaml_docs(REPO / "deploy/mlflow/k8s.yaml")
-              if d["kind"] == "Service" and d["metadata"]["name"] == "mlflow"]
+    (svc,) = [
+        d
+        for d in yaml_docs(REPO / "deploy/mlflow/k8s.yaml")
+        if d["kind"] == "Service" and d["metadata"]["name"] == "mlflow"
+    ]
     (port,) = [p["port"] for p in svc["spec"]["ports"]]
     uri = f"http://{svc['metadata']['name']}.{svc['metadata']['namespace']}.svc.cluster.local:{port}"
     for where, spec in cluster_specs():
@@ -505,15 +555,18 @@ def test_kuberay_resources_match_the_hand_written_schema() -> None:
 
 
 def test_kuberay_schema_is_not_vacuous() -> None:
-    for breakage in (
-        lambda d: d.update(apiVersion="ray.io/v1alpha1"),
-        lambda d: d["spec"]["workerGroupSpecs"][0].pop("maxReplicas"),
-        lambda d: d["spec"]["headGroupSpec"]["rayStartParams"].update({"num-cpus": 4}),  # not a string
-        lambda d: d["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0].pop("image"),
+    for breakage, message in (
+        (lambda d: d.update(apiVersion="ray.io/v1alpha1"), "'ray.io/v1' was expected"),
+        (lambda d: d["spec"]["workerGroupSpecs"][0].pop("maxReplicas"), "'maxReplicas' is a required property"),
+        (lambda d: d["spec"]["headGroupSpec"]["rayStartParams"].update({"num-cpus": 4}), "4 is not of type 'string'"),
+        (
+            lambda d: d["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0].pop("image"),
+            "'image' is a required property",
+        ),
     ):
         broken = raycluster()
         breakage(broken)
-        with pytest.raises(jsonschema.ValidationError):
+        with pytest.raises(jsonschema.ValidationError, match=message):
             jsonschema.validate(broken, RAY_CLUSTER_SCHEMA)
 
 
@@ -521,8 +574,12 @@ def test_kuberay_pod_templates_are_valid_kubernetes() -> None:
     for where, spec in cluster_specs():
         groups = [("head", spec["headGroupSpec"])] + [(g["groupName"], g) for g in spec["workerGroupSpecs"]]
         for name, group in groups:
-            pod_template = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": name},
-                            "template": group["template"]}
+            pod_template = {
+                "apiVersion": "v1",
+                "kind": "PodTemplate",
+                "metadata": {"name": name},
+                "template": group["template"],
+            }
             try:
                 kubernetes_validate.validate(pod_template, K8S_VERSION, strict=True)
             except kubernetes_validate.ValidationError as err:
@@ -548,7 +605,8 @@ def test_kuberay_groups_use_the_image_and_gpu_workers() -> None:
 
 
 def test_rayjob_entrypoint_runs_a_repo_script_on_an_existing_config_that_fits_the_cluster(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     from auxray import paths
     from auxray.cli import build_parser
     from auxray.config import load_config
@@ -563,8 +621,10 @@ def test_rayjob_entrypoint_runs_a_repo_script_on_an_existing_config_that_fits_th
     overrides = [*args.overrides, f"scaling.workers={args.workers}", f"scaling.gpus_per_worker={args.gpus_per_worker}"]
     cfg = load_config(REPO / args.config, overrides)  # every --set key must exist in the config schema
     assert (cfg.scaling.workers, cfg.scaling.gpus_per_worker) == (2, 1)
-    gpus = sum(g["replicas"] * int(g["template"]["spec"]["containers"][0]["resources"]["limits"].get("nvidia.com/gpu", 0))
-               for g in spec["rayClusterSpec"]["workerGroupSpecs"])
+    gpus = sum(
+        g["replicas"] * int(g["template"]["spec"]["containers"][0]["resources"]["limits"].get("nvidia.com/gpu", 0))
+        for g in spec["rayClusterSpec"]["workerGroupSpecs"]
+    )
     assert gpus >= cfg.scaling.workers * cfg.scaling.gpus_per_worker, "the RayJob's cluster has too few GPUs"
     # Paths the run reads must be mounted volumes in the job's pods: data.root must be absolute (a
     # relative one would point into the job's temporary working copy).
@@ -594,23 +654,30 @@ def test_rayjob_entrypoint_runs_a_repo_script_on_an_existing_config_that_fits_th
 
 def test_rayjob_cluster_is_the_raycluster_of_deploy() -> None:
     """The RayJob embeds its own cluster spec; keep it in step with raycluster.yaml."""
+
     def shape(spec: dict[str, Any]) -> Any:
         head = spec["headGroupSpec"]["template"]["spec"]
         workers = spec["workerGroupSpecs"][0]["template"]["spec"]
         return (
             spec["rayVersion"],
             spec["headGroupSpec"]["rayStartParams"],
-            head["containers"][0]["env"], head["volumes"],
+            head["containers"][0]["env"],
+            head["volumes"],
             spec["workerGroupSpecs"][0]["rayStartParams"],
-            workers["containers"][0]["env"], workers["containers"][0]["resources"], workers["volumes"],
+            workers["containers"][0]["env"],
+            workers["containers"][0]["resources"],
+            workers["volumes"],
         )
 
     assert shape(raycluster()["spec"]) == shape(rayjob()["spec"]["rayClusterSpec"])
 
 
 def test_kuberay_pvcs_exist_in_the_storage_manifest() -> None:
-    claims = {d["metadata"]["name"] for d in yaml_docs(REPO / "deploy/kuberay/storage.yaml")
-              if d["kind"] == "PersistentVolumeClaim"}
+    claims = {
+        d["metadata"]["name"]
+        for d in yaml_docs(REPO / "deploy/kuberay/storage.yaml")
+        if d["kind"] == "PersistentVolumeClaim"
+    }
     for where, spec in cluster_specs():
         for tmpl in [spec["headGroupSpec"]["template"]] + [g["template"] for g in spec["workerGroupSpecs"]]:
             for vol in tmpl["spec"].get("volumes", []):
@@ -647,23 +714,30 @@ def test_dockerfile_installs_the_locked_env_before_copying_the_repo() -> None:
         assert hits, f"Dockerfile: no {what}"
         return hits[0]
 
-    copy_lock = index(lambda op, a: op == "COPY" and "uv.lock" in a.split() and "pyproject.toml" in a.split(),
-                      "COPY pyproject.toml uv.lock")
+    copy_lock = index(
+        lambda op, a: op == "COPY" and "uv.lock" in a.split() and "pyproject.toml" in a.split(),
+        "COPY pyproject.toml uv.lock",
+    )
     first_sync = index(lambda op, a: op == "RUN" and "uv sync" in a, "RUN uv sync")
     copy_all = index(lambda op, a: op == "COPY" and a.split()[:1] == ["."], "COPY . .")
     assert copy_lock < first_sync < copy_all, "dependencies must be installed from the lock before the source is copied"
     syncs = [a for op, a in steps if op == "RUN" and "uv sync" in a]
     for sync in syncs:
         assert "--frozen" in sync and "--no-dev" in sync, sync
-    assert any(i > copy_all for i, (op, a) in enumerate(steps) if op == "RUN" and "uv sync" in a), \
+    assert any(i > copy_all for i, (op, a) in enumerate(steps) if op == "RUN" and "uv sync" in a), (
         "the project itself is never installed after COPY . ."
-    assert any(op == "COPY" and "/uv" in a for op, a in steps) or any("install" in a and "uv" in a for op, a in steps if op == "RUN"), \
-        "uv is not installed"
+    )
+    assert any(op == "COPY" and "/uv" in a for op, a in steps) or any(
+        "install" in a and "uv" in a for op, a in steps if op == "RUN"
+    ), "uv is not installed"
 
 
 def test_dockerignore_keeps_local_state_out_of_the_image() -> None:
-    patterns = {ln.strip().rstrip("/") for ln in (REPO / ".dockerignore").read_text().splitlines()
-                if ln.strip() and not ln.startswith("#")}
+    patterns = {
+        ln.strip().rstrip("/")
+        for ln in (REPO / ".dockerignore").read_text().splitlines()
+        if ln.strip() and not ln.startswith("#")
+    }
     for required in (".venv", "runs", "mlruns", "*.db", ".git"):
         assert required in patterns, f".dockerignore lacks {required}"
     assert "uv.lock" not in patterns and "pyproject.toml" not in patterns
@@ -674,8 +748,13 @@ def test_dockerignore_keeps_local_state_out_of_the_image() -> None:
 
 def test_jobs_train_help_goes_through_the_cli(tmp_path: Path) -> None:
     # Run from another directory: the script must find the package through its own sys.path entry.
-    proc = subprocess.run([sys.executable, str(REPO / "jobs" / "train.py"), "--help"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "jobs" / "train.py"), "--help"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "usage: auxray train" in proc.stdout
 

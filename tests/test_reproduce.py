@@ -15,12 +15,14 @@ from auxray.bench.table import build_table
 from tests.conftest import CACHE_DIR, REPO
 
 METHODS = ["stl", "auxilearn_combine", "maxl"]
+# A narrow net on one CPU thread: the tests check the runner and its tables, not the accuracies (2.5x faster).
+SMALL = ("--width", "8", "--set", "trainer.threads=1", "--set", "trainer.device=cpu")
 
 
 def _reproduce(out_dir: Path, *extra: str) -> tuple[subprocess.CompletedProcess, float]:
     cmd = [sys.executable, "jobs/reproduce.py", "--quick", "--methods", ",".join(METHODS),
            "--out-dir", str(out_dir), "--runs-dir", str(out_dir / "runs"),
-           "--set", f"data.cache_dir={CACHE_DIR}", *extra]
+           "--set", f"data.cache_dir={CACHE_DIR}", *SMALL, *extra]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1800)
     return proc, time.perf_counter() - t0
@@ -79,7 +81,7 @@ def test_parallel_jobs_record_every_run(cifar_zip: Path, tmp_path: Path) -> None
     """--jobs 2 trains two runs at a time in their own processes; every run lands in the progress file once."""
     out = tmp_path / "results"
     cmd = [sys.executable, "jobs/reproduce.py", "--quick", "--methods", "stl,gcs", "--seeds", "0,1", "--jobs", "2",
-           "--out-dir", str(out), "--runs-dir", str(out / "runs"), "--set", f"data.cache_dir={CACHE_DIR}"]
+           "--out-dir", str(out), "--runs-dir", str(out / "runs"), "--set", f"data.cache_dir={CACHE_DIR}", *SMALL]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = [json.loads(line) for line in (out / "reproduce_quick_convnet4.runs.jsonl").read_text().splitlines()]

@@ -24,15 +24,24 @@ from mlflow import MlflowClient
 from auxray.cli import run as cli_run
 from auxray.errors import UserError
 from auxray.tune.config import SweepConfig, load_sweep
-from tests.conftest import CACHE_DIR, REPO, tiny_cifar_raw
+from tests.conftest import CACHE_DIR, REPO, chromium, tiny_cifar_raw
 
 ARTIFACTS = REPO / "test-artifacts"
-CHROMIUM = "/usr/bin/chromium"
 
 
 # ---- helpers -----------------------------------------------------------------------------------
-def write_sweep(tmp_path: Path, cifar_zip: Path, *, name: str = "tiny", trials: int = 4, concurrency: int = 2,
-                uri: str | None = None, space: dict | None = None, epochs: int = 2, **extra: Any) -> Path:
+def write_sweep(
+    tmp_path: Path,
+    cifar_zip: Path,
+    *,
+    name: str = "tiny",
+    trials: int = 4,
+    concurrency: int = 2,
+    uri: str | None = None,
+    space: dict | None = None,
+    epochs: int = 2,
+    **extra: Any,
+) -> Path:
     """A tiny real-CIFAR sweep: 10 labelled images per class, ConvNet-4 of width 8, 2 epochs, batch 16."""
     base = tiny_cifar_raw(cifar_zip, tmp_path, name="auxilearn_combine", aux_task="rotation")
     base["data"]["labeled_per_class"] = 10
@@ -44,9 +53,12 @@ def write_sweep(tmp_path: Path, cifar_zip: Path, *, name: str = "tiny", trials: 
         "name": name,
         "base": "base.yaml",
         "overrides": {"data.cache_dir": str(CACHE_DIR), "trainer.epochs": epochs},
-        "space": space or {"method.aux_lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2},
-                           "hypergrad.steps": {"type": "int", "low": 1, "high": 3},
-                           "method.combiner": {"type": "choice", "values": ["linear", "nonlinear"]}},
+        "space": space
+        or {
+            "method.aux_lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2},
+            "hypergrad.steps": {"type": "int", "low": 1, "high": 3},
+            "method.combiner": {"type": "choice", "values": ["linear", "nonlinear"]},
+        },
         "trials": trials,
         "concurrency": concurrency,
         "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
@@ -69,11 +81,28 @@ def start_mlflow(tmp: Path) -> tuple[subprocess.Popen, str]:
     """`mlflow server` on a SQLite backend in its own process group; returns it once /health answers."""
     port = free_port()
     log = open(tmp / "mlflow.log", "a")
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
-                             f"sqlite:///{tmp / 'm.db'}", "--artifacts-destination", str(tmp / "artifacts"),
-                             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{tmp / 'm.db'}",
+            "--artifacts-destination",
+            str(tmp / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+    )
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -138,8 +167,9 @@ def ray_session_processes(driver_pid: int) -> list[int]:
 
 
 # ---- fast: validation, spaces, summaries --------------------------------------------------------
-def test_sweep_config_validates_keys_and_values(tmp_path: Path, cifar_zip: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_sweep_config_validates_keys_and_values(
+    tmp_path: Path, cifar_zip: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = write_sweep(tmp_path, cifar_zip)
     sweep = load_sweep(path)
     assert sweep.epochs == 2 and sweep.experiment_dir == (tmp_path / "sweeps" / "tiny")
@@ -161,16 +191,22 @@ def test_sweep_config_validates_keys_and_values(tmp_path: Path, cifar_zip: Path,
     assert relative.experiment_dir == tmp_path / "rel-sweeps" / "relative"
     monkeypatch.chdir(tmp_path)
 
-    bad_key = write_sweep(tmp_path, cifar_zip, name="badkey", space={"hypergrad.stepz": {"type": "int", "low": 1,
-                                                                                          "high": 3}})
+    bad_key = write_sweep(
+        tmp_path, cifar_zip, name="badkey", space={"hypergrad.stepz": {"type": "int", "low": 1, "high": 3}}
+    )
     with pytest.raises(UserError, match="hypergrad.stepz"):
         load_sweep(bad_key)
-    bad_value = write_sweep(tmp_path, cifar_zip, name="badvalue",
-                            space={"trainer.lr": {"type": "uniform", "low": -0.1, "high": 0.1}})
+    bad_value = write_sweep(
+        tmp_path, cifar_zip, name="badvalue", space={"trainer.lr": {"type": "uniform", "low": -0.1, "high": 0.1}}
+    )
     with pytest.raises(UserError, match="trainer.lr"):
         load_sweep(bad_value)
-    bad_choice = write_sweep(tmp_path, cifar_zip, name="badchoice",
-                             space={"method.combiner": {"type": "choice", "values": ["linear", "quadratic"]}})
+    bad_choice = write_sweep(
+        tmp_path,
+        cifar_zip,
+        name="badchoice",
+        space={"method.combiner": {"type": "choice", "values": ["linear", "quadratic"]}},
+    )
     with pytest.raises(UserError, match="combiner"):
         load_sweep(bad_choice)
     unknown = write_sweep(tmp_path, cifar_zip, name="unknown", trails=3)
@@ -179,8 +215,9 @@ def test_sweep_config_validates_keys_and_values(tmp_path: Path, cifar_zip: Path,
     assert cli_run(["sweep", str(bad_key)]) == 2
 
 
-def test_bad_sweep_input_is_one_line(tmp_path: Path, cifar_zip: Path, capsys: pytest.CaptureFixture,
-                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bad_sweep_input_is_one_line(
+    tmp_path: Path, cifar_zip: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """`auxray sweep` on a missing or malformed file, a missing base config, --resume with nothing to resume, or a
     sweep that exists already: one line on stderr, exit code 2, and an existing sweep's folder left as it was."""
     monkeypatch.chdir(tmp_path)
@@ -213,12 +250,18 @@ def test_search_spaces_match_the_sweep() -> None:
 
     from auxray.tune.space import optuna_distribution, scheduler_for, tune_domain
 
-    sweep = SweepConfig.model_validate({
-        "base": "x.yaml", "name": "s",
-        "space": {"a": {"type": "loguniform", "low": 1e-4, "high": 1e-2},
-                  "b": {"type": "int", "low": 1, "high": 5},
-                  "c": {"type": "choice", "values": ["linear", "deep"]},
-                  "d": {"type": "uniform", "low": 0.0, "high": 1.0}}})
+    sweep = SweepConfig.model_validate(
+        {
+            "base": "x.yaml",
+            "name": "s",
+            "space": {
+                "a": {"type": "loguniform", "low": 1e-4, "high": 1e-2},
+                "b": {"type": "int", "low": 1, "high": 5},
+                "c": {"type": "choice", "values": ["linear", "deep"]},
+                "d": {"type": "uniform", "low": 0.0, "high": 1.0},
+            },
+        }
+    )
     dists = {k: optuna_distribution(v) for k, v in sweep.space.items()}
     assert dists["a"] == FloatDistribution(1e-4, 1e-2, log=True)
     assert dists["b"] == IntDistribution(1, 5)
@@ -238,9 +281,16 @@ def test_asha_stops_a_trial_below_the_rung_median_after_the_grace_period() -> No
 
     from auxray.tune.space import scheduler_for
 
-    sweep = SweepConfig.model_validate({"base": "x.yaml", "name": "s", "metric": "val_accuracy", "mode": "max",
-                                        "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
-                                        "space": {"trainer.lr": {"type": "uniform", "low": 0.01, "high": 0.1}}})
+    sweep = SweepConfig.model_validate(
+        {
+            "base": "x.yaml",
+            "name": "s",
+            "metric": "val_accuracy",
+            "mode": "max",
+            "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
+            "space": {"trainer.lr": {"type": "uniform", "low": 0.01, "high": 0.1}},
+        }
+    )
     scheduler = scheduler_for(sweep, 3)
     scheduler.set_search_properties(sweep.metric, sweep.mode)
     trials = {name: SimpleNamespace(trial_id=name) for name in ("first", "weak", "strong", "late")}
@@ -263,11 +313,13 @@ def test_summary_picks_the_best_completed_trial() -> None:
         metrics = {"trial_id": tid, "epoch": epoch, "best_val_accuracy": best, "val_accuracy": best}
         if test is not None:
             metrics["test_accuracy"] = test
-        return SimpleNamespace(metrics=metrics, config={"trainer.lr": 0.01}, path=f"/x/{tid}",
-                               error=RuntimeError() if error else None)
+        return SimpleNamespace(
+            metrics=metrics, config={"trainer.lr": 0.01}, path=f"/x/{tid}", error=RuntimeError() if error else None
+        )
 
-    sweep = SweepConfig.model_validate({"base": "x.yaml", "name": "s",
-                                        "space": {"trainer.lr": {"type": "uniform", "low": 0.01, "high": 0.1}}})
+    sweep = SweepConfig.model_validate(
+        {"base": "x.yaml", "name": "s", "space": {"trainer.lr": {"type": "uniform", "low": 0.01, "high": 0.1}}}
+    )
     grid = [result("a", 1, 0.9), result("b", 3, 0.5, 0.48), result("c", 3, 0.6, 0.55), result("d", 0, 0, error=True)]
     summary = summarise_grid(grid, sweep, epochs=3)
     assert summary["best"]["trial_id"] == "c" and summary["best"]["test_accuracy"] == 0.55
@@ -287,9 +339,9 @@ def test_unreachable_tracking_server_exits_2_before_ray(tmp_path: Path, cifar_zi
     assert not (tmp_path / "sweeps").exists(), "the sweep started before checking the tracking server"
 
 
-def test_unreachable_server_checked_before_ray_starts(tmp_path: Path, cifar_zip: Path,
-                                                      monkeypatch: pytest.MonkeyPatch,
-                                                      capsys: pytest.CaptureFixture) -> None:
+def test_unreachable_server_checked_before_ray_starts(
+    tmp_path: Path, cifar_zip: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     import auxray.tune.sweep as sweep_module
 
     calls = []
@@ -314,8 +366,9 @@ def finished_sweep(server: SimpleNamespace, cifar_zip: Path, tmp_path_factory: p
     """A 4-trial sweep run to the end through the CLI."""
     tmp = tmp_path_factory.mktemp("sweep")
     path = write_sweep(tmp, cifar_zip, name="tiny4", trials=4)
-    proc = subprocess.run(sweep_cmd(path, "--tracking-uri", server.uri, "--json"), capture_output=True, text=True,
-                          timeout=420, cwd=tmp)
+    proc = subprocess.run(
+        sweep_cmd(path, "--tracking-uri", server.uri, "--json"), capture_output=True, text=True, timeout=420, cwd=tmp
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return SimpleNamespace(result=last_json_line(proc.stdout), stderr=proc.stderr, tmp=tmp, path=path)
 
@@ -325,13 +378,28 @@ def finished_sweep(server: SimpleNamespace, cifar_zip: Path, tmp_path_factory: p
 def test_sweep_logs_parent_and_children(server: SimpleNamespace, finished_sweep: SimpleNamespace) -> None:
     result = finished_sweep.result
     assert result["trials"] == 4 and result["errored"] == 0
-    assert result["best"]["test_accuracy"] is not None and 0 <= result["best"]["val_accuracy"] <= 1
     assert set(result["best"]["params"]) == {"method.aux_lr", "hypergrad.steps", "method.combiner"}
     # Each trial ran to the end (2 epochs) or ASHA stopped it at its rung (1 epoch); the summary counts both.
     epochs = sorted(row["epochs"] for row in result["per_trial"])
     assert set(epochs) <= {1, 2} and epochs[-1] == 2 and result["trial_epochs"] == sum(epochs)
     assert (result["completed"], result["stopped_early"]) == (epochs.count(2), epochs.count(1))
-    assert finished_sweep.stderr.count("trial ") >= 4, finished_sweep.stderr[-3000:]
+    # The best trial is the completed one with the highest validation accuracy, tested on the 200 test images.
+    rows = {row["trial_id"]: row for row in result["per_trial"]}
+    complete = [row for row in rows.values() if row["epochs"] == 2]
+    best = rows[result["best"]["trial_id"]]
+    assert best["epochs"] == 2 and best["val_accuracy"] == max(row["val_accuracy"] for row in complete)
+    correct = 200 * best["test_accuracy"]
+    assert result["best"]["test_accuracy"] == best["test_accuracy"] and correct == pytest.approx(round(correct))
+    # One progress line per trial, in the order they ended, each with that trial's epochs and best val accuracy.
+    progress = re.findall(
+        r"^trial (\S+) \[(\d+)/4\] epochs (\d)/2  best val (\S+)(.*)$", finished_sweep.stderr, re.MULTILINE
+    )
+    assert [int(done) for _, done, *_ in progress] == [1, 2, 3, 4], finished_sweep.stderr[-3000:]
+    assert sorted(tid for tid, *_ in progress) == sorted(rows)
+    for tid, _, epoch, val, rest in progress:
+        assert int(epoch) == rows[tid]["epochs"] and val == f"{rows[tid]['val_accuracy']:.4f}"
+        tested = f"  test {rows[tid]['test_accuracy']:.4f}" if rows[tid]["epochs"] == 2 else ""
+        assert rest.startswith(tested) and ("(stopped early)" in rest) == (rows[tid]["epochs"] == 1), rest
     for row in result["per_trial"]:
         files = Path(result["experiment_dir"]) / "trials" / row["trial_id"]
         assert len((files / "metrics.jsonl").read_text().splitlines()) == row["epochs"]
@@ -364,7 +432,7 @@ def test_sweep_logs_parent_and_children(server: SimpleNamespace, finished_sweep:
 def test_mlflow_ui_shows_the_sweep(server: SimpleNamespace, finished_sweep: SimpleNamespace) -> None:
     from playwright.sync_api import sync_playwright
 
-    assert Path(CHROMIUM).is_file(), "headless Chromium missing (apt-get install -y chromium)"
+    browser_path = chromium()
     client = MlflowClient(tracking_uri=server.uri)
     exp = client.get_experiment_by_name("sweep-tiny4")
     ARTIFACTS.mkdir(exist_ok=True)
@@ -374,8 +442,11 @@ def test_mlflow_ui_shows_the_sweep(server: SimpleNamespace, finished_sweep: Simp
     names = [k.info.run_name for k in kids]
     url = f"{server.uri}/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning"
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                     args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+        browser = pw.chromium.launch(
+            executable_path=browser_path,
+            headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
+        )
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 900})
             page.goto(url, wait_until="load", timeout=120_000)
@@ -397,12 +468,18 @@ def test_mlflow_ui_shows_the_sweep(server: SimpleNamespace, finished_sweep: Simp
 @pytest.mark.timeout(600)
 def test_kill_driver_then_resume(server: SimpleNamespace, cifar_zip: Path, tmp_path: Path) -> None:
     trials, epochs = 3, 2
-    path = write_sweep(tmp_path, cifar_zip, name="resumable", trials=trials, concurrency=1, epochs=epochs,
-                       scheduler={"type": "none"})
+    path = write_sweep(
+        tmp_path, cifar_zip, name="resumable", trials=trials, concurrency=1, epochs=epochs, scheduler={"type": "none"}
+    )
     experiment = "sweep-resumable"
     log = open(tmp_path / "driver1.log", "w")
-    driver = subprocess.Popen(sweep_cmd(path, "--tracking-uri", server.uri), stdout=log, stderr=subprocess.STDOUT,
-                              cwd=tmp_path, start_new_session=True)
+    driver = subprocess.Popen(
+        sweep_cmd(path, "--tracking-uri", server.uri),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=tmp_path,
+        start_new_session=True,
+    )
     client = MlflowClient(tracking_uri=server.uri)
     query = "attributes.status = '{}' and tags.`auxray.kind` = 'trial'"
     try:
@@ -418,8 +495,9 @@ def test_kill_driver_then_resume(server: SimpleNamespace, cifar_zip: Path, tmp_p
         assert driver.poll() is None, f"driver ended first:\n{(tmp_path / 'driver1.log').read_text()[-3000:]}"
         os.kill(driver.pid, signal.SIGKILL)
         driver.wait(timeout=30)
-        finished_before = {r.data.tags["auxray.trial_id"]
-                           for r in client.search_runs([exp.experiment_id], query.format("FINISHED"))}
+        finished_before = {
+            r.data.tags["auxray.trial_id"] for r in client.search_runs([exp.experiment_id], query.format("FINISHED"))
+        }
         assert 1 <= len(finished_before) < trials
         deadline = time.monotonic() + 60
         while ray_session_processes(driver.pid) and time.monotonic() < deadline:
@@ -430,8 +508,13 @@ def test_kill_driver_then_resume(server: SimpleNamespace, cifar_zip: Path, tmp_p
     _, kids = sweep_runs(server.uri, experiment)
     assert any(k.info.status == "RUNNING" for k in kids), "the killed driver left no in-flight trial"
 
-    resumed = subprocess.run(sweep_cmd(path, "--tracking-uri", server.uri, "--resume", "--json"),
-                             capture_output=True, text=True, timeout=420, cwd=tmp_path)
+    resumed = subprocess.run(
+        sweep_cmd(path, "--tracking-uri", server.uri, "--resume", "--json"),
+        capture_output=True,
+        text=True,
+        timeout=420,
+        cwd=tmp_path,
+    )
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     result = last_json_line(resumed.stdout)
     assert result["resumed"] and result["trials"] == trials and result["errored"] == 0

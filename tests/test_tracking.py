@@ -42,6 +42,7 @@ from auxray.tracking import (
 from auxray.tracking.ui import ui_command, ui_env
 from auxray.train.diagnostics import label_counts
 from auxray.train.session import RunView
+from tests.conftest import chromium
 
 CLASSES = ["cat", "dog", "ship"]
 
@@ -53,17 +54,29 @@ def free_port() -> int:
 
 
 def make_cfg() -> RunConfig:
-    return RunConfig.model_validate({"method": {"name": "auxilearn_combine", "aux_task": "rotation"},
-                                     "hypergrad": {"steps": 2}, "trainer": {"epochs": 5}})
+    return RunConfig.model_validate(
+        {
+            "method": {"name": "auxilearn_combine", "aux_task": "rotation"},
+            "hypergrad": {"steps": 2},
+            "trainer": {"epochs": 5},
+        }
+    )
 
 
 def fake_trainer(label_generator: nn.Module | None = None) -> SimpleNamespace:
     """What label_counts reads from a BilevelTrainer, plus the record a RunView is made of."""
-    return SimpleNamespace(history=[], hypergrad_norms=[], cfg=make_cfg(), epoch=0, auxnet=label_generator,
-                           objective=SimpleNamespace(label_classes=tuple(label_generator.psi) if label_generator
-                                                     else None),
-                           collective=SimpleNamespace(rank=0), data=SimpleNamespace(classes=CLASSES),
-                           device=torch.device("cpu"), dtype=torch.float32)
+    return SimpleNamespace(
+        history=[],
+        hypergrad_norms=[],
+        cfg=make_cfg(),
+        epoch=0,
+        auxnet=label_generator,
+        objective=SimpleNamespace(label_classes=tuple(label_generator.psi) if label_generator else None),
+        collective=SimpleNamespace(rank=0),
+        data=SimpleNamespace(classes=CLASSES),
+        device=torch.device("cpu"),
+        dtype=torch.float32,
+    )
 
 
 def view(trainer: SimpleNamespace) -> RunView:
@@ -73,19 +86,37 @@ def view(trainer: SimpleNamespace) -> RunView:
     def labels():
         return (label_counts(trainer, trainer.data.train), list(psi)) if psi else None
 
-    return RunView(method=trainer.cfg.method.name, epochs=trainer.cfg.trainer.epochs, epoch=trainer.epoch,
-                   step=trainer.epoch * 30, rank=0, history=list(trainer.history),
-                   hypergrad_norms=list(trainer.hypergrad_norms), best_score=0.3, best_epoch=trainer.epoch,
-                   classes=CLASSES, state=dict, best=dict, labels=labels)
+    return RunView(
+        method=trainer.cfg.method.name,
+        epochs=trainer.cfg.trainer.epochs,
+        epoch=trainer.epoch,
+        step=trainer.epoch * 30,
+        rank=0,
+        history=list(trainer.history),
+        hypergrad_norms=list(trainer.hypergrad_norms),
+        best_score=0.3,
+        best_epoch=trainer.epoch,
+        classes=CLASSES,
+        state=dict,
+        best=dict,
+        labels=labels,
+    )
 
 
 def epoch_metrics(trainer: SimpleNamespace, epoch: int) -> dict:
     """Advance the fake trainer by one epoch, as BilevelTrainer.fit does, and return that epoch's metrics."""
     trainer.epoch = epoch
     trainer.hypergrad_norms += [(epoch * 10 + k, 1.0 / (epoch + k)) for k in range(3)]
-    m = {"train_loss": 2.0 / epoch, "val_accuracy": 0.1 * epoch, "task_weight/rotation": 0.5 + 0.05 * epoch,
-         "hypergrad_norm": 1.0 / epoch, "bad key (x)": 1.0, "note": "text is skipped", "epoch": epoch,
-         "step": epoch * 30}
+    m = {
+        "train_loss": 2.0 / epoch,
+        "val_accuracy": 0.1 * epoch,
+        "task_weight/rotation": 0.5 + 0.05 * epoch,
+        "hypergrad_norm": 1.0 / epoch,
+        "bad key (x)": 1.0,
+        "note": "text is skipped",
+        "epoch": epoch,
+        "step": epoch * 30,
+    }
     trainer.history.append(m)
     return m
 
@@ -149,8 +180,9 @@ def test_sqlite_run_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) ->
     with tracked_run(uri, "e2e", "tiny", cfg=trainer.cfg, spool_dir=tmp_path / "spool") as tracker:
         for epoch in (1, 2, 3):
             tracker.epoch(view(trainer), epoch_metrics(trainer, epoch), None)
-        tracker.finish(view(trainer), {"test_accuracy": 0.42, "best_val_accuracy": 0.3, "epochs": 3,
-                                 "run_dir": str(run_dir)})
+        tracker.finish(
+            view(trainer), {"test_accuracy": 0.42, "best_val_accuracy": 0.3, "epochs": 3, "run_dir": str(run_dir)}
+        )
     client = MlflowClient(tracking_uri=uri)
     run = client.get_run(tracker.run_id)
     assert run.info.status == "FINISHED"
@@ -162,26 +194,33 @@ def test_sqlite_run_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) ->
     assert "note" not in run.data.metrics and "epoch" not in run.data.metrics
     assert steps_of(client, tracker.run_id, "task_weight/rotation") == [1, 2, 3]
     assert steps_of(client, tracker.run_id, "bad key _x_") == [1, 2, 3]
-    assert [m.value for m in sorted(client.get_metric_history(tracker.run_id, "val_accuracy"), key=lambda m: m.step)] \
-        == pytest.approx([0.1, 0.2, 0.3])
-    assert artifact_paths(client, tracker.run_id) == {"config.yaml", "metrics.jsonl", "checkpoints/best.pt",
-                                                      "plots/task_weights.png", "plots/hypergrad_norms.png"}
+    assert [
+        m.value for m in sorted(client.get_metric_history(tracker.run_id, "val_accuracy"), key=lambda m: m.step)
+    ] == pytest.approx([0.1, 0.2, 0.3])
+    assert artifact_paths(client, tracker.run_id) == {
+        "config.yaml",
+        "metrics.jsonl",
+        "checkpoints/best.pt",
+        "plots/task_weights.png",
+        "plots/hypergrad_norms.png",
+    }
     assert run.info.artifact_uri.startswith((tmp_path / "mlartifacts").as_uri())
     assert not (tmp_path / "spool").exists()
     assert "unreachable" not in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("error", [RuntimeError("boom"), KeyboardInterrupt()])
+@pytest.mark.parametrize("error", [RuntimeError("boom"), KeyboardInterrupt("stopped by the user")])
 def test_exception_inside_tracked_run_marks_failed(tmp_path: Path, error: BaseException) -> None:
     uri = f"sqlite:///{tmp_path}/m.db"
     trainer = fake_trainer()
-    with pytest.raises(type(error)):
+    with pytest.raises(type(error), match=f"^{error}$") as raised:
         with tracked_run(uri, "fails", spool_dir=tmp_path / "spool") as tracker:
             tracker.epoch(view(trainer), epoch_metrics(trainer, 1), None)
             raise error
+    assert raised.value is error  # re-raised as it was
     run = MlflowClient(tracking_uri=uri).get_run(tracker.run_id)
     assert run.info.status == "FAILED"
-    assert run.data.tags["auxray.error"].startswith(type(error).__name__)
+    assert run.data.tags["auxray.error"] == f"{type(error).__name__}: {error}"
     assert run.data.metrics["train_loss"] == pytest.approx(2.0)
 
 
@@ -219,7 +258,16 @@ def test_offline_run_spools_and_replays_to_a_new_run(tmp_path: Path, capsys: pyt
 
     # `auxray tracking replay` (the command the warning names) sends it, once.
     store = f"sqlite:///{tmp_path}/m.db"
-    replay = [sys.executable, "-m", "auxray.cli", "tracking", "replay", str(tracker.spool_path), "--tracking-uri", store]
+    replay = [
+        sys.executable,
+        "-m",
+        "auxray.cli",
+        "tracking",
+        "replay",
+        str(tracker.spool_path),
+        "--tracking-uri",
+        store,
+    ]
     proc = subprocess.run([*replay, "--json"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     done = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -245,7 +293,9 @@ class Flat(nn.Module):
         return x.mean(dim=(1, 2, 3)).unsqueeze(1)
 
 
-def test_plots(tmp_path: Path) -> None:
+def test_plots(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Label counts match a hand count; each plot draws the run's own numbers (read off its figure) into its PNG."""
+    import auxray.tracking.plots as plots
     from auxray.auxnets.label_generator import LabelGenerator
     from auxray.data import TensorData
 
@@ -261,17 +311,48 @@ def test_plots(tmp_path: Path) -> None:
     for epoch in (1, 2, 3):
         epoch_metrics(trainer, epoch)
 
-    counts = label_counts(trainer, trainer.data.train, max_images=120)
-    assert counts.shape == (3, 7) and int(counts.sum()) == 120
-    assert counts[0, 2:].sum() == 0 and counts[1, :2].sum() == 0 and counts[2, :5].sum() == 0
-    assert (counts[0, :2] > 0).all() and counts[1, 3] == 0
+    def by_hand(images: list[int]) -> torch.Tensor:
+        """Bright images (normalised mean > 0) take their block's sub-class of weight +1, dark ones that of -1."""
+        out = torch.zeros(3, 7, dtype=torch.long)
+        for i in images:
+            out[int(y[i]), {0: (0, 1), 1: (2, 4), 2: (5, 6)}[int(y[i])][0 if i >= n // 2 else 1]] += 1
+        return out
 
-    paths = [plot_task_weights(view(trainer), tmp_path), plot_hypergrad_norms(view(trainer), tmp_path),
-             plot_label_assignment(view(trainer), tmp_path)]
+    # At most 120 images: spread evenly over the 240.
+    sampled = label_counts(trainer, trainer.data.train, max_images=120)
+    assert torch.equal(sampled, by_hand(torch.linspace(0, n - 1, 120).round().long().tolist()))
+    counts = by_hand(list(range(n)))  # what the plot counts: every image
+
+    figures = {}
+    real_save = plots.save_figure
+
+    def keep(fig, path: Path) -> Path:
+        figures[path.name] = fig
+        return real_save(fig, path)
+
+    monkeypatch.setattr(plots, "save_figure", keep)
+    paths = [
+        plot_task_weights(view(trainer), tmp_path),
+        plot_hypergrad_norms(view(trainer), tmp_path),
+        plot_label_assignment(view(trainer), tmp_path),
+    ]
+    names = ["task_weights.png", "hypergrad_norms.png", "label_assignment.png"]
+    assert paths == [tmp_path / name for name in names] and sorted(figures) == sorted(names)
     for p in paths:
-        assert p is not None and p.stat().st_size > 0
         with Image.open(p) as im:
+            assert im.format == "PNG"
             im.verify()
+    (weights,) = figures["task_weights.png"].axes[0].get_lines()
+    assert list(weights.get_xdata()) == [1, 2, 3] and weights.get_label() == "rotation"
+    assert list(weights.get_ydata()) == pytest.approx([0.55, 0.6, 0.65])
+    (norms,) = figures["hypergrad_norms.png"].axes[0].get_lines()
+    assert list(zip(norms.get_xdata(), norms.get_ydata())) == trainer.hypergrad_norms
+    heat = figures["label_assignment.png"].axes[0]
+    share = counts.float() / counts.sum(dim=1, keepdim=True)
+    torch.testing.assert_close(torch.as_tensor(heat.get_images()[0].get_array()).float(), share)
+    blocks = [(c, j) for c, (start, stop) in enumerate([(0, 2), (2, 5), (5, 7)]) for j in range(start, stop)]
+    assert {t.get_position(): int(t.get_text()) for t in heat.texts} == {(j, c): int(counts[c, j]) for c, j in blocks}
+
     stl = fake_trainer()
     assert plot_task_weights(view(stl), tmp_path / "stl") is None
     assert plot_hypergrad_norms(view(stl), tmp_path / "stl") is None
@@ -305,10 +386,28 @@ def wait_healthy(port: int, proc: subprocess.Popen, log: Path, seconds: float = 
 
 def start_server(db: Path, artifacts: Path, port: int, log: Path) -> subprocess.Popen:
     """`mlflow server` in its own process group (its web workers are children), up when /health answers."""
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{db}",
-                             "--artifacts-destination", str(artifacts), "--host", "127.0.0.1", "--port", str(port),
-                             "--workers", "1"], stdout=open(log, "a"), stderr=subprocess.STDOUT,
-                            start_new_session=True, env=ui_env())
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{db}",
+            "--artifacts-destination",
+            str(artifacts),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=open(log, "a"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env=ui_env(),
+    )
     try:
         wait_healthy(port, proc, log)
     except AssertionError:
@@ -326,7 +425,9 @@ def kill_server(proc: subprocess.Popen) -> None:
 
 @pytest.mark.cluster
 @pytest.mark.timeout(600)
-def test_server_killed_mid_run_spools_then_resends_when_it_is_back(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_server_killed_mid_run_spools_then_resends_when_it_is_back(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
     db, artifacts, log = tmp_path / "m.db", tmp_path / "art", tmp_path / "server.log"
@@ -343,7 +444,7 @@ def test_server_killed_mid_run_spools_then_resends_when_it_is_back(tmp_path: Pat
         assert steps_of(client, run_id, "val_accuracy") == [1, 2]
 
         kill_server(server)
-        with pytest.raises(UserError):
+        with pytest.raises(UserError, match=f"MLflow tracking server at {uri} is unreachable"):
             check_reachable(uri, timeout=2)
         for epoch in (3, 4):
             t0 = time.monotonic()
@@ -359,7 +460,9 @@ def test_server_killed_mid_run_spools_then_resends_when_it_is_back(tmp_path: Pat
         time.sleep(1.1)
         tracker.epoch(view(trainer), epoch_metrics(trainer, 5), None)
         assert not tracker.offline
-        tracker.finish(view(trainer), {"test_accuracy": 0.61, "epochs": 5, "run_dir": str(run_dir_with_files(tmp_path))})
+        tracker.finish(
+            view(trainer), {"test_accuracy": 0.61, "epochs": 5, "run_dir": str(run_dir_with_files(tmp_path))}
+        )
         err = capsys.readouterr().err
         assert err.count("MLflow server unreachable") == 1 and "reachable again; resent" in err, err
         assert tracker.run_id == run_id
@@ -368,16 +471,22 @@ def test_server_killed_mid_run_spools_then_resends_when_it_is_back(tmp_path: Pat
         assert steps_of(client, run_id, "val_accuracy") == [1, 2, 3, 4, 5]
         assert steps_of(client, run_id, "task_weight/rotation") == [1, 2, 3, 4, 5]
         assert run.data.metrics["test_accuracy"] == pytest.approx(0.61)
-        assert {"config.yaml", "checkpoints/best.pt", "metrics.jsonl", "plots/task_weights.png",
-                "plots/hypergrad_norms.png"} <= artifact_paths(client, run_id)
+        assert {
+            "config.yaml",
+            "checkpoints/best.pt",
+            "metrics.jsonl",
+            "plots/task_weights.png",
+            "plots/hypergrad_norms.png",
+        } <= artifact_paths(client, run_id)
         assert replay_spool(tracker.spool_path)["sent"] == 0  # nothing was left to replay by hand
         assert steps_of(client, run_id, "val_accuracy") == [1, 2, 3, 4, 5]
     finally:
         kill_server(server)
 
 
-def test_tracker_resends_the_spool_when_the_store_comes_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                             capsys: pytest.CaptureFixture) -> None:
+def test_tracker_resends_the_spool_when_the_store_comes_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     import auxray.tracking.tracker as tracker_module
 
     down = {"now": False}
@@ -407,8 +516,6 @@ def test_tracker_resends_the_spool_when_the_store_comes_back(tmp_path: Path, mon
     assert replay_spool(tracker.spool_path)["sent"] == 0
 
 
-@pytest.mark.cluster
-@pytest.mark.timeout(300)
 def listening_hosts(port: int) -> set[str]:
     """The local addresses a TCP socket listens on at `port` (from /proc/net/tcp and tcp6)."""
     hosts = set()
@@ -428,21 +535,30 @@ def test_auxray_ui_serves_the_local_store_on_loopback_shows_the_run_and_stops_on
     Chromium shows the run in the MLflow UI, and Ctrl-C stops it and its workers."""
     from playwright.sync_api import sync_playwright
 
+    browser_path = chromium()
     uri = f"sqlite:///{tmp_path}/m.db"
     with tracked_run(uri, "ui", "shown-in-the-browser") as tracker:
         tracker.log_metrics({"val_accuracy": 0.5}, step=1)
     port, log = free_port(), tmp_path / "ui.log"
-    proc = subprocess.Popen([sys.executable, "-m", "auxray.cli", "ui", "--tracking-uri", uri, "--port", str(port)],
-                            stdout=open(log, "a"), stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "auxray.cli", "ui", "--tracking-uri", uri, "--port", str(port)],
+        stdout=open(log, "a"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         wait_healthy(port, proc, log)
         assert listening_hosts(port) == {"127.0.0.1"}
-        resp = requests.post(f"http://127.0.0.1:{port}/api/2.0/mlflow/runs/search", json={"experiment_ids": ["1"]},
-                             timeout=10)
+        resp = requests.post(
+            f"http://127.0.0.1:{port}/api/2.0/mlflow/runs/search", json={"experiment_ids": ["1"]}, timeout=10
+        )
         assert [r["info"]["run_id"] for r in resp.json()["runs"]] == [tracker.run_id]
         with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
-                                         args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+            browser = pw.chromium.launch(
+                executable_path=browser_path,
+                headless=True,
+                args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
+            )
             try:
                 page = browser.new_page(viewport={"width": 1400, "height": 900})
                 page.goto(f"http://127.0.0.1:{port}/#/experiments/1/runs", wait_until="load", timeout=120_000)
@@ -451,7 +567,7 @@ def test_auxray_ui_serves_the_local_store_on_loopback_shows_the_run_and_stops_on
                 browser.close()
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 130
-        with pytest.raises(requests.RequestException):
+        with pytest.raises(requests.ConnectionError, match=f"port={port}.*Connection refused"):
             requests.get(f"http://127.0.0.1:{port}/health", timeout=2)
         leftovers = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _cmdline_has(p, str(tmp_path))]
         assert leftovers == []

@@ -14,6 +14,7 @@ from auxray.data import build_data
 from auxray.data.transforms import CIFAR_MEAN, CIFAR_STD, normalize
 from auxray.errors import UserError
 from auxray.hypergrad import batch_stats_only
+from auxray.train import loop
 from auxray.train.checkpoint import BEST, LATEST, load_checkpoint, save_checkpoint
 from auxray.train.hyperstep import compute_hypergrad
 from auxray.train.launch import train
@@ -27,8 +28,17 @@ def synthetic_raw(**over: object) -> dict:
         "data": {"dataset": "synthetic", "seed": 0, "aux_fraction": 0.2, "val_fraction": 0.2, "augment": False},
         "model": {"backbone": "mlp", "width": 16},
         "method": {"name": "auxilearn_combine", "aux_task": "targets", "combiner": "linear", "aux_lr": 0.05},
-        "trainer": {"epochs": 6, "batch_size": 32, "lr": 0.01, "optimizer": "sgd", "scheduler": "none",
-                    "weight_decay": 0.0, "seed": 0, "threads": 1},
+        "trainer": {
+            "epochs": 6,
+            "batch_size": 32,
+            "lr": 0.01,
+            "optimizer": "sgd",
+            "scheduler": "none",
+            "weight_decay": 0.0,
+            "seed": 0,
+            "threads": 1,
+            "device": "cpu",
+        },
         "hypergrad": {"method": "neumann", "steps": 5, "alpha": 0.01, "every": 2},
         "tracking": {"enabled": False},
     }
@@ -55,22 +65,54 @@ def test_learned_combiner_downweights_harmful_auxiliary():
 
 
 @pytest.mark.parametrize("method", ["neumann", "cg", "exact", "unroll", "fd"])
-def test_every_hypergradient_method_moves_phi(method):
-    cfg = config_from_dict(synthetic_raw(hypergrad={"method": method, "steps": 3}, trainer={"epochs": 1}))
+def test_every_hypergradient_method_moves_phi(method, monkeypatch):
+    """Each outer step applies the hypergradient it computed; the first (Adam) moves each weight aux_lr against it."""
+    computed = []
+
+    def keeping(step):
+        def run(*args, **kwargs):
+            out = step(*args, **kwargs)
+            computed.append(out.hypergrad if hasattr(out, "hypergrad") else out)
+            return out
+
+        return run
+
+    monkeypatch.setattr(loop, "fused_hyperstep", keeping(loop.fused_hyperstep))
+    monkeypatch.setattr(loop, "compute_hypergrad", keeping(loop.compute_hypergrad))
+    cfg = config_from_dict(
+        synthetic_raw(hypergrad={"method": method, "steps": 3}, trainer={"epochs": 1}, method={"aux_weight_decay": 0.0})
+    )
     trainer = BilevelTrainer(cfg, build_data(cfg.data, cfg.method.aux_tasks), progress=False)
-    before = [p.detach().clone() for p in trainer.auxnet.parameters()]
+    raw = trainer.auxnet.raw
+    applied, moves, before = [], [], []
+
+    def pre(*_: object) -> None:
+        applied.append(raw.grad.detach().clone())
+        before.append(raw.detach().clone())
+
+    trainer.phi.optimizer.register_step_pre_hook(pre)
+    trainer.phi.optimizer.register_step_post_hook(lambda *_: moves.append(raw.detach() - before[-1]))
     trainer.fit()
-    after = list(trainer.auxnet.parameters())
-    assert any(not torch.equal(a, b) for a, b in zip(before, after))
-    assert trainer.history[-1]["hypergrad_norm"] > 0
+    norms = [norm for _, norm in trainer.hypergrad_norms]
+    assert len(computed) == len(applied) == len(norms) == trainer.step // cfg.hypergrad.every == 4
+    for (hypergrad,), grad, norm in zip(computed, applied, norms):
+        torch.testing.assert_close(grad, hypergrad, rtol=0, atol=0)
+        assert norm == pytest.approx(float(hypergrad.norm()), rel=1e-6)
+    assert trainer.history[-1]["hypergrad_norm"] == pytest.approx(sum(norms) / len(norms))
+    first = applied[0]
+    torch.testing.assert_close(moves[0], -cfg.method.aux_lr * first / (first.abs() + 1e-8), rtol=1e-4, atol=1e-6)
 
 
 def test_sgd_on_phi_with_clipping_moves_phi_by_at_most_lr_times_clip_per_outer_step():
     """method.aux_optimizer: sgd and method.aux_grad_clip in a run: every outer step's hypergradient is clipped to
     the given norm before SGD (momentum 0.9) applies it, so phi's k-th step is at most lr * clip * sum_j 0.9^j."""
     lr, clip = 1.0, 1e-4
-    cfg = config_from_dict(synthetic_raw(method={"aux_optimizer": "sgd", "aux_grad_clip": clip, "aux_lr": lr,
-                                                 "aux_weight_decay": 0.0}, trainer={"epochs": 1}))
+    cfg = config_from_dict(
+        synthetic_raw(
+            method={"aux_optimizer": "sgd", "aux_grad_clip": clip, "aux_lr": lr, "aux_weight_decay": 0.0},
+            trainer={"epochs": 1},
+        )
+    )
     trainer = BilevelTrainer(cfg, build_data(cfg.data, cfg.method.aux_tasks), progress=False)
     moves: list[float] = []
 
@@ -123,8 +165,9 @@ def test_resumed_run_matches_uninterrupted_run_cifar(cifar_zip, tmp_path, method
 
 
 def test_checkpoints_load_with_weights_only_and_resume_from_disk_exactly(tmp_path):
-    cfg = config_from_dict(synthetic_raw(trainer={"epochs": 2, "max_steps_per_epoch": 20,
-                                                  "checkpoint_dir": str(tmp_path)}))
+    cfg = config_from_dict(
+        synthetic_raw(trainer={"epochs": 2, "max_steps_per_epoch": 20, "checkpoint_dir": str(tmp_path)})
+    )
     quiet = {"progress": False, "log": lambda _: None}
     whole = Path(train(cfg, name="whole", **quiet)["run_dir"])
     for name in (LATEST, BEST):
@@ -156,10 +199,12 @@ def test_user_backbone_and_aux_task_by_import_path_train_an_epoch():
     trainer = BilevelTrainer(cfg, build_data(cfg.data, cfg.method.aux_tasks), progress=False)
     assert user.CALLS == [{"in_channels": 1, "width": 8, "in_features": 20}]
     assert set(trainer.model.heads) == {"main", "helper"} and trainer.objective.aux_names == ("helper",)
-    before = [p.detach().clone() for p in trainer.auxnet.parameters()]
     trainer.fit()
-    assert "task_weight/helper" in trainer.history[-1] and trainer.history[-1]["hypergrad_norm"] > 0
-    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.auxnet.parameters()))
+    last, norms = trainer.history[-1], [norm for _, norm in trainer.hypergrad_norms]
+    assert last["outer_steps"] == len(norms) == trainer.step // cfg.hypergrad.every == 4
+    assert last["hypergrad_norm"] == pytest.approx(sum(norms) / len(norms))
+    learned = float(torch.nn.functional.softplus(trainer.auxnet.raw.detach()))  # the combiner's weight, from 1
+    assert last["task_weight/helper"] == pytest.approx(learned) and learned != pytest.approx(1.0, abs=1e-3)
 
 
 def test_hyperstep_leaves_batchnorm_statistics_alone(cifar_zip, tmp_path):
@@ -172,8 +217,9 @@ def test_hyperstep_leaves_batchnorm_statistics_alone(cifar_zip, tmp_path):
     aux = trainer.prepare(*next(iter(trainer.aux_iter)), gen)
     before = {k: v.clone() for k, v in trainer.model.state_dict().items() if "running" in k or "num_batches" in k}
     assert before, "the ConvNet should have BatchNorm buffers"
-    grads = compute_hypergrad(trainer.objective, trainer.model, trainer.auxnet, batch, aux, cfg.hypergrad,
-                              inner_lr=0.05)
+    grads = compute_hypergrad(
+        trainer.objective, trainer.model, trainer.auxnet, batch, aux, cfg.hypergrad, inner_lr=0.05
+    )
     after = trainer.model.state_dict()
     for k, v in before.items():
         assert torch.equal(v, after[k]), k
@@ -193,7 +239,7 @@ def subclass_usage(trainer: BilevelTrainer) -> float:
     starts = [0] + torch.tensor(psi).cumsum(0).tolist()
     used = []
     for c in range(len(psi)):
-        block = probs[it.y == c, starts[c]:starts[c + 1]].mean(dim=0)
+        block = probs[it.y == c, starts[c] : starts[c + 1]].mean(dim=0)
         entropy = -(block * block.clamp_min(1e-12).log()).sum()
         used.append(float(entropy.exp()) / psi[c])
     return sum(used) / len(used)
@@ -201,8 +247,9 @@ def subclass_usage(trainer: BilevelTrainer) -> float:
 
 def test_label_entropy_term_prevents_collapse(cifar_zip, tmp_path):
     def run(entropy_weight: float) -> tuple[float, float]:
-        raw = tiny_cifar_raw(cifar_zip, tmp_path, name="auxilearn_labels", psi=4, entropy_weight=entropy_weight,
-                             aux_lr=0.01)
+        raw = tiny_cifar_raw(
+            cifar_zip, tmp_path, name="auxilearn_labels", psi=4, entropy_weight=entropy_weight, aux_lr=0.01
+        )
         raw["trainer"].update(epochs=4)
         raw["hypergrad"].update(every=1)
         cfg = config_from_dict(raw)
@@ -227,7 +274,8 @@ def test_coordinator_ignores_a_replayed_outer_step():
     coordinator.initialise([torch.ones(3)])
     grad = [torch.tensor([1.0, -1.0, 0.5])]
     version, after_first = coordinator.apply(grad, step=5)
-    assert version == 1 and not torch.equal(after_first[0], torch.ones(3))
+    # Adam's first step moves each coordinate by aux_lr against its gradient's sign.
+    assert version == 1 and torch.allclose(after_first[0], torch.tensor([0.9, 1.1, 0.9]), rtol=0, atol=1e-6)
     replayed_version, after_replay = coordinator.apply(grad, step=5)
     assert replayed_version == 1 and torch.equal(after_replay[0], after_first[0]) and coordinator.applied == 1
     assert coordinator.apply(grad, step=4)[0] == 1  # an older step id is a replay too

@@ -10,15 +10,15 @@ from typing import Literal
 import torch
 
 from auxray.config import DataConfig
-from auxray.data.aux_table import ColumnGroup, check_table, read_table_columns
+from auxray.data.aux_table import ColumnGroup, TableColumns, check_table, read_table_columns
 from auxray.data.batches import BatchIterator, derive_seed
-from auxray.data.cifar import load_cifar10, needs_download
-from auxray.data.imagefolder import ImageFolderData, load_imagefolder
+from auxray.data.cifar import cifar10_train_keys, load_cifar10, needs_download
+from auxray.data.imagefolder import ImageFolderData, imagefolder_train_keys, load_imagefolder
 from auxray.data.rotation import rotate_batch
 from auxray.data.splits import SplitIndices, make_splits
 from auxray.data.synthetic import TARGETS, make_synthetic
 from auxray.data.tensors import UNLABELED, TensorData, with_columns
-from auxray.data.unlabeled import load_unlabeled
+from auxray.data.unlabeled import load_unlabeled, unlabeled_keys
 from auxray.errors import UserError
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "BatchIterator",
     "ColumnGroup",
     "DataBundle",
+    "TableColumns",
     "TensorData",
     "build_data",
     "check_source",
@@ -113,12 +114,8 @@ def _bundle(
     )
 
 
-def check_source(cfg: DataConfig) -> None:
-    """Fail with one line when the data source cannot be there at load time (a missing root that will not be
-    downloaded, a missing unlabelled pool, a bad auxiliary table): cheap checks, so callers make them before they
-    open anything (a tracking run, Ray)."""
-    if cfg.dataset == "synthetic":
-        return
+def _check_paths(cfg: DataConfig) -> None:
+    """A one-line UserError when the data root or the unlabelled pool cannot be there at load time."""
     root = Path(cfg.root).expanduser()
     if cfg.dataset == "cifar10":
         if needs_download(root) and not cfg.download:
@@ -128,13 +125,34 @@ def check_source(cfg: DataConfig) -> None:
         raise UserError(f"data root not found: {root}")
     if cfg.pool_path is not None and not Path(cfg.pool_path).expanduser().exists():
         raise UserError(f"data.unlabeled not found: {cfg.unlabeled}")
-    if cfg.aux_table is not None:
-        check_table(cfg.aux_table, cfg.aux_key, cfg.aux_columns)
+
+
+def _table_image_keys(cfg: DataConfig) -> list[str] | None:
+    """The keys the table is matched against, as build_data makes them (the training images, then the pool's),
+    listed without decoding; None while CIFAR-10 is still to be downloaded."""
+    root = Path(cfg.root).expanduser()
+    keys = cifar10_train_keys(root) if cfg.dataset == "cifar10" else imagefolder_train_keys(root)
+    if keys is not None and cfg.pool_path is not None:
+        keys += unlabeled_keys(cfg.pool_path)
+    return keys
+
+
+def check_source(cfg: DataConfig) -> TableColumns | None:
+    """Fail with one line when the data source cannot be there at load time (a missing root that will not be
+    downloaded, a missing unlabelled pool) or the auxiliary table does not fit the images (check_table): callers
+    make it before they open anything (a tracking run, Ray). Returns the table's columns when there is one to
+    match (for its report line)."""
+    if cfg.dataset == "synthetic":
+        return None
+    _check_paths(cfg)
+    if cfg.aux_table is None:
+        return None
+    return check_table(cfg.aux_table, cfg.aux_key, cfg.aux_columns, _table_image_keys(cfg))
 
 
 def load_images(cfg: DataConfig) -> ImageFolderData:
     """Decoded train/test images for an image data set (cifar10 or imagefolder)."""
-    check_source(cfg)
+    _check_paths(cfg)
     root = Path(cfg.root).expanduser()
     if cfg.dataset == "cifar10":
         return load_cifar10(root, image_size=cfg.image_size, cache_dir=cfg.cache_dir, download=cfg.download)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
@@ -37,16 +38,59 @@ class ColumnGroup:
 
 @dataclass
 class TableColumns:
-    """Per-image values float32 [N, k] (NaN where missing), each task's column slice, and the table rows matched."""
+    """Per-image values float32 [N, k] (NaN where missing), each task's column slice, the table rows matched and the
+    images that have a row (N images in all)."""
 
     values: Tensor
     groups: list[ColumnGroup]
     matched: int
+    images_matched: int
+
+    def report(self, path: str | Path) -> str:
+        """One line saying how many images the table at `path` labels, so a table that matches few is noticed."""
+        total = len(self.values)
+        share = 100 * self.images_matched / total if total else 0.0
+        return f"aux table {path}: {self.images_matched} of {total} images matched ({share:.1f}%)"
 
 
 def _fail(path: Path, message: str) -> UserError:
     """A one-line UserError about the table at `path`."""
     return UserError(f"aux table {path}: {' '.join(message.split())}")
+
+
+def _column_names(path: Path, suffix: str) -> list[str]:
+    """The table's column names, from the Parquet schema or the CSV header, without reading its values."""
+    if suffix in PARQUET_SUFFIXES:
+        return list(pq.read_schema(path).names)
+    reader = pacsv.open_csv(path)
+    try:
+        return list(reader.schema.names)
+    finally:
+        reader.close()
+
+
+@lru_cache(maxsize=1)
+def _read_file(path: Path, stamp: tuple[int, int, int], key: str, wanted: tuple[tuple[str, str], ...]) -> pa.Table:
+    """The key column and the (task, column) pairs `wanted`, read once per version (`stamp`) of the file: the check
+    before a run starts and the run's own read in the same process share it."""
+    suffix = path.suffix.lower()
+    try:
+        names = _column_names(path, suffix)
+        shown = ", ".join(names[:SHOWN_COLUMNS]) + (", ..." if len(names) > SHOWN_COLUMNS else "")
+        if key not in names:
+            raise _fail(path, f"no key column {key!r} (set data.aux_key); columns: {shown}")
+        for task, column in wanted:
+            if column not in names:
+                raise _fail(path, f"no column {column!r} (task {task!r}); columns: {shown}")
+        columns = list(dict.fromkeys([key] + [c for _, c in wanted]))
+        if suffix in PARQUET_SUFFIXES:
+            return pq.read_table(path, columns=columns)
+        options = pacsv.ConvertOptions(
+            column_types={key: pa.string()}, strings_can_be_null=True, include_columns=columns
+        )
+        return pacsv.read_csv(path, convert_options=options)
+    except (pa.ArrowException, OSError) as exc:
+        raise _fail(path, f"cannot read it ({type(exc).__name__}: {exc})") from None
 
 
 def _read(path: Path, key: str, tasks: Sequence[TableTask]) -> pa.Table:
@@ -56,24 +100,9 @@ def _read(path: Path, key: str, tasks: Sequence[TableTask]) -> pa.Table:
     suffix = path.suffix.lower()
     if suffix not in PARQUET_SUFFIXES + CSV_SUFFIXES:
         raise _fail(path, f"unknown suffix {suffix or '(none)'!r}; use .parquet, .pq or .csv")
-    try:
-        if suffix in PARQUET_SUFFIXES:
-            table = pq.read_table(path)
-        else:
-            options = pacsv.ConvertOptions(column_types={key: pa.string()}, strings_can_be_null=True)
-            table = pacsv.read_csv(path, convert_options=options)
-    except (pa.ArrowException, OSError) as exc:
-        raise _fail(path, f"cannot read it ({type(exc).__name__}: {exc})") from None
-    names = table.column_names
-    shown = ", ".join(names[:SHOWN_COLUMNS]) + (", ..." if len(names) > SHOWN_COLUMNS else "")
-    if key not in names:
-        raise _fail(path, f"no key column {key!r} (set data.aux_key); columns: {shown}")
-    for task in tasks:
-        for column in task.columns:
-            if column not in names:
-                raise _fail(path, f"no column {column!r} (task {task.name!r}); columns: {shown}")
-    wanted = list(dict.fromkeys([key] + [c for t in tasks for c in t.columns]))
-    return table.select(wanted)
+    st = path.stat()
+    wanted = tuple((t.name, c) for t in tasks for c in t.columns)
+    return _read_file(path, (st.st_ino, st.st_size, st.st_mtime_ns), key, wanted)
 
 
 def _plain(column: pa.ChunkedArray) -> pa.ChunkedArray:
@@ -93,8 +122,9 @@ def _floats(column: pa.ChunkedArray) -> np.ndarray:
     return pc.fill_null(column.cast(pa.float64()), np.nan).to_numpy()
 
 
-def _check_column(path: Path, name: str, column: pa.ChunkedArray, task: TableTask) -> None:
-    """A UserError unless the column's type (and, for binary tasks, its values) fits the task's kind."""
+def _checked(path: Path, name: str, column: pa.ChunkedArray, task: TableTask) -> pa.ChunkedArray:
+    """The column, once its type (and, for binary tasks, its values) fits the task's kind, else a UserError; a
+    categorical column of floats (pandas' integers with gaps) comes back as integers, NaN as null."""
     kind = column.type
     where = f"column {name!r} (task {task.name!r}, {task.kind})"
     if pa.types.is_null(kind):
@@ -107,10 +137,25 @@ def _check_column(path: Path, name: str, column: pa.ChunkedArray, task: TableTas
         bad = values[~np.isnan(values) & (values != 0) & (values != 1)]
         if len(bad):
             raise _fail(path, f"{where} must hold only 0, 1 or empty cells, found {bad[0]:g}")
-    elif task.kind == "categorical" and not (pa.types.is_integer(kind) or _is_string(kind)):
-        raise _fail(path, f"{where} must hold integers or strings, not {kind}")
+    elif task.kind == "categorical":
+        if pa.types.is_floating(kind):
+            return _integral(path, where, column)
+        if not (pa.types.is_integer(kind) or _is_string(kind)):
+            raise _fail(path, f"{where} must hold integers or strings, not {kind}")
     elif task.kind == "regression" and not numeric:
         raise _fail(path, f"{where} must hold numbers, not {kind}")
+    return column
+
+
+def _integral(path: Path, where: str, column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """A float column of class ids as int64 (NaN and null as null), or a UserError naming a value with a fraction."""
+    values = _floats(column)
+    present = ~np.isnan(values)
+    bad = values[present & ((values != np.round(values)) | ~(np.abs(values) < 2**53))]
+    if len(bad):
+        raise _fail(path, f"{where} must hold integers or strings, found {bad[0]:g}")
+    ids = np.where(present, values, 0).astype(np.int64)
+    return pa.chunked_array([pa.array(ids, mask=~present)])
 
 
 def _table_keys(path: Path, key: str, table: pa.Table) -> pa.Array:
@@ -135,14 +180,22 @@ def normalise_keys(keys: pa.Array) -> pa.Array:
     return pc.replace_substring_regex(slashed, r"^(\./)+", "")
 
 
-def check_table(path: str | Path, key: str, tasks: Sequence[TableTask]) -> None:
-    """Check before training that the table exists and its key and declared columns are there with fitting types."""
+def check_table(
+    path: str | Path, key: str, tasks: Sequence[TableTask], image_keys: Sequence[str] | None = None
+) -> TableColumns | None:
+    """Check before training what can be wrong with the table, each failure one UserError line: that it exists with
+    its key and declared columns of fitting types; given the run's `image_keys` (None while the images are still to
+    be downloaded), also that its keys match images, its classes are in range and no regression column is constant
+    over the matched rows. Returns the columns read_table_columns gives when `image_keys` are given."""
+    if image_keys is not None:
+        return read_table_columns(path, key, tasks, image_keys)
     path = Path(path).expanduser()
     table = _read(path, key, tasks)
     _table_keys(path, key, table)
     for task in tasks:
         for name in task.columns:
-            _check_column(path, name, _plain(table.column(name)), task)
+            _checked(path, name, _plain(table.column(name)), task)
+    return None
 
 
 def _categories(path: Path, name: str, column: pa.ChunkedArray, task: TableTask) -> tuple[np.ndarray, int]:
@@ -204,8 +257,7 @@ def read_table_columns(
     for task in tasks:
         start, classes = len(columns), None
         for name in task.columns:
-            column = _plain(table.column(name))
-            _check_column(path, name, column, task)
+            column = _checked(path, name, _plain(table.column(name)), task)
             if task.kind == "categorical":
                 by_row, classes = _categories(path, name, column, task)
             else:
@@ -214,4 +266,5 @@ def read_table_columns(
             columns.append(_standardise(path, name, per_image) if task.kind == "regression" else per_image)
         groups.append(ColumnGroup(task.name, task.kind, start, len(columns), classes))
     values = np.stack(columns, axis=1) if columns else np.empty((len(rows), 0))
-    return TableColumns(torch.from_numpy(values.astype(np.float32)), groups, int(len(np.unique(rows[rows >= 0]))))
+    matched = rows[rows >= 0]
+    return TableColumns(torch.from_numpy(values.astype(np.float32)), groups, len(np.unique(matched)), len(matched))

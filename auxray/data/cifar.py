@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from auxray.data.imagefolder import ImageFolderData, load_imagefolder
+from auxray.data.imagefolder import ImageFolderData, imagefolder_train_keys, load_imagefolder
 from auxray.data.tensors import TensorData
 from auxray.data.transforms import resize_images
 from auxray.errors import UserError
@@ -52,17 +52,33 @@ def _class_names(folder: Path) -> list[str]:
     return [n.decode() if isinstance(n, bytes) else str(n) for n in names]
 
 
+def _batch_keys(split: str, n: int) -> list[str]:
+    """The keys of a split's n images in the official batches: ``train/{i:05d}`` by position."""
+    return [f"{split}/{i:05d}" for i in range(n)]
+
+
 def load_cifar_batches(folder: Path) -> ImageFolderData:
     """The official python release: 50,000 train and 10,000 test images, keyed ``train/{i:05d}`` and
     ``test/{i:05d}`` by their position in the batches (train batches concatenated in order)."""
     train, test = _read_batches(folder, TRAIN_BATCHES), _read_batches(folder, [TEST_BATCH])
     return ImageFolderData(
-        _class_names(folder),
-        train,
-        test,
-        [f"train/{i:05d}" for i in range(len(train))],
-        [f"test/{i:05d}" for i in range(len(test))],
+        _class_names(folder), train, test, _batch_keys("train", len(train)), _batch_keys("test", len(test))
     )
+
+
+def cifar10_train_keys(root: str | Path) -> list[str] | None:
+    """The keys of the training images load_cifar10 gives for `root`, in its order, without decoding an image (the
+    official batches are only counted); None while CIFAR-10 is still to be downloaded there."""
+    path = Path(root).expanduser()
+    if needs_download(path):
+        return None
+    if path.is_dir() and (batches := find_batches_dir(path)) is not None:
+        count = 0
+        for name in TRAIN_BATCHES:
+            with open(batches / name, "rb") as f:
+                count += len(pickle.load(f, encoding="bytes")[b"labels"])
+        return _batch_keys("train", count)
+    return imagefolder_train_keys(path)
 
 
 def download_cifar10(root: Path) -> Path:

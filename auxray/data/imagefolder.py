@@ -206,15 +206,19 @@ def load_cache(target: Path, fields: tuple[str, ...]) -> dict | None:
     return blob
 
 
-def decode_imagefolder(path: Path, image_size: int) -> ImageFolderData:
-    """Decode every image of a folder or zip tree (no cache); a tree without a test split gets a fixed stratified
-    one."""
-    with contextlib.closing(_Source(path)) as source:
-        return _decode_source(source, path, image_size)
+@dataclass
+class _Listing:
+    """What a tree holds, before any decoding: class names and each split's (key, class) items, stored in the
+    source under `prefix` + key."""
+
+    classes: list[str]
+    train: list[tuple[str, str]]
+    test: list[tuple[str, str]]
+    prefix: str
 
 
-def _decode_source(source: _Source, path: Path, image_size: int) -> ImageFolderData:
-    """Decode the train and test splits of an opened source."""
+def _list_source(source: _Source, path: Path) -> _Listing:
+    """The splits of an opened source; a tree without a test split gets a fixed stratified one."""
     files, prefix = _strip_wrapper(source.files())
     groups = _layout(files)
     base = groups.get("train") or groups.get("all")
@@ -224,19 +228,29 @@ def _decode_source(source: _Source, path: Path, image_size: int) -> ImageFolderD
     unknown = sorted({c for _, c in groups.get("test", [])} - set(classes))
     if unknown:
         raise UserError(f"ImageFolder {path}: test classes {unknown} are missing from train")
-    train = decode_split(source, base, classes, image_size, prefix)
-    keys = [k for k, _ in base]
     if groups.get("test"):
-        test = decode_split(source, groups["test"], classes, image_size, prefix)
-        return ImageFolderData(classes, train, test, keys, [k for k, _ in groups["test"]])
-    kept, held = stratified_holdout(train.y, SINGLE_TREE_TEST_FRACTION, seed=0)
-    return ImageFolderData(
-        classes,
-        train.subset(kept),
-        train.subset(held),
-        [keys[i] for i in kept.tolist()],
-        [keys[i] for i in held.tolist()],
-    )
+        return _Listing(classes, base, groups["test"], prefix)
+    index = {c: i for i, c in enumerate(classes)}
+    y = torch.tensor([index[c] for _, c in base], dtype=torch.long)
+    kept, held = stratified_holdout(y, SINGLE_TREE_TEST_FRACTION, seed=0)
+    return _Listing(classes, [base[i] for i in kept.tolist()], [base[i] for i in held.tolist()], prefix)
+
+
+def imagefolder_train_keys(path: str | Path) -> list[str]:
+    """The keys of a tree's training images, in the order load_imagefolder gives them, listed without decoding."""
+    path = Path(path).expanduser()
+    check_source_path(path, "data root")
+    with contextlib.closing(_Source(path)) as source:
+        return [k for k, _ in _list_source(source, path).train]
+
+
+def decode_imagefolder(path: Path, image_size: int) -> ImageFolderData:
+    """Decode every image of a folder or zip tree (no cache)."""
+    with contextlib.closing(_Source(path)) as source:
+        listing = _list_source(source, path)
+        train = decode_split(source, listing.train, listing.classes, image_size, listing.prefix)
+        test = decode_split(source, listing.test, listing.classes, image_size, listing.prefix)
+    return ImageFolderData(listing.classes, train, test, [k for k, _ in listing.train], [k for k, _ in listing.test])
 
 
 def save_atomic(obj: dict, target: Path) -> None:

@@ -38,12 +38,26 @@ class UnlabeledImages:
         return len(self.keys)
 
 
+def _list_pool(source: _Source, path: Path) -> tuple[list[str], str]:
+    """The pool's image keys and the wrapper prefix they are stored under; a UserError when it holds none."""
+    keys, prefix = _strip_wrapper(source.files())
+    if not keys:
+        raise UserError(f"no images in the unlabelled pool {path}")
+    return keys, prefix
+
+
+def unlabeled_keys(path: str | Path) -> list[str]:
+    """The keys of the pool's images, in the order load_unlabeled gives them, listed without decoding."""
+    path = Path(path).expanduser()
+    check_source_path(path, "unlabelled pool")
+    with contextlib.closing(_Source(path)) as source:
+        return _list_pool(source, path)[0]
+
+
 def decode_unlabeled(path: Path, image_size: int) -> UnlabeledImages:
     """Decode every image under `path` (flat, class folders or train/test splits alike; folder names are ignored)."""
     with contextlib.closing(_Source(path)) as source:
-        keys, prefix = _strip_wrapper(source.files())
-        if not keys:
-            raise UserError(f"no images in the unlabelled pool {path}")
+        keys, prefix = _list_pool(source, path)
         return UnlabeledImages(decode_names(source, [prefix + k for k in keys], image_size), keys)
 
 

@@ -31,6 +31,9 @@ class InnerResult:
     task_weights: dict[str, Tensor] = field(default_factory=dict)
     main_per_sample: Tensor | None = None
     aux_per_sample: Tensor | None = None
+    # Which rows of main_per_sample have a main label (None: all), so a rule that takes the main loss apart
+    # (GCS) averages it over those rows only, as the inner loss does.
+    labeled: Tensor | None = None
     # A term of the outer objective on phi alone (MAXL's label-entropy term), computed from this pass's aux-net
     # outputs so the hypergradient adds its gradient without another aux-net forward; None when there is none.
     regulariser: Tensor | None = None

@@ -9,7 +9,7 @@ from typing import Protocol
 import torch
 from torch import Tensor, nn
 
-from auxray.methods.base import InnerResult
+from auxray.methods.base import InnerResult, main_mean
 
 Reduce = Callable[[tuple[Tensor, ...]], tuple[Tensor, ...]]
 
@@ -44,7 +44,8 @@ class SumRule:
 
 class GCSRule:
     """Gradient cosine similarity (Du et al.): the auxiliary gradient on the shared trunk is used only when it
-    does not point against the main task's gradient; heads get the plain sum."""
+    does not point against the main task's gradient; heads get the plain sum. The main loss is the mean over the
+    labelled rows (as in every other method), the auxiliary losses the mean over all rows."""
 
     reduces_itself = True
 
@@ -53,7 +54,7 @@ class GCSRule:
             raise ValueError("GCS needs per-sample main and auxiliary losses")
         shared = [p for p in model.get_submodule("trunk").parameters() if p.requires_grad]
         heads = [p for n, p in model.named_parameters() if not n.startswith("trunk.") and p.requires_grad]
-        main = result.main_per_sample.mean()
+        main = main_mean(result.main_per_sample, result.labeled)
         aux = result.aux_per_sample.sum(dim=1).mean()
         g_main = all_reduce_mean(torch.autograd.grad(main, shared, retain_graph=True))
         g_aux = all_reduce_mean(torch.autograd.grad(aux, shared, retain_graph=True))

@@ -193,4 +193,4 @@ def _result(loss: Tensor, t: TaskLosses, names: tuple[str, ...]) -> InnerResult:
     """Pack an inner loss with the per-task means to log."""
     aux_means = {n: t.aux[:, i].mean().detach() for i, n in enumerate(names)}
     main = main_mean(t.main, t.labeled).detach()
-    return InnerResult(loss, main, t.logits, aux_means, main_per_sample=t.main, aux_per_sample=t.aux)
+    return InnerResult(loss, main, t.logits, aux_means, main_per_sample=t.main, aux_per_sample=t.aux, labeled=t.labeled)

@@ -53,7 +53,7 @@ def train_tracked(
         return train(cfg, name=name, resume=resume, sinks=sinks, progress=progress, log=log, callbacks=callbacks)
     from auxray.tracking.tracker import RUN_DIR_TAG, tracked_run
 
-    cfg, folder = plan_run(cfg, name=name, resume=resume)  # a run that cannot start leaves no FAILED run behind
+    cfg, folder = plan_run(cfg, name=name, resume=resume, log=log)  # a run that cannot start leaves no FAILED run
     uri = resolve_uri(tracking_uri, cfg.tracking)
     check_reachable(uri)
     run_dir = str(Path(cfg.trainer.checkpoint_dir or "runs") / folder)

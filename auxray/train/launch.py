@@ -22,21 +22,26 @@ def is_distributed(cfg: RunConfig) -> bool:
     return cfg.scaling.workers > 1 or cfg.scaling.use_ray
 
 
-def plan_run(cfg: RunConfig, *, name: str, resume: bool) -> tuple[RunConfig, str]:
+def plan_run(cfg: RunConfig, *, name: str, resume: bool, log: Log = stderr_log) -> tuple[RunConfig, str]:
     """cfg with absolute paths, and the run's folder under trainer.checkpoint_dir (`<name>/<stamp>`: fresh, or
     with `resume` the newest earlier run of `name`), after what can fail before a run starts is checked, before
-    anything is opened for it (a tracking run, Ray): the data source, unless the run joins a cluster whose nodes
-    may see paths this one does not, and that there is a run to resume. Each failure is one line (UserError)."""
+    anything is opened for it (a tracking run, Ray): the data source and the auxiliary table against its images
+    (logged: how many images it labels), unless the run joins a cluster whose nodes may see paths this one does
+    not, and that there is a run to resume. Each failure is one line (UserError)."""
     cfg = absolute_paths(cfg)
     joins_cluster = is_distributed(cfg) and bool(cfg.scaling.address or os.environ.get("RAY_ADDRESS"))
+    table = None
     if not joins_cluster:
-        check_source(cfg.data)
+        table = check_source(cfg.data)
         if is_distributed(cfg):
             check_gpus(cfg.scaling.gpus_per_worker, cfg.scaling.workers)
         else:
             resolve_device(cfg.trainer.device)
     base = Path(cfg.trainer.checkpoint_dir or "runs")
-    return cfg, run_name(base, name, resume=resume, done=resumable(base, distributed=is_distributed(cfg)))
+    folder = run_name(base, name, resume=resume, done=resumable(base, distributed=is_distributed(cfg)))
+    if table is not None:
+        log(table.report(cfg.data.aux_table or ""))
+    return cfg, folder
 
 
 def train(
@@ -55,7 +60,7 @@ def train(
     where the run happens (rank 0 of a distributed run); `callbacks` see the trainer itself after every epoch
     (single-process runs only: diagnostics, benchmarks)."""
     if folder is None:
-        cfg, folder = plan_run(cfg, name=name, resume=resume)
+        cfg, folder = plan_run(cfg, name=name, resume=resume, log=log)
     if is_distributed(cfg):
         if callbacks or until_epoch is not None:
             raise ValueError("trainer callbacks and until_epoch apply to single-process runs only")

@@ -9,6 +9,7 @@ import sys
 import time
 from typing import Any, TypedDict
 
+from auxray.data import check_source
 from auxray.errors import UserError
 from auxray.tracking import check_reachable, end_parent, resolve_uri
 from auxray.tracking.tracker import Status
@@ -196,6 +197,8 @@ def run_sweep(
     experiment = sweep.tracking.experiment or base.tracking.experiment
     check_reachable(uri)
     _check_experiment(sweep, resume)
+    if not os.environ.get("RAY_ADDRESS"):  # a cluster's nodes may see paths this machine does not
+        check_source(sweep.trial_config({}).data)  # the data and its aux table, once, before Ray and any trial
     if not resume:
         shutil.rmtree(sweep.state_backup_dir, ignore_errors=True)
     params = {
