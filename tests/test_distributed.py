@@ -184,7 +184,8 @@ def relative_difference(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
 
 
 def test_two_worker_outer_step_equals_single_process(ray_local, tmp_path):
-    from ray.train import RunConfig as TrainRunConfig, ScalingConfig
+    from ray.train import RunConfig as TrainRunConfig
+    from ray.train import ScalingConfig
     from ray.train.torch import TorchTrainer
 
     raw = synthetic_raw(hypergrad={"method": "neumann", "steps": 5, "alpha": 0.01},

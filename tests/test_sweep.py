@@ -17,7 +17,6 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-import requests
 import yaml
 from mlflow import MlflowClient
 
@@ -25,6 +24,7 @@ from auxray.cli import run as cli_run
 from auxray.errors import UserError
 from auxray.tune.config import SweepConfig, load_sweep
 from tests.conftest import CACHE_DIR, REPO, chromium, tiny_cifar_raw
+from tests.test_tracking import start_server
 
 ARTIFACTS = REPO / "test-artifacts"
 
@@ -78,43 +78,10 @@ def free_port() -> int:
 
 
 def start_mlflow(tmp: Path) -> tuple[subprocess.Popen, str]:
-    """`mlflow server` on a SQLite backend in its own process group; returns it once /health answers."""
+    """`mlflow server` on a SQLite backend in tmp, on a free loopback port; returns it once /health answers."""
     port = free_port()
-    log = open(tmp / "mlflow.log", "a")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--backend-store-uri",
-            f"sqlite:///{tmp / 'm.db'}",
-            "--artifacts-destination",
-            str(tmp / "artifacts"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-    )
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"mlflow server exited: {(tmp / 'mlflow.log').read_text()[-2000:]}")
-        try:
-            if requests.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return proc, f"http://127.0.0.1:{port}"
-        except requests.RequestException:
-            pass
-        time.sleep(0.5)
-    stop_group(proc)
-    raise AssertionError("mlflow server did not come up")
+    proc = start_server(tmp / "m.db", tmp / "artifacts", port, tmp / "mlflow.log")
+    return proc, f"http://127.0.0.1:{port}"
 
 
 def stop_group(proc: subprocess.Popen) -> None:
