@@ -270,3 +270,12 @@ def test_retries_exhausted_is_one_line(ray_local, cifar_zip, tmp_path):
     fault = {"target": "worker", "after_epoch": 1, "rank": 1, "marker": str(tmp_path / "fired")}
     with pytest.raises(UserError, match=r"\Adistributed run doomed-0 failed after 0 retries: [^\n]*\Z"):
         run_distributed(cfg, folder="doomed/0", faults=[fault])
+
+
+@pytest.mark.parametrize(("gpus_per_worker", "backend"), [(0, "gloo"), (0.5, "gloo"), (1, "nccl"), (2, "nccl")])
+def test_workers_sharing_a_gpu_all_reduce_with_gloo(gpus_per_worker, backend):
+    """NCCL takes one rank per device, so workers with fractional GPUs (several on one device) and CPU workers use
+    gloo; workers with whole GPUs use NCCL (tests/test_gpu.py runs two workers on one GPU where there is one)."""
+    from auxray.train.ray_run import collective_backend
+
+    assert collective_backend(gpus_per_worker) == backend

@@ -65,7 +65,7 @@ def run_distributed(
             "sinks": list(sinks),
             "faults": list(faults),
         },
-        torch_config=TorchConfig(backend=_backend(s.gpus_per_worker)),
+        torch_config=TorchConfig(backend=collective_backend(s.gpus_per_worker)),
         scaling_config=ScalingConfig(num_workers=s.workers, use_gpu=use_gpu, resources_per_worker=resources),
         run_config=TrainRunConfig(
             name=run_id,
@@ -86,7 +86,7 @@ def run_distributed(
     return _summary(cfg, result, base / folder, time.perf_counter() - t0)
 
 
-def _backend(gpus_per_worker: float) -> str:
+def collective_backend(gpus_per_worker: float) -> str:
     """NCCL for workers with whole GPUs; gloo on the CPU and for fractional GPUs, where several workers share one
     device, which NCCL refuses (one rank per device) and gloo all-reduces as CUDA tensors."""
     return "nccl" if gpus_per_worker >= 1 else "gloo"
