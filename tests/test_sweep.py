@@ -185,8 +185,9 @@ def test_sweep_config_validates_keys_and_values(
 def test_bad_sweep_input_is_one_line(
     tmp_path: Path, cifar_zip: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """`auxray sweep` on a missing or malformed file, a missing base config, --resume with nothing to resume, or a
-    sweep that exists already: one line on stderr, exit code 2, and an existing sweep's folder left as it was."""
+    """`auxray sweep` on a missing or malformed file, a missing base config, --resume with nothing to resume, a
+    sweep that exists already, or a base config whose data is missing: one line on stderr, exit code 2, an existing
+    sweep's folder left as it was, and no MLflow run opened."""
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'm.db'}"
 
@@ -210,6 +211,11 @@ def test_bad_sweep_input_is_one_line(
     (existing / "keep.txt").write_text("earlier results")
     assert "already exists" in error(str(path), "--tracking-uri", uri)
     assert [p.name for p in existing.iterdir()] == ["keep.txt"]
+    # The base config's data is checked once, before Ray starts or a parent run is opened (not in every trial).
+    (tmp_path / "nodata").mkdir()
+    missing = write_sweep(tmp_path / "nodata", tmp_path / "nope" / "cifar10-images.zip", name="nodata")
+    assert str(tmp_path / "nope" / "cifar10-images.zip") in error(str(missing), "--tracking-uri", uri)
+    assert MlflowClient(tracking_uri=uri).get_experiment_by_name("sweep-nodata") is None
 
 
 def test_search_spaces_match_the_sweep() -> None:
