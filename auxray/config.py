@@ -11,20 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from auxray.errors import UserError
 from auxray.importpath import is_import_path, resolve_callable
+from auxray.method_specs import DEFAULT_METHOD, METHOD_NAMES, SPECS, HypergradMethod, defining_method
 
-METHODS = (
-    "stl",
-    "equal",
-    "uncertainty",
-    "gcs",
-    "auxilearn_combine",
-    "auxilearn_labels",
-    "maxl",
-    "maxl_fo",
-    "jtds",
-)
-LEARNED_METHODS = ("auxilearn_combine", "auxilearn_labels", "maxl", "maxl_fo", "jtds")
-LABEL_METHODS = ("auxilearn_labels", "maxl", "maxl_fo")
 BACKBONES = ("convnet4", "vgg16", "resnet18", "mlp")
 AUX_TASKS = ("none", "rotation", "targets", "labels", "consistency", "pseudo_labels", "noise_labels", "table")
 # Built-in tasks that can be listed together (method.aux_task: [rotation, consistency, ...]): each gives one loss
@@ -34,14 +22,6 @@ UNLABELED_CHOICES = ("none", "rest")
 # Names a table task cannot take: its name is its head's and its loss's, beside the main head, the trunk's features
 # and the built-in auxiliary tasks.
 RESERVED_TASK_NAMES = ("main", "features", *AUX_TASKS)
-# Each label method is defined by its hypergradient (README, "Methods and configs"): the first is the method's
-# default, the others compute the same thing another way. Every hypergrad.method belongs to exactly one of them.
-HypergradMethod = Literal["neumann", "cg", "exact", "unroll", "fd"]
-LABEL_HYPERGRADIENTS: dict[str, tuple[tuple[HypergradMethod, ...], str]] = {
-    "auxilearn_labels": (("neumann", "cg", "exact"), "the implicit hypergradient"),
-    "maxl": (("unroll",), "a one-step unrolled second-order hypergradient"),
-    "maxl_fo": (("fd",), "a first-order (finite-difference) unrolled hypergradient"),
-}
 DATA_ENV = "AUXRAY_DATA"
 
 
@@ -178,7 +158,7 @@ class ModelConfig(_Section):
 class MethodConfig(_Section):
     """The auxiliary-learning method and its own settings."""
 
-    name: Literal[METHODS] = "stl"  # type: ignore[valid-type]
+    name: Literal[METHOD_NAMES] = DEFAULT_METHOD  # type: ignore[valid-type]
     # A built-in task, or a user's own as "package.module:factory": factory(task) returns an
     # auxray.methods.aux_tasks.AuxiliaryTask (e.g. a LossFnTask around a callable giving per-sample losses).
     # A list of built-in tasks (COMBINABLE_TASKS) trains them together, one loss each.
@@ -310,32 +290,30 @@ class RunConfig(_Section):
     @model_validator(mode="after")
     def _consistent(self) -> RunConfig:
         m = self.method
-        if m.name in ("equal", "uncertainty", "gcs", "auxilearn_combine", "jtds") and m.aux_tasks == ("none",):
+        method = SPECS[m.name]
+        if method.needs_aux_task and m.aux_tasks == ("none",):
             raise ValueError(
                 f"method {m.name!r} needs an auxiliary task (method.aux_task: rotation, or targets for "
                 "data that carries them, or your own as 'package.module:factory')"
             )
-        if m.name in LABEL_METHODS and m.aux_tasks not in (("labels",), ("none",)):
+        if method.learns_labels and m.aux_tasks not in (("labels",), ("none",)):
             raise ValueError(f"method {m.name!r} learns its own auxiliary labels; leave method.aux_task unset")
         self._data_for_tasks()
-        if m.name == "auxilearn_combine" and m.combiner == "deep":
-            raise ValueError(
-                "method.combiner: deep weighs per-pixel loss maps (dense tasks such as segmentation), "
-                "but every auxiliary task here gives one loss per sample; "
-                "use method.combiner: linear or nonlinear"
-            )
+        for key, value, message in method.rejects:
+            if getattr(m, key) == value:
+                raise ValueError(message)
         if self.hypergrad.params == "last_block" and self.model.backbone not in BACKBONES:
             raise ValueError(
                 f"hypergrad.params: last_block needs a built-in model.backbone ({', '.join(BACKBONES)}); "
                 f"the last block of {self.model.backbone!r} is unknown, so use hypergrad.params: all"
             )
-        self._label_hypergradient()
+        self._own_hypergradient()
         return self
 
     def _data_for_tasks(self) -> None:
         """The unlabelled pool and the table go with the methods and tasks that can use them."""
         m, d = self.method, self.data
-        if d.unlabeled != "none" and m.name in LABEL_METHODS:
+        if d.unlabeled != "none" and SPECS[m.name].learns_labels:
             raise ValueError(
                 f"method {m.name!r} generates labels from the main label, which unlabelled images lack; "
                 "set data.unlabeled: none or pick a method that weighs given auxiliary tasks"
@@ -347,22 +325,21 @@ class RunConfig(_Section):
         if d.aux_table is not None and "table" not in m.aux_tasks:
             raise ValueError("data.aux_table is set but method.aux_task does not list table")
 
-    def _label_hypergradient(self) -> None:
-        """A label method decides its hypergradient unless hypergrad.method is given; a given one must be its own."""
-        name, h = self.method.name, self.hypergrad
-        if name not in LABEL_HYPERGRADIENTS:
-            return
-        allowed, how = LABEL_HYPERGRADIENTS[name]
-        if h.method in allowed:
+    def _own_hypergradient(self) -> None:
+        """A method defined by its hypergradient (a label method) picks it unless hypergrad.method is given; a given
+        one must be its own."""
+        method, h = SPECS[self.method.name], self.hypergrad
+        allowed = method.hypergradients
+        if not allowed or h.method in allowed:
             return
         if "method" not in h.model_fields_set:
             h.method = allowed[0]
             return
-        other = next(n for n, (methods, _) in LABEL_HYPERGRADIENTS.items() if h.method in methods)
+        other = defining_method(h.method)
         choices = " or ".join([", ".join(allowed[:-1]), allowed[-1]] if len(allowed) > 1 else allowed)
         raise ValueError(
-            f"method.name: {name} learns labels by {how} (hypergrad.method: {choices}), "
-            f"not hypergrad.method: {h.method} (that pairing is method.name: {other}); "
+            f"method.name: {method.name} learns labels by {method.hypergradient_words} (hypergrad.method: {choices}), "
+            f"not hypergrad.method: {h.method} (that pairing is method.name: {other.name if other else 'none'}); "
             "leave hypergrad.method unset and the method picks its own"
         )
 

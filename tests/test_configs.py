@@ -16,7 +16,8 @@ import yaml
 
 from auxray.auxnets.uncertainty import LOSS_FLOOR
 from auxray.cli import run as cli_run
-from auxray.config import LABEL_METHODS, LEARNED_METHODS, RunConfig, load_config
+from auxray.config import RunConfig, load_config
+from auxray.method_specs import SPECS
 from auxray.data import DataBundle, build_data
 from auxray.train.checkpoint import LATEST, load_checkpoint
 from auxray.train.launch import plan_run, train
@@ -42,7 +43,7 @@ def ids(paths: list[Path]) -> list[str]:
 
 def steps(cfg: RunConfig) -> int:
     """Inner steps of the short run: enough for a learned method's one outer step, two for a fixed method."""
-    return cfg.hypergrad.every if cfg.method.name in LEARNED_METHODS else 2
+    return cfg.hypergrad.every if SPECS[cfg.method.name].learns else 2
 
 
 def short(cfg: RunConfig, tmp_path: Path) -> dict[str, Any]:
@@ -64,7 +65,7 @@ def short(cfg: RunConfig, tmp_path: Path) -> dict[str, Any]:
 
 def task_names(cfg: RunConfig) -> tuple[str, ...]:
     """The auxiliary tasks cfg trains, by the names its history logs them under."""
-    if cfg.method.name in LABEL_METHODS:
+    if SPECS[cfg.method.name].learns_labels:
         return ("labels",)
     expand = {"none": (), "targets": SYNTHETIC_TASKS}
     return tuple(name for task in cfg.method.aux_tasks for name in expand.get(task, (task,)))
@@ -121,7 +122,7 @@ def assert_promises(result: dict[str, Any], cfg: RunConfig) -> None:
     weighed = {f"task_weight/{t}" for t in tasks} if cfg.method.name in WEIGHING else set()
     assert {k for k in epoch if k.startswith("task_weight/")} == weighed, epoch
 
-    if cfg.method.name in LEARNED_METHODS:
+    if SPECS[cfg.method.name].learns:
         assert cfg.method.aux_optimizer == "adam" and cfg.method.aux_grad_clip is None, "a phi step other than Adam's"
         ((at, norm),) = state["hypergrad_norms"]
         assert (at, norm) == (n, epoch["hypergrad_norm"]) and epoch["outer_steps"] == 1

@@ -14,10 +14,11 @@ from typing import Any
 
 from auxray.bench.plan import method_overrides
 from auxray.bench.runner import log, machine_info
+from auxray.method_specs import SPECS
 
 BACKBONE = "convnet4"
 SETTING_KEYS = ("method", "every", "steps", "reuse_graph", "batch_size", "params")
-BREAKDOWN_METHODS = ("auxilearn_combine", "jtds", "auxilearn_labels", "maxl", "maxl_fo")
+BREAKDOWN_METHODS = tuple(s.name for s in SPECS.values() if s.learns)
 # Each variant changes one thing from "full" (so a shipped config's own choices do not leak into the others);
 # "shipped" is the config file as it is.
 VARIANTS: dict[str, tuple[str, ...]] = {

@@ -42,6 +42,7 @@ from auxray.bench.plan import CONFIG_DIR, fingerprint, method_overrides, parse_l
 from auxray.bench.runner import fmt_seconds, log, threads_per_job, train_all
 from auxray.bench.store import append_run, read_runs
 from auxray.errors import UserError
+from auxray.method_specs import SPECS, MethodSpec
 
 DEFAULT_OUT = Path("benchmarks/results/bench_overhead_cpu.json")
 DEFAULT_SEEDS = (0, 1)
@@ -57,15 +58,15 @@ class Twin:
     overrides: tuple[str, ...] = ()
 
 
-TWINS: dict[str, Twin] = {
-    "auxilearn_combine": Twin("equal", "equal"),
-    "jtds": Twin("equal", "equal"),
-    "maxl": Twin("maxl_frozen", "maxl", FROZEN),
-    # maxl_fo.yaml differs from maxl.yaml only in hypergrad.method (fd vs unroll) and method.aux_lr, and neither
-    # does anything without outer steps, so MAXL's frozen twin is MAXL-F's too (trained once, shared).
-    "maxl_fo": Twin("maxl_frozen", "maxl", FROZEN),
-    "auxilearn_labels": Twin("auxilearn_labels_frozen", "auxilearn_labels", FROZEN),
-}
+def _twin(method: MethodSpec) -> Twin:
+    """The fixed twin a spec names: a fixed method's config as it is, or the learned one's with outer steps off."""
+    assert method.twin is not None
+    if method.twin_is_frozen:
+        return Twin(f"{method.twin}_frozen", method.twin, FROZEN)
+    return Twin(method.twin, method.twin)
+
+
+TWINS: dict[str, Twin] = {s.name: _twin(s) for s in SPECS.values() if s.twin is not None}
 DEFAULT_METHODS = tuple(TWINS)
 
 

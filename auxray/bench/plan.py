@@ -19,38 +19,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from auxray.errors import UserError
+from auxray.method_specs import SPECS, spec
 
 if TYPE_CHECKING:
     from auxray.config import RunConfig
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "cifar10_5pct"
-DEFAULT_METHODS = ("stl", "maxl", "maxl_fo", "auxilearn_labels", "auxilearn_combine", "jtds", "gcs", "uncertainty")
+DEFAULT_METHODS = tuple(s.name for s in SPECS.values() if s.in_table)
 DEFAULT_SEEDS = (0, 1, 2)
 QUICK_PER_CLASS = 40
 QUICK_TEST_LIMIT = 1000
 
-# The settings of method.* / hypergrad.* that matter to each method (the rest are unused defaults).
-_LABEL_KEYS = ("psi", "entropy_weight", "focal_gamma", "aux_lr", "aux_weight_decay", "aux_optimizer", "aux_grad_clip")
-_METHOD_KEYS = {
-    "stl": (),
-    "equal": ("aux_task",),
-    "uncertainty": ("aux_task",),
-    "gcs": ("aux_task",),
-    "auxilearn_combine": (
-        "aux_task",
-        "combiner",
-        "combiner_hidden",
-        "monotone",
-        "aux_lr",
-        "aux_weight_decay",
-        "aux_optimizer",
-        "aux_grad_clip",
-    ),
-    "auxilearn_labels": _LABEL_KEYS,
-    "maxl": _LABEL_KEYS,
-    "maxl_fo": _LABEL_KEYS,
-    "jtds": ("aux_task", "aux_lr", "aux_weight_decay", "aux_optimizer", "aux_grad_clip"),
-}
+# The settings of hypergrad.* that matter to each hypergradient (a method's own are in its spec).
 _HYPERGRAD_KEYS = {
     "neumann": ("method", "steps", "alpha", "every", "hvp", "mode"),
     "cg": ("method", "steps", "tol", "damping", "every", "hvp", "mode"),
@@ -71,7 +51,7 @@ def config_entries(config_dir: Path) -> tuple[str, ...]:
     """The table's possible rows: the config files of `config_dir` by stem, in the usual method order (a stem
     names a method, or a variant such as auxilearn_linear), others after them alphabetically."""
     stems = sorted(p.stem for p in Path(config_dir).glob("*.yaml"))
-    order = [*DEFAULT_METHODS, "equal"]
+    order = list(SPECS)
     return tuple(sorted(stems, key=lambda s: (order.index(s) if s in order else len(order), s)))
 
 
@@ -135,11 +115,10 @@ def shared_settings(cfg: Any) -> dict[str, Any]:
 
 def method_settings(cfg: Any) -> dict[str, Any]:
     """The method.* and hypergrad.* settings this method actually uses, from its resolved config."""
-    from auxray.config import LEARNED_METHODS  # pydantic: see the module docstring
-
+    method = spec(cfg.method.name)
     m = cfg.method.model_dump()
-    out: dict[str, Any] = {k: m[k] for k in _METHOD_KEYS.get(cfg.method.name, tuple(m)) if k in m}
-    if cfg.method.name in LEARNED_METHODS:
+    out: dict[str, Any] = {k: m[k] for k in method.settings if k in m}
+    if method.learns:
         h = cfg.hypergrad.model_dump()
         for k in _HYPERGRAD_KEYS.get(cfg.hypergrad.method, tuple(h)):
             out[f"hypergrad.{k}"] = h[k]

@@ -47,6 +47,7 @@ from auxray.bench.runner import fmt_seconds, log, machine_info, threads_per_job,
 from auxray.bench.store import append_run, by_fingerprint, read_runs
 from auxray.bench.table import build_table, data_note, render_markdown
 from auxray.errors import UserError
+from auxray.method_specs import spec
 
 if TYPE_CHECKING:
     from auxray.config import RunConfig
@@ -249,7 +250,7 @@ def _write_table(
 def aux_set(cfg: RunConfig) -> str:
     """A row's auxiliary tasks as the table names them ("none" for a method that trains on the main loss alone,
     the label generator's "labels" for label methods)."""
-    if cfg.method.name == "stl":
+    if spec(cfg.method.name).baseline:
         return "none"
     return "+".join(cfg.method.aux_tasks)
 

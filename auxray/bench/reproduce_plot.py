@@ -9,6 +9,7 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 
+from auxray.bench.table import is_baseline
 from auxray.tracking.plots import save_figure  # also selects matplotlib's Agg backend
 
 
@@ -54,7 +55,7 @@ def plot_reproduce(table: Sequence[dict[str, Any]], path: str | Path, title: str
                 label=None if paper_labelled else "paper (its backbone)",
             )
             paper_labelled = True
-    stl = next((row for row in table if row["method"] == "stl"), None)
+    stl = next((row for row in table if is_baseline(row["method"])), None)
     if stl:
         acc_ax.axvline(100 * stl["mean"], color="grey", ls="--", lw=1, label="auxray STL mean")
     acc_ax.set_yticks(list(ys), names)

@@ -9,8 +9,8 @@ from typing import Any
 
 import torch
 
-from auxray.config import LABEL_METHODS
 from auxray.data import BatchIterator
+from auxray.method_specs import spec
 
 
 class Diagnostics:
@@ -54,7 +54,7 @@ class Diagnostics:
         weights = sorted({k for h in trainer.history for k in h if k.startswith("task_weight/")})
         if weights:  # every epoch's learned weight of each task, for the weights-over-training plot
             out["task_weight_history"] = {k.split("/", 1)[1]: [h.get(k) for h in trainer.history] for k in weights}
-        if trainer.cfg.method.name in LABEL_METHODS and trainer.auxnet is not None:
+        if spec(trainer.cfg.method.name).learns_labels and trainer.auxnet is not None:
             out["labels"] = self.label_stats(trainer)
         return out
 

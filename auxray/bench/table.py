@@ -14,17 +14,17 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from auxray.method_specs import SPECS
+
 STD_DDOF = 0
 
-# AuxiLearn (Navon et al., ICLR 2021), "learning auxiliary labels" table, CIFAR-10 with 5% of the labels:
-# test accuracy in percent, mean +- std over seeds. Its "AuxiLearn" row is the learned-label generator.
-PAPER = {
-    "stl": (50.8, 0.8),
-    "maxl": (58.2, 0.3),
-    "maxl_fo": (56.1, 0.1),
-    "auxilearn_labels": (60.7, 1.3),
-}
-PAPER_NAMES = {"stl": "STL", "maxl": "MAXL", "maxl_fo": "MAXL-F", "auxilearn_labels": "AuxiLearn"}
+# The published numbers (AuxiLearn's CIFAR-10 5% table) of the methods that have one, by method name.
+PAPER = {s.name: s.paper for s in SPECS.values() if s.paper is not None}
+
+
+def is_baseline(method: str) -> bool:
+    """Whether a table row (a method or a config variant's name) is the single-task baseline."""
+    return method in SPECS and SPECS[method].baseline
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -58,10 +58,10 @@ def build_table(runs: Iterable[dict[str, Any]], methods: Sequence[str]) -> list[
                 "seconds": sum(float(r["seconds"]) for r in rs) / len(rs),
                 "relative_time": None,
                 "std_ddof": STD_DDOF,
-                "paper": ({"mean": PAPER[m][0] / 100, "std": PAPER[m][1] / 100} if m in PAPER else None),
+                "paper": ({"mean": PAPER[m].mean / 100, "std": PAPER[m].std / 100} if m in PAPER else None),
             }
         )
-    stl = next((row for row in table if row["method"] == "stl"), None)
+    stl = next((row for row in table if is_baseline(row["method"])), None)
     for row in table:
         row["relative_time"] = row["seconds"] / stl["seconds"] if stl and stl["seconds"] > 0 else None
     return table
@@ -121,7 +121,7 @@ def render_markdown(table: list[dict[str, Any]], runs: list[dict[str, Any]], met
             "every method runs end to end; its accuracies say nothing about the methods.",
             "",
         ]
-    paper_line = ", ".join(f"{PAPER_NAMES[m]} {PAPER[m][0]:.1f} ± {PAPER[m][1]:.1f}" for m in PAPER)
+    paper_line = ", ".join(f"{p.label} {p.mean:.1f} ± {p.std:.1f}" for p in PAPER.values())
     lines += [
         "Test accuracy (%) of the best-on-validation weights, mean ± std over seeds "
         f"(std: population, ddof={STD_DDOF}).",
@@ -135,8 +135,8 @@ def render_markdown(table: list[dict[str, Any]], runs: list[dict[str, Any]], met
     ]
     for row in table:
         p = PAPER.get(row["method"])
-        paper = f"{p[0]:.1f} ± {p[1]:.1f}" if p else "–"
-        name = row["method"] + (f" ({PAPER_NAMES[row['method']]})" if row["method"] in PAPER_NAMES else "")
+        paper = f"{p.mean:.1f} ± {p.std:.1f}" if p else "–"
+        name = row["method"] + (f" ({p.label})" if p else "")
         per_seed = ", ".join(f"{100 * a:.1f}" for a in row["accuracies"])
         rel = f"{row['relative_time']:.2f}" if row["relative_time"] is not None else "–"
         lines.append(

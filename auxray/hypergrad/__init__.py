@@ -1,5 +1,5 @@
 """Hypergradients for bi-level auxiliary learning: implicit (Neumann / CG / exact), unrolled,
-finite-difference, plus Hessian-vector products, solvers as values, a BatchNorm guard and a drop-in
+finite-difference, plus Hessian-vector products, solvers and rules as values, a BatchNorm guard and a drop-in
 outer optimizer for a user's own loop. Pure functions (and one optimizer wrapper), no Ray."""
 
 from auxray.hypergrad.batchnorm import batch_stats_only
@@ -16,14 +16,19 @@ from auxray.hypergrad.implicit import (
 )
 from auxray.hypergrad.meta_optimizer import MetaOptimizer
 from auxray.hypergrad.neumann import neumann_solve
+from auxray.hypergrad.rules import FiniteDifference, Implicit, Rule, Unrolled, rule_for
 from auxray.hypergrad.solvers import METHODS, Solver, cg_solver, exact_solver, neumann_solver, solve, solver_for
 from auxray.hypergrad.unroll import unrolled_from_graph, unrolled_hypergrad
 
 __all__ = [
     "HVP_MODES",
     "METHODS",
+    "FiniteDifference",
+    "Implicit",
     "MetaOptimizer",
+    "Rule",
     "Solver",
+    "Unrolled",
     "batch_stats_only",
     "cg_solve",
     "cg_solver",
@@ -42,6 +47,7 @@ __all__ = [
     "neumann_solver",
     "outer_gradient",
     "revrev_hvp",
+    "rule_for",
     "select_hvp",
     "solve",
     "solver_for",

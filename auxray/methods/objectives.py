@@ -16,9 +16,11 @@ from auxray.auxnets import (
     label_entropy_regulariser,
     soft_cross_entropy,
 )
+from auxray.method_specs import MethodSpec
 from auxray.methods.aux_tasks import AuxiliaryTask, TaskLosses
 from auxray.methods.base import AuxFn, Batch, ForwardFn, InnerResult, MainOuterMixin, main_mean
 from auxray.methods.gradient_rules import SUM, GCSRule, GradientRule
+from auxray.methods.registry import ObjectiveInputs
 from auxray.models import BackboneSpec, build_trunk
 
 
@@ -29,15 +31,23 @@ class GivenAuxObjective(MainOuterMixin):
 
     learned = False
 
-    def __init__(self, name: str, aux_task: AuxiliaryTask, num_outputs: int) -> None:
-        self.name = name
+    def __init__(
+        self,
+        method: MethodSpec,
+        aux_task: AuxiliaryTask,
+        num_outputs: int,
+        *,
+        aux_weight: float = 1.0,
+        rule: GradientRule = SUM,
+    ) -> None:
+        self.name = method.name
         self.aux_task = aux_task
         self.aux_names = aux_task.names
         self.task = aux_task.task
         self.heads = {"main": num_outputs, **aux_task.heads}
-        self.aux_weight = 0.0 if name == "stl" else 1.0
-        self.gradient_rule: GradientRule = GCSRule() if name == "gcs" else SUM
-        self.uses_unlabeled = name != "stl" and bool(aux_task.names)  # STL ignores the pool: today's STL
+        self.aux_weight = aux_weight
+        self.gradient_rule = rule
+        self.uses_unlabeled = method.uses_pool and bool(aux_task.names)
 
     def build_auxnet(self, model: nn.Module) -> nn.Module | None:
         return None
@@ -76,9 +86,15 @@ class CombinerObjective(GivenAuxObjective):
     learned = True
 
     def __init__(
-        self, name: str, aux_task: AuxiliaryTask, num_outputs: int, kind: str, hidden: list[int], monotone: bool | None
+        self,
+        method: MethodSpec,
+        aux_task: AuxiliaryTask,
+        num_outputs: int,
+        kind: str,
+        hidden: list[int],
+        monotone: bool | None,
     ) -> None:
-        super().__init__(name, aux_task, num_outputs)
+        super().__init__(method, aux_task, num_outputs)
         self.kind, self.hidden, self.monotone = kind, hidden, monotone
 
     def build_auxnet(self, model: nn.Module) -> nn.Module:
@@ -110,8 +126,8 @@ class SchedulerObjective(GivenAuxObjective):
 
     learned = True
 
-    def __init__(self, name: str, aux_task: AuxiliaryTask, num_outputs: int, feat_dim: int):
-        super().__init__(name, aux_task, num_outputs)
+    def __init__(self, method: MethodSpec, aux_task: AuxiliaryTask, num_outputs: int, feat_dim: int):
+        super().__init__(method, aux_task, num_outputs)
         self.feat_dim = feat_dim
 
     def build_auxnet(self, model: nn.Module) -> nn.Module:
@@ -180,6 +196,47 @@ class LabelObjective(MainOuterMixin):
             aux_per_sample=aux_loss.unsqueeze(1),
             regulariser=reg,
         )
+
+
+def stl(method: MethodSpec, i: ObjectiveInputs) -> GivenAuxObjective:
+    """Single-task learning: the auxiliary heads are built (as in every method) but weighed 0."""
+    return GivenAuxObjective(method, i.given_task(), i.outputs, aux_weight=0.0)
+
+
+def equal(method: MethodSpec, i: ObjectiveInputs) -> GivenAuxObjective:
+    """Main plus auxiliary losses, equal weights."""
+    return GivenAuxObjective(method, i.given_task(), i.outputs)
+
+
+def gcs(method: MethodSpec, i: ObjectiveInputs) -> GivenAuxObjective:
+    """Equal weights, each auxiliary gradient kept only where its cosine with the main one is positive."""
+    return GivenAuxObjective(method, i.given_task(), i.outputs, rule=GCSRule())
+
+
+def uncertainty(method: MethodSpec, i: ObjectiveInputs) -> UncertaintyObjective:
+    """Kendall et al.'s learned log-variances, trained with W."""
+    return UncertaintyObjective(method, i.given_task(), i.outputs)
+
+
+def auxilearn_combine(method: MethodSpec, i: ObjectiveInputs) -> CombinerObjective:
+    """AuxiLearn's loss combiner, learned by the hypergradient."""
+    m = i.cfg.method
+    return CombinerObjective(method, i.given_task(), i.outputs, m.combiner, m.combiner_hidden, m.monotone)
+
+
+def jtds(method: MethodSpec, i: ObjectiveInputs) -> SchedulerObjective:
+    """JTDS's per-sample, per-task weights, learned by the hypergradient."""
+    return SchedulerObjective(method, i.given_task(), i.outputs, i.feat_dim)
+
+
+def labels(method: MethodSpec, i: ObjectiveInputs) -> LabelObjective:
+    """A label generator (AuxiLearn labels, MAXL, MAXL-F): the spec's hypergradient tells them apart."""
+    if i.task != "classification":
+        raise ValueError(f"{method.name} generates class-conditional labels and needs a classification task")
+    m = i.cfg.method
+    return LabelObjective(
+        method.name, i.num_classes, m.psi, i.backbone, i.cfg.model.width, i.in_channels, m.entropy_weight, m.focal_gamma
+    )
 
 
 def _required(aux: AuxFn | None) -> AuxFn:

@@ -81,11 +81,10 @@ def hypergrad_cosine(trainer: BilevelTrainer, train_batch: Batch, aux_batch: Bat
     """Cosine between the configured (possibly cheapened) hypergradient and the full-cost one (every primary
     parameter, whole batches) at the current W; changes nothing."""
     lr = trainer.opt_w.param_groups[0]["lr"]
-    cfg = trainer.cfg.hypergrad
-    full_cfg = cfg.model_copy(update={"params": "all", "batch_size": None})
+    full_cfg = trainer.cfg.hypergrad.model_copy(update={"params": "all", "batch_size": None})
     auxnet, _ = trainer.phi_parts()
     args = (trainer.objective, trainer.model, auxnet, train_batch, aux_batch)
-    cheap = compute_hypergrad(*args, cfg, inner_lr=lr, reduce=trainer.reduce_hook(), mask=trainer.hyper_mask)
+    cheap = compute_hypergrad(*args, trainer.hypergradient, inner_lr=lr, reduce=trainer.reduce_hook())
     full = compute_hypergrad(*args, full_cfg, inner_lr=lr, reduce=trainer.reduce_hook())
     return float(cosine(cheap, full))
 

@@ -10,43 +10,40 @@ and one backward over the training batch per outer step. Both honour the cost op
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
 from auxray.config import HypergradConfig
-from auxray.hypergrad import (
-    batch_stats_only,
-    finite_difference_from_grad,
-    finite_difference_hypergrad,
-    functional_implicit_hypergrad,
-    implicit_from_graph,
-    outer_gradient,
-    unrolled_from_graph,
-)
-from auxray.hypergrad.vectors import HVP, Reduce, Vec, fill_zeros, leaves
+from auxray.hypergrad import batch_stats_only
+from auxray.hypergrad.rules import Phases, direct_gradient, no_phases
+from auxray.hypergrad.vectors import Reduce, Vec, fill_zeros, leaves
 from auxray.methods import Batch, InnerResult, Objective
 from auxray.models import last_block_prefixes
+from auxray.train.hypergradient import Hypergradient, build_hypergradient
 
-IMPLICIT = ("neumann", "cg", "exact")
-
-
-class Phases(Protocol):
-    """Times named phases of an outer step: ``with phases("hvp"): ...``."""
-
-    def __call__(self, name: str) -> AbstractContextManager[None]: ...
-
-
-def no_phases(name: str) -> AbstractContextManager[None]:
-    """The default: time nothing."""
-    return nullcontext()
+__all__ = [
+    "HyperstepResult",
+    "Hypergradient",
+    "PhaseTimer",
+    "Phases",
+    "build_hypergradient",
+    "compute_hypergrad",
+    "first_rows",
+    "functional",
+    "fused_hyperstep",
+    "hypergrad_mask",
+    "no_phases",
+    "trainable",
+]
 
 
 class PhaseTimer:
@@ -168,71 +165,17 @@ def _reduced(reduce: Reduce | None, phases: Phases) -> Reduce | None:
     return timed
 
 
-def _timed_hvp(phases: Phases) -> Callable[[HVP], HVP]:
-    def wrap(hvp: HVP) -> HVP:
-        def timed(vec: Vec) -> Vec:
-            with phases("hvp"):
-                return hvp(vec)
-
-        return timed
-
-    return wrap
+def _as_value(hypergrad: Hypergradient | HypergradConfig, mask: list[bool] | None) -> Hypergradient:
+    """The hypergradient to compute: a built value as it is (``mask``, when given, replacing its subset), or the one
+    a config describes."""
+    if isinstance(hypergrad, HypergradConfig):
+        return build_hypergradient(hypergrad, mask)
+    return hypergrad if mask is None else dataclasses.replace(hypergrad, mask=tuple(mask))
 
 
-def _from_gradient(
-    p: _Problem,
-    grads: Vec,
-    sub: Vec,
-    phi: Vec,
-    direct: Tensor | None,
-    cfg: HypergradConfig,
-    lr: float,
-    reduce: Reduce | None,
-    phases: Phases,
-) -> Vec:
-    """The hypergradient given dL_T/dW_sub at W (a create_graph graph for the implicit and unrolled methods,
-    a plain gradient for finite differences) and the direct term on phi from the same inner pass."""
-    if cfg.method in IMPLICIT:
-        with phases("aux_gradient"):
-            v = outer_gradient(p.outer_fn(p.w)(sub), sub, reduce)
-        with phases("solve_and_mixed_term"):
-            return implicit_from_graph(
-                grads,
-                v,
-                sub,
-                phi,
-                method=cfg.method,
-                steps=cfg.steps,
-                alpha=cfg.alpha,
-                tol=cfg.tol,
-                damping=cfg.damping,
-                reduce=reduce,
-                reduce_hvp=cfg.mode == "global",
-                hvp_wrap=_timed_hvp(phases),
-                direct=direct,
-            )
-    with phases("aux_gradient"):
-        if cfg.method == "unroll":
-            res = unrolled_from_graph(grads, p.outer_fn(p.w), sub, phi, lr=lr, direct=direct)
-        else:
-            res = _plus(
-                finite_difference_from_grad(grads, p.inner_fn(p.w), p.outer_fn(p.w), sub, phi, lr=lr, eps=cfg.fd_eps),
-                _direct_gradient(direct, phi),
-            )
-    return tuple(reduce(tuple(res))) if reduce is not None else tuple(res)
-
-
-def _plus(a: Vec, b: Vec | None) -> Vec:
-    return a if b is None else tuple(x + y for x, y in zip(a, b))
-
-
-def _direct_gradient(direct: Tensor | None, phi: Vec) -> Vec | None:
-    """d(direct)/dphi, zeros where unreached; None when the method has no direct term."""
-    if direct is None or not direct.requires_grad:
-        return None
-    return tuple(
-        g.detach() for g in fill_zeros(torch.autograd.grad(direct, phi, retain_graph=True, allow_unused=True), phi)
-    )
+def _mask(hg: Hypergradient, model: nn.Module) -> list[bool]:
+    """The parameter subset as one flag per trainable parameter (all of them when the value selects none)."""
+    return list(hg.mask) if hg.mask is not None else [True] * len(trainable(model)[0])
 
 
 def compute_hypergrad(
@@ -241,61 +184,39 @@ def compute_hypergrad(
     auxnet: nn.Module,
     train_batch: Batch,
     aux_batch: Batch,
-    cfg: HypergradConfig,
+    hypergrad: Hypergradient | HypergradConfig,
     *,
     inner_lr: float,
     reduce: Reduce | None = None,
     mask: list[bool] | None = None,
     phases: Phases = no_phases,
 ) -> tuple[Tensor, ...]:
-    """dL_A/dphi (plus the direct regulariser term) for one outer step at the current W, by cfg.method, on at
-    most cfg.batch_size samples and through the parameters ``mask`` selects (all when None)."""
-    names, _ = trainable(model)
+    """dL_A/dphi (plus the direct regulariser term) for one outer step at the current W, by the hypergradient's
+    rule (a config is built into one), on at most its batch_size samples and through the parameters ``mask`` (or
+    else the value's own subset) selects."""
+    hg = _as_value(hypergrad, mask)
     p = _Problem(
         objective,
         model,
         auxnet,
-        first_rows(train_batch, cfg.batch_size),
-        first_rows(aux_batch, cfg.batch_size),
-        mask or [True] * len(names),
+        first_rows(train_batch, hg.batch_size),
+        first_rows(aux_batch, hg.batch_size),
+        _mask(hg, model),
     )
     reduce = _reduced(reduce, phases)
     sub = tuple(p.w[i] for i in p.sub)
     w_sub, phi = leaves(sub), leaves(p.phi)
+    inner, outer, lr = p.inner_fn(p.w), p.outer_fn(p.w), hg.lr(inner_lr)
     with batch_stats_only(model, auxnet), torch.enable_grad():
-        if cfg.method == "fd" or cfg.hvp == "fwdrev":
+        if not hg.rule.needs_graph:
             with phases("direct_term"):
-                direct = _direct_gradient(p.inner_result(p.w)(w_sub, phi).regulariser, phi)
+                direct = direct_gradient(p.inner_result(p.w)(w_sub, phi).regulariser, phi)
             with phases("solve_and_mixed_term"):
-                if cfg.method == "fd":
-                    grads = _plus(
-                        finite_difference_hypergrad(
-                            p.inner_fn(p.w), p.outer_fn(p.w), sub, p.phi, lr=cfg.unroll_lr or inner_lr, eps=cfg.fd_eps
-                        ),
-                        direct,
-                    )
-                    return tuple(reduce(grads)) if reduce is not None else grads
-                grads = functional_implicit_hypergrad(
-                    p.inner_fn(p.w),
-                    p.outer_fn(p.w),
-                    sub,
-                    p.phi,
-                    method=cfg.method,
-                    steps=cfg.steps,
-                    alpha=cfg.alpha,
-                    tol=cfg.tol,
-                    damping=cfg.damping,
-                    hvp=cfg.hvp,
-                    reduce=reduce,
-                    reduce_hvp=cfg.mode == "global",
-                )
-            if direct is not None and reduce is not None:
-                direct = tuple(reduce(direct))
-            return _plus(tuple(grads), direct)
+                return hg.rule.from_functions(inner, outer, sub, p.phi, direct, lr, reduce)
         with phases("graph_build"):
             result = p.inner_result(p.w)(w_sub, phi)
             g = fill_zeros(torch.autograd.grad(result.loss, w_sub, create_graph=True, allow_unused=True), w_sub)
-        return _from_gradient(p, g, w_sub, phi, result.regulariser, cfg, cfg.unroll_lr or inner_lr, reduce, phases)
+        return hg.rule.from_gradient(g, inner, outer, w_sub, phi, result.regulariser, lr, reduce, phases)
 
 
 def fused_hyperstep(
@@ -304,7 +225,7 @@ def fused_hyperstep(
     auxnet: nn.Module,
     train_batch: Batch,
     aux_batch: Batch,
-    cfg: HypergradConfig,
+    hypergrad: Hypergradient | HypergradConfig,
     *,
     inner_lr: float,
     reduce: Reduce | None = None,
@@ -314,11 +235,12 @@ def fused_hyperstep(
     """An inner step's gradient and an outer step's hypergradient from one forward and backward over the
     training batch (the inner step's own; BatchNorm running statistics update once, as in a plain step).
 
-    Only the subset ``mask`` selects gets a differentiable (create_graph) gradient; the rest a plain one.
-    Not for ``cfg.batch_size`` (a sub-batch needs a forward of its own: use compute_hypergrad) or fwdrev HVPs.
+    Only the subset ``mask`` (or the value's own) selects gets a differentiable (create_graph) gradient when the
+    rule differentiates it; the rest a plain one. Not for a batch_size (a sub-batch needs a forward of its own: use
+    compute_hypergrad) or fwdrev HVPs.
     """
-    names, _ = trainable(model)
-    p = _Problem(objective, model, auxnet, train_batch, aux_batch, mask or [True] * len(names))
+    hg = _as_value(hypergrad, mask)
+    p = _Problem(objective, model, auxnet, train_batch, aux_batch, _mask(hg, model))
     reduce = _reduced(reduce, phases)
     w, phi = leaves(p.w), leaves(p.phi)
     sub, rest = tuple(w[i] for i in p.sub), tuple(w[i] for i in p.rest)
@@ -331,7 +253,11 @@ def fused_hyperstep(
         with phases("graph_build"):
             g_sub = fill_zeros(
                 torch.autograd.grad(
-                    result.loss, sub, create_graph=cfg.method != "fd", retain_graph=True, allow_unused=True
+                    result.loss,
+                    sub,
+                    create_graph=hg.rule.differentiates_gradient,
+                    retain_graph=True,
+                    allow_unused=True,
                 ),
                 sub,
             )
@@ -342,8 +268,9 @@ def fused_hyperstep(
             w_grads[i] = g
         reduced_w = tuple(reduce(tuple(w_grads))) if reduce is not None else tuple(w_grads)
         with batch_stats_only(model, auxnet):
-            grads = _from_gradient(
-                p, g_sub, sub, phi, result.regulariser, cfg, cfg.unroll_lr or inner_lr, reduce, phases
+            inner, outer = p.inner_fn(p.w), p.outer_fn(p.w)
+            grads = hg.rule.from_gradient(
+                g_sub, inner, outer, sub, phi, result.regulariser, hg.lr(inner_lr), reduce, phases
             )
     result.loss = result.loss.detach()
     return HyperstepResult(result, reduced_w, grads)

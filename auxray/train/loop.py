@@ -19,7 +19,15 @@ from auxray.models import MultiHeadNet, build_trunk
 from auxray.train.checkpoint import rng_state, set_rng_state
 from auxray.train.collective import Collective, PhiUpdater
 from auxray.train.diagnostics import epoch_diagnostics, hypergrad_cosine
-from auxray.train.hyperstep import Phases, compute_hypergrad, fused_hyperstep, hypergrad_mask, no_phases, trainable
+from auxray.train.hyperstep import (
+    Phases,
+    build_hypergradient,
+    compute_hypergrad,
+    fused_hyperstep,
+    hypergrad_mask,
+    no_phases,
+    trainable,
+)
 from auxray.train.phi_optimizer import PhiOptimizer
 from auxray.train.progress import Progress
 from auxray.train.setup import make_inner_optimizer, make_scheduler, resolve_device, seed_everything
@@ -106,8 +114,8 @@ class BilevelTrainer:
         self.sched_w = make_scheduler(self.opt_w, cfg, t.epochs * self.steps_per_epoch)
         self.phi: PhiUpdater | None = None
         self.hyper_mask = hypergrad_mask(trainable(self.model)[0], cfg.hypergrad.params, cfg.model.backbone)
-        # The fused inner + outer step needs the whole batch and reverse-over-reverse products (hyperstep.py).
-        self.fused = cfg.hypergrad.reuse_graph and cfg.hypergrad.batch_size is None and cfg.hypergrad.hvp != "fwdrev"
+        self.hypergradient = build_hypergradient(cfg.hypergrad, self.hyper_mask)
+        self.fused = self.hypergradient.fused
         self.learns_phi = self.objective.learned and cfg.hypergrad.enabled
         if self.learns_phi:
             if self.auxnet is None:
@@ -182,13 +190,12 @@ class BilevelTrainer:
         return self.collective.all_reduce_mean if self.collective.world_size > 1 else None
 
     def _hyperstep_options(self, phases: Phases) -> dict[str, Any]:
-        """What both outer-step paths pass the hyperstep besides the problem: settings, the inner step size, the
-        all-reduce, the parameter subset and the phase timer."""
+        """What both outer-step paths pass the hyperstep besides the problem: the hypergradient built at the start
+        (rule, sample cap, parameter subset), the inner step size, the all-reduce and the phase timer."""
         return {
-            "cfg": self.cfg.hypergrad,
+            "hypergrad": self.hypergradient,
             "inner_lr": self.opt_w.param_groups[0]["lr"],
             "reduce": self.reduce_hook(),
-            "mask": self.hyper_mask,
             "phases": phases,
         }
 

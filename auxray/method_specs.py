@@ -1,0 +1,162 @@
+"""The method registry: one spec per method, pure data, in the base layer so the config validator can read it.
+
+A spec names its objective factory by import path (``auxray.methods.<module>:<factory>``); ``auxray.methods``
+resolves it, so this module imports no torch and sits below every layer that builds objectives. Adding a method
+is one module under ``auxray/methods`` and one line in ``SPECS``; nothing else names it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+HypergradMethod = Literal["neumann", "cg", "exact", "unroll", "fd"]
+
+_LABEL_SETTINGS = ("psi", "entropy_weight", "focal_gamma")
+_AUX_NET_SETTINGS = ("aux_lr", "aux_weight_decay", "aux_optimizer", "aux_grad_clip")
+
+
+@dataclass(frozen=True)
+class Published:
+    """A method's number in AuxiLearn (Navon et al., ICLR 2021), "learning auxiliary labels", CIFAR-10 with 5% of the
+    labels: the paper's name for it and its test accuracy in percent, mean and std over seeds."""
+
+    label: str
+    mean: float
+    std: float
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """What the config, the trainer and the benches need to know about one method."""
+
+    name: str
+    objective: str  # "module:factory" building its Objective (see auxray.methods.registry)
+    learns: bool = False  # an aux net trained by the hypergradient (bi-level); a learned method has a fixed twin
+    needs_aux_task: bool = False  # weighs given auxiliary tasks, so method.aux_task must name one
+    learns_labels: bool = False  # generates auxiliary labels from the main label: no aux task, no unlabelled pool
+    uses_pool: bool = True  # trains on unlabelled images when data.unlabeled gives some (STL ignores them)
+    # The hypergradients that define the method, its default first (empty: any hypergrad.method), and how the
+    # validator's message words them.
+    hypergradients: tuple[HypergradMethod, ...] = ()
+    hypergradient_words: str = ""
+    twin: str | None = None  # the config a fixed twin is trained from: a fixed method, or this one frozen
+    settings: tuple[str, ...] = ()  # the method.* keys it reads (the rest are unused defaults)
+    # (method.* key, value, message): settings the validator rejects for this method.
+    rejects: tuple[tuple[str, object, str], ...] = ()
+    baseline: bool = False  # the single-task baseline: the reproduction's time unit and reference line
+    in_table: bool = True  # a row of the reproduction table by default (equal is trained as a twin only)
+    paper: Published | None = None
+
+    @property
+    def default_hypergradient(self) -> HypergradMethod | None:
+        """The hypergrad.method this method picks when none is given (None: the config's default)."""
+        return self.hypergradients[0] if self.hypergradients else None
+
+    @property
+    def twin_is_frozen(self) -> bool:
+        """Whether the fixed twin is this kind of method with hypergrad.enabled: false (else a fixed method)."""
+        return self.twin is not None and spec(self.twin).learns
+
+
+_DEEP_COMBINER = (
+    "method.combiner: deep weighs per-pixel loss maps (dense tasks such as segmentation), "
+    "but every auxiliary task here gives one loss per sample; use method.combiner: linear or nonlinear"
+)
+
+
+def _given(
+    name: str,
+    *,
+    learns: bool = False,
+    settings: tuple[str, ...] = ("aux_task",),
+    rejects: tuple[tuple[str, object, str], ...] = (),
+    in_table: bool = True,
+) -> MethodSpec:
+    """A method that weighs given auxiliary tasks (a learned one's fixed twin is equal weights)."""
+    return MethodSpec(
+        name,
+        f"auxray.methods.objectives:{name}",
+        learns=learns,
+        needs_aux_task=True,
+        twin="equal" if learns else None,
+        settings=settings,
+        rejects=rejects,
+        in_table=in_table,
+    )
+
+
+def _labels(
+    name: str, hypergradients: tuple[HypergradMethod, ...], words: str, twin: str, paper: Published
+) -> MethodSpec:
+    """A label generator trained by the given hypergradient; its fixed twin is a frozen generator."""
+    return MethodSpec(
+        name,
+        "auxray.methods.objectives:labels",
+        learns=True,
+        learns_labels=True,
+        uses_pool=False,
+        hypergradients=hypergradients,
+        hypergradient_words=words,
+        twin=twin,
+        settings=(*_LABEL_SETTINGS, *_AUX_NET_SETTINGS),
+        paper=paper,
+    )
+
+
+SPECS: dict[str, MethodSpec] = {
+    s.name: s
+    for s in (
+        MethodSpec(
+            "stl", "auxray.methods.objectives:stl", uses_pool=False, baseline=True, paper=Published("STL", 50.8, 0.8)
+        ),
+        _given("equal", in_table=False),
+        _given("uncertainty"),
+        _given("gcs"),
+        _given(
+            "auxilearn_combine",
+            learns=True,
+            settings=("aux_task", "combiner", "combiner_hidden", "monotone", *_AUX_NET_SETTINGS),
+            rejects=(("combiner", "deep", _DEEP_COMBINER),),
+        ),
+        _labels(
+            "auxilearn_labels",
+            ("neumann", "cg", "exact"),
+            "the implicit hypergradient",
+            "auxilearn_labels",
+            Published("AuxiLearn", 60.7, 1.3),
+        ),
+        _labels(
+            "maxl",
+            ("unroll",),
+            "a one-step unrolled second-order hypergradient",
+            "maxl",
+            Published("MAXL", 58.2, 0.3),
+        ),
+        # maxl_fo.yaml differs from maxl.yaml only in hypergrad.method and method.aux_lr, neither of which does
+        # anything without outer steps: MAXL's frozen twin is MAXL-F's too (trained once, shared).
+        _labels(
+            "maxl_fo",
+            ("fd",),
+            "a first-order (finite-difference) unrolled hypergradient",
+            "maxl",
+            Published("MAXL-F", 56.1, 0.1),
+        ),
+        _given("jtds", learns=True, settings=("aux_task", *_AUX_NET_SETTINGS)),
+    )
+}
+METHOD_NAMES = tuple(SPECS)
+DEFAULT_METHOD = "stl"  # method.name when a config names none
+
+
+def spec(name: str) -> MethodSpec:
+    """The spec of a method by its config name (method.name)."""
+    try:
+        return SPECS[name]
+    except KeyError:
+        raise ValueError(f"unknown method {name!r}; choose one of {', '.join(SPECS)}") from None
+
+
+def defining_method(hypergradient: str) -> MethodSpec | None:
+    """The method a hypergrad.method defines (maxl for unroll), or None when no method claims it."""
+    return next((s for s in SPECS.values() if hypergradient in s.hypergradients), None)
