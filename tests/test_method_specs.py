@@ -41,7 +41,7 @@ def test_a_method_named_by_its_hypergradient_and_unknown_names() -> None:
     assert defining_method("neumann") is spec("auxilearn_labels")
     with pytest.raises(ValueError, match="unknown method 'nope'; choose one of stl, equal"):
         spec("nope")
-    with pytest.raises(UserError, match="that pairing is method.name: maxl;"):
+    with pytest.raises(UserError, match=r"that pairing is method.name: maxl\)"):
         config_from_dict({"method": {"name": "maxl_fo"}, "hypergrad": {"method": "unroll"}})
 
 

@@ -186,9 +186,9 @@ class _ExplicitScheduler(SchedulerObjective):
 def _explicit(objective: CombinerObjective | SchedulerObjective) -> CombinerObjective | SchedulerObjective:
     """The reference twin of a learned objective: the same tasks and settings, the main loss by indexing."""
     if isinstance(objective, SchedulerObjective):
-        return _ExplicitScheduler(objective.name, objective.aux_task, 10, objective.feat_dim)
+        return _ExplicitScheduler(SPECS[objective.name], objective.aux_task, 10, objective.feat_dim)
     return _ExplicitCombiner(
-        objective.name, objective.aux_task, 10, objective.kind, objective.hidden, objective.monotone
+        SPECS[objective.name], objective.aux_task, 10, objective.kind, objective.hidden, objective.monotone
     )
 
 

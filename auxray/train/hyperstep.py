@@ -4,8 +4,9 @@ with torch.func.functional_call and hands them to auxray.hypergrad.
 Two ways in. ``compute_hypergrad`` differentiates at the current W on its own (the inner step has already
 run). ``fused_hyperstep`` is an inner step and an outer step in one: the training batch's forward and
 backward run once, that gradient updates W, and its graph serves the hypergradient, which saves one forward
-and one backward over the training batch per outer step. Both honour the cost options of HypergradConfig:
-``params`` (differentiate through a subset of W, the rest held fixed) and ``batch_size`` (fewer samples).
+and one backward over the training batch per outer step. Both take the run's Hypergradient, built once
+(auxray.train.hypergradient; a HypergradConfig given instead is built into one), call its rule, and honour its cost
+options: the parameter subset (differentiate through part of W, the rest held fixed) and the sample cap.
 """
 
 from __future__ import annotations
