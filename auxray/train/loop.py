@@ -19,15 +19,8 @@ from auxray.models import MultiHeadNet, build_trunk
 from auxray.train.checkpoint import rng_state, set_rng_state
 from auxray.train.collective import Collective, PhiUpdater
 from auxray.train.diagnostics import epoch_diagnostics, hypergrad_cosine
-from auxray.train.hyperstep import (
-    Phases,
-    build_hypergradient,
-    compute_hypergrad,
-    fused_hyperstep,
-    hypergrad_mask,
-    no_phases,
-    trainable,
-)
+from auxray.train.hypergradient import build_hypergradient
+from auxray.train.hyperstep import Phases, compute_hypergrad, fused_hyperstep, hypergrad_mask, no_phases, trainable
 from auxray.train.phi_optimizer import PhiOptimizer
 from auxray.train.progress import Progress
 from auxray.train.setup import make_inner_optimizer, make_scheduler, resolve_device, seed_everything
