@@ -308,6 +308,11 @@ class RunConfig(_Section):
                 f"the last block of {self.model.backbone!r} is unknown, so use hypergrad.params: all"
             )
         self._own_hypergradient()
+        if self.hypergrad.method == "unroll" and self.hypergrad.hvp == "fwdrev":
+            raise ValueError(
+                "hypergrad.hvp: fwdrev takes the H-vector products of an implicit hypergradient (neumann, cg, "
+                "exact); hypergrad.method: unroll takes none"
+            )
         return self
 
     def _data_for_tasks(self) -> None:

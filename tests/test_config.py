@@ -105,6 +105,16 @@ def test_a_label_method_with_another_hypergradient_is_rejected(name: str, method
     assert f"not hypergrad.method: {method} (that pairing is method.name: {pairing})" in msg
 
 
+@pytest.mark.parametrize("given", [{"method": "unroll", "hvp": "fwdrev"}, {"hvp": "fwdrev"}])
+def test_forward_over_reverse_products_with_an_unrolled_hypergradient_are_one_line(given: dict) -> None:
+    """hvp fwdrev with unroll (given, or maxl's own default) is a config error, not a failure once a run starts."""
+    msg = error_of({"method": {"name": "maxl"}, "hypergrad": given})
+    assert msg == (
+        "hypergrad.hvp: fwdrev takes the H-vector products of an implicit hypergradient (neumann, cg, exact); "
+        "hypergrad.method: unroll takes none"
+    )
+
+
 def test_maxl_config_switched_to_neumann_on_the_command_line() -> None:
     with pytest.raises(UserError, match=r"method.name: maxl .* not hypergrad.method: neumann"):
         load_config(REPO / "configs" / "cifar10_5pct" / "maxl.yaml", ["hypergrad.method=neumann"])

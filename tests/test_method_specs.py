@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from auxray.config import config_from_dict
+from auxray.config import HypergradConfig, config_from_dict
 from auxray.errors import UserError
 from auxray.hypergrad import FiniteDifference, Implicit, Unrolled, neumann_solver
 from auxray.method_specs import SPECS, MethodSpec, defining_method, spec
@@ -73,7 +73,7 @@ def test_the_hypergradient_is_a_value_chosen_once() -> None:
     fd = build(method="fd", fd_eps=0.5, batch_size=4)
     assert fd.rule == FiniteDifference(0.5) and not fd.fused and not fd.rule.differentiates_gradient
     assert build(reuse_graph=False).fused is False and build().lr(0.3) == 0.3
-    with pytest.raises(ValueError, match="hypergrad.hvp: fwdrev"):
-        build(method="unroll", hvp="fwdrev")
+    with pytest.raises(ValueError, match="hypergrad.hvp: fwdrev applies to implicit hypergradients"):
+        build_hypergradient(HypergradConfig(method="unroll", hvp="fwdrev"))  # the config rejects it; Python callers too
     solver = neumann_solver(2, 0.1)
     assert Implicit(solver, 0.0, "revrev", True, True).solver is solver

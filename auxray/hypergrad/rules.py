@@ -249,10 +249,7 @@ def rule_for(
     ``cg``, ``exact``: implicit), ``unroll`` or ``fd``."""
     if method == "unroll":
         if hvp == "fwdrev":
-            raise ValueError(
-                "hypergrad.hvp: fwdrev takes the H-vector products of an implicit hypergradient (neumann, cg, "
-                "exact); hypergrad.method: unroll takes none"
-            )
+            raise ValueError("hypergrad.hvp: fwdrev applies to implicit hypergradients; unroll takes no products")
         return Unrolled()
     if method == "fd":
         return FiniteDifference(fd_eps, fuses=hvp != "fwdrev")
