@@ -1,9 +1,11 @@
 """Sweep configuration: a base run config, overrides, and a search space over the settings that
-hypergradients cannot tune (outer learning rate, Neumann depth and step, update period, ...)."""
+hypergradients cannot tune (outer learning rate, Neumann depth and step, update period, ...); or, with
+``search: grid``, grid axes whose every combination is one trial (a benchmark table: run config files x seeds)."""
 
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import os
 from pathlib import Path
@@ -84,16 +86,21 @@ class SweepTracking(_Strict):
     experiment: str | None = None
 
 
-class SweepConfig(_Strict):
-    """One sweep file."""
+CONFIG_AXIS = "config"  # grid axis of run config files (relative to the sweep file): each trial's base
+SEED_AXIS = "seed"  # grid axis setting data.seed and trainer.seed together
 
-    base: str
+
+class SweepConfig(_Strict):
+    """One sweep file: a searched `space` (tpe, random), or `grid` axes (grid: every combination once)."""
+
+    base: str | None = None
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
     overrides: dict[str, Any] = Field(default_factory=dict)
-    space: dict[str, ParamSpace]
+    space: dict[str, ParamSpace] = Field(default_factory=dict)
+    grid: dict[str, list[Scalar]] = Field(default_factory=dict)
     trials: int = Field(8, ge=1)
     concurrency: int = Field(2, ge=1)
-    search: Literal["tpe", "random"] = "tpe"
+    search: Literal["tpe", "random", "grid"] = "tpe"
     seed: int = 0
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     metric: str = "val_accuracy"
@@ -105,16 +112,51 @@ class SweepConfig(_Strict):
     _cwd: str = PrivateAttr(default_factory=os.getcwd)
 
     @model_validator(mode="after")
-    def _non_empty_space(self) -> SweepConfig:
-        if not self.space:
-            raise ValueError("the search space is empty")
+    def _search_inputs(self) -> SweepConfig:
+        if self.search != "grid":
+            if self.grid:
+                raise ValueError("`grid` axes need `search: grid`")
+            if not self.space:
+                raise ValueError("the search space is empty")
+            if self.base is None:
+                raise ValueError("`base` (the run config) is missing")
+            return self
+        if self.space:
+            raise ValueError("a grid sweep takes `grid` axes, not `space`")
+        if not self.grid:
+            raise ValueError("a grid sweep needs `grid` axes")
+        empty = [key for key, values in self.grid.items() if not values]
+        if empty:
+            raise ValueError(f"grid axis {empty[0]!r} has no values")
+        if self.base is None and CONFIG_AXIS not in self.grid:
+            raise ValueError(f"a grid sweep needs `base` or a `{CONFIG_AXIS}` axis of run config files")
+        if "trials" in self.model_fields_set:
+            raise ValueError("`trials` is the number of grid combinations with `search: grid`; leave it out")
+        if "scheduler" not in self.model_fields_set:  # a table runs every combination to the end
+            self.scheduler = SchedulerConfig(type="none")
+        self.trials = math.prod(len(values) for values in self.grid.values())
         return self
 
     @property
     def base_path(self) -> Path:
-        """The base run config, relative to the sweep file's folder."""
-        p = Path(self.base).expanduser()
+        """The base run config, relative to the sweep file's folder (a grid's first config file without `base`)."""
+        return self.config_path(None)
+
+    def config_path(self, config: Any) -> Path:
+        """A run config file of the sweep (`base` when `config` is None), relative to the sweep file's folder."""
+        if config is None:
+            config = self.base if self.base is not None else self.grid[CONFIG_AXIS][0]
+        p = Path(str(config)).expanduser()
         return p if p.is_absolute() else Path(self._source_dir) / p
+
+    def grid_params(self) -> list[dict[str, Any]]:
+        """Every combination of the grid axes, one trial's parameters each ([{}] for a searched sweep)."""
+        keys = list(self.grid)
+        return [dict(zip(keys, values, strict=True)) for values in itertools.product(*self.grid.values())]
+
+    def first_params(self) -> dict[str, Any]:
+        """Parameters of a representative trial: a grid's first combination, none for a searched sweep."""
+        return self.grid_params()[0]
 
     @property
     def storage_path(self) -> Path:
@@ -139,28 +181,42 @@ class SweepConfig(_Strict):
 
     @property
     def epochs(self) -> int:
-        """Epochs of one full trial."""
+        """Epochs of one full trial (a grid's longest, when it has a trainer.epochs axis)."""
+        if self.search == "grid":
+            return max(self.trial_config(params).trainer.epochs for params in self.grid_params())
         return self.base_config().trainer.epochs
 
-    def base_raw(self) -> dict[str, Any]:
-        """The base config's raw mapping with the sweep's overrides applied."""
-        raw = read_yaml(self.base_path)
+    def base_raw(self, config: Any = None) -> dict[str, Any]:
+        """A run config's raw mapping (`base`, or a grid's `config` value) with the sweep's overrides applied."""
+        raw = read_yaml(self.config_path(config))
         for key, value in self.overrides.items():
             set_dotted(raw, key, value)
         return raw
 
     def base_config(self) -> RunConfig:
-        """The validated base config (before any trial parameters)."""
+        """The validated base config before any trial parameters (a grid's first combination)."""
+        if self.search == "grid":
+            return self.trial_config(self.first_params())
         return config_from_dict(self.base_raw(), f"{self.base_path} (with sweep overrides)")
 
     def trial_config(self, params: dict[str, Any]) -> RunConfig:
-        """The run config of one trial: base + overrides + the trial's parameters, with paths made absolute
-        (trials run in their own working directories)."""
-        raw = self.base_raw()
-        for key, value in params.items():
-            set_dotted(raw, key, value)
+        """The run config of one trial: base (or its `config`) + overrides + the trial's parameters, with paths
+        made absolute (trials run in their own working directories)."""
+        raw = trial_raw(self, params)
         cfg = config_from_dict(raw, f"trial of sweep {self.name}")
         return absolute_paths(cfg, Path(self._cwd))
+
+
+def trial_raw(sweep: SweepConfig, params: dict[str, Any]) -> dict[str, Any]:
+    """A trial's raw config mapping: its run config file, the overrides, then its parameters (the `seed` axis
+    sets data.seed and trainer.seed)."""
+    raw = sweep.base_raw(params.get(CONFIG_AXIS))
+    for key, value in params.items():
+        if key == CONFIG_AXIS:
+            continue
+        for target in ("data.seed", "trainer.seed") if key == SEED_AXIS else (key,):
+            set_dotted(raw, target, value)
+    return raw
 
 
 def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
@@ -179,11 +235,36 @@ def _known_key(key: str) -> bool:
     return not hasattr(model, "model_fields")
 
 
+def validate_grid(sweep: SweepConfig) -> None:
+    """Every grid axis names a run config key (or `config` files that exist, or `seed`), and every combination
+    validates as a run config."""
+    for key, values in sweep.grid.items():
+        if key == CONFIG_AXIS:
+            for value in values:
+                if not isinstance(value, str) or not sweep.config_path(value).is_file():
+                    raise UserError(f"sweep {sweep.name}: grid config {value!r} is not a run config file")
+        elif key == SEED_AXIS:
+            bad = [v for v in values if not isinstance(v, int) or isinstance(v, bool)]
+            if bad:
+                raise UserError(f"sweep {sweep.name}: grid seed {bad[0]!r} is not an integer")
+        elif not _known_key(key):
+            raise UserError(f"sweep {sweep.name}: grid key {key!r} is not a run config key")
+    for params in sweep.grid_params():
+        try:
+            RunConfig.model_validate(trial_raw(sweep, params))
+        except ValidationError as err:
+            shown = ", ".join(f"{k}={v!r}" for k, v in params.items())
+            raise UserError(format_validation_error(err, f"sweep {sweep.name} with {shown}")) from None
+
+
 def validate_space(sweep: SweepConfig) -> None:
     """Every overridden or searched key must exist in RunConfig and accept the values the search may pick."""
     for key in sweep.overrides:
         if not _known_key(key):
             raise UserError(f"sweep {sweep.name}: override key {key!r} is not a run config key")
+    if sweep.search == "grid":
+        validate_grid(sweep)
+        return
     base = sweep.base_raw()
     for key, spec in sweep.space.items():
         if not _known_key(key):
@@ -209,7 +290,7 @@ def load_sweep(path: str | Path) -> SweepConfig:
     except ValidationError as err:
         raise UserError(format_validation_error(err, str(p))) from None
     sweep._source_dir = str(p.resolve().parent)
-    if not sweep.base_path.is_file():
+    if sweep.base is not None and not sweep.base_path.is_file():
         raise UserError(f"sweep {p}: base config not found: {sweep.base_path}")
     validate_space(sweep)
     return sweep

@@ -1,5 +1,5 @@
-"""The sweep's search space as Optuna distributions (TPE) or Ray Tune domains (random search), and the
-search algorithm and scheduler built from a SweepConfig."""
+"""The sweep's search space as Optuna distributions (TPE), Ray Tune domains (random search) or grid axes
+(grid search), and the search algorithm and scheduler built from a SweepConfig."""
 
 from __future__ import annotations
 
@@ -51,10 +51,14 @@ def optuna_storage(sweep: SweepConfig) -> Any:
 
 
 def search_setup(sweep: SweepConfig) -> tuple[Any, dict[str, Any]]:
-    """(search_alg, param_space): TPE through OptunaSearch with its own space, or random search over Tune
-    domains; either limited to `concurrency` trials at a time."""
+    """(search_alg, param_space): TPE through OptunaSearch with its own space, random search over Tune
+    domains, or every combination of the grid axes once; each limited to `concurrency` trials at a time."""
+    from ray import tune
     from ray.tune.search import BasicVariantGenerator
 
+    if sweep.search == "grid":
+        grid = {key: tune.grid_search(list(values)) for key, values in sweep.grid.items()}
+        return BasicVariantGenerator(max_concurrent=sweep.concurrency), grid
     if sweep.search == "random":
         space = {key: tune_domain(spec) for key, spec in sweep.space.items()}
         return BasicVariantGenerator(random_state=sweep.seed, max_concurrent=sweep.concurrency), space

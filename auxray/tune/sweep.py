@@ -67,7 +67,7 @@ def _tuner(ctx: TrialContext, resume: bool) -> Any:
             mode=sweep.mode,
             search_alg=search_alg,
             scheduler=scheduler_for(sweep, sweep.epochs),
-            num_samples=sweep.trials,
+            num_samples=1 if sweep.search == "grid" else sweep.trials,  # a grid runs each combination once
             max_concurrent_trials=sweep.concurrency if sweep.search == "random" else None,
             reuse_actors=True,
         ),
@@ -193,16 +193,19 @@ def run_sweep(
     accuracy, the number of trials and the trial-epochs spent. The tracking store is checked first."""
     t0 = time.perf_counter()
     base = sweep.base_config()
+    epochs = sweep.epochs
     uri = resolve_uri(tracking_uri or sweep.tracking.uri or base.tracking.uri)
     experiment = sweep.tracking.experiment or base.tracking.experiment
     check_reachable(uri)
     _check_experiment(sweep, resume)
     if not os.environ.get("RAY_ADDRESS"):  # a cluster's nodes may see paths this machine does not
-        check_source(sweep.trial_config({}).data)  # the data and its aux table, once, before Ray and any trial
+        check_source(
+            sweep.trial_config(sweep.first_params()).data
+        )  # the data and its aux table, once, before Ray and any trial
     if not resume:
         shutil.rmtree(sweep.state_backup_dir, ignore_errors=True)
     params = {
-        "base": str(sweep.base_path),
+        "base": str(sweep.base_path) if sweep.base is not None else None,
         "search": sweep.search,
         "trials": sweep.trials,
         "concurrency": sweep.concurrency,
@@ -211,6 +214,7 @@ def run_sweep(
         "seed": sweep.seed,
         "overrides": sweep.overrides,
         "space": {k: v.model_dump(exclude_none=True) for k, v in sweep.space.items()},
+        "grid": sweep.grid,
     }
     parent_id = parent_run(uri, experiment, sweep.name, resume=resume, params=params)
     stale = fail_stale_children(uri, parent_id) if resume else 0
@@ -231,7 +235,7 @@ def run_sweep(
             ActiveSweep(
                 uri=uri,
                 parent_id=parent_id,
-                epochs=base.trainer.epochs,
+                epochs=epochs,
                 trials=sweep.trials,
                 progress=progress,
                 exp_dir=sweep.experiment_dir,
@@ -239,7 +243,7 @@ def run_sweep(
             )
         )
         grid = _tuner(ctx, resume).fit()
-        summary = summarise_grid(grid, sweep, base.trainer.epochs)
+        summary = summarise_grid(grid, sweep, epochs)
         if summary["best"] is None:
             raise UserError(
                 f"sweep {sweep.name}: no trial reported {sweep.metric} "

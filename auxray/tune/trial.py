@@ -35,6 +35,7 @@ from auxray.train.loop import BilevelTrainer
 from auxray.train.run_dir import RunDir
 from auxray.train.session import RunView, Summary, run_session
 from auxray.tune.config import SweepConfig
+from auxray.tune.record import TrialRecord
 from auxray.tune.runs import STOPPED_TAG, open_child
 
 ATTEMPTS_FILE = "attempts.jsonl"
@@ -140,7 +141,7 @@ def _run_local_trial(
         _log_attempt(trial_dir, trainer.epoch)
         run_session(
             trainer,
-            [RunDir(trial_dir, cfg), ChildRun(tracker), TuneReport()],
+            [RunDir(trial_dir, cfg), TrialRecord(trainer, trial_dir, params), ChildRun(tracker), TuneReport()],
             run_dir=trial_dir,
         )
     except SystemExit:
