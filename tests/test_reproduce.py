@@ -1,8 +1,12 @@
-"""The paper-table reproduction (jobs/reproduce.py) in quick mode: tables written, finished runs reused."""
+"""The paper-table reproduction (jobs/reproduce.py) as Tune grid sweeps: tables written; finished runs reused by a
+re-run, an interrupted invocation resumed, a later one with more seeds adding only those, a changed setting
+re-run; the merge of several invocations' trials (fast, from files); bad input one line."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -10,8 +14,17 @@ from pathlib import Path
 
 import pytest
 
-from auxray.bench.store import append_run, read_runs
 from auxray.bench.table import build_table
+from auxray.bench.table_runs import (
+    GridSetup,
+    Wanted,
+    finished_rows,
+    plan_sweeps,
+    read_runs_file,
+    write_manifest,
+    write_runs_file,
+)
+from auxray.tune.record import RECORD_FILE
 from tests.conftest import CACHE_DIR, REPO
 
 METHODS = ["stl", "auxilearn_combine", "maxl"]
@@ -68,7 +81,7 @@ def test_quick_reproduce_writes_tables_and_resumes(cifar_zip: Path, tmp_path: Pa
     second, second_seconds = _reproduce(out)
     assert second.returncode == 0, second.stderr[-3000:]
     assert second.stderr.count("(skipped)") == len(METHODS), second.stderr
-    assert "ETA" not in second.stderr
+    assert "grid sweep" not in second.stderr
     again = json.loads(table_file.read_text())
     for a, b in zip(table, again):
         assert a["method"] == b["method"] and a["accuracies"] == b["accuracies"] and a["seconds"] == b["seconds"]
@@ -101,14 +114,16 @@ def test_bad_jobs_is_one_line(tmp_path: Path) -> None:
     assert not any(tmp_path.iterdir())
 
 
-def test_table_statistics_and_torn_progress_file(tmp_path: Path) -> None:
-    """Fast: mean/std (ddof=0) over seeds, time relative to STL, and a killed job's torn last line ignored."""
+def test_table_statistics_and_torn_record_file(tmp_path: Path) -> None:
+    """Fast: mean/std (ddof=0) over seeds, time relative to STL, and a torn last line of a run record ignored."""
     runs_file = tmp_path / "r.runs.jsonl"
-    for method, seed, acc, sec in [("stl", 0, 0.5, 10.0), ("stl", 1, 0.6, 12.0), ("maxl", 0, 0.55, 33.0)]:
-        append_run(runs_file, {"method": method, "seed": seed, "test_accuracy": acc, "seconds": sec})
+    rows = {(m, s, "fp"): {"method": m, "seed": s, "test_accuracy": acc, "seconds": sec, "finished_at": str(s),
+                           "fingerprint": "fp"}
+            for m, s, acc, sec in [("stl", 0, 0.5, 10.0), ("stl", 1, 0.6, 12.0), ("maxl", 0, 0.55, 33.0)]}
+    write_runs_file(runs_file, rows)
     with open(runs_file, "a") as f:
-        f.write('{"method": "maxl", "seed": 1, "test_acc')  # interrupted mid-write
-    runs = read_runs(runs_file)
+        f.write('{"method": "maxl", "seed": 1, "test_acc')  # a hand-edited or copied file cut short
+    runs = list(read_runs_file(runs_file).values())
     assert len(runs) == 3
     table = build_table(runs, ["stl", "maxl", "jtds"])
     assert [r["method"] for r in table] == ["stl", "maxl"]
@@ -116,3 +131,131 @@ def test_table_statistics_and_torn_progress_file(tmp_path: Path) -> None:
     assert stl["mean"] == pytest.approx(0.55) and stl["std"] == pytest.approx(0.05) and stl["std_ddof"] == 0
     assert stl["relative_time"] == pytest.approx(1.0) and maxl["relative_time"] == pytest.approx(3.0)
     assert maxl["std"] == 0.0 and maxl["paper"] == {"mean": pytest.approx(0.582), "std": pytest.approx(0.003)}
+
+
+def _setup(tmp_path: Path) -> GridSetup:
+    return GridSetup(tag="t", runs_root=tmp_path / "runs", config_dir=REPO / "configs" / "cifar10_5pct",
+                     overrides={"trainer.epochs": 1}, jobs=2, cpus_per_trial=1.0, tracking_uri="sqlite:///x.db")
+
+
+def _wanted(method: str, seed: int, fp: str = "fp0") -> Wanted:
+    return Wanted(method, seed, fp, "convnet4", {"aux_lr": 0.01})
+
+
+def _finish(sweep, trial: str, method: str, seed: int, acc: float, at: str) -> None:
+    """A finished trial's files as a grid trial writes them."""
+    trial_dir = sweep.trial_files_dir(trial)
+    trial_dir.mkdir(parents=True)
+    summary = {"test_accuracy": acc, "seconds": 2.0, "best_val_accuracy": 0.3, "epochs": 1, "best_epoch": 1}
+    record = {"params": {"config": f"{method}.yaml", "seed": seed}, "summary": summary, "diagnostics": {},
+              "resumed_from_epoch": None, "finished_at": at}
+    (trial_dir / RECORD_FILE).write_text(json.dumps(record))
+
+
+def test_missing_runs_become_grid_sweeps_and_trials_merge_by_fingerprint(tmp_path: Path) -> None:
+    """Fast, from files: pending runs group into grids of methods missing the same seeds, named by their runs;
+    finished trials of several experiments merge into rows keyed on (method, seed, fingerprint), so a trial of
+    another fingerprint (changed settings) does not count as the wanted run."""
+    setup = _setup(tmp_path)
+    first = plan_sweeps(setup, [_wanted("stl", 0), _wanted("maxl", 0)])
+    assert len(first) == 1
+    sweep, runs = first[0]
+    assert sweep.grid == {"config": ["stl.yaml", "maxl.yaml"], "seed": [0]} and sweep.trials == 2
+    assert sweep.concurrency == 2 and sweep.scheduler.type == "none" and sweep.overrides == {"trainer.epochs": 1}
+    assert plan_sweeps(setup, [_wanted("maxl", 0), _wanted("stl", 0)])[0][0].name == sweep.name
+    assert plan_sweeps(setup, [_wanted("stl", 0, "fp1"), _wanted("maxl", 0)])[0][0].name != sweep.name
+    write_manifest(sweep, runs, threads=1)
+    _finish(sweep, "a", "stl", 0, 0.5, "2026-01-01T00:00:00")
+    _finish(sweep, "b", "maxl", 0, 0.6, "2026-01-01T00:00:01")
+
+    # A later invocation: one more seed for both, and jtds for seeds 0 and 1: two grids, by seed set.
+    later = plan_sweeps(setup, [_wanted("stl", 1), _wanted("maxl", 1), _wanted("jtds", 0), _wanted("jtds", 1)])
+    grids = sorted((s.grid["config"], s.grid["seed"]) for s, _ in later)
+    assert grids == [(["jtds.yaml"], [0, 1]), (["stl.yaml", "maxl.yaml"], [1])]
+    more, runs2 = next((s, r) for s, r in later if s.grid["seed"] == [1])
+    write_manifest(more, runs2, threads=1)
+    _finish(more, "c", "stl", 1, 0.7, "2026-01-01T00:00:02")  # maxl seed 1 unfinished (interrupted)
+    # A run of stl seed 0 under changed settings: another fingerprint, another row.
+    changed, runs3 = plan_sweeps(setup, [_wanted("stl", 0, "fp1")])[0]
+    write_manifest(changed, runs3, threads=1)
+    _finish(changed, "d", "stl", 0, 0.9, "2026-01-01T00:00:03")
+
+    rows = finished_rows(setup.runs_root)
+    assert sorted(rows) == [("maxl", 0, "fp0"), ("stl", 0, "fp0"), ("stl", 0, "fp1"), ("stl", 1, "fp0")]
+    assert rows["stl", 0, "fp0"]["test_accuracy"] == 0.5 and rows["stl", 0, "fp1"]["test_accuracy"] == 0.9
+    row = rows["stl", 1, "fp0"]
+    assert row["run_dir"] == str(more.trial_files_dir("c")) and row["jobs"] == 2 and row["threads"] == 1
+    assert row["settings"] == {"aux_lr": 0.01} and row["backbone"] == "convnet4" and row["seconds"] == 2.0
+
+    runs_file = tmp_path / "out" / "r.runs.jsonl"
+    write_runs_file(runs_file, rows)
+    assert read_runs_file(runs_file) == rows
+
+
+def test_bad_override_is_one_line(tmp_path: Path) -> None:
+    for bad, message in [("trainer.lrr=0.1", "trainer.lrr"), ("trainer.lr", "--set expects key=value")]:
+        proc = subprocess.run([sys.executable, "jobs/reproduce.py", "--quick", "--set", bad, "--out-dir",
+                               str(tmp_path), "--runs-dir", str(tmp_path / "runs")],
+                              cwd=REPO, capture_output=True, text=True, timeout=300)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], proc.stderr
+        assert not any(tmp_path.iterdir())
+
+
+def _attempts(runs_root: Path) -> dict[str, int]:
+    """Trial folder -> how many times it started training."""
+    return {str(p.parent): len(p.read_text().splitlines()) for p in runs_root.glob("*/trials/*/attempts.jsonl")}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_interrupted_table_resumes_and_later_seeds_extend_it(cifar_zip: Path, tmp_path: Path) -> None:
+    """Kill the driver once a trial finished: the same command resumes that experiment without training the
+    finished trial again; then --seeds 0,1 trains only seed 1; then --epochs 2 (a changed setting) trains again."""
+    out = tmp_path / "results"
+    base = [sys.executable, "jobs/reproduce.py", "--quick", "--methods", "stl,gcs,maxl", "--out-dir", str(out),
+            "--runs-dir", str(out / "runs"), "--set", f"data.cache_dir={CACHE_DIR}", *SMALL]
+    driver = subprocess.Popen(base, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    try:
+        deadline = time.monotonic() + 900
+        while time.monotonic() < deadline and driver.poll() is None:
+            if list((out / "runs").glob(f"*/trials/*/{RECORD_FILE}")):
+                break
+            time.sleep(0.2)
+        assert driver.poll() is None, "the driver ended before it could be interrupted"
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait(timeout=60)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    finished = {str(p.parent) for p in (out / "runs").glob(f"*/trials/*/{RECORD_FILE}")}
+    assert 1 <= len(finished) < 3
+    experiments = sorted(p.name for p in (out / "runs").glob("*.table.json"))
+
+    resumed = subprocess.run(base, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming the interrupted experiment" in resumed.stderr
+    assert sorted(p.name for p in (out / "runs").glob("*.table.json")) == experiments  # no new experiment
+    attempts = _attempts(out / "runs")
+    assert all(attempts[trial] == 1 for trial in finished), attempts  # finished trials not trained again
+    table = json.loads((out / "reproduce_quick_convnet4.json").read_text())
+    assert [(row["method"], row["seeds"]) for row in table] == [("stl", [0]), ("gcs", [0]), ("maxl", [0])]
+
+    extended = subprocess.run([*base, "--seeds", "0,1"], cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert extended.returncode == 0, extended.stderr[-3000:]
+    assert extended.stderr.count("(skipped)") == 3 and "3 runs as the grid sweep" in extended.stderr
+    assert all(n == 1 for trial, n in _attempts(out / "runs").items() if trial in attempts)
+    table = json.loads((out / "reproduce_quick_convnet4.json").read_text())
+    assert [(row["method"], row["seeds"]) for row in table] == [("stl", [0, 1]), ("gcs", [0, 1]), ("maxl", [0, 1])]
+    runs = [json.loads(line) for line in (out / "reproduce_quick_convnet4.runs.jsonl").read_text().splitlines()]
+    assert len(runs) == 6
+
+    changed = subprocess.run([*base, "--methods", "stl", "--epochs", "2"], cwd=REPO, capture_output=True,
+                             text=True, timeout=900)
+    assert changed.returncode == 0, changed.stderr[-3000:]
+    assert "(skipped)" not in changed.stderr and "1 runs as the grid sweep" in changed.stderr
+    table = json.loads((out / "reproduce_quick_convnet4.json").read_text())
+    assert [row["method"] for row in table] == ["stl"]  # the others ran 1 epoch: not comparable, not carried
+    runs = [json.loads(line) for line in (out / "reproduce_quick_convnet4.runs.jsonl").read_text().splitlines()]
+    assert sorted(r["epochs"] for r in runs if r["method"] == "stl") == [1, 1, 2]

@@ -1,9 +1,9 @@
 """What the reproduction trains: the methods and seeds of the table, and each (method, seed)'s resolved config.
 
-Every method reads its own ``configs/cifar10_5pct/<method>.yaml`` under the same overrides (seed, epochs,
-backbone, quick-mode data slice), and the table is fair only when the configs then share their data, model and
-trainer settings. A run is identified by the fingerprint of its resolved config, so a changed budget, backbone or
-config file re-runs it.
+Every method reads its own ``configs/cifar10_5pct/<method>.yaml`` under the same overrides (epochs, backbone,
+quick-mode data slice, --set) and its seed, and the table is fair only when the configs then share their data,
+model and trainer settings. A run is identified by the fingerprint of its resolved config, so a changed budget,
+backbone or config file is another run.
 
 ``auxray.config`` (pydantic) is imported inside the functions that need it: the ``auxray`` CLI imports this
 module (through ``bench.overhead`` and ``bench.reproduce``) when it builds its parser, and stays quick to start.
@@ -141,28 +141,42 @@ class Plan:
     backbone: str
     width: int | None
     quick: bool
-    tracking: bool
-    checkpoint_dir: Path
     extra_overrides: tuple[str, ...] = ()
     config_dir: Path = CONFIG_DIR
 
+    def overrides(self) -> dict[str, Any]:
+        """The shared overrides as dotted keys and values (a table's grid sweeps take them as `overrides`)."""
+        from auxray.config import parse_value  # pydantic: see the module docstring
+
+        out: dict[str, Any] = {"model.backbone": self.backbone}
+        if self.epochs is not None:
+            out["trainer.epochs"] = self.epochs
+        if self.width is not None:
+            out["model.width"] = self.width
+        if self.quick:
+            out.update(
+                {
+                    "data.labeled_per_class": QUICK_PER_CLASS,
+                    "data.labeled_fraction": None,
+                    "data.test_limit": QUICK_TEST_LIMIT,
+                }
+            )
+        for item in self.extra_overrides:
+            if "=" not in item:
+                raise UserError(f"--set expects key=value, got {item!r}")
+            key, value = item.split("=", 1)
+            out[key.strip()] = parse_value(value)
+        return out
+
     def config(self, method: str, seed: int) -> RunConfig:
         """The resolved config of one (method, seed); a bad option raises UserError."""
-        from auxray.config import load_config  # pydantic: see the module docstring
+        from auxray.config import config_from_dict, read_yaml, set_dotted
 
-        return load_config(
-            self.config_dir / f"{method}.yaml",
-            method_overrides(
-                seed,
-                self.epochs,
-                self.backbone,
-                self.width,
-                self.quick,
-                self.tracking,
-                self.checkpoint_dir,
-                self.extra_overrides,
-            ),
-        )
+        path = self.config_dir / f"{method}.yaml"
+        raw = read_yaml(path)
+        for key, value in {**self.overrides(), "data.seed": seed, "trainer.seed": seed}.items():
+            set_dotted(raw, key, value)
+        return config_from_dict(raw, str(path))
 
 
 def resolve_configs(plan: Plan, methods: Sequence[str], seeds: Sequence[int]) -> dict[Key, RunConfig]:

@@ -1,10 +1,12 @@
 """`auxray bench reproduce`: the AuxiLearn paper's CIFAR-10 (5% labels) table, re-run with auxray.
 
 Every method in ``configs/cifar10_5pct/`` is trained for the same epoch budget, with the same data split,
-backbone and inner-optimiser settings, over a few seeds, in this process (``run_training``). Each finished
-run is appended to ``<out_dir>/reproduce_<tag>.runs.jsonl`` at once, so an interrupted job keeps what it
-finished and a re-run skips those runs (a run is reused only when its resolved config is the same: a changed
-budget, backbone or config file re-runs it). The table is then written as ``reproduce_<tag>.json`` (a list of
+backbone and inner-optimiser settings, over a few seeds, as the trials of Ray Tune grid sweeps (config files x
+seeds; ``bench.table_runs`` says how the runs of several invocations merge): an interrupted invocation resumes
+its experiment, a later one with more methods or seeds adds only what is missing, and a changed setting runs
+again. Every trial is an MLflow child run under its sweep's parent run. The finished runs are written to
+``<out_dir>/reproduce_<tag>.runs.jsonl`` (so a committed table can be rendered again without the runs folder:
+its rows count as finished while their fingerprints match), and the table as ``reproduce_<tag>.json`` (a list of
 rows) and ``reproduce_<tag>.md`` (the table beside the paper's numbers, the settings each method used, the
 command, machine and data).
 
@@ -12,25 +14,25 @@ command, machine and data).
     python jobs/reproduce.py                         # 3 seeds x 8 methods, the configs' epoch budget
 
 This module is the command (its options, the driver and the line that repeats it); the parts live beside it:
-``bench.plan`` (which runs and configs), ``bench.runner`` (training them, one at a time or in a process pool),
-``bench.store`` (the progress file), ``bench.table`` (the rows and the Markdown page, with the paper's numbers)
-and ``bench.run_diagnostics`` (what each run records after its last epoch).
+``bench.plan`` (which runs and configs), ``bench.table_runs`` (the grid sweeps and their finished trials),
+``bench.table`` (the rows and the Markdown page, with the paper's numbers) and ``bench.reproduce_plot``.
 """
 
 from __future__ import annotations
 
 import json
 import shlex
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from auxray.bench.machine import log, machine_info, usable_cpus
 from auxray.bench.plan import (
     CONFIG_DIR,
     DEFAULT_SEEDS,
-    Key,
     Plan,
     carried_runs,
     check_methods,
@@ -43,14 +45,26 @@ from auxray.bench.plan import (
     shared_settings,
     table_order,
 )
-from auxray.bench.runner import fmt_seconds, log, machine_info, threads_per_job, train_all
-from auxray.bench.store import append_run, by_fingerprint, read_runs
 from auxray.bench.table import build_table, data_note, render_markdown
+from auxray.bench.table_runs import (
+    GridSetup,
+    RunKey,
+    Wanted,
+    clear_unrestorable,
+    finished_rows,
+    plan_sweeps,
+    read_runs_file,
+    resumable_sweeps,
+    write_manifest,
+    write_runs_file,
+)
 from auxray.errors import UserError
 from auxray.method_specs import spec
 
 if TYPE_CHECKING:
     from auxray.config import RunConfig
+
+TRACKING_DB = "mlflow.db"  # the runs folder's own MLflow store, when --track is not given
 
 
 def run_reproduce(
@@ -66,18 +80,18 @@ def run_reproduce(
     *,
     fresh: bool = False,
     runs_dir: str | Path | None = None,
-    tracking: bool = False,
+    track: str | None = None,
     verbose: bool = False,
     config_dir: str | Path = CONFIG_DIR,
     command: str | None = None,
     jobs: int = 1,
 ) -> list[dict[str, Any]]:
-    """Train every (method, seed) not yet in the progress file, then write the JSON and Markdown tables.
+    """Train every (method, seed) not finished yet as Tune grid trials, then write the JSON and Markdown tables.
 
-    quick: 1 seed (unless `seeds` is given), 1 epoch (unless `epochs`), 40 labelled images
-    per class and 1,000 test images. jobs: runs trained at once (each in its own process, the CPUs split
-    between them). methods: config stems of config_dir (default: default_methods). Returns the JSON table (one
-    dict per method)."""
+    quick: 1 seed (unless `seeds` is given), 1 epoch (unless `epochs`), 40 labelled images per class and 1,000
+    test images. jobs: trials at once, the usable CPUs split between them. track: None logs to the runs folder's
+    own MLflow store, "" to the configured one (MLFLOW_TRACKING_URI, else ./mlflow.db), else that URI. methods:
+    config stems of config_dir (default: default_methods). Returns the JSON table (one dict per method)."""
     t_start = time.perf_counter()
     config_dir = Path(config_dir)
     methods = tuple(methods) if methods is not None else default_methods(config_dir)
@@ -92,7 +106,7 @@ def run_reproduce(
         quick,
         extra_overrides,
         runs_dir,
-        tracking,
+        track,
         jobs,
         config_dir,
     )
@@ -109,48 +123,55 @@ def run_reproduce(
     tag = tag or default_tag(backbone, quick, config_dir)
     out = Path(out_dir)
     runs_file = out / f"reproduce_{tag}.runs.jsonl"
-    ckpt_root = Path(runs_dir) if runs_dir is not None else Path("runs") / "reproduce" / tag
-    plan = Plan(epochs, backbone, width, quick, tracking, ckpt_root.resolve(), tuple(extra_overrides), Path(config_dir))
+    runs_root = (Path(runs_dir) if runs_dir is not None else Path("runs") / "reproduce" / tag).resolve()
+    plan = Plan(epochs, backbone, width, quick, tuple(extra_overrides), config_dir)
     cfgs = resolve_configs(plan, methods, seeds)  # a bad option fails before any training
     reference = shared_settings(cfgs[methods[0], seeds[0]])
     epochs = cfgs[methods[0], seeds[0]].trainer.epochs
+    wanted = {
+        (m, s): Wanted(m, s, fingerprint(cfg), cfg.model.backbone, method_settings(cfg)) for (m, s), cfg in cfgs.items()
+    }
 
-    if fresh and runs_file.exists():
-        runs_file.unlink()
-    done = by_fingerprint(read_runs(runs_file))
+    if fresh:
+        runs_file.unlink(missing_ok=True)
+        shutil.rmtree(runs_root, ignore_errors=True)
+    known = {**read_runs_file(runs_file), **finished_rows(runs_root)}
     todo = [(m, s) for s in seeds for m in methods]
-    fps = {key: fingerprint(cfg) for key, cfg in cfgs.items()}
-    results: dict[Key, dict[str, Any]] = {}
-    pending: list[Key] = []
+    done_before = [k for k in todo if wanted[k].key in known]
     for i, (m, s) in enumerate(todo, 1):
-        row = done.get((m, s, fps[m, s]))
-        if row is None:
-            pending.append((m, s))
-            continue
-        results[m, s] = row
-        log(f"[reproduce {i}/{len(todo)}] {m} seed {s}: done before, test acc {row['test_accuracy']:.4f} (skipped)")
-    skipped = len(results)
-    threads = threads_per_job(jobs) if jobs > 1 else None
-    spent: dict[str, list[float]] = {}
-    for m, s, summary, diag in train_all(pending, cfgs, tracking, verbose, not fresh, jobs, threads):
-        row = _run_row(m, s, summary, diag, cfgs[m, s], fps[m, s], jobs, threads)
-        append_run(runs_file, row)
-        results[m, s] = row
-        spent.setdefault(m, []).append(row["seconds"])
-        left = [p for p in pending if p not in results]
-        log(
-            f"[reproduce {len(results)}/{len(todo)}] {m} seed {s}: test acc {row['test_accuracy']:.4f} in "
-            f"{row['seconds']:.1f}s (ETA {fmt_seconds(_eta(spent, left, jobs))} for {len(left)} more)"
+        if (m, s) in done_before:
+            acc = known[wanted[m, s].key]["test_accuracy"]
+            log(f"[reproduce {i}/{len(todo)}] {m} seed {s}: done before, test acc {acc:.4f} (skipped)")
+    threads = cfgs[methods[0], seeds[0]].trainer.threads or max(1, usable_cpus() // jobs)
+    pending = [wanted[k] for k in todo if wanted[k].key not in known]
+    if pending:
+        setup = GridSetup(
+            tag=tag,
+            runs_root=runs_root,
+            config_dir=config_dir,
+            overrides=plan.overrides(),
+            jobs=jobs,
+            cpus_per_trial=float(threads),
+            tracking_uri=_tracking_uri(track, runs_root),
         )
-    ran = len(results) - skipped
+        known.update(_train(setup, pending, threads, verbose))
+    write_runs_file(runs_file, known)
+    failed = [k for k in todo if wanted[k].key not in known]
+    results = {k: known[wanted[k].key] for k in todo if k not in failed}
+    for k in todo:
+        if k in results and k not in done_before:
+            row = results[k]
+            log(f"[reproduce] {k[0]} seed {k[1]}: test acc {row['test_accuracy']:.4f} in {row['seconds']:.1f}s")
+    ran = len(results) - len(done_before)
 
     # Methods not asked for this time but finished earlier with the same settings stay in the table, so a partial
     # re-run (say --methods jtds after a fix) adds to the table rather than replacing it.
-    carried = carried_runs(replace(plan, epochs=epochs), methods, seeds, done, reference)
+    carried = carried_runs(replace(plan, epochs=epochs), methods, seeds, known, reference)
     for key, (row, cfg) in carried.items():
         results[key], cfgs[key] = row, cfg
     carried_methods = list(dict.fromkeys(m for m, _ in carried))
     table_methods = table_order(methods, carried_methods, config_dir)
+    table_methods = tuple(m for m in table_methods if any((m, s) in results for s in seeds))
     finished = [results[m, s] for s in seeds for m in table_methods if (m, s) in results]
     table = build_table(finished, table_methods)
     sizes = next((r["diagnostics"].get("sizes") for r in finished if r.get("diagnostics", {}).get("sizes")), None)
@@ -173,55 +194,65 @@ def run_reproduce(
         "machine": machine_info(device),
         "wall_seconds": time.perf_counter() - t_start,
         "ran": ran,
-        "skipped": skipped,
+        "skipped": len(done_before),
         "runs_file": str(runs_file),
         "jobs": jobs,
         "threads_per_job": threads,
     }
-    _write_table(out, tag, table, finished, meta)
-    log(
-        f"[reproduce] {ran} runs trained, {skipped} reused, {meta['wall_seconds']:.1f}s; wrote "
-        f"{out / f'reproduce_{tag}.json'} and {out / f'reproduce_{tag}.md'}"
-    )
+    if table:
+        _write_table(out, tag, table, finished, meta)
+        log(
+            f"[reproduce] {ran} runs trained, {len(done_before)} reused, {meta['wall_seconds']:.1f}s; wrote "
+            f"{out / f'reproduce_{tag}.json'} and {out / f'reproduce_{tag}.md'}"
+        )
+    if failed:
+        shown = ", ".join(f"{m} seed {s}" for m, s in failed)
+        raise UserError(f"{len(failed)} run(s) failed ({shown}); see the trials under {runs_root}")
     return table
 
 
-def _run_row(
-    method: str,
-    seed: int,
-    summary: dict[str, Any],
-    diag: dict[str, Any],
-    cfg: RunConfig,
-    fp: str,
-    jobs: int,
-    threads: int | None,
-) -> dict[str, Any]:
-    """The progress file's line for one finished run."""
-    return {
-        "method": method,
-        "seed": seed,
-        "test_accuracy": summary["test_accuracy"],
-        "seconds": summary["seconds"],
-        "best_val_accuracy": summary["best_val_accuracy"],
-        "epochs": summary["epochs"],
-        "final_test_accuracy": summary.get("final_test_accuracy"),
-        "best_epoch": summary.get("best_epoch"),
-        "backbone": cfg.model.backbone,
-        "run_dir": summary.get("run_dir"),
-        "fingerprint": fp,
-        "settings": method_settings(cfg),
-        "diagnostics": diag,
-        "resumed_from_epoch": summary.get("resumed_from_epoch"),
-        "jobs": jobs,
-        "threads": threads,
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-    }
+def _tracking_uri(track: str | None, runs_root: Path) -> str:
+    """Where the trials' MLflow runs go: the runs folder's own SQLite store (no --track), the configured
+    store (--track), or the given URI (--track URI)."""
+    from auxray.tracking import resolve_uri
+
+    if track is None:
+        runs_root.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{runs_root / TRACKING_DB}"
+    return resolve_uri(track or None)
 
 
-def _eta(spent: dict[str, list[float]], left: Sequence[Key], jobs: int) -> float:
-    """Seconds the runs left should take: each method's mean so far (else the overall mean), `jobs` at a time."""
-    overall = [x for v in spent.values() for x in v]
-    return sum(sum(spent[m]) / len(spent[m]) if m in spent else sum(overall) / len(overall) for m, _ in left) / jobs
+def _train(setup: GridSetup, pending: list[Wanted], threads: int, verbose: bool) -> dict[RunKey, dict[str, Any]]:
+    """Resume earlier experiments that hold pending runs, then run the rest as new grid sweeps, all on one Ray
+    instance; return every finished run under the runs folder."""
+    from auxray.tune.sweep import run_sweep, start_ray
+
+    started = start_ray()
+    try:
+        for sweep in resumable_sweeps(setup, pending):
+            log(f"[reproduce] resuming the interrupted experiment {sweep.experiment_dir}")
+            _run(run_sweep, sweep, True, setup, verbose)
+        done = finished_rows(setup.runs_root)
+        left = [w for w in pending if w.key not in done]
+        for sweep, runs in plan_sweeps(setup, left):
+            log(f"[reproduce] {len(runs)} runs as the grid sweep {sweep.experiment_dir}, {setup.jobs} at a time")
+            clear_unrestorable(sweep)
+            write_manifest(sweep, runs, threads)
+            _run(run_sweep, sweep, False, setup, verbose)
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+    return finished_rows(setup.runs_root)
+
+
+def _run(run_sweep: Any, sweep: Any, resume: bool, setup: GridSetup, verbose: bool) -> None:
+    """One grid sweep; a sweep in which every trial failed is reported after the others ran."""
+    try:
+        run_sweep(sweep, resume=resume, tracking_uri=setup.tracking_uri, progress=verbose)
+    except UserError as err:
+        log(f"[reproduce] {err}")
 
 
 def _write_table(
@@ -274,7 +305,7 @@ def canonical_command(
     quick: bool,
     extra_overrides: Sequence[str],
     runs_dir: str | Path | None,
-    tracking: bool,
+    track: str | None,
     jobs: int = 1,
     config_dir: Path = CONFIG_DIR,
 ) -> str:
@@ -300,8 +331,8 @@ def canonical_command(
         parts += ["--runs-dir", str(runs_dir)]
     if tag is not None:
         parts += ["--tag", tag]
-    if tracking:
-        parts.append("--track")
+    if track is not None:
+        parts += ["--track", track] if track else ["--track"]
     if jobs != 1:
         parts += ["--jobs", str(jobs)]
     for o in extra_overrides:
@@ -332,7 +363,12 @@ def add_arguments(p: Any) -> None:
     p.add_argument("--backbone", default="convnet4", choices=["convnet4", "vgg16", "resnet18"])
     p.add_argument("--width", type=int, default=None, help="ConvNet-4 base width (default: the configs')")
     p.add_argument("--out-dir", default="benchmarks/results", help="where the tables and the progress file go")
-    p.add_argument("--runs-dir", default=None, help="checkpoint folder (default runs/reproduce/<tag>)")
+    p.add_argument(
+        "--runs-dir",
+        default=None,
+        help="folder of the table's Tune experiments, their trials' files and (without --track) their MLflow store "
+        "(default runs/reproduce/<tag>)",
+    )
     p.add_argument("--tag", default=None, help="file tag (default cifar10_5pct_<backbone>, --quick: quick_<backbone>)")
     p.add_argument(
         "--set",
@@ -342,14 +378,28 @@ def add_arguments(p: Any) -> None:
         metavar="KEY=VALUE",
         help="extra config override applied to every method (repeatable)",
     )
-    p.add_argument("--fresh", action="store_true", help="forget finished runs and start over")
-    p.add_argument("--track", action="store_true", help="log each run to MLflow (off by default)")
-    p.add_argument("--verbose", action="store_true", help="also print each run's per-epoch lines")
+    p.add_argument(
+        "--fresh",
+        action="store_true",
+        help="forget finished runs (the run record file and the runs folder) and start over",
+    )
+    p.add_argument(
+        "--track",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="URI",
+        help="where the MLflow runs go (every trial is a child run of its grid sweep's parent run): without --track "
+        "the runs folder's own store (<runs-dir>/mlflow.db); --track alone the configured store "
+        "(MLFLOW_TRACKING_URI, else ./mlflow.db); --track URI that tracking server or SQLite file",
+    )
+    p.add_argument("--verbose", action="store_true", help="also print one line per trial as it ends")
     p.add_argument(
         "--jobs",
         type=int,
         default=1,
-        help="runs trained at once, each in its own process with the CPUs split between them (default 1)",
+        help="trials run at once (the grid sweep's concurrency), the usable CPUs split between them as each "
+        "trial's CPUs and torch threads (default 1)",
     )
 
 
@@ -375,7 +425,7 @@ def run_from_args(args: Any) -> list[dict[str, Any]]:
         extra_overrides=tuple(args.overrides),
         fresh=args.fresh,
         runs_dir=args.runs_dir,
-        tracking=args.track,
+        track=args.track,
         verbose=args.verbose,
         jobs=args.jobs,
     )

@@ -1,0 +1,224 @@
+"""A benchmark table's runs as Ray Tune grid sweeps, and the finished trials read back as the table's run rows.
+
+A table wants some (method, seed) pairs, each identified by the fingerprint of its resolved config. Every
+invocation runs the pairs not finished yet as grid sweeps (run config files x seeds, the table's shared
+overrides as the sweep's `overrides`) under one runs folder, ``runs/reproduce/<tag>/`` by default, one Tune
+experiment per group of methods missing the same seeds (usually one per invocation). Beside each experiment
+folder lies its manifest (``<name>.table.json``: the sweep and, per pair, its method, seed, fingerprint and
+settings); its
+trials write ``record.json`` when they end (see auxray.tune.record). Reading the table back is then a merge
+of every experiment's finished trials keyed on (method, seed, fingerprint), so:
+
+- an interrupted invocation's experiment is resumed (Tuner.restore: its in-flight trials continue from their
+  last epoch, finished ones are not re-run) when it still holds a wanted pair;
+- a later invocation with more methods or seeds adds one experiment for what is missing;
+- a changed setting (epochs, backbone, a config file's content) changes the fingerprint, so the pair runs again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from auxray.tune.config import CONFIG_AXIS, SEED_AXIS, SweepConfig, SweepTracking
+from auxray.tune.record import read_record, write_json
+
+MANIFEST_SUFFIX = ".table.json"  # beside the experiment folder <name>: <name>.table.json
+
+Key = tuple[str, int]  # (method, seed)
+RunKey = tuple[str, int, str]  # (method, seed, fingerprint)
+
+
+@dataclass(frozen=True)
+class Wanted:
+    """One run a table wants: its method (a config stem), seed, fingerprint and what its row shows of its config."""
+
+    method: str
+    seed: int
+    fingerprint: str
+    backbone: str
+    settings: dict[str, Any]
+
+    @property
+    def key(self) -> RunKey:
+        return (self.method, self.seed, self.fingerprint)
+
+
+@dataclass(frozen=True)
+class GridSetup:
+    """What every grid sweep of one table shares."""
+
+    tag: str
+    runs_root: Path
+    config_dir: Path
+    overrides: dict[str, Any]
+    jobs: int
+    cpus_per_trial: float
+    tracking_uri: str
+
+
+def _sweep(setup: GridSetup, name: str, methods: Sequence[str], seeds: Sequence[int]) -> SweepConfig:
+    sweep = SweepConfig(
+        name=name,
+        search="grid",
+        grid={CONFIG_AXIS: [f"{m}.yaml" for m in methods], SEED_AXIS: list(seeds)},
+        overrides=setup.overrides,
+        concurrency=setup.jobs,
+        cpus_per_trial=setup.cpus_per_trial,
+        storage=str(setup.runs_root),
+        tracking=SweepTracking(uri=setup.tracking_uri, experiment=f"reproduce-{setup.tag}"),
+    )
+    sweep._source_dir = str(setup.config_dir.resolve())
+    return sweep
+
+
+def plan_sweeps(setup: GridSetup, pending: Sequence[Wanted]) -> list[tuple[SweepConfig, list[Wanted]]]:
+    """New grid sweeps for the pending runs: methods missing the same seeds share one sweep, named by a hash of
+    its runs (so a driver killed before any trial ended finds the same experiment again)."""
+    seeds_of: dict[str, list[int]] = {}
+    for w in pending:
+        seeds_of.setdefault(w.method, []).append(w.seed)
+    groups: dict[tuple[int, ...], list[str]] = {}
+    for method, seeds in seeds_of.items():
+        groups.setdefault(tuple(sorted(seeds)), []).append(method)
+    out = []
+    for seeds, methods in groups.items():
+        runs = [w for w in pending if w.method in methods and w.seed in seeds]
+        digest = hashlib.sha256(json.dumps(sorted(w.key for w in runs)).encode()).hexdigest()[:10]
+        out.append((_sweep(setup, f"{setup.tag}-{digest}", methods, seeds), runs))
+    return out
+
+
+def write_manifest(sweep: SweepConfig, runs: Sequence[Wanted], threads: int) -> None:
+    """The experiment's manifest: the sweep (to resume it) and what each of its (config, seed) trials is."""
+    sweep.storage_path.mkdir(parents=True, exist_ok=True)
+    manifest = {
+        "sweep": sweep.model_dump(mode="json", exclude={"trials"}),
+        "threads": threads,
+        "runs": [
+            {
+                "method": w.method,
+                "seed": w.seed,
+                "fingerprint": w.fingerprint,
+                "backbone": w.backbone,
+                "settings": w.settings,
+            }
+            for w in runs
+        ],
+    }
+    write_json(sweep.storage_path / f"{sweep.name}{MANIFEST_SUFFIX}", manifest)
+
+
+def _manifests(runs_root: Path) -> list[tuple[Path, dict[str, Any]]]:
+    if not runs_root.is_dir():
+        return []
+    found = []
+    for path in sorted(runs_root.glob(f"*{MANIFEST_SUFFIX}")):
+        try:
+            found.append((runs_root / path.name.removesuffix(MANIFEST_SUFFIX), json.loads(path.read_text())))
+        except json.JSONDecodeError:
+            continue
+    return found
+
+
+def resumable_sweeps(setup: GridSetup, pending: Sequence[Wanted]) -> list[SweepConfig]:
+    """Earlier experiments of this table that Tune can restore and that still hold a pending run."""
+    from ray import tune
+
+    wanted = {w.key for w in pending}
+    out = []
+    for exp_dir, manifest in _manifests(setup.runs_root):
+        holds = {(r["method"], r["seed"], r["fingerprint"]) for r in manifest["runs"]}
+        if holds & wanted and tune.Tuner.can_restore(str(exp_dir)):
+            sweep = SweepConfig.model_validate(manifest["sweep"])
+            sweep._source_dir = str(setup.config_dir.resolve())
+            sweep.storage = str(setup.runs_root)
+            out.append(sweep)
+    return out
+
+
+def clear_unrestorable(sweep: SweepConfig) -> None:
+    """Remove an experiment folder of this name that Tune cannot restore (a driver killed before Tune saved
+    any state: nothing in it finished), so the sweep can start there afresh."""
+    from ray import tune
+
+    if sweep.experiment_dir.exists() and not tune.Tuner.can_restore(str(sweep.experiment_dir)):
+        shutil.rmtree(sweep.experiment_dir)
+        shutil.rmtree(sweep.state_backup_dir, ignore_errors=True)
+
+
+def finished_rows(runs_root: Path) -> dict[RunKey, dict[str, Any]]:
+    """Every finished trial under the runs folder as a run row, by (method, seed, fingerprint); when a run
+    finished twice (a re-run after --fresh kept no folder, so only a copied folder can), the later one wins."""
+    rows: dict[RunKey, dict[str, Any]] = {}
+    for exp_dir, manifest in _manifests(runs_root):
+        cells = {(f"{r['method']}.yaml", r["seed"]): r for r in manifest["runs"]}
+        trials = exp_dir / "trials"
+        for trial_dir in sorted(trials.iterdir()) if trials.is_dir() else []:
+            record = read_record(trial_dir)
+            if record is None:
+                continue
+            params = record["params"]
+            run = cells.get((Path(str(params.get(CONFIG_AXIS))).name, params.get(SEED_AXIS)))
+            if run is None:
+                continue
+            row = run_row(run, record, trial_dir, manifest["sweep"]["concurrency"], manifest.get("threads"))
+            key = (row["method"], row["seed"], row["fingerprint"])
+            if key not in rows or rows[key]["finished_at"] <= row["finished_at"]:
+                rows[key] = row
+    return rows
+
+
+def run_row(
+    run: dict[str, Any], record: dict[str, Any], trial_dir: Path, jobs: int, threads: int | None
+) -> dict[str, Any]:
+    """A finished trial as the table's run row (the format of ``reproduce_<tag>.runs.jsonl``)."""
+    summary = record["summary"]
+    return {
+        "method": run["method"],
+        "seed": run["seed"],
+        "test_accuracy": summary["test_accuracy"],
+        "seconds": summary["seconds"],
+        "best_val_accuracy": summary["best_val_accuracy"],
+        "epochs": summary["epochs"],
+        "final_test_accuracy": summary.get("final_test_accuracy"),
+        "best_epoch": summary.get("best_epoch"),
+        "backbone": run["backbone"],
+        "run_dir": str(trial_dir),
+        "fingerprint": run["fingerprint"],
+        "settings": run["settings"],
+        "diagnostics": record["diagnostics"],
+        "resumed_from_epoch": record.get("resumed_from_epoch"),
+        "jobs": jobs,
+        "threads": threads,
+        "finished_at": record["finished_at"],
+    }
+
+
+def read_runs_file(path: Path) -> dict[RunKey, dict[str, Any]]:
+    """Rows of an earlier run record file (a committed table's), by (method, seed, fingerprint)."""
+    if not path.is_file():
+        return {}
+    rows = {}
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:  # a torn line
+            continue
+        rows[row["method"], row["seed"], row.get("fingerprint")] = row
+    return rows
+
+
+def write_runs_file(path: Path, rows: dict[RunKey, dict[str, Any]]) -> None:
+    """Every known run row, one JSON line each, replacing the file at once."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    ordered = sorted(rows.values(), key=lambda r: (r["finished_at"], r["method"], r["seed"]))
+    tmp.write_text("".join(json.dumps(r, default=float) + "\n" for r in ordered))
+    os.replace(tmp, path)
