@@ -17,16 +17,6 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def fmt_seconds(s: float) -> str:
-    """A duration for a progress line: seconds, minutes or hours."""
-    s = max(0.0, s)
-    if s < 90:
-        return f"{s:.0f}s"
-    if s < 5400:
-        return f"{s / 60:.1f}min"
-    return f"{s / 3600:.1f}h"
-
-
 def usable_cpus() -> int:
     """CPUs this process may run on (its affinity mask where the OS has one)."""
     try:

@@ -12,8 +12,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from auxray.bench.plan import method_overrides
-from auxray.bench.runner import log, machine_info
+from auxray.bench.machine import log, machine_info
+from auxray.bench.plan import Plan
 from auxray.method_specs import SPECS
 
 BACKBONE = "convnet4"
@@ -87,7 +87,6 @@ def run_breakdown(
 ) -> dict[str, Any]:
     """Per method and hypergradient variant: one outer step's phases against a plain inner step."""
     # torch and the trainer take seconds to import; the CLI imports this module to build its parser.
-    from auxray.config import load_config
     from auxray.data import build_data
     from auxray.train.loop import BilevelTrainer
 
@@ -97,10 +96,8 @@ def run_breakdown(
     for m in methods:
         variants = []
         for name, overrides in VARIANTS.items():
-            cfg = load_config(
-                config_dir / f"{m}.yaml",
-                method_overrides(0, epochs, BACKBONE, None, quick, False, ckpt_root, [*extra_overrides, *overrides]),
-            )
+            local = ("tracking.enabled=false", f"trainer.checkpoint_dir={ckpt_root}")
+            cfg = Plan(epochs, BACKBONE, None, quick, (*local, *extra_overrides, *overrides), config_dir).config(m, 0)
             key = cfg.data.model_dump_json()
             if key not in data_cache:
                 data_cache[key] = build_data(cfg.data, cfg.method.aux_tasks)

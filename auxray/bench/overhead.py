@@ -8,9 +8,11 @@ the order of the training images. Each row gives the method's wall time per inne
 of its epoch times, outer steps included, evaluation excluded) divided by its twin's, each averaged over seeds,
 and the test accuracy (best-on-validation weights) both reach on the same epoch budget.
 
-The training runs go through the reproduction machinery (``auxray.bench.runner``, ``auxray.bench.store``):
-finished runs are kept in ``<out stem>.runs.jsonl`` and reused when their resolved config is unchanged, so an
-interrupted bench resumes and a twin shared by two methods is trained once.
+The training runs are Ray Tune grid trials, as the reproduction's (``auxray.bench.table_runs``), one at a time by
+default so that no two timed runs share the CPUs: each method and twin is a run config file written under the
+runs folder (``runs/bench_overhead/<out stem>/configs``, a twin with its overrides applied), finished runs are
+kept in ``<out stem>.runs.jsonl`` and reused when their resolved config is unchanged, an interrupted bench
+resumes its experiment, and a twin shared by two methods is trained once.
 
 The breakdown (``<out stem>_breakdown.json``) times one outer step phase by phase (aux-batch gradient, graph
 build, the Hessian-vector products, mixed and direct terms, optimizer, communication) for a few hypergradient
@@ -23,13 +25,14 @@ variants, against one plain inner step, with the cosine of each variant's hyperg
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from auxray.bench.machine import log, usable_cpus
 from auxray.bench.outer_breakdown import (
     BACKBONE,
     BREAKDOWN_METHODS,
@@ -38,9 +41,16 @@ from auxray.bench.outer_breakdown import (
     hypergrad_settings,
     run_breakdown,
 )
-from auxray.bench.plan import CONFIG_DIR, fingerprint, method_overrides, parse_list, shared_settings
-from auxray.bench.runner import fmt_seconds, log, threads_per_job, train_all
-from auxray.bench.store import append_run, read_runs
+from auxray.bench.plan import CONFIG_DIR, Plan, fingerprint, parse_list, shared_settings
+from auxray.bench.table_runs import (
+    GridSetup,
+    Wanted,
+    finished_rows,
+    read_runs_file,
+    run_missing,
+    tracking_uri,
+    write_runs_file,
+)
 from auxray.errors import UserError
 from auxray.method_specs import SPECS, MethodSpec
 
@@ -95,22 +105,29 @@ def resolve_configs(
     epochs: int | None,
     quick: bool,
     extra_overrides: Sequence[str],
-    ckpt_root: Path,
     config_dir: Path,
 ) -> dict[tuple[str, int], Any]:
     """Every (key, seed) config, resolved before any training so a bad option fails at once."""
-    # pydantic takes ~0.4 s to import; this module is imported whenever the CLI builds its parser.
-    from auxray.config import load_config
-
     cfgs = {}
     for key in keys:
         stem, own = config_source(key)
+        plan = Plan(epochs, BACKBONE, None, quick, (*extra_overrides, *own), config_dir)
         for s in seeds:
-            cfgs[key, s] = load_config(
-                config_dir / f"{stem}.yaml",
-                method_overrides(s, epochs, BACKBONE, None, quick, False, ckpt_root, [*extra_overrides, *own]),
-            )
+            cfgs[key, s] = plan.config(stem, s)
     return cfgs
+
+
+def write_run_configs(keys: Sequence[str], config_dir: Path, target: Path) -> None:
+    """Each key's run config file for the grid: its config as it is, a twin's with its own overrides applied."""
+    import yaml
+
+    from auxray.config import apply_overrides, read_yaml  # pydantic: see resolve_configs' caller
+
+    target.mkdir(parents=True, exist_ok=True)
+    for key in keys:
+        stem, own = config_source(key)
+        raw = apply_overrides(read_yaml(config_dir / f"{stem}.yaml"), list(own))
+        (target / f"{key}.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
 
 
 def check_twins_match(methods: Sequence[str], cfgs: Mapping[tuple[str, int], Any], seed: int) -> None:
@@ -128,25 +145,24 @@ def check_twins_match(methods: Sequence[str], cfgs: Mapping[tuple[str, int], Any
 
 
 # ---- the rows -------------------------------------------------------------------------------------------
-def run_record(key: str, seed: int, cfg: Any, summary: dict[str, Any], diag: dict[str, Any]) -> dict[str, Any]:
-    """The progress-file line of one finished run."""
-    if "train_seconds" not in diag:
-        raise RuntimeError(f"{key} seed {seed}: no timing diagnostics ({diag.get('error', 'none recorded')})")
-    return {
-        "method": key,
-        "seed": seed,
-        "fingerprint": fingerprint(cfg),
-        "test_accuracy": summary["test_accuracy"],
-        "seconds": summary["seconds"],
-        "epochs": summary["epochs"],
-        "train_seconds": diag["train_seconds"],
-        "inner_steps": diag["inner_steps"],
-        "outer_steps": diag["outer_steps"],
-        "run_dir": summary.get("run_dir"),
-        "settings": hypergrad_settings(cfg),
-        "diagnostics": diag,
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-    }
+TIMING = ("train_seconds", "inner_steps", "outer_steps")
+
+
+def with_timing(run: dict[str, Any]) -> dict[str, Any]:
+    """A finished run with its timing counters (from its diagnostics) at the top level, as build_rows reads it."""
+    diag = run.get("diagnostics", {})
+    return {**run, **{k: diag[k] for k in TIMING if k in diag}}
+
+
+def timed(run: dict[str, Any]) -> dict[str, Any]:
+    """with_timing, or a UserError naming the run when its diagnostics recorded no timing."""
+    row = with_timing(run)
+    if "train_seconds" not in row:
+        diag = run.get("diagnostics", {})
+        raise UserError(
+            f"{run['method']} seed {run['seed']}: no timing diagnostics ({diag.get('error', 'none recorded')})"
+        )
+    return row
 
 
 def build_rows(runs: Iterable[dict[str, Any]], methods: Sequence[str]) -> list[dict[str, Any]]:
@@ -191,38 +207,31 @@ def train_missing(
     keys: Sequence[str],
     seeds: Sequence[int],
     cfgs: dict[tuple[str, int], Any],
+    setup: GridSetup,
+    source_dir: Path,
     runs_file: Path,
-    jobs: int,
-    resume: bool,
+    threads: int,
     verbose: bool,
 ) -> list[dict[str, Any]]:
-    """Reuse the runs the progress file has with the same fingerprint, train the others (appending each as it
-    finishes, with an ETA on stderr); returns every run of this invocation."""
-    done = {(r["method"], r["seed"], r.get("fingerprint")): r for r in read_runs(runs_file)}
+    """Reuse the runs the record file or the runs folder has with the same fingerprint, train the others as grid
+    trials of run configs written from `source_dir`; returns every run of this invocation."""
     todo = [(key, s) for s in seeds for key in keys]
-    results: dict[tuple[str, int], dict[str, Any]] = {}
+    wanted = {k: Wanted(k[0], k[1], fingerprint(cfgs[k]), BACKBONE, hypergrad_settings(cfgs[k])) for k in todo}
+    known = {**read_runs_file(runs_file), **finished_rows(setup.runs_root)}
     for key, s in todo:
-        row = done.get((key, s, fingerprint(cfgs[key, s])))
+        row = known.get(wanted[key, s].key)
         if row is not None:
-            results[key, s] = row
             log(f"[overhead] {key} seed {s}: done before, test acc {row['test_accuracy']:.4f} (skipped)")
-    pending = [p for p in todo if p not in results]
-    threads = threads_per_job(jobs) if jobs > 1 else None
-    spent: dict[str, list[float]] = {}
-    for key, s, summary, diag in train_all(pending, cfgs, False, verbose, resume, jobs, threads):
-        row = {**run_record(key, s, cfgs[key, s], summary, diag), "jobs": jobs, "threads": threads}
-        append_run(runs_file, row)
-        results[key, s] = row
-        spent.setdefault(key, []).append(row["seconds"])
-        left = [p for p in pending if p not in results]
-        overall = statistics.fmean(x for v in spent.values() for x in v)
-        eta = sum(statistics.fmean(spent[k]) if k in spent else overall for k, _ in left) / jobs
-        log(
-            f"[overhead {len(results)}/{len(todo)}] {key} seed {s}: {row['train_seconds']:.1f}s training, "
-            f"{row['outer_steps']} outer steps, test acc {row['test_accuracy']:.4f} "
-            f"(ETA {fmt_seconds(eta)} for {len(left)} more)"
-        )
-    return [results[p] for p in todo]
+    pending = [wanted[k] for k in todo if wanted[k].key not in known]
+    if pending:
+        write_run_configs(keys, source_dir, setup.config_dir)
+        known.update(run_missing(setup, pending, threads, verbose))
+    write_runs_file(runs_file, {k: with_timing(r) for k, r in known.items()})
+    failed = [k for k in todo if wanted[k].key not in known]
+    if failed:
+        shown = ", ".join(f"{m} seed {s}" for m, s in failed)
+        raise UserError(f"{len(failed)} run(s) failed ({shown}); see the trials under {setup.runs_root}")
+    return [timed(known[wanted[k].key]) for k in todo]
 
 
 # ---- the driver -----------------------------------------------------------------------------------------
@@ -256,15 +265,27 @@ def run_overhead(
     if quick and epochs is None:
         epochs = 1
     out = Path(out)
-    ckpt_root = (Path(runs_dir) if runs_dir is not None else Path("runs") / "bench_overhead" / out.stem).resolve()
+    runs_root = (Path(runs_dir) if runs_dir is not None else Path("runs") / "bench_overhead" / out.stem).resolve()
     keys = run_order(methods)
-    cfgs = resolve_configs(keys, seeds, epochs, quick, extra_overrides, ckpt_root, Path(config_dir))
+    cfgs = resolve_configs(keys, seeds, epochs, quick, extra_overrides, Path(config_dir))
     check_twins_match(methods, cfgs, seeds[0])
 
     runs_file = out.with_name(f"{out.stem}.runs.jsonl")
-    if fresh and runs_file.exists():
-        runs_file.unlink()
-    runs = train_missing(keys, seeds, cfgs, runs_file, jobs, not fresh, verbose)
+    if fresh:
+        runs_file.unlink(missing_ok=True)
+        shutil.rmtree(runs_root, ignore_errors=True)
+    threads = cfgs[keys[0], seeds[0]].trainer.threads or max(1, usable_cpus() // jobs)
+    setup = GridSetup(
+        tag=out.stem,
+        runs_root=runs_root,
+        config_dir=runs_root / "configs",
+        overrides=Plan(epochs, BACKBONE, None, quick, tuple(extra_overrides), Path(config_dir)).overrides(),
+        jobs=jobs,
+        cpus_per_trial=float(threads),
+        tracking_uri=tracking_uri(None, runs_root),
+        experiment=f"overhead-{out.stem}",
+    )
+    runs = train_missing(keys, seeds, cfgs, setup, Path(config_dir), runs_file, threads, verbose)
     rows = build_rows(runs, methods)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(rows, indent=2, default=float) + "\n")
@@ -273,7 +294,7 @@ def run_overhead(
     if breakdown and not chosen:
         log(f"[overhead] no breakdown: it covers {', '.join(BREAKDOWN_METHODS)}, none of which was asked for")
     if breakdown and chosen:
-        result = run_breakdown(chosen, epochs, quick, extra_overrides, ckpt_root, Path(config_dir))
+        result = run_breakdown(chosen, epochs, quick, extra_overrides, runs_root / "breakdown", Path(config_dir))
         result["harmful_auxiliary"] = harmful_check((0,) if quick else (0, 1, 2))
         breakdown_path(out).write_text(json.dumps(result, indent=2, default=float) + "\n")
         log(f"[overhead] wrote {breakdown_path(out)}")
@@ -293,7 +314,7 @@ def add_arguments(p: Any) -> None:
         "--jobs",
         type=int,
         default=1,
-        help="runs trained at once, each in its own process (default 1: timings from an unshared machine)",
+        help="trials run at once, the CPUs split between them (default 1: timings from an unshared machine)",
     )
     p.add_argument(
         "--quick", action="store_true", help="1 seed, 1 epoch, 40 labelled images per class, 1,000 test images"
@@ -307,10 +328,15 @@ def add_arguments(p: Any) -> None:
         help="config override applied to methods and twins alike (repeatable)",
     )
     p.add_argument("--out", default=str(DEFAULT_OUT), help="rows JSON; the progress file and breakdown go beside it")
-    p.add_argument("--runs-dir", default=None, help="checkpoint folder (default runs/bench_overhead/<out stem>)")
+    p.add_argument(
+        "--runs-dir",
+        default=None,
+        help="folder of the Tune experiments, their trials' files and MLflow store "
+        "(default runs/bench_overhead/<out stem>)",
+    )
     p.add_argument("--fresh", action="store_true", help="forget finished runs and start over")
     p.add_argument("--no-breakdown", dest="breakdown", action="store_false", help="skip the outer-step breakdown")
-    p.add_argument("--verbose", action="store_true", help="also print each run's per-epoch lines")
+    p.add_argument("--verbose", action="store_true", help="also print one line per trial as it ends")
 
 
 def parse_seeds(text: str | None) -> tuple[int, ...] | None:

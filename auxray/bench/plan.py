@@ -73,37 +73,6 @@ def default_tag(backbone: str, quick: bool, config_dir: Path = CONFIG_DIR) -> st
     return f"quick_{backbone}" if quick else f"{Path(config_dir).name}_{backbone}"
 
 
-def method_overrides(
-    seed: int,
-    epochs: int | None,
-    backbone: str,
-    width: int | None,
-    quick: bool,
-    tracking: bool,
-    checkpoint_dir: str | Path,
-    extra_overrides: Sequence[str] = (),
-) -> list[str]:
-    """The ``--set`` overrides shared by every method's config for one seed."""
-    out = [
-        f"data.seed={seed}",
-        f"trainer.seed={seed}",
-        f"model.backbone={backbone}",
-        f"tracking.enabled={'true' if tracking else 'false'}",
-        f"trainer.checkpoint_dir={checkpoint_dir}",
-    ]
-    if epochs is not None:
-        out.append(f"trainer.epochs={epochs}")
-    if width is not None:
-        out.append(f"model.width={width}")
-    if quick:
-        out += [
-            f"data.labeled_per_class={QUICK_PER_CLASS}",
-            "data.labeled_fraction=null",
-            f"data.test_limit={QUICK_TEST_LIMIT}",
-        ]
-    return out + list(extra_overrides)
-
-
 def shared_settings(cfg: Any) -> dict[str, Any]:
     """Everything that must be identical across methods for a fair table: data (bar the seed), model, trainer
     (bar the seed and where checkpoints go)."""

@@ -48,14 +48,11 @@ from auxray.bench.plan import (
 from auxray.bench.table import build_table, data_note, render_markdown
 from auxray.bench.table_runs import (
     GridSetup,
-    RunKey,
     Wanted,
-    clear_unrestorable,
     finished_rows,
-    plan_sweeps,
     read_runs_file,
-    resumable_sweeps,
-    write_manifest,
+    run_missing,
+    tracking_uri,
     write_runs_file,
 )
 from auxray.errors import UserError
@@ -63,8 +60,6 @@ from auxray.method_specs import spec
 
 if TYPE_CHECKING:
     from auxray.config import RunConfig
-
-TRACKING_DB = "mlflow.db"  # the runs folder's own MLflow store, when --track is not given
 
 
 def run_reproduce(
@@ -152,9 +147,10 @@ def run_reproduce(
             overrides=plan.overrides(),
             jobs=jobs,
             cpus_per_trial=float(threads),
-            tracking_uri=_tracking_uri(track, runs_root),
+            tracking_uri=tracking_uri(track, runs_root),
+            experiment=f"reproduce-{tag}",
         )
-        known.update(_train(setup, pending, threads, verbose))
+        known.update(run_missing(setup, pending, threads, verbose))
     write_runs_file(runs_file, known)
     failed = [k for k in todo if wanted[k].key not in known]
     results = {k: known[wanted[k].key] for k in todo if k not in failed}
@@ -209,50 +205,6 @@ def run_reproduce(
         shown = ", ".join(f"{m} seed {s}" for m, s in failed)
         raise UserError(f"{len(failed)} run(s) failed ({shown}); see the trials under {runs_root}")
     return table
-
-
-def _tracking_uri(track: str | None, runs_root: Path) -> str:
-    """Where the trials' MLflow runs go: the runs folder's own SQLite store (no --track), the configured
-    store (--track), or the given URI (--track URI)."""
-    from auxray.tracking import resolve_uri
-
-    if track is None:
-        runs_root.mkdir(parents=True, exist_ok=True)
-        return f"sqlite:///{runs_root / TRACKING_DB}"
-    return resolve_uri(track or None)
-
-
-def _train(setup: GridSetup, pending: list[Wanted], threads: int, verbose: bool) -> dict[RunKey, dict[str, Any]]:
-    """Resume earlier experiments that hold pending runs, then run the rest as new grid sweeps, all on one Ray
-    instance; return every finished run under the runs folder."""
-    from auxray.tune.sweep import run_sweep, start_ray
-
-    started = start_ray()
-    try:
-        for sweep in resumable_sweeps(setup, pending):
-            log(f"[reproduce] resuming the interrupted experiment {sweep.experiment_dir}")
-            _run(run_sweep, sweep, True, setup, verbose)
-        done = finished_rows(setup.runs_root)
-        left = [w for w in pending if w.key not in done]
-        for sweep, runs in plan_sweeps(setup, left):
-            log(f"[reproduce] {len(runs)} runs as the grid sweep {sweep.experiment_dir}, {setup.jobs} at a time")
-            clear_unrestorable(sweep)
-            write_manifest(sweep, runs, threads)
-            _run(run_sweep, sweep, False, setup, verbose)
-    finally:
-        if started:
-            import ray
-
-            ray.shutdown()
-    return finished_rows(setup.runs_root)
-
-
-def _run(run_sweep: Any, sweep: Any, resume: bool, setup: GridSetup, verbose: bool) -> None:
-    """One grid sweep; a sweep in which every trial failed is reported after the others ran."""
-    try:
-        run_sweep(sweep, resume=resume, tracking_uri=setup.tracking_uri, progress=verbose)
-    except UserError as err:
-        log(f"[reproduce] {err}")
 
 
 def _write_table(

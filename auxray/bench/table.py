@@ -170,10 +170,11 @@ def render_markdown(table: list[dict[str, Any]], runs: list[dict[str, Any]], met
             else ""
         ),
         (
-            f"- Runs trained {meta['jobs']} at a time, each in its own process with {meta['threads_per_job']} "
+            f"- Runs trained {meta['jobs']} at a time as Ray Tune trials, each in its own process with "
+            f"{meta['threads_per_job']} "
             "torch thread(s), so a run's seconds are those of a machine shared with the other run(s)"
             if meta.get("jobs", 1) > 1
-            else "- Runs trained one at a time in one process"
+            else "- Runs trained one at a time as Ray Tune trials"
         ),
         "",
         "Per-method settings (from each resolved config, method.* and hypergrad.*):",

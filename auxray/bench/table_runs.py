@@ -26,9 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from auxray.bench.machine import log
+from auxray.errors import UserError
 from auxray.tune.config import CONFIG_AXIS, SEED_AXIS, SweepConfig, SweepTracking
 from auxray.tune.record import read_record, write_json
 
+TRACKING_DB = "mlflow.db"  # the runs folder's own MLflow store, when no tracking URI is asked for
 MANIFEST_SUFFIX = ".table.json"  # beside the experiment folder <name>: <name>.table.json
 
 Key = tuple[str, int]  # (method, seed)
@@ -61,6 +64,7 @@ class GridSetup:
     jobs: int
     cpus_per_trial: float
     tracking_uri: str
+    experiment: str  # the MLflow experiment, also the prefix of progress lines
 
 
 def _sweep(setup: GridSetup, name: str, methods: Sequence[str], seeds: Sequence[int]) -> SweepConfig:
@@ -72,7 +76,7 @@ def _sweep(setup: GridSetup, name: str, methods: Sequence[str], seeds: Sequence[
         concurrency=setup.jobs,
         cpus_per_trial=setup.cpus_per_trial,
         storage=str(setup.runs_root),
-        tracking=SweepTracking(uri=setup.tracking_uri, experiment=f"reproduce-{setup.tag}"),
+        tracking=SweepTracking(uri=setup.tracking_uri, experiment=setup.experiment),
     )
     sweep._source_dir = str(setup.config_dir.resolve())
     return sweep
@@ -222,3 +226,47 @@ def write_runs_file(path: Path, rows: dict[RunKey, dict[str, Any]]) -> None:
     ordered = sorted(rows.values(), key=lambda r: (r["finished_at"], r["method"], r["seed"]))
     tmp.write_text("".join(json.dumps(r, default=float) + "\n" for r in ordered))
     os.replace(tmp, path)
+
+
+def tracking_uri(track: str | None, runs_root: Path) -> str:
+    """Where the trials' MLflow runs go: the runs folder's own SQLite store (no --track), the configured
+    store (--track), or the given URI (--track URI)."""
+    from auxray.tracking import resolve_uri
+
+    if track is None:
+        runs_root.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{runs_root / TRACKING_DB}"
+    return resolve_uri(track or None)
+
+
+def run_missing(setup: GridSetup, pending: list[Wanted], threads: int, verbose: bool) -> dict[RunKey, dict[str, Any]]:
+    """Resume earlier experiments that hold pending runs, then run the rest as new grid sweeps (`threads` torch
+    threads per trial), all on one Ray instance; return every finished run under the runs folder."""
+    from auxray.tune.sweep import run_sweep, start_ray
+
+    started = start_ray()
+    try:
+        for sweep in resumable_sweeps(setup, pending):
+            log(f"[{setup.experiment}] resuming the interrupted experiment {sweep.experiment_dir}")
+            _run(run_sweep, sweep, True, setup, verbose)
+        done = finished_rows(setup.runs_root)
+        left = [w for w in pending if w.key not in done]
+        for sweep, runs in plan_sweeps(setup, left):
+            log(f"[{setup.experiment}] {len(runs)} runs as the grid sweep {sweep.experiment_dir}, {setup.jobs} at once")
+            clear_unrestorable(sweep)
+            write_manifest(sweep, runs, threads)
+            _run(run_sweep, sweep, False, setup, verbose)
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+    return finished_rows(setup.runs_root)
+
+
+def _run(run_sweep: Any, sweep: SweepConfig, resume: bool, setup: GridSetup, verbose: bool) -> None:
+    """One grid sweep; a sweep in which every trial failed is reported after the others ran."""
+    try:
+        run_sweep(sweep, resume=resume, tracking_uri=setup.tracking_uri, progress=verbose)
+    except UserError as err:
+        log(f"[{setup.experiment}] {err}")
