@@ -1,9 +1,10 @@
 """`python jobs/reproduce.py [--quick] [--backbone resnet18] [--epochs N] [--seeds 0,1,2] [--methods a,b] [--fresh]`:
 re-run the AuxiLearn paper's CIFAR-10 (5% labels) table with every method (see auxray/bench/reproduce.py).
 
-Finished runs are appended to benchmarks/results/reproduce_<tag>.runs.jsonl as they end, so an interrupted
-job is resumed by running the same command again (--fresh starts over); the table goes to
-benchmarks/results/reproduce_<tag>.json and .md, and the JSON table is printed on stdout. It can also be
+The runs are the trials of Ray Tune grid sweeps under runs/reproduce/<tag>/ (each an MLflow child run), so an
+interrupted job is resumed by running the same command again, and a later one with more methods or seeds adds
+only those (--fresh starts over); the finished runs go to benchmarks/results/reproduce_<tag>.runs.jsonl, the
+table to benchmarks/results/reproduce_<tag>.json and .md, and the JSON table is printed on stdout. It can also be
 submitted to a Ray cluster: `ray job submit --working-dir . -- python jobs/reproduce.py`.
 
 The repository root is put first on sys.path, so the `auxray` package comes from this working tree.
@@ -34,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"reproduce: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("reproduce: interrupted; finished runs are kept (run the same command again to resume)",
+        print("reproduce: interrupted; finished trials are kept (run the same command again to resume)",
               file=sys.stderr)
         return 130
     print(json.dumps(table, default=float), flush=True)

@@ -119,3 +119,24 @@ def test_grid_sweep_runs_each_combination_once_and_resumes(tmp_path: Path, cifar
     for row in again["per_trial"]:  # nothing trained again
         attempts = (sweep.trial_files_dir(row["trial_id"]) / "attempts.jsonl").read_text().splitlines()
         assert len(attempts) == 1, row
+
+
+def test_a_recorded_trial_reports_its_record_instead_of_training(tmp_path: Path) -> None:
+    """A trial restored after it wrote its record (the driver died before Tune saved that it ended) reports the
+    recorded result again; a record of other parameters is not its own."""
+    from auxray.tune.record import RECORD_FILE, recorded_result
+
+    params = {"config": "stl.yaml", "seed": 1}
+    summary = {"test_accuracy": 0.4, "best_val_accuracy": 0.5, "epochs": 3, "seconds": 9.0, "run_dir": "x"}
+    (tmp_path / RECORD_FILE).write_text(json.dumps({"params": params, "summary": summary}))
+    result = recorded_result(tmp_path, params)
+    assert result == {
+        "test_accuracy": 0.4,
+        "best_val_accuracy": 0.5,
+        "epochs": 3,
+        "seconds": 9.0,
+        "epoch": 3,
+        "val_accuracy": 0.5,
+    }
+    assert recorded_result(tmp_path, {**params, "seed": 2}) is None
+    assert recorded_result(tmp_path / "none", params) is None

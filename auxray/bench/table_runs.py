@@ -242,8 +242,10 @@ def tracking_uri(track: str | None, runs_root: Path) -> str:
 def run_missing(setup: GridSetup, pending: list[Wanted], threads: int, verbose: bool) -> dict[RunKey, dict[str, Any]]:
     """Resume earlier experiments that hold pending runs, then run the rest as new grid sweeps (`threads` torch
     threads per trial), all on one Ray instance; return every finished run under the runs folder."""
+    from auxray.tracking import check_reachable
     from auxray.tune.sweep import run_sweep, start_ray
 
+    check_reachable(setup.tracking_uri)  # an unreachable store is one line, before Ray starts
     started = start_ray()
     try:
         for sweep in resumable_sweeps(setup, pending):

@@ -48,6 +48,18 @@ def write_json(path: Path, value: Any) -> None:
     os.replace(tmp, path)
 
 
+def recorded_result(trial_dir: Path, params: dict[str, Any]) -> dict[str, float] | None:
+    """The final Tune report of a trial that already wrote its record with these parameters (it finished, but
+    the driver died before Tune saved that), so a restored trial reports it again instead of training again."""
+    record = read_record(trial_dir)
+    if record is None or record["params"] != params:
+        return None
+    summary = record["summary"]
+    result = {k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    result.update(epoch=summary["epochs"], val_accuracy=summary.get("best_val_accuracy", 0.0))
+    return result
+
+
 def read_record(trial_dir: Path) -> dict[str, Any] | None:
     """A trial's record, or None when it has not finished."""
     path = trial_dir / RECORD_FILE

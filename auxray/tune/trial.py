@@ -35,7 +35,7 @@ from auxray.train.loop import BilevelTrainer
 from auxray.train.run_dir import RunDir
 from auxray.train.session import RunView, Summary, run_session
 from auxray.tune.config import SweepConfig
-from auxray.tune.record import TrialRecord
+from auxray.tune.record import TrialRecord, recorded_result
 from auxray.tune.runs import STOPPED_TAG, open_child
 
 ATTEMPTS_FILE = "attempts.jsonl"
@@ -118,6 +118,13 @@ def run_trial(ctx: TrialContext, params: dict[str, Any]) -> None:
         trial_id=trial_id,
         spool_dir=ctx.spool_dir,
     )
+    recorded = recorded_result(trial_dir, params)
+    if recorded is not None:  # finished before the driver died, after Tune last saved its state
+        _log_attempt(trial_dir, int(recorded["epoch"]))
+        if not tracker.ended:
+            tracker.end("FINISHED")
+        tune.report(recorded)
+        return
     if cfg.scaling.workers > 1:
         _run_distributed_trial(ctx, cfg, tracker, trial_id)
         return
