@@ -179,6 +179,11 @@ class MethodConfig(_Section):
     aux_weight_decay: float = Field(1e-5, ge=0)
     aux_optimizer: Literal["adam", "sgd"] = "adam"
     aux_grad_clip: float | None = Field(None, gt=0)
+    # autolambda: every auxiliary task's initial weight (Auto-lambda's 0.1); its fixed twin keeps it.
+    init_weight: float = Field(0.1, gt=0)
+    # arml: the Langevin noise's scale on alpha (0: plain projected SGD); each step adds
+    # weight_noise * sqrt(2 * aux_lr) * N(0, 1) before the projection.
+    weight_noise: float = Field(0.0, ge=0)
 
     @field_validator("aux_task")
     @classmethod
@@ -299,6 +304,7 @@ class RunConfig(_Section):
         if method.learns_labels and m.aux_tasks not in (("labels",), ("none",)):
             raise ValueError(f"method {m.name!r} learns its own auxiliary labels; leave method.aux_task unset")
         self._data_for_tasks()
+        self._own_settings()
         for key, value, message in method.rejects:
             if getattr(m, key) == value:
                 raise ValueError(message)
@@ -314,6 +320,21 @@ class RunConfig(_Section):
                 "exact); hypergrad.method: unroll takes none"
             )
         return self
+
+    def _own_settings(self) -> None:
+        """A label generator's knob set for a method that learns no labels, or an inner optimizer a method's
+        look-ahead cannot take, is a mistake, not a silent no-op."""
+        m, method = self.method, SPECS[self.method.name]
+        label_knobs = {k for s in SPECS.values() if s.learns_labels for k in s.settings}
+        stray = sorted(k for k in m.model_fields_set & label_knobs if k not in method.settings)
+        if stray:
+            keys = ", ".join(f"method.{k}" for k in stray)
+            raise ValueError(f"{keys} configures a label generator; method {m.name!r} learns no labels, so drop it")
+        if method.inner_sgd and self.trainer.optimizer != "sgd":
+            raise ValueError(
+                f"method {m.name!r} looks ahead along the inner SGD step (momentum, weight decay); "
+                "set trainer.optimizer: sgd"
+            )
 
     def _data_for_tasks(self) -> None:
         """The unlabelled pool and the table go with the methods and tasks that can use them."""
@@ -343,7 +364,8 @@ class RunConfig(_Section):
         other = defining_method(h.method)
         choices = " or ".join([", ".join(allowed[:-1]), allowed[-1]] if len(allowed) > 1 else allowed)
         raise ValueError(
-            f"method.name: {method.name} learns labels by {method.hypergradient_words} (hypergrad.method: {choices}), "
+            f"method.name: {method.name} learns {'labels' if method.learns_labels else 'task weights'} by "
+            f"{method.hypergradient_words} (hypergrad.method: {choices}), "
             f"not hypergrad.method: {h.method} (that pairing is method.name: {other.name if other else 'none'}); "
             "leave hypergrad.method unset and the method picks its own"
         )

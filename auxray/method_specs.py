@@ -47,6 +47,8 @@ class MethodSpec:
     baseline: bool = False  # the single-task baseline: the reproduction's time unit and reference line
     in_table: bool = True  # a row of the reproduction table by default (equal is trained as a twin only)
     paper: Published | None = None
+    # Its look-ahead steps along the inner SGD's own direction (momentum, weight decay): trainer.optimizer sgd only.
+    inner_sgd: bool = False
 
     @property
     def default_hypergradient(self) -> HypergradMethod | None:
@@ -83,6 +85,23 @@ def _given(
         settings=settings,
         rejects=rejects,
         in_table=in_table,
+    )
+
+
+def _weighting(
+    name: str, settings: tuple[str, ...], twin: str, hypergradients: tuple[HypergradMethod, ...] = ()
+) -> MethodSpec:
+    """A cheap single-run task weighting (ARML, Auto-lambda): its own objective module, no held-out set."""
+    return MethodSpec(
+        name,
+        f"auxray.methods.weighting:{name}",
+        learns=True,
+        needs_aux_task=True,
+        hypergradients=hypergradients,
+        hypergradient_words="a finite-difference look-ahead on training batches" if hypergradients else "",
+        twin=twin,
+        settings=("aux_task", *settings),
+        inner_sgd=bool(hypergradients),
     )
 
 
@@ -143,6 +162,10 @@ SPECS: dict[str, MethodSpec] = {
             Published("MAXL-F", 56.1, 0.1),
         ),
         _given("jtds", learns=True, settings=("aux_task", *_AUX_NET_SETTINGS)),
+        # ARML starts at equal weights (1 each), so equal is its fixed twin; Auto-lambda's twin is itself frozen
+        # at method.init_weight (hypergrad.enabled: false).
+        _weighting("arml", ("aux_lr", "weight_noise"), "equal"),
+        _weighting("autolambda", ("init_weight", *_AUX_NET_SETTINGS), "autolambda", ("fd",)),
     )
 }
 METHOD_NAMES = tuple(SPECS)

@@ -52,6 +52,11 @@ class Rule(Protocol):
         """Whether the standalone step builds dL_T/dW's graph for it (else it works on the pure functions)."""
         ...
 
+    @property
+    def looks_ahead(self) -> bool:
+        """Whether it takes a virtual inner step W - lr * grads (so ``grads`` may be an optimizer's direction)."""
+        ...
+
     def from_gradient(
         self,
         grads: Vec,
@@ -119,6 +124,7 @@ class Implicit:
     reduce_hvp: bool  # all-reduce every product (hypergrad.mode: global), not only v and the result
     needs_graph: bool  # products over the gradient graph (reverse over reverse), not on the pure functions
     differentiates_gradient = True
+    looks_ahead = False
 
     @property
     def fuses(self) -> bool:
@@ -177,6 +183,7 @@ class Unrolled:
     differentiates_gradient = True
     needs_graph = True
     fuses = True
+    looks_ahead = True
 
     def from_gradient(
         self,
@@ -208,6 +215,7 @@ class FiniteDifference:
     fuses: bool = True  # false with hypergrad.hvp fwdrev, as for the other rules
     differentiates_gradient = False
     needs_graph = False
+    looks_ahead = True
 
     def from_gradient(
         self,

@@ -21,6 +21,7 @@ from auxray.train.collective import Collective, PhiUpdater
 from auxray.train.diagnostics import epoch_diagnostics, hypergrad_cosine
 from auxray.train.hypergradient import build_hypergradient
 from auxray.train.hyperstep import Phases, compute_hypergrad, fused_hyperstep, hypergrad_mask, no_phases, trainable
+from auxray.train.look_ahead import sgd_look_ahead
 from auxray.train.phi_optimizer import PhiOptimizer
 from auxray.train.progress import Progress
 from auxray.train.setup import make_inner_optimizer, make_scheduler, resolve_device, seed_everything
@@ -109,14 +110,19 @@ class BilevelTrainer:
         self.hyper_mask = hypergrad_mask(trainable(self.model)[0], cfg.hypergrad.params, cfg.model.backbone)
         self.hypergradient = build_hypergradient(cfg.hypergrad, self.hyper_mask)
         self.fused = self.hypergradient.fused
-        self.learns_phi = self.objective.learned and cfg.hypergrad.enabled
+        self.learns_phi = self.objective.learned and self.objective.hypergradient_steps and cfg.hypergrad.enabled
+        chosen = [p for p, m in zip(trainable(self.model)[1], self.hyper_mask, strict=True) if m]
+        self.look_ahead = sgd_look_ahead(self.opt_w, chosen) if self.objective.optimizer_look_ahead else None
+        # The aux net as built, before any step (a resumed run rebuilds the same): what the weights' drift is from.
+        self.initial_auxnet = copy.deepcopy(self.auxnet)
         if self.learns_phi:
             if self.auxnet is None:
                 raise ValueError(f"{self.objective.name} is a learned method but built no auxiliary network")
             self.phi = phi_updater(self.auxnet) if phi_updater else PhiOptimizer(self.auxnet, cfg.method)
-            aux_bs = min(t.batch_size, max(1, len(data.aux) // self.collective.world_size))
+            outer_data = data.train if self.objective.outer_on_train else data.aux
+            aux_bs = min(t.batch_size, max(1, len(outer_data) // self.collective.world_size))
             self.aux_iter = BatchIterator(
-                data.aux,
+                outer_data,
                 aux_bs,
                 shuffle=True,
                 seed=t.seed + 1,
@@ -190,6 +196,7 @@ class BilevelTrainer:
             "inner_lr": self.opt_w.param_groups[0]["lr"],
             "reduce": self.reduce_hook(),
             "phases": phases,
+            "direction": self.look_ahead,
         }
 
     def phi_parts(self) -> tuple[nn.Module, PhiUpdater]:
