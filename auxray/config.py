@@ -325,8 +325,15 @@ class RunConfig(_Section):
         """A label generator's knob set for a method that learns no labels, or an inner optimizer a method's
         look-ahead cannot take, is a mistake, not a silent no-op."""
         m, method = self.method, SPECS[self.method.name]
-        label_knobs = {k for s in SPECS.values() if s.learns_labels for k in s.settings}
-        stray = sorted(k for k in m.model_fields_set & label_knobs if k not in method.settings)
+        label_knobs = {k for s in SPECS.values() if s.learns_labels for k in s.settings} - {
+            k for s in SPECS.values() if not s.learns_labels for k in s.settings
+        }
+        # Set to other than its default (a dumped config names every key), for a method that does not read it.
+        stray = sorted(
+            k
+            for k in m.model_fields_set & label_knobs - set(method.settings)
+            if getattr(m, k) != MethodConfig.model_fields[k].get_default(call_default_factory=True)
+        )
         if stray:
             keys = ", ".join(f"method.{k}" for k in stray)
             raise ValueError(f"{keys} configures a label generator; method {m.name!r} learns no labels, so drop it")
