@@ -226,3 +226,84 @@ def test_bad_settings_exit_2_with_one_line_through_the_cli(name: str, tmp_path: 
     proc = in_process(capsys, "train", str(write_config(tmp_path, raw)), "--no-progress")
     assert_one_line_error(proc, "method.entropy_weight configures a label generator")
     assert not any(tmp_path.glob("runs*"))
+
+
+# ---- data-parallel ----------------------------------------------------------------------------------------------
+PER_WORKER = 16
+
+
+def _after_three_steps(trainer: BilevelTrainer, offset: int, size: int) -> dict[str, torch.Tensor]:
+    """Three steps (every: 1, so each moves the weights) on fixed rows of the training split: block k's training
+    rows [64k + offset, + size), Auto-lambda's outer rows 32 further; then the weights and W. One process takes
+    offset 0 and size 32, worker r offset 16 r and size 16: the same rows between them."""
+    train = trainer.data.train
+
+    def rows(lo: int):
+        return trainer.prepare(train.x[lo : lo + size], train.y[lo : lo + size], None)
+
+    for k in range(3):
+        trainer.step += 1
+        if trainer.learns_phi:
+            trainer.fused_step(rows(4 * PER_WORKER * k + offset), rows(4 * PER_WORKER * k + 2 * PER_WORKER + offset))
+        else:
+            trainer.inner_step(rows(4 * PER_WORKER * k + offset))
+    weights = trainer.auxnet.task_weights()
+    return {
+        "weights": weights.detach().cpu(),
+        "w": torch.cat([p.detach().flatten() for p in trainer.model.parameters()]),
+    }
+
+
+def _data_parallel_raws() -> dict[str, dict]:
+    return {
+        name: _raw(name, trainer={"dtype": "float64", "threads": 1, "weight_decay": 0.01}, hypergrad={"every": 1})
+        for name in ("arml", "autolambda")
+    }
+
+
+def _data_parallel_worker(config: dict) -> None:
+    """Ray Train worker: three steps of each method on this rank's half of the rows, written to disk."""
+    import ray.train
+
+    from auxray.train.ray_collective import TorchDistributedCollective
+
+    collective = TorchDistributedCollective(torch.device("cpu"))
+    out = {}
+    for name, raw in _data_parallel_raws().items():
+        cfg = config_from_dict(raw)
+        trainer = BilevelTrainer(cfg, build_data(cfg.data, cfg.method.aux_tasks), collective=collective, progress=False)
+        out[name] = _after_three_steps(trainer, collective.rank * PER_WORKER, PER_WORKER)
+    torch.save(out, Path(config["out"]) / f"rank{collective.rank}.pt")
+    ray.train.report({"done": 1})
+
+
+@pytest.mark.slow
+@pytest.mark.cluster
+def test_two_workers_give_the_single_process_weights(tmp_path: Path) -> None:
+    """ARML's per-task gradients and Auto-lambda's look-ahead (its step and its direction d) are all-reduced, so two
+    workers on halves of the rows end with the weights and W one process reaches on all of them."""
+    import ray
+    from ray.train import RunConfig as TrainRunConfig
+    from ray.train import ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from auxray.train.ray_cluster import ensure_ray
+
+    ensure_ray(None, num_cpus=2)
+    try:
+        TorchTrainer(
+            _data_parallel_worker,
+            train_loop_config={"out": str(tmp_path)},
+            scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 1}),
+            run_config=TrainRunConfig(name="weighting", storage_path=str(tmp_path / "ray")),
+        ).fit()
+    finally:
+        ray.shutdown()
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    for name, raw in _data_parallel_raws().items():
+        single = _after_three_steps(_trainer(raw), 0, 2 * PER_WORKER)
+        start = 1.0 if name == "arml" else 0.1
+        assert float((single["weights"] - start).abs().max()) > 1e-6  # the weights moved
+        for key in ("weights", "w"):
+            torch.testing.assert_close(ranks[0][name][key], single[key], rtol=1e-9, atol=1e-12)
+            assert torch.equal(ranks[1][name][key], ranks[0][name][key])

@@ -209,7 +209,8 @@ class Unrolled:
 
 @dataclass(frozen=True)
 class FiniteDifference:
-    """MAXL-F's first-order unroll: the mixed second derivative by central differences of dL_T/dphi."""
+    """MAXL-F's first-order unroll: the mixed second derivative by central differences of dL_T/dphi. Its
+    ``from_gradient`` takes the step's direction as every worker holds it (all-reduced); d is all-reduced inside."""
 
     eps: float
     fuses: bool = True  # false with hypergrad.hvp fwdrev, as for the other rules
@@ -231,7 +232,7 @@ class FiniteDifference:
     ) -> Vec:
         with phases("aux_gradient"):
             res = plus(
-                finite_difference_from_grad(grads, inner, outer, sub, phi, lr=lr, eps=self.eps),
+                finite_difference_from_grad(grads, inner, outer, sub, phi, lr=lr, eps=self.eps, reduce=reduce),
                 direct_gradient(direct, phi),
             )
         return _reduced(res, reduce)
@@ -239,7 +240,8 @@ class FiniteDifference:
     def from_functions(
         self, inner: InnerFn, outer: OuterFn, sub: Vec, phi: Vec, direct: Vec | None, lr: float, reduce: Reduce | None
     ) -> Vec:
-        return _reduced(plus(finite_difference_hypergrad(inner, outer, sub, phi, lr=lr, eps=self.eps), direct), reduce)
+        fd = finite_difference_hypergrad(inner, outer, sub, phi, lr=lr, eps=self.eps, reduce=reduce)
+        return _reduced(plus(fd, direct), reduce)
 
 
 def rule_for(

@@ -233,6 +233,8 @@ def compute_hypergrad(
                 ),
                 w_sub,
             )
+        if not hg.rule.differentiates_gradient and reduce is not None:
+            g = tuple(reduce(tuple(g)))  # the look-ahead along the all-reduced gradient, as the fused step takes it
         g = look(g) if look is not None else g
         return hg.rule.from_gradient(g, inner, outer, w_sub, phi, result.regulariser, lr, reduce, phases)
 
@@ -288,7 +290,9 @@ def fused_hyperstep(
         reduced_w = tuple(reduce(tuple(w_grads))) if reduce is not None else tuple(w_grads)
         with batch_stats_only(model, auxnet):
             inner, outer = p.inner_fn(p.w), p.outer_fn(p.w)
-            ahead = direction(g_sub) if direction is not None and hg.rule.looks_ahead else g_sub
+            # A rule that does not differentiate the gradient looks ahead along the all-reduced one (the step W takes).
+            step = g_sub if hg.rule.differentiates_gradient else tuple(reduced_w[i] for i in p.sub)
+            ahead = direction(step) if direction is not None and hg.rule.looks_ahead else step
             grads = hg.rule.from_gradient(
                 ahead, inner, outer, sub, phi, result.regulariser, hg.lr(inner_lr), reduce, phases
             )
