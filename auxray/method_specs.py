@@ -49,6 +49,9 @@ class MethodSpec:
     paper: Published | None = None
     # Its look-ahead steps along the inner SGD's own direction (momentum, weight decay): trainer.optimizer sgd only.
     inner_sgd: bool = False
+    # A learned method's weights move by the loop's outer steps (hypergradients); False: its gradient rule moves them
+    # inside W's backward (ARML), so it has no outer step to time or hypergradient to compare.
+    hypergradient_steps: bool = True
 
     @property
     def default_hypergradient(self) -> HypergradMethod | None:
@@ -91,7 +94,8 @@ def _given(
 def _weighting(
     name: str, settings: tuple[str, ...], twin: str, hypergradients: tuple[HypergradMethod, ...] = ()
 ) -> MethodSpec:
-    """A cheap single-run task weighting (ARML, Auto-lambda): its own objective module, no held-out set."""
+    """A cheap single-run task weighting (ARML, Auto-lambda): its own objective module, no held-out set, moved by a
+    finite-difference hypergradient or else by its gradient rule; not a row of the AuxiLearn reproduction."""
     return MethodSpec(
         name,
         f"auxray.methods.weighting:{name}",
@@ -102,6 +106,8 @@ def _weighting(
         twin=twin,
         settings=("aux_task", *settings),
         inner_sgd=bool(hypergradients),
+        hypergradient_steps=bool(hypergradients),
+        in_table=False,
     )
 
 
