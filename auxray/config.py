@@ -179,6 +179,9 @@ class MethodConfig(_Section):
     aux_weight_decay: float = Field(1e-5, ge=0)
     aux_optimizer: Literal["adam", "sgd"] = "adam"
     aux_grad_clip: float | None = Field(None, gt=0)
+    # equal and forkmerge: fixed weights of named auxiliary tasks (a task not named keeps weight 1): what a search
+    # over fixed weights (configs/sweeps/weight_search_*.yaml) tunes, and forkmerge's given branch.
+    task_weights: dict[str, float] = Field(default_factory=dict)
     # forkmerge: every merge_every inner steps the primary net forks into branches that differ in their task weights
     # (the current ones, plus fork_branches: main_only; drop_each, one branch per task with its weight 0;
     # raise_each, one per task with its weight times fork_raise), trains each on the same batches, and merges them
@@ -191,6 +194,14 @@ class MethodConfig(_Section):
     fork_raise: float = Field(2.0, gt=1)
     merge_grid: list[float] = Field(default_factory=lambda: [0.2, 0.4, 0.6, 0.8])
     merge_metric: Literal["loss", "accuracy"] = "loss"
+
+    @field_validator("task_weights")
+    @classmethod
+    def _non_negative_weights(cls, v: dict[str, float]) -> dict[str, float]:
+        negative = sorted(k for k, w in v.items() if not w >= 0)
+        if negative:
+            raise ValueError(f"task_weights must be non-negative numbers; {', '.join(negative)} is not")
+        return v
 
     @field_validator("fork_branches")
     @classmethod

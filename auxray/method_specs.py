@@ -112,7 +112,13 @@ SPECS: dict[str, MethodSpec] = {
         MethodSpec(
             "stl", "auxray.methods.objectives:stl", uses_pool=False, baseline=True, paper=Published("STL", 50.8, 0.8)
         ),
-        _given("equal", in_table=False),
+        MethodSpec(
+            "equal",
+            "auxray.methods.weighted:equal",
+            needs_aux_task=True,
+            settings=("aux_task", "task_weights"),
+            in_table=False,
+        ),
         _given("uncertainty"),
         _given("gcs"),
         _given(
@@ -147,11 +153,19 @@ SPECS: dict[str, MethodSpec] = {
         _given("jtds", learns=True, settings=("aux_task", *_AUX_NET_SETTINGS)),
         MethodSpec(
             "forkmerge",
-            "auxray.methods.forkmerge:forkmerge",
+            "auxray.methods.weighted:forkmerge",
             needs_aux_task=True,
             forks=True,
             twin="equal",
-            settings=("aux_task", "merge_every", "fork_branches", "fork_raise", "merge_grid", "merge_metric"),
+            settings=(
+                "aux_task",
+                "task_weights",
+                "merge_every",
+                "fork_branches",
+                "fork_raise",
+                "merge_grid",
+                "merge_metric",
+            ),
             in_table=False,
         ),
     )

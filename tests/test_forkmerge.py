@@ -120,3 +120,38 @@ def test_bad_forkmerge_settings_are_one_config_line(method: dict, scaling: dict,
 def test_bad_forkmerge_setting_through_the_cli_is_one_line_exit_2(tmp_path, capsys) -> None:
     path = write_config(tmp_path, forkmerge_raw(merge_grid=[0.0, 0.5]))
     assert_one_line_error(in_process(capsys, "train", str(path)), "merge_grid takes distinct shares")
+
+
+def test_equal_weighs_each_task_by_method_task_weights() -> None:
+    """equal's inner loss is the main loss plus each task's mean loss times its weight (1 when not named)."""
+    cfg = config_from_dict(synthetic_raw(method={"name": "equal", "task_weights": {"harmful": 0.25}}))
+    data = build_data(cfg.data, cfg.method.aux_tasks)
+    trainer = BilevelTrainer(cfg, data, progress=False)
+    batch = trainer.prepare(data.train.x[:16], data.train.y[:16], torch.Generator())
+    result = trainer.objective.inner(trainer.model, None, batch)
+    out = trainer.model(batch["x"])
+    per_task = [(out[name].squeeze(-1) - batch["y"][:, col]).pow(2).mean() for col, name in ((1, "helpful"), (2, "harmful"))]
+    main = (out["main"].squeeze(-1) - batch["y"][:, 0]).pow(2).mean()
+    assert float(result.loss.detach()) == pytest.approx(float((main + per_task[0] + 0.25 * per_task[1]).detach()), rel=1e-6)
+
+
+def test_task_weights_naming_no_task_of_the_run_or_negative_are_one_line(tmp_path, capsys) -> None:
+    path = write_config(tmp_path, synthetic_raw(method={"name": "equal", "task_weights": {"rotation": 0.5}}))
+    assert_one_line_error(in_process(capsys, "train", str(path)), "method.task_weights names rotation", "helpful")
+    with pytest.raises(UserError, match="task_weights must be non-negative numbers; harmful is not"):
+        config_from_dict(synthetic_raw(method={"name": "equal", "task_weights": {"harmful": -1}}))
+
+
+def test_a_sweep_searches_one_task_weight_by_its_dotted_key(tmp_path) -> None:
+    from auxray.tune.config import load_sweep
+
+    base = write_config(tmp_path, synthetic_raw(method={"name": "equal"}))
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text(
+        f"base: {base}\nspace:\n  method.task_weights.harmful: {{type: loguniform, low: 0.01, high: 4.0}}\n"
+    )
+    cfg = load_sweep(sweep).trial_config({"method.task_weights.harmful": 0.5})
+    assert cfg.method.task_weights == {"harmful": 0.5}
+    sweep.write_text(f"base: {base}\nspace:\n  method.task_weights.harmful.x: {{type: choice, values: [1]}}\n")
+    with pytest.raises(UserError, match="space key 'method.task_weights.harmful.x' is not a run config key"):
+        load_sweep(sweep)

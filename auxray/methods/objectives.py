@@ -203,11 +203,6 @@ def stl(method: MethodSpec, i: ObjectiveInputs) -> GivenAuxObjective:
     return GivenAuxObjective(method, i.given_task(), i.outputs, aux_weight=0.0)
 
 
-def equal(method: MethodSpec, i: ObjectiveInputs) -> GivenAuxObjective:
-    """Main plus auxiliary losses, equal weights."""
-    return GivenAuxObjective(method, i.given_task(), i.outputs)
-
-
 def gcs(method: MethodSpec, i: ObjectiveInputs) -> GivenAuxObjective:
     """Equal weights, each auxiliary gradient kept only where its cosine with the main one is positive."""
     return GivenAuxObjective(method, i.given_task(), i.outputs, rule=GCSRule())

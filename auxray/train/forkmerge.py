@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from auxray.config import MethodConfig
 from auxray.data import DataBundle, TensorData
 from auxray.methods import Batch
-from auxray.methods.forkmerge import WeightedObjective
+from auxray.methods.weighted import WeightedObjective
 
 Score = tuple[float, ...]  # higher is better, compared left to right
 

@@ -16,7 +16,7 @@ from auxray.config import RunConfig
 from auxray.data import BatchIterator, DataBundle, TensorData
 from auxray.method_specs import spec
 from auxray.methods import Batch, InnerResult, Objective, accuracy, build_objective, main_loss, main_target
-from auxray.methods.forkmerge import WeightedObjective
+from auxray.methods.weighted import WeightedObjective
 from auxray.models import MultiHeadNet, build_trunk
 from auxray.train.checkpoint import rng_state, set_rng_state
 from auxray.train.collective import Collective, PhiUpdater
