@@ -3,6 +3,12 @@ search, a harmful auxiliary dropped on a small problem, exact resume, and bad se
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -12,7 +18,8 @@ from auxray.data import build_data
 from auxray.errors import UserError
 from auxray.train.forkmerge import branch_weights, combine, greedy_merge
 from auxray.train.loop import BilevelTrainer
-from tests.test_cli import assert_one_line_error, in_process, write_config
+from tests.conftest import tiny_cifar_raw
+from tests.test_cli import assert_one_line_error, in_process, last_json, leaves, untimed, write_config
 from tests.test_train import assert_resume_matches, synthetic_raw
 
 
@@ -155,3 +162,43 @@ def test_a_sweep_searches_one_task_weight_by_its_dotted_key(tmp_path) -> None:
     sweep.write_text(f"base: {base}\nspace:\n  method.task_weights.harmful.x: {{type: choice, values: [1]}}\n")
     with pytest.raises(UserError, match="space key 'method.task_weights.harmful.x' is not a run config key"):
         load_sweep(sweep)
+
+
+@pytest.mark.slow
+def test_a_killed_forkmerge_run_resumes_to_the_uninterrupted_result(tmp_path, cifar_zip, capsys, monkeypatch) -> None:
+    """SIGKILL `auxray train` of a forkmerge run once a checkpoint exists, then `--resume`: the same net, inner
+    optimizer, schedule, effective weights and history as an uninterrupted run (periods end with epochs, so every
+    checkpoint falls between merges)."""
+    raw = tiny_cifar_raw(cifar_zip, tmp_path, name="forkmerge", aux_task="rotation", merge_every=4)
+    raw["trainer"].update(epochs=6, checkpoint_every=2)
+    path = write_config(tmp_path, raw)
+    args = ("train", str(path), "--json", "--no-progress")
+    monkeypatch.chdir(tmp_path)
+    full = last_json(in_process(capsys, *args, "--set", f"trainer.checkpoint_dir={tmp_path / 'full'}"))
+
+    killed_at = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "auxray.cli", *args, "--set", f"trainer.checkpoint_dir={killed_at}"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 300
+    while not list(killed_at.glob("*/*/latest.pt")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    (run_dir,) = killed_at.glob("*/*")
+    epoch_at_kill = torch.load(run_dir / "latest.pt", weights_only=True)["epoch"]
+    assert proc.returncode == -signal.SIGKILL and epoch_at_kill < 6, "the run ended before it was killed"
+
+    resumed = last_json(in_process(capsys, *args, "--resume", "--set", f"trainer.checkpoint_dir={killed_at}"))
+    assert resumed["resumed_from"] == [epoch_at_kill] and resumed["test_accuracy"] == full["test_accuracy"]
+    a = torch.load(run_dir / "latest.pt", weights_only=True)
+    b = torch.load(Path(full["run_dir"]) / "latest.pt", weights_only=True)
+    for key in ("model", "opt_w", "sched_w", "fork"):
+        flat_a, flat_b = leaves(a[key]), leaves(b[key])
+        assert len(flat_a) == len(flat_b) > 0, key
+        for x, y in zip(flat_a, flat_b, strict=True):
+            assert torch.equal(x, y) if isinstance(x, torch.Tensor) else x == y, key
+    assert a["fork"]["merges"] == 6 * 2 and untimed(a["history"]) == untimed(b["history"])
