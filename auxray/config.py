@@ -308,6 +308,9 @@ class ScalingConfig(_Section):
     use_ray: bool = False
     address: str | None = None
     max_failures: int = Field(2, ge=0)
+    # A forking method's branches on this many Ray actors at once (each one CPU and gpus_per_worker GPUs), joined
+    # at `address` or on a local Ray; 0 trains them one after another in the run's process. Same results.
+    branch_actors: int = Field(0, ge=0)
 
 
 class TrackingConfig(_Section):
@@ -342,6 +345,8 @@ class RunConfig(_Section):
         if method.learns_labels and m.aux_tasks not in (("labels",), ("none",)):
             raise ValueError(f"method {m.name!r} learns its own auxiliary labels; leave method.aux_task unset")
         self._data_for_tasks()
+        if self.scaling.branch_actors and not method.forks:
+            raise ValueError(f"scaling.branch_actors trains a forking method's branches; method {m.name!r} forks none")
         if method.forks and self.scaling.workers > 1:
             raise ValueError(
                 f"method {m.name!r} trains its branches in one process; set scaling.workers: 1 "

@@ -202,3 +202,38 @@ def test_a_killed_forkmerge_run_resumes_to_the_uninterrupted_result(tmp_path, ci
         for x, y in zip(flat_a, flat_b, strict=True):
             assert torch.equal(x, y) if isinstance(x, torch.Tensor) else x == y, key
     assert a["fork"]["merges"] == 6 * 2 and untimed(a["history"]) == untimed(b["history"])
+
+
+@pytest.mark.slow
+def test_branches_on_ray_actors_give_the_in_process_parameters() -> None:
+    """scaling.branch_actors: 2 trains the branches on two Ray actors at once; the run ends bit for bit where the
+    in-process one does (one torch thread each), merges and effective weights included."""
+    import ray
+
+    from auxray.train.ray_branches import RayBranches
+    from auxray.train.ray_cluster import ensure_ray
+
+    raw = forkmerge_raw(aux_task="tests.helpers_user_models:helpful_and_misleading", merge_every=4)
+    raw["trainer"]["epochs"] = 3
+    local_cfg = config_from_dict(raw)
+    raw["scaling"] = {"branch_actors": 2}
+    actors_cfg = config_from_dict(raw)
+    data = build_data(local_cfg.data, local_cfg.method.aux_tasks)
+    local = BilevelTrainer(local_cfg, data, progress=False)
+    local.fit()
+    ensure_ray(None, num_cpus=2)
+    try:
+        remote = BilevelTrainer(actors_cfg, data, progress=False, branches=RayBranches)
+        assert isinstance(remote.fork.runner, RayBranches) and len(remote.fork.runner.actors) == 2
+        remote.fit()
+    finally:
+        ray.shutdown()
+    for a, b in zip(local.model.state_dict().values(), remote.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert local.fork.merges == remote.fork.merges == 3 * 3 and torch.equal(local.fork.weights, remote.fork.weights)
+    assert [h["task_weight/misleading"] for h in local.history] == [h["task_weight/misleading"] for h in remote.history]
+
+
+def test_branch_actors_for_a_method_that_forks_none_is_one_line() -> None:
+    with pytest.raises(UserError, match="scaling.branch_actors trains a forking method's branches; method 'equal'"):
+        config_from_dict(synthetic_raw(method={"name": "equal"}) | {"scaling": {"branch_actors": 2}})

@@ -33,6 +33,17 @@ from auxray.methods.weighted import WeightedObjective
 Score = tuple[float, ...]  # higher is better, compared left to right
 
 
+Snapshot = dict[str, Any]  # the net's, the inner optimizer's and the schedule's state_dict
+
+
+class BranchRunner(Protocol):
+    """Trains branches: each from the snapshot `start`, at its weight vector, on `batches` in order; returns their
+    end snapshots in the order of `weights`. In this process (InProcessBranches) or on Ray actors
+    (auxray.train.ray_branches), with the same results."""
+
+    def train(self, start: Snapshot, weights: Sequence[Tensor], batches: Sequence[Batch]) -> list[Snapshot]: ...
+
+
 class BranchHost(Protocol):
     """What the fork/merge driver asks of the trainer: its net, inner optimizer and schedule, one inner step, and
     an evaluation on a split."""
@@ -113,12 +124,29 @@ def greedy_merge(n: int, score: Callable[[Tensor], Score], grid: Sequence[float]
     return coeffs, best
 
 
-class ForkMerge:
-    """The fork/merge driver a forking method's trainer holds: records each period's batches, then trains the
-    other branches on them and merges."""
+class InProcessBranches:
+    """Trains branches one after another on the trainer itself (its net, optimizer, schedule and inner step)."""
 
-    def __init__(self, objective: WeightedObjective, settings: MethodConfig) -> None:
-        self.objective, self.settings = objective, settings
+    def __init__(self, host: BranchHost, objective: WeightedObjective) -> None:
+        self.host, self.objective = host, objective
+
+    def train(self, start: Snapshot, weights: Sequence[Tensor], batches: Sequence[Batch]) -> list[Snapshot]:
+        out = []
+        for w in weights:
+            restore(self.host, start)
+            self.objective.set_weights(w)
+            for batch in batches:
+                self.host.inner_step(batch)
+            out.append(snapshot(self.host))
+        return out
+
+
+class ForkMerge:
+    """The fork/merge driver a forking method's trainer holds: records each period's batches, then has the other
+    branches trained on them (by `runner`) and merges."""
+
+    def __init__(self, objective: WeightedObjective, settings: MethodConfig, runner: BranchRunner) -> None:
+        self.objective, self.settings, self.runner = objective, settings, runner
         self.branches = branch_weights(
             objective.weights, objective.aux_names, settings.fork_branches, settings.fork_raise
         )
@@ -140,7 +168,7 @@ class ForkMerge:
     def record(self, host: BranchHost, batch: Batch) -> None:
         """Keep a batch of the period, first snapshotting the state the period starts from; call before the step."""
         if not self.pending:
-            self._start = _snapshot(host)
+            self._start = snapshot(host)
         self.pending.append(batch)
 
     def merge(self, host: BranchHost) -> Tensor:
@@ -150,13 +178,7 @@ class ForkMerge:
             raise RuntimeError("merge called before any batch of the period was recorded")
         t0 = time.perf_counter()
         m, branches = self.settings, self.branches
-        states = [_snapshot(host)]
-        for _, weights in branches[1:]:
-            _restore(host, self._start)
-            self.objective.set_weights(weights)
-            for batch in self.pending:
-                host.inner_step(batch)
-            states.append(_snapshot(host))
+        states = [snapshot(host), *self.runner.train(self._start, [w for _, w in branches[1:]], self.pending)]
         models = [s["model"] for s in states]
 
         def score(coeffs: Tensor) -> Score:
@@ -168,7 +190,7 @@ class ForkMerge:
 
         coeffs, _ = greedy_merge(len(states), score, m.merge_grid)
         merged = combine(states, coeffs)
-        _restore(host, {**merged, "sched": states[0]["sched"]})
+        restore(host, {**merged, "sched": states[0]["sched"]})
         self.objective.set_weights(branches[0][1])  # the run's own steps train the given branch again
         self.weights = torch.stack([w for _, w in branches]).T @ coeffs
         self._epoch_weights += self.weights
@@ -201,14 +223,14 @@ class ForkMerge:
         self.merges, self.branch_steps = int(state["merges"]), int(state["branch_steps"])
 
 
-def _snapshot(host: BranchHost) -> dict[str, Any]:
+def snapshot(host: BranchHost) -> Snapshot:
     """Copies of the net's, the inner optimizer's and the schedule's state."""
     return copy.deepcopy(
         {"model": host.model.state_dict(), "opt": host.opt_w.state_dict(), "sched": host.sched_w.state_dict()}
     )
 
 
-def _restore(host: BranchHost, state: Mapping[str, Any]) -> None:
+def restore(host: BranchHost, state: Mapping[str, Any]) -> None:
     """Load a snapshot back into the host (copies, so the snapshot can be loaded again)."""
     host.model.load_state_dict(state["model"])
     host.opt_w.load_state_dict(copy.deepcopy(state["opt"]))

@@ -21,7 +21,7 @@ from auxray.models import MultiHeadNet, build_trunk
 from auxray.train.checkpoint import rng_state, set_rng_state
 from auxray.train.collective import Collective, PhiUpdater
 from auxray.train.diagnostics import epoch_diagnostics, hypergrad_cosine
-from auxray.train.forkmerge import ForkMerge
+from auxray.train.forkmerge import BranchRunner, ForkMerge, InProcessBranches
 from auxray.train.hypergradient import build_hypergradient
 from auxray.train.hyperstep import Phases, compute_hypergrad, fused_hyperstep, hypergrad_mask, no_phases, trainable
 from auxray.train.phi_optimizer import PhiOptimizer
@@ -44,6 +44,7 @@ class BilevelTrainer:
         phi_updater: Callable[[nn.Module], PhiUpdater] | None = None,
         callbacks: Sequence[EpochCallback] = (),
         progress: bool = True,
+        branches: Callable[[BilevelTrainer], BranchRunner] | None = None,
     ) -> None:
         self.cfg, self.data = cfg, data
         self.collective = collective or Collective()
@@ -133,7 +134,9 @@ class BilevelTrainer:
         if spec(cfg.method.name).forks:
             if not isinstance(self.objective, WeightedObjective):
                 raise ValueError(f"{self.objective.name} forks branches but its objective has no task-weight vector")
-            self.fork = ForkMerge(self.objective, cfg.method)
+            self.fork = ForkMerge(
+                self.objective, cfg.method, branches(self) if branches else InProcessBranches(self, self.objective)
+            )
         self.epoch = 0
         self.step = 0
         self.history: list[dict[str, Any]] = []
