@@ -32,7 +32,7 @@ RUNS = [p for p in SHIPPED if p not in SWEEPS]
 SEMISUP, NOISE = CONFIGS / "cifar10_5pct_semisup", CONFIGS / "cifar10_5pct_semisup_noise"
 NOISE_TRAINED = NOISE / "auxilearn_linear.yaml"  # learns a weight for each task, the noise task included
 TRAINED = [p for p in RUNS if p.parent != NOISE or p == NOISE_TRAINED]
-WEIGHING = ("auxilearn_combine", "jtds", "uncertainty", "arml", "autolambda")  # log a weight per auxiliary task
+WEIGHING = ("auxilearn_combine", "jtds", "uncertainty", "forkmerge", "arml", "autolambda")  # log a weight per task
 OWN_RULE = ("arml",)  # learned methods whose gradient rule sets their weights: no outer steps
 SYNTHETIC_TASKS = ("helpful", "harmful")  # the synthetic data set's auxiliary targets (aux_task: targets)
 TEST_IMAGES = 200

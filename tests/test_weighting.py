@@ -1,4 +1,4 @@
-"""The cheap single-run task weightings, ARML and Auto-lambda (auxray.methods.weighting): their maths against
+"""The cheap single-run task weightings, ARML and Auto-lambda (auxray.methods.learned_weights): their maths against
 references built another way, the harmful synthetic task weighed lowest, exact resume, and bad settings as one line."""
 
 from __future__ import annotations

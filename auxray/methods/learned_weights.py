@@ -30,7 +30,7 @@ from auxray.method_specs import MethodSpec
 from auxray.methods.aux_tasks import AuxiliaryTask
 from auxray.methods.base import AuxFn, Batch, ForwardFn, InnerResult, main_mean
 from auxray.methods.gradient_rules import Reduce
-from auxray.methods.objectives import GivenAuxObjective, _required, _result
+from auxray.methods.objectives import GivenAuxObjective, _required, task_result
 from auxray.methods.registry import ObjectiveInputs
 
 
@@ -90,7 +90,7 @@ def _grad(loss: Tensor, params: list[Tensor]) -> tuple[Tensor, ...]:
     return tuple(torch.zeros_like(p) if g is None else g for p, g in zip(params, grads))
 
 
-class WeightedObjective(GivenAuxObjective):
+class LinearWeightsObjective(GivenAuxObjective):
     """L_T = mean(l_main over labelled rows) + mean over rows of sum_k w_k l_k, w read from the aux net."""
 
     learned = True
@@ -99,7 +99,7 @@ class WeightedObjective(GivenAuxObjective):
         t = self.aux_task.losses(forward, batch)
         losses = torch.cat([t.main.unsqueeze(1), t.aux], dim=1)
         loss = main_mean(t.main, t.labeled) + _required(aux)(losses).mean()
-        return _result(loss, t, self.aux_task.names)
+        return task_result(loss, t, self.aux_task.names)
 
     def task_weights(self, auxnet: nn.Module | None, result: InnerResult) -> dict[str, Tensor]:
         assert isinstance(auxnet, (RuleWeights, LinearCombiner))
@@ -107,7 +107,7 @@ class WeightedObjective(GivenAuxObjective):
         return {n: weights[i] for i, n in enumerate(self.aux_task.names)}
 
 
-class ArmlObjective(WeightedObjective):
+class ArmlObjective(LinearWeightsObjective):
     """ARML: alpha set by its gradient rule (no outer steps, no held-out batch)."""
 
     hypergradient_steps = False
@@ -120,7 +120,7 @@ class ArmlObjective(WeightedObjective):
         return self.weights
 
 
-class AutoLambdaObjective(WeightedObjective):
+class AutoLambdaObjective(LinearWeightsObjective):
     """Auto-lambda: lambda (any sign, as in the paper) learned by the look-ahead hypergradient on training batches,
     the virtual step being the inner optimizer's own."""
 
