@@ -176,6 +176,15 @@ def test_the_harmful_task_ends_with_the_lowest_weight(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", ["arml", "autolambda"])
+def test_a_users_auxiliary_task_that_fights_the_main_head_gets_the_lowest_weight(name: str) -> None:
+    """A user's AuxiliaryTask (an import path) with a helpful loss and one that pulls the main head towards noise."""
+    trainer = _trainer(_raw(name, method={"aux_task": "tests.helpers_user_models:helpful_and_misleading"}))
+    trainer.fit()
+    last = trainer.history[-1]
+    assert last["task_weight/misleading"] < last["task_weight/helper"], last
+
+
+@pytest.mark.parametrize("name", ["arml", "autolambda"])
 def test_the_fixed_twin_keeps_its_initial_weights(name: str) -> None:
     trainer = _trainer(_raw(name, trainer={"epochs": 2}, hypergrad={"enabled": False}))
     trainer.fit()
