@@ -179,6 +179,54 @@ class MethodConfig(_Section):
     aux_weight_decay: float = Field(1e-5, ge=0)
     aux_optimizer: Literal["adam", "sgd"] = "adam"
     aux_grad_clip: float | None = Field(None, gt=0)
+    # equal and forkmerge: fixed weights of named auxiliary tasks (a task not named keeps weight 1): what a search
+    # over fixed weights (configs/sweeps/weight_search_*.yaml) tunes, and forkmerge's given branch.
+    task_weights: dict[str, float] = Field(default_factory=dict)
+    # forkmerge: every merge_every inner steps the primary net forks into branches that differ in their task weights
+    # (the current ones, plus fork_branches: main_only; drop_each, one branch per task with its weight 0;
+    # raise_each, one per task with its weight times fork_raise), trains each on the same batches, and merges them
+    # into the convex combination scored best on the outer set by merge_metric, searched greedily: the branches
+    # best first, each next one taking a share from merge_grid (or none).
+    merge_every: int = Field(50, ge=1)
+    fork_branches: list[Literal["main_only", "drop_each", "raise_each"]] = Field(
+        default_factory=lambda: ["main_only", "drop_each"]
+    )
+    fork_raise: float = Field(2.0, gt=1)
+    merge_grid: list[float] = Field(default_factory=lambda: [0.2, 0.4, 0.6, 0.8])
+    merge_metric: Literal["loss", "accuracy"] = "loss"
+    # autolambda: every auxiliary task's initial weight (Auto-lambda's 0.1); its fixed twin keeps it.
+    init_weight: float = Field(0.1, gt=0)
+    # arml: the Langevin noise's scale on alpha (0: plain projected SGD); each step adds
+    # weight_noise * sqrt(2 * aux_lr) * N(0, 1) before the projection.
+    weight_noise: float = Field(0.0, ge=0)
+
+    @field_validator("task_weights")
+    @classmethod
+    def _non_negative_weights(cls, v: dict[str, float]) -> dict[str, float]:
+        negative = sorted(k for k, w in v.items() if not w >= 0)
+        if negative:
+            raise ValueError(f"task_weights must be non-negative numbers; {', '.join(negative)} is not")
+        return v
+
+    @field_validator("fork_branches")
+    @classmethod
+    def _some_branches(cls, v: list[str]) -> list[str]:
+        if not v or len(set(v)) != len(v):
+            raise ValueError(
+                "fork_branches needs distinct kinds (main_only, drop_each, raise_each) beside the current weights: "
+                "a merge needs at least two branches"
+            )
+        return v
+
+    @field_validator("merge_grid")
+    @classmethod
+    def _convex_shares(cls, v: list[float]) -> list[float]:
+        if not v or len(set(v)) != len(v) or any(not 0 < s < 1 for s in v):
+            raise ValueError(
+                f"merge_grid takes distinct shares strictly between 0 and 1 (each candidate is (1 - share) x merged "
+                f"+ share x branch, so its coefficients sum to one), got {v}"
+            )
+        return v
 
     @field_validator("aux_task")
     @classmethod
@@ -265,6 +313,9 @@ class ScalingConfig(_Section):
     use_ray: bool = False
     address: str | None = None
     max_failures: int = Field(2, ge=0)
+    # A forking method's branches on this many Ray actors at once (each one CPU and gpus_per_worker GPUs), joined
+    # at `address` or on a local Ray; 0 trains them one after another in the run's process. Same results.
+    branch_actors: int = Field(0, ge=0)
 
 
 class TrackingConfig(_Section):
@@ -299,6 +350,14 @@ class RunConfig(_Section):
         if method.learns_labels and m.aux_tasks not in (("labels",), ("none",)):
             raise ValueError(f"method {m.name!r} learns its own auxiliary labels; leave method.aux_task unset")
         self._data_for_tasks()
+        self._own_settings()
+        if self.scaling.branch_actors and not method.forks:
+            raise ValueError(f"scaling.branch_actors trains a forking method's branches; method {m.name!r} forks none")
+        if method.forks and self.scaling.workers > 1:
+            raise ValueError(
+                f"method {m.name!r} trains its branches in one process; set scaling.workers: 1 "
+                "(data-parallel branches are not supported yet)"
+            )
         for key, value, message in method.rejects:
             if getattr(m, key) == value:
                 raise ValueError(message)
@@ -314,6 +373,28 @@ class RunConfig(_Section):
                 "exact); hypergrad.method: unroll takes none"
             )
         return self
+
+    def _own_settings(self) -> None:
+        """A label generator's knob set for a method that learns no labels, or an inner optimizer a method's
+        look-ahead cannot take, is a mistake, not a silent no-op."""
+        m, method = self.method, SPECS[self.method.name]
+        label_knobs = {k for s in SPECS.values() if s.learns_labels for k in s.settings} - {
+            k for s in SPECS.values() if not s.learns_labels for k in s.settings
+        }
+        # Set to other than its default (a dumped config names every key), for a method that does not read it.
+        stray = sorted(
+            k
+            for k in m.model_fields_set & label_knobs - set(method.settings)
+            if getattr(m, k) != MethodConfig.model_fields[k].get_default(call_default_factory=True)
+        )
+        if stray:
+            keys = ", ".join(f"method.{k}" for k in stray)
+            raise ValueError(f"{keys} configures a label generator; method {m.name!r} learns no labels, so drop it")
+        if method.inner_sgd and self.trainer.optimizer != "sgd":
+            raise ValueError(
+                f"method {m.name!r} looks ahead along the inner SGD step (momentum, weight decay); "
+                "set trainer.optimizer: sgd"
+            )
 
     def _data_for_tasks(self) -> None:
         """The unlabelled pool and the table go with the methods and tasks that can use them."""
@@ -343,7 +424,8 @@ class RunConfig(_Section):
         other = defining_method(h.method)
         choices = " or ".join([", ".join(allowed[:-1]), allowed[-1]] if len(allowed) > 1 else allowed)
         raise ValueError(
-            f"method.name: {method.name} learns labels by {method.hypergradient_words} (hypergrad.method: {choices}), "
+            f"method.name: {method.name} learns {'labels' if method.learns_labels else 'task weights'} by "
+            f"{method.hypergradient_words} (hypergrad.method: {choices}), "
             f"not hypergrad.method: {h.method} (that pairing is method.name: {other.name if other else 'none'}); "
             "leave hypergrad.method unset and the method picks its own"
         )

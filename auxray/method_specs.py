@@ -36,17 +36,24 @@ class MethodSpec:
     needs_aux_task: bool = False  # weighs given auxiliary tasks, so method.aux_task must name one
     learns_labels: bool = False  # generates auxiliary labels from the main label: no aux task, no unlabelled pool
     uses_pool: bool = True  # trains on unlabelled images when data.unlabeled gives some (STL ignores them)
+    forks: bool = False  # its task weights are chosen by forking, training and merging branches (train.forkmerge)
     # The hypergradients that define the method, its default first (empty: any hypergrad.method), and how the
     # validator's message words them.
     hypergradients: tuple[HypergradMethod, ...] = ()
     hypergradient_words: str = ""
-    twin: str | None = None  # the config a fixed twin is trained from: a fixed method, or this one frozen
+    # The config a fixed twin is trained from (a learned or forking method's): a fixed method, or this one frozen.
+    twin: str | None = None
     settings: tuple[str, ...] = ()  # the method.* keys it reads (the rest are unused defaults)
     # (method.* key, value, message): settings the validator rejects for this method.
     rejects: tuple[tuple[str, object, str], ...] = ()
     baseline: bool = False  # the single-task baseline: the reproduction's time unit and reference line
     in_table: bool = True  # a row of the reproduction table by default (equal is trained as a twin only)
     paper: Published | None = None
+    # Its look-ahead steps along the inner SGD's own direction (momentum, weight decay): trainer.optimizer sgd only.
+    inner_sgd: bool = False
+    # A learned method's weights move by the loop's outer steps (hypergradients); False: its gradient rule moves them
+    # inside W's backward (ARML), so it has no outer step to time or hypergradient to compare.
+    hypergradient_steps: bool = True
 
     @property
     def default_hypergradient(self) -> HypergradMethod | None:
@@ -86,6 +93,26 @@ def _given(
     )
 
 
+def _weighting(
+    name: str, settings: tuple[str, ...], twin: str, hypergradients: tuple[HypergradMethod, ...] = ()
+) -> MethodSpec:
+    """A cheap single-run task weighting (ARML, Auto-lambda): its own objective module, no held-out set, moved by a
+    finite-difference hypergradient or else by its gradient rule; not a row of the AuxiLearn reproduction."""
+    return MethodSpec(
+        name,
+        f"auxray.methods.learned_weights:{name}",
+        learns=True,
+        needs_aux_task=True,
+        hypergradients=hypergradients,
+        hypergradient_words="a finite-difference look-ahead on training batches" if hypergradients else "",
+        twin=twin,
+        settings=("aux_task", *settings),
+        inner_sgd=bool(hypergradients),
+        hypergradient_steps=bool(hypergradients),
+        in_table=False,
+    )
+
+
 def _labels(
     name: str, hypergradients: tuple[HypergradMethod, ...], words: str, twin: str, paper: Published
 ) -> MethodSpec:
@@ -110,7 +137,13 @@ SPECS: dict[str, MethodSpec] = {
         MethodSpec(
             "stl", "auxray.methods.objectives:stl", uses_pool=False, baseline=True, paper=Published("STL", 50.8, 0.8)
         ),
-        _given("equal", in_table=False),
+        MethodSpec(
+            "equal",
+            "auxray.methods.weighted:equal",
+            needs_aux_task=True,
+            settings=("aux_task", "task_weights"),
+            in_table=False,
+        ),
         _given("uncertainty"),
         _given("gcs"),
         _given(
@@ -143,6 +176,27 @@ SPECS: dict[str, MethodSpec] = {
             Published("MAXL-F", 56.1, 0.1),
         ),
         _given("jtds", learns=True, settings=("aux_task", *_AUX_NET_SETTINGS)),
+        MethodSpec(
+            "forkmerge",
+            "auxray.methods.weighted:forkmerge",
+            needs_aux_task=True,
+            forks=True,
+            twin="equal",
+            settings=(
+                "aux_task",
+                "task_weights",
+                "merge_every",
+                "fork_branches",
+                "fork_raise",
+                "merge_grid",
+                "merge_metric",
+            ),
+            in_table=False,
+        ),
+        # ARML starts at equal weights (1 each), so equal is its fixed twin; Auto-lambda's twin is itself frozen
+        # at method.init_weight (hypergrad.enabled: false).
+        _weighting("arml", ("aux_lr", "weight_noise"), "equal"),
+        _weighting("autolambda", ("init_weight", *_AUX_NET_SETTINGS), "autolambda", ("fd",)),
     )
 }
 METHOD_NAMES = tuple(SPECS)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from auxray.methods.aux_tasks import LossFnTask
@@ -28,6 +29,19 @@ def _helpful_loss(outputs: dict[str, Tensor], batch: Batch) -> Tensor:
 def helpful_target(task: str) -> LossFnTask:
     """An auxiliary task from a per-sample loss callable: regress the synthetic data's helpful column."""
     return LossFnTask({"helper": 1}, _helpful_loss, task=task)
+
+
+def _helpful_and_misleading_losses(outputs: dict[str, Tensor], batch: Batch) -> Tensor:
+    """[B, 2]: the helpful target's squared error on the "helper" head, and a misleading one that pulls the main
+    head towards the synthetic data's mostly-noise column (y's column 2): weighing it in harms the main task."""
+    helper = (outputs["helper"].squeeze(-1) - batch["y"][:, 1]) ** 2
+    misleading = (outputs["main"].squeeze(-1) - batch["y"][:, 2]) ** 2 + 0 * outputs["misleading"].squeeze(-1)
+    return torch.stack([helper, misleading], dim=1)
+
+
+def helpful_and_misleading(task: str) -> LossFnTask:
+    """Two auxiliary tasks, one helpful and one harmful (it fights the main task on the main head)."""
+    return LossFnTask({"helper": 1, "misleading": 1}, _helpful_and_misleading_losses, task=task)
 
 
 def not_a_task(task: str) -> str:

@@ -123,7 +123,7 @@ def test_malformed_yaml(tmp_path):
     assert_one_line_error(auxray("train", str(path)), "not valid YAML")
 
 
-TIMING = ("epoch_seconds", "steps_per_second", "outer_step_seconds")
+TIMING = ("epoch_seconds", "steps_per_second", "outer_step_seconds", "fork_seconds")
 
 
 def last_json(proc: subprocess.CompletedProcess) -> dict:

@@ -32,7 +32,8 @@ RUNS = [p for p in SHIPPED if p not in SWEEPS]
 SEMISUP, NOISE = CONFIGS / "cifar10_5pct_semisup", CONFIGS / "cifar10_5pct_semisup_noise"
 NOISE_TRAINED = NOISE / "auxilearn_linear.yaml"  # learns a weight for each task, the noise task included
 TRAINED = [p for p in RUNS if p.parent != NOISE or p == NOISE_TRAINED]
-WEIGHING = ("auxilearn_combine", "jtds", "uncertainty")  # methods that log a weight per auxiliary task
+WEIGHING = ("auxilearn_combine", "jtds", "uncertainty", "forkmerge", "arml", "autolambda")  # log a weight per task
+OWN_RULE = ("arml",)  # learned methods whose gradient rule sets their weights: no outer steps
 SYNTHETIC_TASKS = ("helpful", "harmful")  # the synthetic data set's auxiliary targets (aux_task: targets)
 TEST_IMAGES = 200
 
@@ -122,7 +123,12 @@ def assert_promises(result: dict[str, Any], cfg: RunConfig) -> None:
     weighed = {f"task_weight/{t}" for t in tasks} if cfg.method.name in WEIGHING else set()
     assert {k for k in epoch if k.startswith("task_weight/")} == weighed, epoch
 
-    if SPECS[cfg.method.name].learns:
+    if cfg.method.name in OWN_RULE:  # alpha took its one step at the last inner step and stayed on the simplex
+        alpha = state["auxnet"]["weights"]
+        assert int(state["auxnet"]["steps"]) == n and float(alpha.sum()) == pytest.approx(len(tasks))
+        assert "outer_steps" not in epoch and state["phi"] is None
+        assert torch.equal(alpha, torch.ones_like(alpha)) == (len(tasks) == 1)  # one task: sum alpha = 1 pins it
+    elif SPECS[cfg.method.name].learns:
         assert cfg.method.aux_optimizer == "adam" and cfg.method.aux_grad_clip is None, "a phi step other than Adam's"
         ((at, norm),) = state["hypergrad_norms"]
         assert (at, norm) == (n, epoch["hypergrad_norm"]) and epoch["outer_steps"] == 1

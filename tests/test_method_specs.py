@@ -29,11 +29,13 @@ def test_every_spec_builds_an_objective_that_agrees_with_it(name: str) -> None:
     objective = build_objective(cfg, num_classes=10, task="classification", feat_dim=8, in_channels=3)
     assert objective.name == name and objective_factory(method) is objective_factory(method)
     assert objective.learned is method.learns
+    assert objective.hypergradient_steps is method.hypergradient_steps
     assert (objective.label_classes is not None) is method.learns_labels
     assert cfg.hypergrad.method == (method.default_hypergradient or "neumann")
     assert set(method.settings) <= set(cfg.method.model_dump())
-    if method.twin is not None:  # a learned method's fixed twin is trained from a shipped config
-        assert method.learns and (REPO / "configs" / "cifar10_5pct" / f"{method.twin}.yaml").is_file()
+    if method.twin is not None:  # a learned or forking method's fixed twin is trained from a shipped config
+        assert method.learns or method.forks
+        assert (REPO / "configs" / "cifar10_5pct" / f"{method.twin}.yaml").is_file()
 
 
 def test_a_method_named_by_its_hypergradient_and_unknown_names() -> None:

@@ -20,7 +20,7 @@ from auxray.bench.overhead import (
     run_overhead,
 )
 from auxray.bench.plan import CONFIG_DIR
-from auxray.bench.report import render_harmful, render_overhead, update_readme
+from auxray.bench.report import render_harmful, render_overhead, update_page
 from auxray.errors import UserError
 from tests.conftest import CACHE_DIR, REPO
 
@@ -206,13 +206,13 @@ def test_render_overhead_rows_and_breakdown(tmp_path: Path) -> None:
     (results / "bench_overhead_cpu_breakdown.json").write_text(json.dumps(BREAKDOWN))
     readme = tmp_path / "README.md"
     readme.write_text("a\n<!-- bench:overhead -->\nold\n<!-- /bench:overhead -->\nb\n")
-    assert update_readme(readme, results) == ["overhead"]
+    assert update_page(readme, results) == ["overhead"]
     assert readme.read_text() == f"a\n<!-- bench:overhead -->\n{with_breakdown}\n<!-- /bench:overhead -->\nb\n"
     # ... and nothing happens without a marker or without the JSON.
     readme.write_text("no marker\n")
-    assert update_readme(readme, results) == [] and readme.read_text() == "no marker\n"
+    assert update_page(readme, results) == [] and readme.read_text() == "no marker\n"
     readme.write_text("a\n<!-- bench:overhead -->\nold\n<!-- /bench:overhead -->\n")
-    assert update_readme(readme, tmp_path / "empty") == [] and "old" in readme.read_text()
+    assert update_page(readme, tmp_path / "empty") == [] and "old" in readme.read_text()
 
 
 # A narrow net on one CPU thread: the tests check the bench's rows, reuse and breakdown, not its timings.

@@ -1,5 +1,5 @@
-"""README benchmark sections are rendered from the committed JSON results, and the plot of the reproduction
-table is written."""
+"""The benchmark sections of the README and docs/*.md are rendered from the committed JSON results (a stale one
+fails), and the plot of the reproduction table is written."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
-from auxray.bench.report import RENDERERS, update_readme
+from auxray.bench.report import MARKER, RENDERERS, pages, stale_sections, update_page
 from auxray.bench.reproduce_plot import plot_reproduce
 from tests.conftest import REPO
 
@@ -22,21 +22,51 @@ def test_marked_section_is_replaced_from_json(tmp_path: Path) -> None:
                                                                        "relative_time": 2.5}]))
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- bench:reproduce -->\nold numbers\n<!-- /bench:reproduce -->\noutro\n")
-    assert update_readme(readme, results) == ["reproduce"]
+    assert update_page(readme, results) == ["reproduce"]
     text = readme.read_text()
     assert "old numbers" not in text and text.startswith("intro\n") and text.endswith("outro\n")
     assert "| stl | 50.8 ± 0.8 | 51.2 ± 0.5 | 51.0, 51.5 | 61 | 1 |" in text
     assert "| jtds | – | 51.2 ± 0.5 | 51.0, 51.5 | 61 | 2.5 |" in text
 
 
-def test_committed_readme_matches_committed_results(tmp_path: Path) -> None:
-    """Re-rendering the README from benchmarks/results changes nothing: its figures are the JSON's."""
-    readme = tmp_path / "README.md"
-    shutil.copy(REPO / "README.md", readme)
-    updated = update_readme(readme, REPO / "benchmarks" / "results")
-    marked = {name for name in RENDERERS if f"<!-- bench:{name} -->" in readme.read_text()}
-    assert marked and set(updated) == marked
-    assert readme.read_text() == (REPO / "README.md").read_text()
+def test_committed_pages_match_committed_results(tmp_path: Path) -> None:
+    """Re-rendering README.md and docs/*.md from benchmarks/results changes nothing: their figures are the JSON's, and
+    every section has a page."""
+    results = REPO / "benchmarks" / "results"
+    assert stale_sections(REPO, results) == []
+    marked = {name for page in pages(REPO) for name in MARKER.findall(page.read_text())}
+    assert marked == set(RENDERERS)
+    shutil.copy(REPO / "README.md", tmp_path / "README.md")
+    shutil.copytree(REPO / "docs", tmp_path / "docs")
+    for page in pages(tmp_path):
+        update_page(page, results)
+        assert page.read_text() == (REPO / page.relative_to(tmp_path)).read_text()
+
+
+def test_a_stale_section_is_listed_until_rendered_again(tmp_path: Path) -> None:
+    """A changed JSON row makes every page that shows its section stale; so does a marker without JSON, renderer or
+    end marker. Rendering again fixes the stale ones."""
+    results = tmp_path / "results"
+    shutil.copytree(REPO / "benchmarks" / "results", results, ignore=shutil.ignore_patterns("*.runs.jsonl", "*.png"))
+    filename = RENDERERS["semisup"][0]
+    rows = json.loads((results / filename).read_text())
+    rows[0]["mean"] += 0.01
+    (results / filename).write_text(json.dumps(rows))
+    shutil.copy(REPO / "README.md", tmp_path / "README.md")
+    shutil.copytree(REPO / "docs", tmp_path / "docs")
+    showing = sorted(str(p.relative_to(tmp_path)) for p in pages(tmp_path) if "<!-- bench:semisup -->" in p.read_text())
+    assert "README.md" in showing and len(showing) > 1
+    assert stale_sections(tmp_path, results) == [f"{page}: semisup" for page in showing]
+
+    extra = tmp_path / "docs" / "extra.md"
+    extra.write_text("<!-- bench:nosuch -->\nx\n<!-- /bench:nosuch -->\n<!-- bench:sweep -->\nno end marker\n")
+    stale = stale_sections(tmp_path, results)
+    assert [s for s in stale if s.startswith("docs/extra.md")] == ["docs/extra.md: nosuch", "docs/extra.md: sweep"]
+    extra.unlink()
+    for page in pages(tmp_path):
+        update_page(page, results)
+    assert stale_sections(tmp_path, results) == []
+    assert "| stl | none | 59.9 ± 1.4 |" in (tmp_path / "README.md").read_text()
 
 
 def test_reproduce_plot_written(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ from auxray.auxnets.label_generator import (
     label_entropy_regulariser,
     soft_cross_entropy,
 )
+from auxray.auxnets.rule_weights import RuleWeights
 from auxray.auxnets.scheduler import TaskDataScheduler
 from auxray.auxnets.uncertainty import UncertaintyWeighting
 
@@ -16,6 +17,7 @@ __all__ = [
     "LabelGenerator",
     "LinearCombiner",
     "NonlinearCombiner",
+    "RuleWeights",
     "TaskDataScheduler",
     "UncertaintyWeighting",
     "expand_psi",

@@ -18,7 +18,7 @@ from auxray.method_specs import SPECS
 
 BACKBONE = "convnet4"
 SETTING_KEYS = ("method", "every", "steps", "reuse_graph", "batch_size", "params")
-BREAKDOWN_METHODS = tuple(s.name for s in SPECS.values() if s.learns)
+BREAKDOWN_METHODS = tuple(s.name for s in SPECS.values() if s.learns and s.hypergradient_steps)
 # Each variant changes one thing from "full" (so a shipped config's own choices do not leak into the others);
 # "shipped" is the config file as it is.
 VARIANTS: dict[str, tuple[str, ...]] = {

@@ -1,11 +1,13 @@
-"""Render benchmark JSON under benchmarks/results/ into the README's marked sections, so every figure
-in the README is copied from a run's output, next to the command that made it.
+"""Render benchmark JSON under benchmarks/results/ into the marked sections of README.md and docs/*.md, so every
+figure in them is copied from a run's output, next to the command that made it.
 
-    python -m auxray.bench.report            # rewrite README.md between <!-- bench:NAME --> markers
+    python -m auxray.bench.report            # rewrite every <!-- bench:NAME --> section of README.md and docs/*.md
+    python -m auxray.bench.report --check    # list the sections that differ from their JSON; exit 1 if any
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import sys
@@ -312,26 +314,78 @@ RENDERERS: dict[str, tuple[str, Callable[..., str]]] = {
 COMPANIONS: dict[str, str] = {"overhead": "bench_overhead_cpu_breakdown.json"}
 
 
-def update_readme(readme: Path = Path("README.md"), results: Path = RESULTS) -> list[str]:
-    """Replace each marked section whose JSON exists; returns the names updated."""
-    text = readme.read_text()
+MARKER = re.compile(r"<!-- bench:(\w+) -->")
+
+
+def pages(root: Path = Path(".")) -> list[Path]:
+    """The pages that hold rendered sections: README.md and docs/*.md under the repository root."""
+    return [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+
+
+def _section(name: str) -> re.Pattern[str]:
+    """Section NAME: its start marker, the rendered body, its end marker."""
+    return re.compile(rf"(<!-- bench:{name} -->\n)(?:.*?\n)?(<!-- /bench:{name} -->)", re.S)
+
+
+def render_section(name: str, results: Path = RESULTS) -> str | None:
+    """Section NAME rendered from its JSON (and its companion's, when that exists); None without the JSON."""
+    filename, render = RENDERERS[name]
+    path = results / filename
+    if not path.is_file():
+        return None
+    companion = results / COMPANIONS[name] if name in COMPANIONS else None
+    extra = [json.loads(companion.read_text())] if companion is not None and companion.is_file() else []
+    return render(json.loads(path.read_text()), *extra)
+
+
+def render_text(text: str, results: Path = RESULTS) -> tuple[str, list[str]]:
+    """TEXT with each marked section whose JSON exists re-rendered, and the names rendered."""
     done = []
-    for name, (filename, render) in RENDERERS.items():
-        path = results / filename
-        pattern = re.compile(rf"(<!-- bench:{name} -->\n)(?:.*?\n)?(<!-- /bench:{name} -->)", re.S)
-        if path.is_file() and pattern.search(text):
-            companion = results / COMPANIONS[name] if name in COMPANIONS else None
-            extra = [json.loads(companion.read_text())] if companion is not None and companion.is_file() else []
-            body = render(json.loads(path.read_text()), *extra)
+    for name in RENDERERS:
+        pattern = _section(name)
+        body = render_section(name, results) if pattern.search(text) else None
+        if body is not None:
 
             def fill(m: re.Match[str], body: str = body) -> str:
                 return m.group(1) + body + "\n" + m.group(2)
 
             text = pattern.sub(fill, text)
             done.append(name)
-    readme.write_text(text)
+    return text, done
+
+
+def update_page(page: Path, results: Path = RESULTS) -> list[str]:
+    """Replace each marked section of PAGE whose JSON exists; returns the names updated."""
+    text, done = render_text(page.read_text(), results)
+    page.write_text(text)
     return done
 
 
+def stale_sections(root: Path = Path("."), results: Path = RESULTS) -> list[str]:
+    """'page: name' for every marked section that differs from its JSON, or has no JSON, renderer or end marker."""
+    stale = []
+    for page in pages(root):
+        text = page.read_text()
+        for name in dict.fromkeys(MARKER.findall(text)):
+            sections = list(_section(name).finditer(text)) if name in RENDERERS else []
+            body = render_section(name, results) if sections else None
+            if body is None or any(m[0] != f"{m[1]}{body}\n{m[2]}" for m in sections):
+                stale.append(f"{page.relative_to(root)}: {name}")
+    return stale
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Re-render every page (or, with --check, list the stale sections and exit 1 if there are any)."""
+    parser = argparse.ArgumentParser(prog="python -m auxray.bench.report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--check", action="store_true", help="change nothing; list the stale sections, exit 1 if any")
+    if parser.parse_args(argv).check:
+        stale = stale_sections()
+        print("\n".join(stale) or "every section matches its JSON", file=sys.stderr)
+        return 1 if stale else 0
+    for page in pages():
+        print(f"{page}: {', '.join(update_page(page)) or 'nothing'}", file=sys.stderr)
+    return 0
+
+
 if __name__ == "__main__":
-    print("updated:", ", ".join(update_readme()) or "nothing", file=sys.stderr)
+    raise SystemExit(main())

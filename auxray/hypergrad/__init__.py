@@ -19,6 +19,7 @@ from auxray.hypergrad.neumann import neumann_solve
 from auxray.hypergrad.rules import FiniteDifference, Implicit, Rule, Unrolled, rule_for
 from auxray.hypergrad.solvers import METHODS, Solver, cg_solver, exact_solver, neumann_solver, solve, solver_for
 from auxray.hypergrad.unroll import unrolled_from_graph, unrolled_hypergrad
+from auxray.hypergrad.weighting import gram, matching_gradient, project_scaled_simplex, sgd_direction
 
 __all__ = [
     "HVP_MODES",
@@ -39,16 +40,20 @@ __all__ = [
     "finite_difference_hypergrad",
     "functional_implicit_hypergrad",
     "fwdrev_hvp",
+    "gram",
     "gradient_graph",
     "implicit_from_graph",
     "implicit_hypergrad",
+    "matching_gradient",
     "mixed_term",
     "neumann_solve",
     "neumann_solver",
     "outer_gradient",
+    "project_scaled_simplex",
     "revrev_hvp",
     "rule_for",
     "select_hvp",
+    "sgd_direction",
     "solve",
     "solver_for",
     "unrolled_from_graph",

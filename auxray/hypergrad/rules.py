@@ -52,6 +52,11 @@ class Rule(Protocol):
         """Whether the standalone step builds dL_T/dW's graph for it (else it works on the pure functions)."""
         ...
 
+    @property
+    def looks_ahead(self) -> bool:
+        """Whether it takes a virtual inner step W - lr * grads (so ``grads`` may be an optimizer's direction)."""
+        ...
+
     def from_gradient(
         self,
         grads: Vec,
@@ -119,6 +124,7 @@ class Implicit:
     reduce_hvp: bool  # all-reduce every product (hypergrad.mode: global), not only v and the result
     needs_graph: bool  # products over the gradient graph (reverse over reverse), not on the pure functions
     differentiates_gradient = True
+    looks_ahead = False
 
     @property
     def fuses(self) -> bool:
@@ -177,6 +183,7 @@ class Unrolled:
     differentiates_gradient = True
     needs_graph = True
     fuses = True
+    looks_ahead = True
 
     def from_gradient(
         self,
@@ -202,12 +209,14 @@ class Unrolled:
 
 @dataclass(frozen=True)
 class FiniteDifference:
-    """MAXL-F's first-order unroll: the mixed second derivative by central differences of dL_T/dphi."""
+    """MAXL-F's first-order unroll: the mixed second derivative by central differences of dL_T/dphi. Its
+    ``from_gradient`` takes the step's direction as every worker holds it (all-reduced); d is all-reduced inside."""
 
     eps: float
     fuses: bool = True  # false with hypergrad.hvp fwdrev, as for the other rules
     differentiates_gradient = False
     needs_graph = False
+    looks_ahead = True
 
     def from_gradient(
         self,
@@ -223,7 +232,7 @@ class FiniteDifference:
     ) -> Vec:
         with phases("aux_gradient"):
             res = plus(
-                finite_difference_from_grad(grads, inner, outer, sub, phi, lr=lr, eps=self.eps),
+                finite_difference_from_grad(grads, inner, outer, sub, phi, lr=lr, eps=self.eps, reduce=reduce),
                 direct_gradient(direct, phi),
             )
         return _reduced(res, reduce)
@@ -231,7 +240,8 @@ class FiniteDifference:
     def from_functions(
         self, inner: InnerFn, outer: OuterFn, sub: Vec, phi: Vec, direct: Vec | None, lr: float, reduce: Reduce | None
     ) -> Vec:
-        return _reduced(plus(finite_difference_hypergrad(inner, outer, sub, phi, lr=lr, eps=self.eps), direct), reduce)
+        fd = finite_difference_hypergrad(inner, outer, sub, phi, lr=lr, eps=self.eps, reduce=reduce)
+        return _reduced(plus(fd, direct), reduce)
 
 
 def rule_for(

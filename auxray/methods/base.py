@@ -51,6 +51,13 @@ class Objective(Protocol):
     trains_with_primary: bool  # the aux net's parameters are trained with W by the inner optimizer (not bi-level)
     label_classes: tuple[int, ...] | None  # learned sub-classes per class (label generators), else None
     gradient_rule: GradientRule  # how an inner result becomes W's gradients
+    # A learned aux net is trained by the loop's outer steps (hypergradients); False: its gradient rule sets the
+    # weights itself inside W's backward (ARML), and the loop takes no outer steps.
+    hypergradient_steps: bool
+    outer_on_train: bool  # the outer loss is on another training batch, not the held-out aux split (Auto-lambda)
+    # An unrolled or finite-difference look-ahead steps along the inner optimizer's own direction (momentum and
+    # weight decay included: Auto-lambda), not along the plain gradient (MAXL).
+    optimizer_look_ahead: bool
 
     def build_auxnet(self, model: nn.Module) -> nn.Module | None: ...
 
@@ -105,6 +112,9 @@ class MainOuterMixin:
     task: str = "classification"
     trains_with_primary: bool = False
     uses_unlabeled: bool = False
+    hypergradient_steps: bool = True
+    outer_on_train: bool = False
+    optimizer_look_ahead: bool = False
     label_classes: tuple[int, ...] | None = None
 
     def outer(self, forward: ForwardFn, batch: Batch) -> Tensor:

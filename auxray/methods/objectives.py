@@ -58,7 +58,7 @@ class GivenAuxObjective(MainOuterMixin):
     def inner(self, forward: ForwardFn, aux: AuxFn | None, batch: Batch) -> InnerResult:
         t = self.aux_task.losses(forward, batch)
         loss = main_mean(t.main, t.labeled) + self.aux_weight * t.aux.sum(dim=1).mean()
-        return _result(loss, t, self.aux_task.names)
+        return task_result(loss, t, self.aux_task.names)
 
 
 class UncertaintyObjective(GivenAuxObjective):
@@ -73,7 +73,7 @@ class UncertaintyObjective(GivenAuxObjective):
         t = self.aux_task.losses(forward, batch)
         task_losses = torch.cat([main_mean(t.main, t.labeled).unsqueeze(0), t.aux.mean(dim=0)])
         assert isinstance(aux, UncertaintyWeighting)  # trained with W, so the loop passes the module itself
-        result = _result(aux(task_losses), t, self.aux_task.names)
+        result = task_result(aux(task_losses), t, self.aux_task.names)
         weights = aux.task_weights()
         result.task_weights = {n: weights[i + 1].detach() for i, n in enumerate(self.aux_task.names)}
         return result
@@ -109,7 +109,7 @@ class CombinerObjective(GivenAuxObjective):
         t = self.aux_task.losses(forward, batch)
         losses = torch.cat([t.main.unsqueeze(1), t.aux], dim=1)
         loss = main_mean(t.main, t.labeled) + _required(aux)(losses).mean()
-        return _result(loss, t, self.aux_task.names)
+        return task_result(loss, t, self.aux_task.names)
 
     def task_weights(self, auxnet: nn.Module | None, result: InnerResult) -> dict[str, Tensor]:
         """The combiner's effective weight of each aux task at this batch's losses (d g / d l_aux)."""
@@ -139,7 +139,7 @@ class SchedulerObjective(GivenAuxObjective):
             raise ValueError("JTDS needs the primary network's features")
         weights = _required(aux)(t.features.detach(), t.aux.detach())
         loss = main_mean(t.main, t.labeled) + (weights * t.aux).sum(dim=1).mean()
-        result = _result(loss, t, self.aux_task.names)
+        result = task_result(loss, t, self.aux_task.names)
         result.task_weights = {n: weights[:, i].mean().detach() for i, n in enumerate(self.aux_task.names)}
         return result
 
@@ -203,11 +203,6 @@ def stl(method: MethodSpec, i: ObjectiveInputs) -> GivenAuxObjective:
     return GivenAuxObjective(method, i.given_task(), i.outputs, aux_weight=0.0)
 
 
-def equal(method: MethodSpec, i: ObjectiveInputs) -> GivenAuxObjective:
-    """Main plus auxiliary losses, equal weights."""
-    return GivenAuxObjective(method, i.given_task(), i.outputs)
-
-
 def gcs(method: MethodSpec, i: ObjectiveInputs) -> GivenAuxObjective:
     """Equal weights, each auxiliary gradient kept only where its cosine with the main one is positive."""
     return GivenAuxObjective(method, i.given_task(), i.outputs, rule=GCSRule())
@@ -246,7 +241,7 @@ def _required(aux: AuxFn | None) -> AuxFn:
     return aux
 
 
-def _result(loss: Tensor, t: TaskLosses, names: tuple[str, ...]) -> InnerResult:
+def task_result(loss: Tensor, t: TaskLosses, names: tuple[str, ...]) -> InnerResult:
     """Pack an inner loss with the per-task means to log."""
     aux_means = {n: t.aux[:, i].mean().detach() for i, n in enumerate(names)}
     main = main_mean(t.main, t.labeled).detach()

@@ -49,8 +49,9 @@ def example_batches(trainer: BilevelTrainer, seed: int) -> tuple[Batch, Batch]:
 
 
 def epoch_diagnostics(trainer: BilevelTrainer) -> dict[str, float]:
-    """On one training batch: the objective's learned task weights that are not a by-product of the inner loss,
-    and the cosine between the main and each auxiliary loss's gradient on the shared trunk."""
+    """On one training batch: the objective's learned task weights that are not a by-product of the inner loss and
+    each one's distance from its initial value (task_weight_change/), and for each auxiliary loss the cosine and norm
+    ratio of its gradient to the main loss's on the shared trunk (grad_cosine/, grad_norm_ratio/)."""
     objective, model = trainer.objective, trainer.model
     if not objective.heads.keys() - {"main"}:
         return {}
@@ -60,7 +61,11 @@ def epoch_diagnostics(trainer: BilevelTrainer) -> dict[str, float]:
     model.train()
     with batch_stats_only(model):
         res = objective.inner(model, trainer.auxnet, batch)
-    weights = {f"task_weight/{k}": float(v) for k, v in objective.task_weights(trainer.auxnet, res).items()}
+    current = objective.task_weights(trainer.auxnet, res)
+    weights = {f"task_weight/{k}": float(v) for k, v in current.items()}
+    if current and trainer.initial_auxnet is not None:
+        initial = objective.task_weights(trainer.initial_auxnet, res)
+        weights.update({f"task_weight_change/{k}": abs(float(v) - float(initial[k])) for k, v in current.items()})
     if res.aux_per_sample is None or res.main_per_sample is None or res.aux_per_sample.shape[1] == 0:
         return weights
     collective = trainer.collective
@@ -73,8 +78,14 @@ def epoch_diagnostics(trainer: BilevelTrainer) -> dict[str, float]:
             tuple(torch.zeros_like(p) if g is None else g for p, g in zip(shared, g_aux))
         )
         out[f"grad_cosine/{name}"] = float(cosine(g_main, g_aux))
+        out[f"grad_norm_ratio/{name}"] = float(_norm(g_aux) / _norm(g_main).clamp(min=1e-30))
     model.zero_grad(set_to_none=True)
     return out
+
+
+def _norm(grads: tuple[Tensor, ...]) -> Tensor:
+    """The L2 norm of a gradient given as a tensor tuple."""
+    return torch.sqrt(sum(g.pow(2).sum() for g in grads))
 
 
 def hypergrad_cosine(trainer: BilevelTrainer, train_batch: Batch, aux_batch: Batch) -> float:

@@ -32,6 +32,7 @@ from auxray.models import last_block_prefixes
 from auxray.train.hypergradient import Hypergradient, build_hypergradient
 
 __all__ = [
+    "Direction",
     "HyperstepResult",
     "Hypergradient",
     "PhaseTimer",
@@ -45,6 +46,9 @@ __all__ = [
     "no_phases",
     "trainable",
 ]
+
+
+Direction = Callable[[Vec], Vec]  # the hypergradient subset's gradients -> the inner optimizer's step direction
 
 
 class PhaseTimer:
@@ -191,10 +195,12 @@ def compute_hypergrad(
     reduce: Reduce | None = None,
     mask: list[bool] | None = None,
     phases: Phases = no_phases,
+    direction: Direction | None = None,
 ) -> tuple[Tensor, ...]:
     """dL_A/dphi (plus the direct regulariser term) for one outer step at the current W, by the hypergradient's
     rule (a config is built into one), on at most its batch_size samples and through the parameters ``mask`` (or
-    else the value's own subset) selects."""
+    else the value's own subset) selects. ``direction``: the inner optimizer's step direction from the subset's
+    gradients, for a rule that looks ahead (None: the plain gradient, an SGD step)."""
     hg = _as_value(hypergrad, mask)
     p = _Problem(
         objective,
@@ -208,15 +214,28 @@ def compute_hypergrad(
     sub = tuple(p.w[i] for i in p.sub)
     w_sub, phi = leaves(sub), leaves(p.phi)
     inner, outer, lr = p.inner_fn(p.w), p.outer_fn(p.w), hg.lr(inner_lr)
+    look = direction if hg.rule.looks_ahead else None
     with batch_stats_only(model, auxnet), torch.enable_grad():
-        if not hg.rule.needs_graph:
+        if not hg.rule.needs_graph and look is None:
             with phases("direct_term"):
                 direct = direct_gradient(p.inner_result(p.w)(w_sub, phi).regulariser, phi)
             with phases("solve_and_mixed_term"):
                 return hg.rule.from_functions(inner, outer, sub, p.phi, direct, lr, reduce)
         with phases("graph_build"):
             result = p.inner_result(p.w)(w_sub, phi)
-            g = fill_zeros(torch.autograd.grad(result.loss, w_sub, create_graph=True, allow_unused=True), w_sub)
+            g = fill_zeros(
+                torch.autograd.grad(
+                    result.loss,
+                    w_sub,
+                    create_graph=hg.rule.differentiates_gradient,
+                    retain_graph=True,
+                    allow_unused=True,
+                ),
+                w_sub,
+            )
+        if not hg.rule.differentiates_gradient and reduce is not None:
+            g = tuple(reduce(tuple(g)))  # the look-ahead along the all-reduced gradient, as the fused step takes it
+        g = look(g) if look is not None else g
         return hg.rule.from_gradient(g, inner, outer, w_sub, phi, result.regulariser, lr, reduce, phases)
 
 
@@ -232,13 +251,14 @@ def fused_hyperstep(
     reduce: Reduce | None = None,
     mask: list[bool] | None = None,
     phases: Phases = no_phases,
+    direction: Direction | None = None,
 ) -> HyperstepResult:
     """An inner step's gradient and an outer step's hypergradient from one forward and backward over the
     training batch (the inner step's own; BatchNorm running statistics update once, as in a plain step).
 
     Only the subset ``mask`` (or the value's own) selects gets a differentiable (create_graph) gradient when the
     rule differentiates it; the rest a plain one. Not for a batch_size (a sub-batch needs a forward of its own: use
-    compute_hypergrad) or fwdrev HVPs.
+    compute_hypergrad) or fwdrev HVPs. ``direction`` as in compute_hypergrad (at the W before this step's update).
     """
     hg = _as_value(hypergrad, mask)
     p = _Problem(objective, model, auxnet, train_batch, aux_batch, _mask(hg, model))
@@ -270,8 +290,11 @@ def fused_hyperstep(
         reduced_w = tuple(reduce(tuple(w_grads))) if reduce is not None else tuple(w_grads)
         with batch_stats_only(model, auxnet):
             inner, outer = p.inner_fn(p.w), p.outer_fn(p.w)
+            # A rule that does not differentiate the gradient looks ahead along the all-reduced one (the step W takes).
+            step = g_sub if hg.rule.differentiates_gradient else tuple(reduced_w[i] for i in p.sub)
+            ahead = direction(step) if direction is not None and hg.rule.looks_ahead else step
             grads = hg.rule.from_gradient(
-                g_sub, inner, outer, sub, phi, result.regulariser, hg.lr(inner_lr), reduce, phases
+                ahead, inner, outer, sub, phi, result.regulariser, hg.lr(inner_lr), reduce, phases
             )
     result.loss = result.loss.detach()
     return HyperstepResult(result, reduced_w, grads)

@@ -5,12 +5,13 @@ summarised one way."""
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from auxray.config import RunConfig
 from auxray.data import build_data, check_source
 from auxray.paths import absolute_paths
+from auxray.train.forkmerge import BranchRunner
 from auxray.train.loop import BilevelTrainer, EpochCallback
 from auxray.train.run_dir import LatestCheckpoint, Log, LogSink, RunDir, resumable, run_name, stderr_log
 from auxray.train.session import SinkFactory, Summary, run_session
@@ -95,7 +96,12 @@ def train_local(
     data = build_data(cfg.data, cfg.method.aux_tasks)
     path = Path(cfg.trainer.checkpoint_dir or "runs") / folder
     run_dir, latest = RunDir(path, cfg), LatestCheckpoint(path, cfg)
-    trainer = BilevelTrainer(cfg, data, callbacks=callbacks, progress=progress)
+    branches: Callable[[BilevelTrainer], BranchRunner] | None = None
+    if cfg.scaling.branch_actors:  # Ray is imported only when branches run on actors
+        from auxray.train.ray_branches import RayBranches
+
+        branches = RayBranches
+    trainer = BilevelTrainer(cfg, data, callbacks=callbacks, progress=progress, branches=branches)
     state = latest.restore() if resume else None
     if state is not None:
         trainer.load_state_dict(state)

@@ -14,13 +14,17 @@ from torch import Tensor, nn
 
 from auxray.config import RunConfig
 from auxray.data import BatchIterator, DataBundle, TensorData
+from auxray.method_specs import spec
 from auxray.methods import Batch, InnerResult, Objective, accuracy, build_objective, main_loss, main_target
+from auxray.methods.weighted import WeightedObjective
 from auxray.models import MultiHeadNet, build_trunk
 from auxray.train.checkpoint import rng_state, set_rng_state
 from auxray.train.collective import Collective, PhiUpdater
 from auxray.train.diagnostics import epoch_diagnostics, hypergrad_cosine
+from auxray.train.forkmerge import BranchRunner, ForkMerge, InProcessBranches
 from auxray.train.hypergradient import build_hypergradient
 from auxray.train.hyperstep import Phases, compute_hypergrad, fused_hyperstep, hypergrad_mask, no_phases, trainable
+from auxray.train.look_ahead import sgd_look_ahead
 from auxray.train.phi_optimizer import PhiOptimizer
 from auxray.train.progress import Progress
 from auxray.train.setup import make_inner_optimizer, make_scheduler, resolve_device, seed_everything
@@ -41,6 +45,7 @@ class BilevelTrainer:
         phi_updater: Callable[[nn.Module], PhiUpdater] | None = None,
         callbacks: Sequence[EpochCallback] = (),
         progress: bool = True,
+        branches: Callable[[BilevelTrainer], BranchRunner] | None = None,
     ) -> None:
         self.cfg, self.data = cfg, data
         self.collective = collective or Collective()
@@ -109,14 +114,19 @@ class BilevelTrainer:
         self.hyper_mask = hypergrad_mask(trainable(self.model)[0], cfg.hypergrad.params, cfg.model.backbone)
         self.hypergradient = build_hypergradient(cfg.hypergrad, self.hyper_mask)
         self.fused = self.hypergradient.fused
-        self.learns_phi = self.objective.learned and cfg.hypergrad.enabled
+        self.learns_phi = self.objective.learned and self.objective.hypergradient_steps and cfg.hypergrad.enabled
+        chosen = [p for p, m in zip(trainable(self.model)[1], self.hyper_mask, strict=True) if m]
+        self.look_ahead = sgd_look_ahead(self.opt_w, chosen) if self.objective.optimizer_look_ahead else None
+        # The aux net as built, before any step (a resumed run rebuilds the same): what the weights' drift is from.
+        self.initial_auxnet = copy.deepcopy(self.auxnet)
         if self.learns_phi:
             if self.auxnet is None:
                 raise ValueError(f"{self.objective.name} is a learned method but built no auxiliary network")
             self.phi = phi_updater(self.auxnet) if phi_updater else PhiOptimizer(self.auxnet, cfg.method)
-            aux_bs = min(t.batch_size, max(1, len(data.aux) // self.collective.world_size))
+            outer_data = data.train if self.objective.outer_on_train else data.aux
+            aux_bs = min(t.batch_size, max(1, len(outer_data) // self.collective.world_size))
             self.aux_iter = BatchIterator(
-                data.aux,
+                outer_data,
                 aux_bs,
                 shuffle=True,
                 seed=t.seed + 1,
@@ -125,6 +135,13 @@ class BilevelTrainer:
                 drop_last=True,
                 augment=False,
                 device=self.device,
+            )
+        self.fork: ForkMerge | None = None
+        if spec(cfg.method.name).forks:
+            if not isinstance(self.objective, WeightedObjective):
+                raise ValueError(f"{self.objective.name} forks branches but its objective has no task-weight vector")
+            self.fork = ForkMerge(
+                self.objective, cfg.method, branches(self) if branches else InProcessBranches(self, self.objective)
             )
         self.epoch = 0
         self.step = 0
@@ -190,6 +207,7 @@ class BilevelTrainer:
             "inner_lr": self.opt_w.param_groups[0]["lr"],
             "reduce": self.reduce_hook(),
             "phases": phases,
+            "direction": self.look_ahead,
         }
 
     def phi_parts(self) -> tuple[nn.Module, PhiUpdater]:
@@ -269,12 +287,19 @@ class BilevelTrainer:
                 norms.append(norm)
                 self.hypergrad_norms.append((self.step, norm))
                 last_outer = (batch, aux_batch)
+            elif self.fork is not None:
+                self.fork.record(self, batch)
+                stats = self.inner_step(batch)
+                if self.fork.due:
+                    self.fork.merge(self)
             else:
                 stats = self.inner_step(batch)
             for k, v in stats.items():
                 sums[k] = sums.get(k, 0.0) + v
             bar.update(loss=stats["loss"])
         bar.close()
+        if self.fork is not None and self.fork.pending:  # the epoch's last period ends with it
+            self.fork.merge(self)
         n = max(1, min(i + 1, self.steps_per_epoch))
         metrics = {f"train_{k}" if "/" not in k else k: v / n for k, v in sums.items()}
         if norms:
@@ -284,6 +309,8 @@ class BilevelTrainer:
             metrics["outer_step_allreduce_bytes"] = outer_bytes / len(norms)
         if last_outer is not None and self.cfg.hypergrad.report_cosine:
             metrics["hypergrad_cosine"] = hypergrad_cosine(self, *last_outer)
+        if self.fork is not None:
+            metrics.update(self.fork.epoch_metrics())
         if self.collective.world_size > 1:
             metrics["allreduce_bytes"] = self.collective.bytes_sent  # cumulative since this process started
         metrics["lr"] = self.opt_w.param_groups[0]["lr"]
@@ -366,6 +393,7 @@ class BilevelTrainer:
             "sched_w": self.sched_w.state_dict(),
             "phi": self.phi.state_dict() if self.phi is not None else None,
             "pool": self.pool_iter.state_dict() if self.pool_iter is not None else None,
+            "fork": self.fork.state_dict() if self.fork is not None else None,
             "epoch": self.epoch,
             "step": self.step,
             "history": self.history,
@@ -388,6 +416,8 @@ class BilevelTrainer:
         if self.pool_iter is not None and state.get("pool") is not None:  # absent in older checkpoints
             self.pool_iter.load_state_dict(state["pool"])
             self._pool_stream = None
+        if self.fork is not None:
+            self.fork.load_state_dict(state["fork"])
         self.epoch, self.step = state["epoch"], state["step"]
         self.history = list(state["history"])
         self.hypergrad_norms = list(state["hypergrad_norms"])

@@ -8,6 +8,7 @@ import copy
 import itertools
 import math
 import os
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -225,13 +226,16 @@ def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
 
 
 def _known_key(key: str) -> bool:
-    """Whether a dotted key names a field of RunConfig."""
+    """Whether a dotted key names a field of RunConfig, or one entry of a mapping field (method.task_weights.X)."""
     model: Any = RunConfig
-    for part in key.split("."):
+    parts = key.split(".")
+    for i, part in enumerate(parts):
         fields = getattr(model, "model_fields", None)
         if not fields or part not in fields:
             return False
         model = fields[part].annotation
+        if typing.get_origin(model) is dict:
+            return i == len(parts) - 2  # the mapping's own entry: its values are validated with the config
     return not hasattr(model, "model_fields")
 
 

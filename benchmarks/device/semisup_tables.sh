@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The semi-supervised CIFAR-10 tables (README, "Semi-supervised CIFAR-10") on one GPU machine: both auxiliary sets
+# The semi-supervised CIFAR-10 tables (docs/reproduction.md, "Semi-supervised CIFAR-10") on one GPU machine: both auxiliary sets
 # at once, each `python jobs/reproduce.py --config-dir ...` training JOBS runs at a time. Finished runs land in the
 # progress files as they end, so a run cut short by TIME_LIMIT keeps them, and the same commands finish the rest.
 # Run from the repository root; RESULTS is where the tables go (default benchmarks/results).

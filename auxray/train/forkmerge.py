@@ -1,0 +1,237 @@
+"""Fork, train, merge (ForkMerge, Jiang et al., NeurIPS 2023): task weights judged by the outer set after many
+inner steps, not by the next step's loss, so a task that harms slowly is seen.
+
+Every `method.merge_every` inner steps (a period; an epoch's last period may be shorter, so that every checkpoint
+falls between periods) the primary net forks into branches with fixed task-weight vectors: the given weights (all
+1, the trainer's own run trains this branch), and per `method.fork_branches` main-only, each task dropped, each
+task raised. At the period's end each other branch restarts from the state at the period's start and trains on the
+very same batches (recorded as the period ran: memory grows with merge_every x the batch). The branches are then
+merged into the convex combination of their parameters that scores best on the outer set, searched greedily (the
+branches ranked by their own score, best first, each next one offered the shares of `method.merge_grid`), and the
+next period forks from the merged net. As in the paper the branches' vectors stay fixed; the merge's coefficients
+applied to them are the effective task weights of the period, which the run logs as its task weights.
+
+BatchNorm running statistics and the inner optimizer's state (momentum, Adam moments) are merged with the same
+coefficients as the parameters; the learning-rate schedule is the same in every branch.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from auxray.config import MethodConfig
+from auxray.data import DataBundle, TensorData
+from auxray.methods import Batch
+from auxray.methods.weighted import WeightedObjective
+
+Score = tuple[float, ...]  # higher is better, compared left to right
+
+
+Snapshot = dict[str, Any]  # the net's, the inner optimizer's and the schedule's state_dict
+
+
+class BranchRunner(Protocol):
+    """Trains branches: each from the snapshot `start`, at its weight vector, on `batches` in order; returns their
+    end snapshots in the order of `weights`. In this process (InProcessBranches) or on Ray actors
+    (auxray.train.ray_branches), with the same results."""
+
+    def train(self, start: Snapshot, weights: Sequence[Tensor], batches: Sequence[Batch]) -> list[Snapshot]: ...
+
+
+class BranchHost(Protocol):
+    """What the fork/merge driver asks of the trainer: its net, inner optimizer and schedule, one inner step, and
+    an evaluation on a split."""
+
+    model: nn.Module
+    opt_w: torch.optim.Optimizer
+    sched_w: torch.optim.lr_scheduler.LRScheduler
+    data: DataBundle
+
+    def inner_step(self, batch: Batch) -> dict[str, float]: ...
+
+    def evaluate(self, data: TensorData, *, model: nn.Module | None = None) -> dict[str, float]: ...
+
+
+def branch_weights(
+    given: Tensor, names: Sequence[str], kinds: Sequence[str], raise_factor: float
+) -> list[tuple[str, Tensor]]:
+    """The branches' task-weight vectors, the given one first, duplicates dropped (dropping a task already at 0
+    is the given branch again); raising a task at 0 gives it weight 1."""
+    out = [("given", given.clone())]
+    candidates: list[tuple[str, Tensor]] = []
+    for kind in kinds:
+        if kind == "main_only":
+            candidates.append(("main_only", torch.zeros_like(given)))
+        for k, name in enumerate(names):
+            w = given.clone()
+            if kind == "drop_each":
+                w[k] = 0.0
+                candidates.append((f"drop_{name}", w))
+            elif kind == "raise_each":
+                w[k] = given[k] * raise_factor if given[k] > 0 else 1.0
+                candidates.append((f"raise_{name}", w))
+    for label, w in candidates:
+        if not any(torch.equal(w, seen) for _, seen in out):
+            out.append((label, w))
+    return out
+
+
+def combine(states: Sequence[Mapping[str, Any]], coeffs: Tensor) -> dict[str, Any]:
+    """The convex combination sum_b coeffs[b] * states[b] of nested state dicts: floating tensors are combined
+    (branches with coefficient 0 skipped); anything else, or a value equal in every branch, is the first's."""
+    used = [b for b in range(len(states)) if float(coeffs[b]) > 0]
+
+    def mix(values: list[Any]) -> Any:
+        first = values[0]
+        if isinstance(first, Mapping):
+            return {k: mix([v[k] for v in values]) for k in first}
+        if isinstance(first, (list, tuple)) and first and isinstance(first[0], (Mapping, Tensor)):
+            return type(first)(mix([v[i] for v in values]) for i in range(len(first)))
+        if not isinstance(first, Tensor) or not first.is_floating_point():
+            return first
+        if all(torch.equal(first, v) for v in values[1:]):
+            return first.clone()
+        out = torch.zeros_like(first)
+        for b in used:
+            out += float(coeffs[b]) * values[b]
+        return out
+
+    return mix(list(states))
+
+
+def greedy_merge(n: int, score: Callable[[Tensor], Score], grid: Sequence[float]) -> tuple[Tensor, Score]:
+    """Convex coefficients over n branches and their score: rank the branches by their own score (ties keep the
+    given order), start from the best, and offer each next one every share of `grid`, keeping a share only when
+    it scores strictly better. Costs n + (n - 1) * len(grid) calls of score."""
+    eye = torch.eye(n, dtype=torch.float64)
+    single = [score(eye[b]) for b in range(n)]
+    order = sorted(range(n), key=lambda b: single[b], reverse=True)
+    coeffs, best = eye[order[0]], single[order[0]]
+    for b in order[1:]:
+        chosen = coeffs
+        for share in grid:
+            candidate = (1 - share) * coeffs + share * eye[b]
+            s = score(candidate)
+            if s > best:
+                chosen, best = candidate, s
+        coeffs = chosen
+    return coeffs, best
+
+
+class InProcessBranches:
+    """Trains branches one after another on the trainer itself (its net, optimizer, schedule and inner step)."""
+
+    def __init__(self, host: BranchHost, objective: WeightedObjective) -> None:
+        self.host, self.objective = host, objective
+
+    def train(self, start: Snapshot, weights: Sequence[Tensor], batches: Sequence[Batch]) -> list[Snapshot]:
+        out = []
+        for w in weights:
+            restore(self.host, start)
+            self.objective.set_weights(w)
+            for batch in batches:
+                self.host.inner_step(batch)
+            out.append(snapshot(self.host))
+        return out
+
+
+class ForkMerge:
+    """The fork/merge driver a forking method's trainer holds: records each period's batches, then has the other
+    branches trained on them (by `runner`) and merges."""
+
+    def __init__(self, objective: WeightedObjective, settings: MethodConfig, runner: BranchRunner) -> None:
+        self.objective, self.settings, self.runner = objective, settings, runner
+        self.branches = branch_weights(
+            objective.weights, objective.aux_names, settings.fork_branches, settings.fork_raise
+        )
+        if len(self.branches) < 2:
+            raise ValueError("forkmerge needs at least two distinct branches; add a kind to method.fork_branches")
+        self.weights = objective.weights.clone()  # the effective task weights of the last merge
+        self.pending: list[Batch] = []
+        self._start: dict[str, Any] | None = None
+        self.merges = 0  # since the run began
+        self.branch_steps = 0  # inner steps trained by branches other than the run's own, since the run began
+        self._epoch = {"merges": 0, "seconds": 0.0, "branch_steps": 0}
+        self._epoch_weights = torch.zeros_like(self.weights)  # the sum of this epoch's merges' effective weights
+
+    @property
+    def due(self) -> bool:
+        """Whether the current period has run its merge_every steps."""
+        return len(self.pending) >= self.settings.merge_every
+
+    def record(self, host: BranchHost, batch: Batch) -> None:
+        """Keep a batch of the period, first snapshotting the state the period starts from; call before the step."""
+        if not self.pending:
+            self._start = snapshot(host)
+        self.pending.append(batch)
+
+    def merge(self, host: BranchHost) -> Tensor:
+        """Train the other branches on the period's batches, merge all of them into the host, and return the
+        merge's coefficients (one per branch, the given one first)."""
+        if self._start is None:
+            raise RuntimeError("merge called before any batch of the period was recorded")
+        t0 = time.perf_counter()
+        m, branches = self.settings, self.branches
+        states = [snapshot(host), *self.runner.train(self._start, [w for _, w in branches[1:]], self.pending)]
+        models = [s["model"] for s in states]
+
+        def score(coeffs: Tensor) -> Score:
+            host.model.load_state_dict(combine(models, coeffs))
+            result = host.evaluate(host.data.aux)
+            if m.merge_metric == "accuracy" and "accuracy" in result:
+                return (result["accuracy"], -result["loss"])
+            return (-result["loss"],)
+
+        coeffs, _ = greedy_merge(len(states), score, m.merge_grid)
+        merged = combine(states, coeffs)
+        restore(host, {**merged, "sched": states[0]["sched"]})
+        self.objective.set_weights(branches[0][1])  # the run's own steps train the given branch again
+        self.weights = torch.stack([w for _, w in branches]).T @ coeffs
+        self._epoch_weights += self.weights
+        steps = len(self.pending) * (len(branches) - 1)
+        self.merges += 1
+        self.branch_steps += steps
+        self._epoch["merges"] += 1
+        self._epoch["branch_steps"] += steps
+        self._epoch["seconds"] += time.perf_counter() - t0
+        self.pending, self._start = [], None
+        return coeffs
+
+    def epoch_metrics(self) -> dict[str, float]:
+        """This epoch's merges, their seconds and extra branch steps, and the mean of its merges' effective task
+        weights; the counters restart."""
+        out = {f"fork_{k}": float(v) for k, v in self._epoch.items()}
+        mean = self._epoch_weights / max(1, self._epoch["merges"])
+        out.update({f"task_weight/{n}": float(w) for n, w in zip(self.objective.aux_names, mean)})
+        self._epoch = {"merges": 0, "seconds": 0.0, "branch_steps": 0}
+        self._epoch_weights = torch.zeros_like(self.weights)
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        """The effective weights and counters (periods end with epochs, so no period is in flight at a checkpoint)."""
+        return {"weights": self.weights.clone(), "merges": self.merges, "branch_steps": self.branch_steps}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what state_dict wrote."""
+        self.weights = state["weights"].clone()
+        self.merges, self.branch_steps = int(state["merges"]), int(state["branch_steps"])
+
+
+def snapshot(host: BranchHost) -> Snapshot:
+    """Copies of the net's, the inner optimizer's and the schedule's state."""
+    return copy.deepcopy(
+        {"model": host.model.state_dict(), "opt": host.opt_w.state_dict(), "sched": host.sched_w.state_dict()}
+    )
+
+
+def restore(host: BranchHost, state: Mapping[str, Any]) -> None:
+    """Load a snapshot back into the host (copies, so the snapshot can be loaded again)."""
+    host.model.load_state_dict(state["model"])
+    host.opt_w.load_state_dict(copy.deepcopy(state["opt"]))
+    host.sched_w.load_state_dict(copy.deepcopy(state["sched"]))

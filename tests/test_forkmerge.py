@@ -1,0 +1,239 @@
+"""Fork, train, merge (method.name: forkmerge): the branches' weight vectors, the convex merge and its greedy
+search, a harmful auxiliary dropped on a small problem, exact resume, and bad settings as one line."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from auxray.config import config_from_dict
+from auxray.data import build_data
+from auxray.errors import UserError
+from auxray.train.forkmerge import branch_weights, combine, greedy_merge
+from auxray.train.loop import BilevelTrainer
+from tests.conftest import tiny_cifar_raw
+from tests.test_cli import assert_one_line_error, in_process, last_json, leaves, untimed, write_config
+from tests.test_train import assert_resume_matches, synthetic_raw
+
+
+def forkmerge_raw(**method: object) -> dict:
+    """The synthetic problem (9 inner steps an epoch) under forkmerge: one period an epoch by default."""
+    return synthetic_raw(method={"name": "forkmerge", "merge_every": 9, **method}, trainer={"epochs": 6, "lr": 0.05})
+
+
+def test_branches_are_the_given_weights_then_main_only_then_each_task_dropped_or_raised() -> None:
+    given = torch.tensor([1.0, 0.5, 0.0], dtype=torch.float64)
+    got = branch_weights(given, ("a", "b", "c"), ["main_only", "drop_each", "raise_each"], 3.0)
+    assert [label for label, _ in got] == [
+        "given",
+        "main_only",
+        "drop_a",
+        "drop_b",  # drop_c is the given vector again: left out
+        "raise_a",
+        "raise_b",
+        "raise_c",
+    ]
+    vectors = dict(got)
+    assert vectors["drop_b"].tolist() == [1.0, 0.0, 0.0]
+    assert vectors["raise_b"].tolist() == [1.0, 1.5, 0.0]
+    assert vectors["raise_c"].tolist() == [1.0, 0.5, 1.0]  # a task at 0 is raised to 1
+    assert vectors["main_only"].tolist() == [0.0, 0.0, 0.0]
+
+
+def test_combine_mixes_floats_convexly_and_keeps_counters() -> None:
+    nets = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        net = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+        net.train()
+        net(torch.randn(8, 3))  # running statistics differ per net; num_batches_tracked is 1 in each
+        nets.append(net.state_dict())
+    coeffs = torch.tensor([0.5, 0.0, 0.5], dtype=torch.float64)
+    mixed = combine(nets, coeffs)
+    for key in ("0.weight", "0.bias", "1.running_mean", "1.running_var"):
+        assert torch.allclose(mixed[key], 0.5 * nets[0][key] + 0.5 * nets[2][key])
+    assert mixed["1.num_batches_tracked"].dtype == torch.long and int(mixed["1.num_batches_tracked"]) == 1
+    one_hot = combine(nets, torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64))
+    assert all(torch.equal(one_hot[k], nets[1][k]) for k in nets[1])
+
+
+def test_greedy_merge_ranks_branches_and_keeps_a_share_only_when_it_scores_better() -> None:
+    target = torch.tensor([0.2, 0.6, 0.2], dtype=torch.float64)
+    calls: list[torch.Tensor] = []
+
+    def score(c: torch.Tensor) -> tuple[float]:
+        calls.append(c)
+        return (-float((c - target).pow(2).sum()),)
+
+    coeffs, best = greedy_merge(3, score, [0.25, 0.5, 0.75])
+    # Branch 1 scores best alone; branch 0 then takes the share 0.25, branch 2 a share of 0.25 of that mix.
+    assert coeffs.tolist() == pytest.approx([0.1875, 0.5625, 0.25])
+    assert best == score(coeffs) and len(calls) == 3 + 2 * 3 + 1
+    assert float(coeffs.sum()) == pytest.approx(1.0) and bool((coeffs >= 0).all())
+
+
+def test_the_merge_drops_a_harmful_auxiliary_within_a_few_periods() -> None:
+    """A helpful task and one that pulls the main head towards noise: after the first period every merge gives the
+    harmful one less weight than the helpful one, little on average (a share of the branch that keeps both tasks
+    survives: averaging it in scores better), and the run beats its fixed twin (equal weights, the same start)."""
+    raw = forkmerge_raw(aux_task="tests.helpers_user_models:helpful_and_misleading")
+    cfg = config_from_dict(raw)
+    data = build_data(cfg.data, cfg.method.aux_tasks)
+    trainer = BilevelTrainer(cfg, data, progress=False)
+    trainer.fit()
+    late = trainer.history[1:]
+    harmful = [h["task_weight/misleading"] for h in late]
+    helpful = [h["task_weight/helper"] for h in late]
+    assert all(a < b for a, b in zip(harmful, helpful, strict=True)), (helpful, harmful)
+    assert sum(harmful) / len(harmful) <= 0.25 and sum(helpful) / len(helpful) >= 0.6, (helpful, harmful)
+    assert trainer.fork is not None and trainer.fork.merges == sum(h["fork_merges"] for h in trainer.history)
+    # main_only, drop_helper, drop_misleading: three branches beside the run's own, on every recorded batch.
+    assert trainer.fork.branch_steps == 3 * trainer.step
+    raw["method"] = {"name": "equal", "aux_task": raw["method"]["aux_task"]}
+    twin = BilevelTrainer(config_from_dict(raw), data, progress=False)
+    twin.fit()
+    assert trainer.evaluate(data.val)["mse"] < twin.evaluate(data.val)["mse"]
+
+
+def test_a_resumed_forkmerge_run_matches_the_uninterrupted_one() -> None:
+    resumed = assert_resume_matches(config_from_dict(forkmerge_raw(merge_every=4)), stop_after=3)
+    assert resumed.fork is not None and resumed.fork.merges == sum(h["fork_merges"] for h in resumed.history)
+
+
+@pytest.mark.parametrize(
+    ("method", "scaling", "needle"),
+    [
+        ({"merge_every": 0}, {}, "method.merge_every: Input should be greater than or equal to 1"),
+        ({"fork_branches": []}, {}, "a merge needs at least two branches"),
+        ({"merge_grid": [0.5, 1.0]}, {}, "merge_grid takes distinct shares strictly between 0 and 1"),
+        ({"aux_task": "none"}, {}, "method 'forkmerge' needs an auxiliary task"),
+        ({}, {"workers": 2}, "trains its branches in one process"),
+    ],
+)
+def test_bad_forkmerge_settings_are_one_config_line(method: dict, scaling: dict, needle: str) -> None:
+    raw = forkmerge_raw(**method)
+    raw["scaling"] = scaling
+    with pytest.raises(UserError, match=needle.replace("(", r"\(").replace(")", r"\)")):
+        config_from_dict(raw)
+
+
+def test_bad_forkmerge_setting_through_the_cli_is_one_line_exit_2(tmp_path, capsys) -> None:
+    path = write_config(tmp_path, forkmerge_raw(merge_grid=[0.0, 0.5]))
+    assert_one_line_error(in_process(capsys, "train", str(path)), "merge_grid takes distinct shares")
+
+
+def test_equal_weighs_each_task_by_method_task_weights() -> None:
+    """equal's inner loss is the main loss plus each task's mean loss times its weight (1 when not named)."""
+    cfg = config_from_dict(synthetic_raw(method={"name": "equal", "task_weights": {"harmful": 0.25}}))
+    data = build_data(cfg.data, cfg.method.aux_tasks)
+    trainer = BilevelTrainer(cfg, data, progress=False)
+    batch = trainer.prepare(data.train.x[:16], data.train.y[:16], torch.Generator())
+    result = trainer.objective.inner(trainer.model, None, batch)
+    out = trainer.model(batch["x"])
+    per_task = [(out[name].squeeze(-1) - batch["y"][:, col]).pow(2).mean() for col, name in ((1, "helpful"), (2, "harmful"))]
+    main = (out["main"].squeeze(-1) - batch["y"][:, 0]).pow(2).mean()
+    assert float(result.loss.detach()) == pytest.approx(float((main + per_task[0] + 0.25 * per_task[1]).detach()), rel=1e-6)
+
+
+def test_task_weights_naming_no_task_of_the_run_or_negative_are_one_line(tmp_path, capsys) -> None:
+    path = write_config(tmp_path, synthetic_raw(method={"name": "equal", "task_weights": {"rotation": 0.5}}))
+    assert_one_line_error(in_process(capsys, "train", str(path)), "method.task_weights names rotation", "helpful")
+    with pytest.raises(UserError, match="task_weights must be non-negative numbers; harmful is not"):
+        config_from_dict(synthetic_raw(method={"name": "equal", "task_weights": {"harmful": -1}}))
+
+
+def test_a_sweep_searches_one_task_weight_by_its_dotted_key(tmp_path) -> None:
+    from auxray.tune.config import load_sweep
+
+    base = write_config(tmp_path, synthetic_raw(method={"name": "equal"}))
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text(
+        f"base: {base}\nspace:\n  method.task_weights.harmful: {{type: loguniform, low: 0.01, high: 4.0}}\n"
+    )
+    cfg = load_sweep(sweep).trial_config({"method.task_weights.harmful": 0.5})
+    assert cfg.method.task_weights == {"harmful": 0.5}
+    sweep.write_text(f"base: {base}\nspace:\n  method.task_weights.harmful.x: {{type: choice, values: [1]}}\n")
+    with pytest.raises(UserError, match="space key 'method.task_weights.harmful.x' is not a run config key"):
+        load_sweep(sweep)
+
+
+@pytest.mark.slow
+def test_a_killed_forkmerge_run_resumes_to_the_uninterrupted_result(tmp_path, cifar_zip, capsys, monkeypatch) -> None:
+    """SIGKILL `auxray train` of a forkmerge run once a checkpoint exists, then `--resume`: the same net, inner
+    optimizer, schedule, effective weights and history as an uninterrupted run (periods end with epochs, so every
+    checkpoint falls between merges)."""
+    raw = tiny_cifar_raw(cifar_zip, tmp_path, name="forkmerge", aux_task="rotation", merge_every=4)
+    raw["trainer"].update(epochs=6, checkpoint_every=2)
+    path = write_config(tmp_path, raw)
+    args = ("train", str(path), "--json", "--no-progress")
+    monkeypatch.chdir(tmp_path)
+    full = last_json(in_process(capsys, *args, "--set", f"trainer.checkpoint_dir={tmp_path / 'full'}"))
+
+    killed_at = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "auxray.cli", *args, "--set", f"trainer.checkpoint_dir={killed_at}"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 300
+    while not list(killed_at.glob("*/*/latest.pt")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    (run_dir,) = killed_at.glob("*/*")
+    epoch_at_kill = torch.load(run_dir / "latest.pt", weights_only=True)["epoch"]
+    assert proc.returncode == -signal.SIGKILL and epoch_at_kill < 6, "the run ended before it was killed"
+
+    resumed = last_json(in_process(capsys, *args, "--resume", "--set", f"trainer.checkpoint_dir={killed_at}"))
+    assert resumed["resumed_from"] == [epoch_at_kill] and resumed["test_accuracy"] == full["test_accuracy"]
+    a = torch.load(run_dir / "latest.pt", weights_only=True)
+    b = torch.load(Path(full["run_dir"]) / "latest.pt", weights_only=True)
+    for key in ("model", "opt_w", "sched_w", "fork"):
+        flat_a, flat_b = leaves(a[key]), leaves(b[key])
+        assert len(flat_a) == len(flat_b) > 0, key
+        for x, y in zip(flat_a, flat_b, strict=True):
+            assert torch.equal(x, y) if isinstance(x, torch.Tensor) else x == y, key
+    assert a["fork"]["merges"] == 6 * 2 and untimed(a["history"]) == untimed(b["history"])
+
+
+@pytest.mark.slow
+def test_branches_on_ray_actors_give_the_in_process_parameters() -> None:
+    """scaling.branch_actors: 2 trains the branches on two Ray actors at once; the run ends bit for bit where the
+    in-process one does (one torch thread each), merges and effective weights included."""
+    import ray
+
+    from auxray.train.ray_branches import RayBranches
+    from auxray.train.ray_cluster import ensure_ray
+
+    raw = forkmerge_raw(aux_task="tests.helpers_user_models:helpful_and_misleading", merge_every=4)
+    raw["trainer"]["epochs"] = 3
+    local_cfg = config_from_dict(raw)
+    raw["scaling"] = {"branch_actors": 2}
+    actors_cfg = config_from_dict(raw)
+    data = build_data(local_cfg.data, local_cfg.method.aux_tasks)
+    local = BilevelTrainer(local_cfg, data, progress=False)
+    local.fit()
+    ensure_ray(None, num_cpus=2)
+    try:
+        remote = BilevelTrainer(actors_cfg, data, progress=False, branches=RayBranches)
+        assert isinstance(remote.fork.runner, RayBranches) and len(remote.fork.runner.actors) == 2
+        remote.fit()
+    finally:
+        ray.shutdown()
+    for a, b in zip(local.model.state_dict().values(), remote.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert local.fork.merges == remote.fork.merges == 3 * 3 and torch.equal(local.fork.weights, remote.fork.weights)
+    assert [h["task_weight/misleading"] for h in local.history] == [h["task_weight/misleading"] for h in remote.history]
+
+
+def test_branch_actors_for_a_method_that_forks_none_is_one_line() -> None:
+    with pytest.raises(UserError, match="scaling.branch_actors trains a forking method's branches; method 'equal'"):
+        config_from_dict(synthetic_raw(method={"name": "equal"}) | {"scaling": {"branch_actors": 2}})
