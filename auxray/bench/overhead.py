@@ -45,11 +45,9 @@ from auxray.bench.plan import CONFIG_DIR, Plan, fingerprint, parse_list, shared_
 from auxray.bench.table_runs import (
     GridSetup,
     Wanted,
-    finished_rows,
-    read_runs_file,
-    run_missing,
+    failed_error,
+    gather_runs,
     tracking_uri,
-    write_runs_file,
 )
 from auxray.errors import UserError
 from auxray.method_specs import SPECS, MethodSpec
@@ -146,24 +144,14 @@ def check_twins_match(methods: Sequence[str], cfgs: Mapping[tuple[str, int], Any
 
 
 # ---- the rows -------------------------------------------------------------------------------------------
-TIMING = ("train_seconds", "inner_steps", "outer_steps")
-
-
-def with_timing(run: dict[str, Any]) -> dict[str, Any]:
-    """A finished run with its timing counters (from its diagnostics) at the top level, as build_rows reads it."""
-    diag = run.get("diagnostics", {})
-    return {**run, **{k: diag[k] for k in TIMING if k in diag}}
-
-
 def timed(run: dict[str, Any]) -> dict[str, Any]:
-    """with_timing, or a UserError naming the run when its diagnostics recorded no timing."""
-    row = with_timing(run)
-    if "train_seconds" not in row:
+    """A finished run as build_rows reads it, or a UserError naming it when its diagnostics recorded no timing."""
+    if "train_seconds" not in run:
         diag = run.get("diagnostics", {})
         raise UserError(
             f"{run['method']} seed {run['seed']}: no timing diagnostics ({diag.get('error', 'none recorded')})"
         )
-    return row
+    return run
 
 
 def build_rows(runs: Iterable[dict[str, Any]], methods: Sequence[str]) -> list[dict[str, Any]]:
@@ -202,37 +190,6 @@ def build_rows(runs: Iterable[dict[str, Any]], methods: Sequence[str]) -> list[d
             }
         )
     return rows
-
-
-def train_missing(
-    keys: Sequence[str],
-    seeds: Sequence[int],
-    cfgs: dict[tuple[str, int], Any],
-    setup: GridSetup,
-    source_dir: Path,
-    runs_file: Path,
-    threads: int,
-    verbose: bool,
-) -> list[dict[str, Any]]:
-    """Reuse the runs the record file or the runs folder has with the same fingerprint, train the others as grid
-    trials of run configs written from `source_dir`; returns every run of this invocation."""
-    todo = [(key, s) for s in seeds for key in keys]
-    wanted = {k: Wanted(k[0], k[1], fingerprint(cfgs[k]), BACKBONE, hypergrad_settings(cfgs[k])) for k in todo}
-    known = {**read_runs_file(runs_file), **finished_rows(setup.runs_root)}
-    for key, s in todo:
-        row = known.get(wanted[key, s].key)
-        if row is not None:
-            log(f"[overhead] {key} seed {s}: done before, test acc {row['test_accuracy']:.4f} (skipped)")
-    pending = [wanted[k] for k in todo if wanted[k].key not in known]
-    if pending:
-        write_run_configs(keys, source_dir, setup.config_dir)
-        known.update(run_missing(setup, pending, threads, verbose))
-    write_runs_file(runs_file, {k: with_timing(r) for k, r in known.items()})
-    failed = [k for k in todo if wanted[k].key not in known]
-    if failed:
-        shown = ", ".join(f"{m} seed {s}" for m, s in failed)
-        raise UserError(f"{len(failed)} run(s) failed ({shown}); see the trials under {setup.runs_root}")
-    return [timed(known[wanted[k].key]) for k in todo]
 
 
 # ---- the driver -----------------------------------------------------------------------------------------
@@ -286,7 +243,13 @@ def run_overhead(
         tracking_uri=tracking_uri(None, runs_root),
         experiment=f"overhead-{out.stem}",
     )
-    runs = train_missing(keys, seeds, cfgs, setup, Path(config_dir), runs_file, threads, verbose)
+    write_run_configs(keys, Path(config_dir), setup.config_dir)
+    todo = [(key, s) for s in seeds for key in keys]
+    wanted = [Wanted(k, s, fingerprint(cfgs[k, s]), BACKBONE, hypergrad_settings(cfgs[k, s])) for k, s in todo]
+    known, _, failed = gather_runs(setup, wanted, runs_file, threads, verbose)
+    if failed:
+        raise failed_error(failed, runs_root)
+    runs = [timed(known[w.key]) for w in wanted]
     rows = build_rows(runs, methods)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(rows, indent=2, default=float) + "\n")

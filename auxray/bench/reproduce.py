@@ -49,11 +49,9 @@ from auxray.bench.table import build_table, data_note, render_markdown
 from auxray.bench.table_runs import (
     GridSetup,
     Wanted,
-    finished_rows,
-    read_runs_file,
-    run_missing,
+    failed_error,
+    gather_runs,
     tracking_uri,
-    write_runs_file,
 )
 from auxray.errors import UserError
 from auxray.method_specs import spec
@@ -130,34 +128,20 @@ def run_reproduce(
     if fresh:
         runs_file.unlink(missing_ok=True)
         shutil.rmtree(runs_root, ignore_errors=True)
-    known = {**read_runs_file(runs_file), **finished_rows(runs_root)}
     todo = [(m, s) for s in seeds for m in methods]
-    done_before = [k for k in todo if wanted[k].key in known]
-    for i, (m, s) in enumerate(todo, 1):
-        if (m, s) in done_before:
-            acc = known[wanted[m, s].key]["test_accuracy"]
-            log(f"[reproduce {i}/{len(todo)}] {m} seed {s}: done before, test acc {acc:.4f} (skipped)")
     threads = cfgs[methods[0], seeds[0]].trainer.threads or max(1, usable_cpus() // jobs)
-    pending = [wanted[k] for k in todo if wanted[k].key not in known]
-    if pending:
-        setup = GridSetup(
-            tag=tag,
-            runs_root=runs_root,
-            config_dir=config_dir,
-            overrides=plan.overrides(),
-            jobs=jobs,
-            cpus_per_trial=float(threads),
-            tracking_uri=tracking_uri(track, runs_root),
-            experiment=f"reproduce-{tag}",
-        )
-        known.update(run_missing(setup, pending, threads, verbose))
-    write_runs_file(runs_file, known)
-    failed = [k for k in todo if wanted[k].key not in known]
-    results = {k: known[wanted[k].key] for k in todo if k not in failed}
-    for k in todo:
-        if k in results and k not in done_before:
-            row = results[k]
-            log(f"[reproduce] {k[0]} seed {k[1]}: test acc {row['test_accuracy']:.4f} in {row['seconds']:.1f}s")
+    setup = GridSetup(
+        tag=tag,
+        runs_root=runs_root,
+        config_dir=config_dir,
+        overrides=plan.overrides(),
+        jobs=jobs,
+        cpus_per_trial=float(threads),
+        tracking_uri=tracking_uri(track, runs_root),
+        experiment=f"reproduce-{tag}",
+    )
+    known, done_before, failed = gather_runs(setup, [wanted[k] for k in todo], runs_file, threads, verbose)
+    results = {k: known[wanted[k].key] for k in todo if wanted[k].key in known}
     ran = len(results) - len(done_before)
 
     # Methods not asked for this time but finished earlier with the same settings stay in the table, so a partial
@@ -202,8 +186,7 @@ def run_reproduce(
             f"{out / f'reproduce_{tag}.json'} and {out / f'reproduce_{tag}.md'}"
         )
     if failed:
-        shown = ", ".join(f"{m} seed {s}" for m, s in failed)
-        raise UserError(f"{len(failed)} run(s) failed ({shown}); see the trials under {runs_root}")
+        raise failed_error(failed, runs_root)
     return table
 
 

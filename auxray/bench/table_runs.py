@@ -32,6 +32,7 @@ from auxray.tune.config import CONFIG_AXIS, SEED_AXIS, SweepConfig, SweepTrackin
 from auxray.tune.record import read_record, write_json
 
 TRACKING_DB = "mlflow.db"  # the runs folder's own MLflow store, when no tracking URI is asked for
+TIMING = ("train_seconds", "inner_steps", "outer_steps")  # a run's timing counters, from its diagnostics
 MANIFEST_SUFFIX = ".table.json"  # beside the experiment folder <name>: <name>.table.json
 
 Key = tuple[str, int]  # (method, seed)
@@ -198,6 +199,7 @@ def run_row(
         "fingerprint": run["fingerprint"],
         "settings": run["settings"],
         "diagnostics": record["diagnostics"],
+        **{k: record["diagnostics"][k] for k in TIMING if k in record["diagnostics"]},
         "resumed_from_epoch": record.get("resumed_from_epoch"),
         "jobs": jobs,
         "threads": threads,
@@ -272,3 +274,34 @@ def _run(run_sweep: Any, sweep: SweepConfig, resume: bool, setup: GridSetup, ver
         run_sweep(sweep, resume=resume, tracking_uri=setup.tracking_uri, progress=verbose)
     except UserError as err:
         log(f"[{setup.experiment}] {err}")
+
+
+def gather_runs(
+    setup: GridSetup, todo: Sequence[Wanted], runs_file: Path, threads: int, verbose: bool
+) -> tuple[dict[RunKey, dict[str, Any]], list[Wanted], list[Wanted]]:
+    """The one driver loop of a table: runs the record file or the runs folder has already are reused (logged
+    as skipped), the others trained as grid sweeps; the record file is rewritten with every known run.
+    Returns (every known row by key, the runs done before, the runs that failed)."""
+    known = {**read_runs_file(runs_file), **finished_rows(setup.runs_root)}
+    done_before = [w for w in todo if w.key in known]
+    for i, w in enumerate(todo, 1):
+        if w in done_before:
+            acc = known[w.key]["test_accuracy"]
+            name = f"[{setup.experiment} {i}/{len(todo)}] {w.method} seed {w.seed}"
+            log(f"{name}: done before, test acc {acc:.4f} (skipped)")
+    pending = [w for w in todo if w.key not in known]
+    if pending:
+        known.update(run_missing(setup, pending, threads, verbose))
+    write_runs_file(runs_file, known)
+    for w in pending:
+        if w.key in known:
+            row = known[w.key]
+            acc, seconds = row["test_accuracy"], row["seconds"]
+            log(f"[{setup.experiment}] {w.method} seed {w.seed}: test acc {acc:.4f} in {seconds:.1f}s")
+    return known, done_before, [w for w in pending if w.key not in known]
+
+
+def failed_error(failed: Sequence[Wanted], runs_root: Path) -> UserError:
+    """The one-line error naming the runs that did not finish."""
+    shown = ", ".join(f"{w.method} seed {w.seed}" for w in failed)
+    return UserError(f"{len(failed)} run(s) failed ({shown}); see the trials under {runs_root}")
