@@ -19,6 +19,7 @@ from auxray.cli import run as cli_run
 from auxray.config import RunConfig, config_from_dict
 from auxray.data import build_data
 from auxray.train.checkpoint import LATEST, load_checkpoint
+from auxray.train.hypergradient import build_hypergradient
 from auxray.train.hyperstep import compute_hypergrad
 from auxray.train.loop import BilevelTrainer
 from tests.conftest import REPO, tiny_cifar_raw
@@ -170,7 +171,8 @@ def _equivalence_worker(config: dict) -> None:
         batch, aux = fixed_batches(trainer, collective.rank * PER_WORKER, PER_WORKER)
         for mode in ("global", "local"):
             cfg.hypergrad.mode = mode
-            grads = compute_hypergrad(trainer.objective, trainer.model, trainer.auxnet, batch, aux, cfg.hypergrad,
+            hg = build_hypergradient(cfg.hypergrad)  # built after the mode is set: it decides the HVP's all-reduce
+            grads = compute_hypergrad(trainer.objective, trainer.model, trainer.auxnet, batch, aux, hg,
                                       inner_lr=cfg.trainer.lr, reduce=collective.all_reduce_mean)
             out[f"{dtype}/{mode}"] = [g.detach().cpu() for g in grads]
     torch.save(out, Path(config["out"]) / f"rank{collective.rank}.pt")
@@ -202,7 +204,7 @@ def test_two_worker_outer_step_equals_single_process(ray_local, tmp_path):
         cfg.trainer.dtype = dtype
         single = BilevelTrainer(cfg, build_data(cfg.data, cfg.method.aux_tasks), progress=False)
         batch, aux = fixed_batches(single, 0, 2 * PER_WORKER)
-        expected = compute_hypergrad(single.objective, single.model, single.auxnet, batch, aux, cfg.hypergrad,
+        expected = compute_hypergrad(single.objective, single.model, single.auxnet, batch, aux, single.hypergradient,
                                      inner_lr=cfg.trainer.lr)
         got = ranks[0][f"{dtype}/global"]
         assert relative_difference(got, list(expected)) < tol, dtype

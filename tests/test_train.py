@@ -218,7 +218,7 @@ def test_hyperstep_leaves_batchnorm_statistics_alone(cifar_zip, tmp_path):
     before = {k: v.clone() for k, v in trainer.model.state_dict().items() if "running" in k or "num_batches" in k}
     assert before, "the ConvNet should have BatchNorm buffers"
     grads = compute_hypergrad(
-        trainer.objective, trainer.model, trainer.auxnet, batch, aux, cfg.hypergrad, inner_lr=0.05
+        trainer.objective, trainer.model, trainer.auxnet, batch, aux, trainer.hypergradient, inner_lr=0.05
     )
     after = trainer.model.state_dict()
     for k, v in before.items():

@@ -33,7 +33,6 @@ class Diagnostics:
         out: dict[str, Any] = {
             "sizes": {s: len(getattr(trainer.data, s)) for s in ("train", "aux", "val", "test")},
             "device": str(trainer.device),
-            "steps": trainer.step,
             "train_seconds": sum(h.get("epoch_seconds", 0.0) for h in trainer.history),
             "inner_steps": trainer.step,
             "outer_steps": len(trainer.hypergrad_norms),

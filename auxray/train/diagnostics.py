@@ -13,6 +13,7 @@ from auxray.data import BatchIterator, TensorData
 from auxray.hypergrad import batch_stats_only
 from auxray.methods import Batch
 from auxray.methods.gradient_rules import cosine
+from auxray.train.hypergradient import build_hypergradient
 from auxray.train.hyperstep import PhaseTimer, compute_hypergrad
 
 if TYPE_CHECKING:  # the trainer imports this module; the type is only for annotations
@@ -81,12 +82,11 @@ def hypergrad_cosine(trainer: BilevelTrainer, train_batch: Batch, aux_batch: Bat
     """Cosine between the configured (possibly cheapened) hypergradient and the full-cost one (every primary
     parameter, whole batches) at the current W; changes nothing."""
     lr = trainer.opt_w.param_groups[0]["lr"]
-    full_cfg = trainer.cfg.hypergrad.model_copy(update={"params": "all", "batch_size": None})
+    full = build_hypergradient(trainer.cfg.hypergrad.model_copy(update={"params": "all", "batch_size": None}))
     auxnet, _ = trainer.phi_parts()
     args = (trainer.objective, trainer.model, auxnet, train_batch, aux_batch)
     cheap = compute_hypergrad(*args, trainer.hypergradient, inner_lr=lr, reduce=trainer.reduce_hook())
-    full = compute_hypergrad(*args, full_cfg, inner_lr=lr, reduce=trainer.reduce_hook())
-    return float(cosine(cheap, full))
+    return float(cosine(cheap, compute_hypergrad(*args, full, inner_lr=lr, reduce=trainer.reduce_hook())))
 
 
 def outer_step_breakdown(trainer: BilevelTrainer, train_batch: Batch, aux_batch: Batch) -> dict[str, float]:
@@ -96,7 +96,7 @@ def outer_step_breakdown(trainer: BilevelTrainer, train_batch: Batch, aux_batch:
     timer = PhaseTimer(trainer.device)
     trainer.step += 1
     with timer("total"):
-        if trainer.fused:
+        if trainer.hypergradient.fused:
             trainer.fused_step(train_batch, aux_batch, timer)
         else:
             with timer("inner_forward_backward"):

@@ -108,7 +108,6 @@ class BilevelTrainer:
         self.phi: PhiUpdater | None = None
         self.hyper_mask = hypergrad_mask(trainable(self.model)[0], cfg.hypergrad.params, cfg.model.backbone)
         self.hypergradient = build_hypergradient(cfg.hypergrad, self.hyper_mask)
-        self.fused = self.hypergradient.fused
         self.learns_phi = self.objective.learned and cfg.hypergrad.enabled
         if self.learns_phi:
             if self.auxnet is None:
@@ -186,7 +185,7 @@ class BilevelTrainer:
         """What both outer-step paths pass the hyperstep besides the problem: the hypergradient built at the start
         (rule, sample cap, parameter subset), the inner step size, the all-reduce and the phase timer."""
         return {
-            "hypergrad": self.hypergradient,
+            "hg": self.hypergradient,
             "inner_lr": self.opt_w.param_groups[0]["lr"],
             "reduce": self.reduce_hook(),
             "phases": phases,
@@ -259,7 +258,7 @@ class BilevelTrainer:
             if aux_stream is not None and self.step % every == 0:
                 aux_batch = next(aux_stream)
                 sent, t_outer = self.collective.bytes_sent, time.perf_counter()
-                if self.fused:
+                if self.hypergradient.fused:
                     stats, norm = self.fused_step(batch, aux_batch)
                 else:
                     stats = self.inner_step(batch)
