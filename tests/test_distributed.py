@@ -22,6 +22,7 @@ from auxray.train.checkpoint import LATEST, load_checkpoint
 from auxray.train.hypergradient import build_hypergradient
 from auxray.train.hyperstep import compute_hypergrad
 from auxray.train.loop import BilevelTrainer
+from auxray.train.run_plan import RunPlan
 from tests.conftest import REPO, tiny_cifar_raw
 from tests.test_train import synthetic_raw
 
@@ -254,7 +255,7 @@ def test_run_recovers_from_a_dead_worker_and_a_dead_coordinator(ray_local, cifar
     markers = {target: tmp_path / f"{target}-fault-fired" for target in ("worker", "coordinator")}
     faults = [{"target": "worker", "after_epoch": 1, "rank": 1, "marker": str(markers["worker"])},
               {"target": "coordinator", "after_epoch": 2, "rank": 0, "marker": str(markers["coordinator"])}]
-    result = run_distributed(cfg, folder="faults/0", faults=faults)
+    result = run_distributed(RunPlan(cfg, "faults", Path(cfg.trainer.checkpoint_dir), "faults/0"), faults=faults)
     assert {t: m.read_text() for t, m in markers.items()} == {"worker": "fired", "coordinator": "fired"}
     # Restored twice, from the checkpoints of epochs 1 and 2 (a run that started afresh would say []).
     assert result["resumed_from"] == [1, 2]
@@ -271,7 +272,7 @@ def test_retries_exhausted_is_one_line(ray_local, cifar_zip, tmp_path):
     cfg.scaling.max_failures = 0
     fault = {"target": "worker", "after_epoch": 1, "rank": 1, "marker": str(tmp_path / "fired")}
     with pytest.raises(UserError, match=r"\Adistributed run doomed-0 failed after 0 retries: [^\n]*\Z"):
-        run_distributed(cfg, folder="doomed/0", faults=[fault])
+        run_distributed(RunPlan(cfg, "doomed", Path(cfg.trainer.checkpoint_dir), "doomed/0"), faults=[fault])
 
 
 @pytest.mark.parametrize(("gpus_per_worker", "backend"), [(0, "gloo"), (0.5, "gloo"), (1, "nccl"), (2, "nccl")])

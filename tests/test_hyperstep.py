@@ -10,11 +10,11 @@ import torch
 from torch.func import functional_call
 
 from auxray.auxnets import label_entropy_regulariser
+from auxray.bench.outer_timing import example_batches
 from auxray.config import config_from_dict
 from auxray.data import build_data
 from auxray.hypergrad import batch_stats_only, functional_implicit_hypergrad, unrolled_hypergrad
 from auxray.train import loop
-from auxray.train.diagnostics import example_batches
 from auxray.train.hypergradient import build_hypergradient
 from auxray.train.hyperstep import compute_hypergrad, fused_hyperstep, hypergrad_mask, trainable
 from auxray.train.loop import BilevelTrainer

@@ -40,7 +40,7 @@ from auxray.tracking import (
     tracked_run,
 )
 from auxray.tracking.ui import ui_command, ui_env
-from auxray.train.diagnostics import label_counts
+from auxray.train.diagnostics import label_assignment
 from auxray.train.session import RunView
 from tests.conftest import chromium
 
@@ -64,7 +64,7 @@ def make_cfg() -> RunConfig:
 
 
 def fake_trainer(label_generator: nn.Module | None = None) -> SimpleNamespace:
-    """What label_counts reads from a BilevelTrainer, plus the record a RunView is made of."""
+    """What label_assignment reads from a BilevelTrainer, plus the record a RunView is made of."""
     return SimpleNamespace(
         history=[],
         hypergrad_norms=[],
@@ -84,7 +84,7 @@ def view(trainer: SimpleNamespace) -> RunView:
     psi = trainer.objective.label_classes
 
     def labels():
-        return (label_counts(trainer, trainer.data.train), list(psi)) if psi else None
+        return label_assignment(trainer, trainer.data.train) if psi else None
 
     return RunView(
         method=trainer.cfg.method.name,
@@ -97,6 +97,8 @@ def view(trainer: SimpleNamespace) -> RunView:
         best_score=0.3,
         best_epoch=trainer.epoch,
         classes=CLASSES,
+        sizes={"train": 0, "aux": 0, "val": 0, "test": 0},
+        device="cpu",
         state=dict,
         best=dict,
         labels=labels,
@@ -319,7 +321,7 @@ def test_plots(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         return out
 
     # At most 120 images: spread evenly over the 240.
-    sampled = label_counts(trainer, trainer.data.train, max_images=120)
+    sampled = label_assignment(trainer, trainer.data.train, max_images=120).counts()
     assert torch.equal(sampled, by_hand(torch.linspace(0, n - 1, 120).round().long().tolist()))
     counts = by_hand(list(range(n)))  # what the plot counts: every image
 

@@ -22,6 +22,7 @@ from auxray.errors import UserError
 
 if TYPE_CHECKING:
     from auxray.config import RunConfig
+    from auxray.train.session import SinkFactory
 
 Key = tuple[str, int]  # (method, seed)
 
@@ -105,16 +106,17 @@ def train_one(
     tracking: bool,
     resume: bool,
     echo: Callable[[str], None],
-    callbacks: Sequence[Any] = (),
+    sinks: Sequence[SinkFactory] = (),
 ) -> dict[str, Any]:
     """Train one resolved config in this process (tracked in MLflow when `tracking`) and return its summary:
     the one place the reproduction trains. `echo` takes the per-epoch lines."""
     from auxray.tracking.training import train_tracked  # torch and MLflow load only when a run trains
+    from auxray.train.run_plan import plan_run
 
     if not tracking:
         cfg = cfg.model_copy(deep=True)
         cfg.tracking.enabled = False
-    return train_tracked(cfg, name=name, resume=resume, progress=False, log=echo, callbacks=callbacks)
+    return train_tracked(plan_run(cfg, name=name, resume=resume, log=echo), progress=False, log=echo, sinks=sinks)
 
 
 def run_job(
@@ -129,7 +131,7 @@ def run_job(
     if resumed:
         log(f"[reproduce] {name}: resuming its interrupted run at epoch {from_epoch}/{cfg.trainer.epochs}")
     quiet = log if verbose else (lambda message: None)
-    summary = train_one(cfg, name, tracking=tracking, resume=resumed, echo=quiet, callbacks=[diag])
+    summary = train_one(cfg, name, tracking=tracking, resume=resumed, echo=quiet, sinks=[lambda: diag])
     if resumed:  # count the interrupted part's epochs too (not its start-up)
         summary["seconds"] += earlier_seconds
         summary["resumed_from_epoch"] = from_epoch

@@ -25,8 +25,6 @@ from auxray.train.phi_optimizer import PhiOptimizer
 from auxray.train.progress import Progress
 from auxray.train.setup import make_inner_optimizer, make_scheduler, resolve_device, seed_everything
 
-EpochCallback = Callable[["BilevelTrainer", dict[str, Any]], None]
-
 
 class BilevelTrainer:
     """Trains the primary net W on L_T(W, phi) and, every `hypergrad.every` inner steps, the aux net phi
@@ -39,12 +37,10 @@ class BilevelTrainer:
         *,
         collective: Collective | None = None,
         phi_updater: Callable[[nn.Module], PhiUpdater] | None = None,
-        callbacks: Sequence[EpochCallback] = (),
         progress: bool = True,
     ) -> None:
         self.cfg, self.data = cfg, data
         self.collective = collective or Collective()
-        self.callbacks = list(callbacks)
         self.progress = progress and self.collective.rank == 0
         t = cfg.trainer
         if t.threads:
@@ -223,6 +219,20 @@ class BilevelTrainer:
             phi.apply(out.hypergrad, self.step)
         return self._step_stats(out.inner, batch), _norm(out.hypergrad)
 
+    def train_step(
+        self, batch: Batch, aux_batch: Batch | None = None, phases: Phases = no_phases
+    ) -> tuple[dict[str, float], float | None]:
+        """One inner step, and with an aux batch one outer step too (fused with it when the hypergradient allows);
+        counts the step. Returns the inner step's stats and the hypergradient's norm (None without an outer step)."""
+        self.step += 1
+        if aux_batch is None:
+            return self.inner_step(batch), None
+        if self.hypergradient.fused:
+            return self.fused_step(batch, aux_batch, phases)
+        with phases("inner_forward_backward"):
+            stats = self.inner_step(batch)
+        return stats, self.outer_step(batch, aux_batch, phases)
+
     def _aux_batches(self, epoch: int, generator: torch.Generator):
         """An endless stream of aux-set batches whose order depends only on (seed, epoch)."""
         k = 0
@@ -254,22 +264,16 @@ class BilevelTrainer:
             if i >= self.steps_per_epoch:
                 break
             batch = self.prepare(*self.with_unlabeled(x, y), gen)
-            self.step += 1
-            if aux_stream is not None and self.step % every == 0:
-                aux_batch = next(aux_stream)
-                sent, t_outer = self.collective.bytes_sent, time.perf_counter()
-                if self.hypergradient.fused:
-                    stats, norm = self.fused_step(batch, aux_batch)
-                else:
-                    stats = self.inner_step(batch)
-                    norm = self.outer_step(batch, aux_batch)
+            outer = aux_stream is not None and (self.step + 1) % every == 0
+            aux_batch = next(aux_stream) if outer and aux_stream is not None else None
+            sent, t_outer = self.collective.bytes_sent, time.perf_counter()
+            stats, norm = self.train_step(batch, aux_batch)
+            if aux_batch is not None and norm is not None:
                 outer_seconds += time.perf_counter() - t_outer
                 outer_bytes += self.collective.bytes_sent - sent
                 norms.append(norm)
                 self.hypergrad_norms.append((self.step, norm))
                 last_outer = (batch, aux_batch)
-            else:
-                stats = self.inner_step(batch)
             for k, v in stats.items():
                 sums[k] = sums.get(k, 0.0) + v
             bar.update(loss=stats["loss"])
@@ -324,27 +328,30 @@ class BilevelTrainer:
             return {"loss": float(total[0]) / n, "mse": float(total[0]) / n}
         return {"loss": float(total[0]) / n, "accuracy": float(total[1]) / n}
 
+    def fit_epoch(self) -> dict[str, Any]:
+        """Train one epoch, evaluate on val, keep the best weights; returns the epoch's metrics (also in history)."""
+        metrics = self.train_epoch()
+        val = self.evaluate(self.data.val) if len(self.data.val) else {}
+        metrics.update({f"val_{k}": v for k, v in val.items()})
+        metrics.update(epoch_diagnostics(self))
+        metrics["epoch"] = self.epoch + 1
+        metrics["step"] = self.step
+        self.epoch += 1
+        score = val.get("accuracy", -val.get("mse", 0.0)) if val else self.epoch
+        if score > self.best["val_accuracy"]:
+            self.best = {
+                "val_accuracy": score,
+                "epoch": self.epoch,
+                "state": copy.deepcopy(self.model.state_dict()),
+            }
+        self.history.append(metrics)
+        return metrics
+
     def fit(self, until_epoch: int | None = None) -> list[dict[str, Any]]:
         """Train from the current epoch to trainer.epochs (or `until_epoch`), evaluating on val each epoch."""
         last = min(self.cfg.trainer.epochs, until_epoch or self.cfg.trainer.epochs)
         while self.epoch < last:
-            metrics = self.train_epoch()
-            val = self.evaluate(self.data.val) if len(self.data.val) else {}
-            metrics.update({f"val_{k}": v for k, v in val.items()})
-            metrics.update(epoch_diagnostics(self))
-            metrics["epoch"] = self.epoch + 1
-            metrics["step"] = self.step
-            self.epoch += 1
-            score = val.get("accuracy", -val.get("mse", 0.0)) if val else self.epoch
-            if score > self.best["val_accuracy"]:
-                self.best = {
-                    "val_accuracy": score,
-                    "epoch": self.epoch,
-                    "state": copy.deepcopy(self.model.state_dict()),
-                }
-            self.history.append(metrics)
-            for cb in self.callbacks:
-                cb(self, metrics)
+            self.fit_epoch()
         return self.history
 
     def test(self, *, best: bool = True) -> dict[str, float]:
