@@ -48,7 +48,19 @@ class BilevelTrainer:
         self.device = resolve_device(t.device)
         self.dtype = torch.float64 if t.dtype == "float64" else torch.float32
         seed_everything(t.seed)
+        self._build_networks()
+        self._build_inner_loop()
+        self._build_outer_loop(phi_updater)
+        self.epoch = 0
+        self.step = 0
+        self.history: list[dict[str, Any]] = []
+        self.hypergrad_norms: list[tuple[int, float]] = []
+        self.resumed_from: list[int] = []  # the epoch of every checkpoint this run was restored from, in order
+        self.best: dict[str, Any] = {"val_accuracy": -math.inf, "epoch": -1, "state": None}
 
+    def _build_networks(self) -> None:
+        """The objective, the primary net W (trunk and heads) and the aux net phi the objective builds, if any."""
+        cfg, data = self.cfg, self.data
         in_features = data.train.x.shape[1] if data.task == "regression" else None
         trunk, feat_dim = build_trunk(
             cfg.model.backbone, in_channels=data.in_channels, width=cfg.model.width, in_features=in_features
@@ -66,67 +78,55 @@ class BilevelTrainer:
         self.auxnet = auxnet.to(self.device, self.dtype) if auxnet is not None else None
         self.train_model = self.collective.wrap_model(self.model)
 
+    def _sharded(self, data: TensorData, batch_size: int, seed: int, augment: bool) -> BatchIterator:
+        """A shuffled stream of full batches of this worker's shard of `data` (training, pool and aux batches)."""
+        return BatchIterator(
+            data,
+            batch_size,
+            shuffle=True,
+            seed=seed,
+            rank=self.collective.rank,
+            world_size=self.collective.world_size,
+            drop_last=True,
+            augment=augment,
+            device=self.device,
+        )
+
+    def _build_inner_loop(self) -> None:
+        """The inner optimizer over W (and phi when it trains with W), the training and pool streams, the schedule."""
+        cfg, data, t = self.cfg, self.data, self.cfg.trainer
         inner_params = list(self.model.parameters())
         if self.auxnet is not None and self.objective.trains_with_primary:
             inner_params += list(self.auxnet.parameters())
         self.opt_w = make_inner_optimizer(inner_params, cfg)
-        self.train_iter = BatchIterator(
-            data.train,
-            t.batch_size,
-            shuffle=True,
-            seed=t.seed,
-            rank=self.collective.rank,
-            world_size=self.collective.world_size,
-            drop_last=True,
-            augment=cfg.data.augment and data.task == "classification",
-            device=self.device,
-        )
+        augment = cfg.data.augment and data.task == "classification"
+        self.train_iter = self._sharded(data.train, t.batch_size, t.seed, augment)
         # Unlabelled images join every inner step of a method whose auxiliary losses use them: a batch of the pool
         # after the labelled batch, from its own endless stream (sharded like the labelled one, resumed exactly).
         self.pool_iter: BatchIterator | None = None
         self._pool_stream: Iterator[tuple[Tensor, Tensor]] | None = None
         if data.unlabeled is not None and self.objective.uses_unlabeled:
-            self.pool_iter = BatchIterator(
-                data.unlabeled,
-                cfg.data.unlabeled_batch_size or t.batch_size,
-                shuffle=True,
-                seed=t.seed + 2,
-                rank=self.collective.rank,
-                world_size=self.collective.world_size,
-                drop_last=True,
-                augment=cfg.data.augment,
-                device=self.device,
-            )
+            pool_batch = cfg.data.unlabeled_batch_size or t.batch_size
+            self.pool_iter = self._sharded(data.unlabeled, pool_batch, t.seed + 2, cfg.data.augment)
         self.steps_per_epoch = min(len(self.train_iter), t.max_steps_per_epoch or len(self.train_iter))
         if self.steps_per_epoch == 0:
             raise ValueError("the training split is smaller than one batch per worker; lower trainer.batch_size")
         self.sched_w = make_scheduler(self.opt_w, cfg, t.epochs * self.steps_per_epoch)
+
+    def _build_outer_loop(self, phi_updater: Callable[[nn.Module], PhiUpdater] | None) -> None:
+        """The hypergradient (built once), and for a run that learns phi its updater and the aux-set stream."""
+        cfg, data, t = self.cfg, self.data, self.cfg.trainer
         self.phi: PhiUpdater | None = None
         self.hyper_mask = hypergrad_mask(trainable(self.model)[0], cfg.hypergrad.params, cfg.model.backbone)
         self.hypergradient = build_hypergradient(cfg.hypergrad, self.hyper_mask)
         self.learns_phi = self.objective.learned and cfg.hypergrad.enabled
-        if self.learns_phi:
-            if self.auxnet is None:
-                raise ValueError(f"{self.objective.name} is a learned method but built no auxiliary network")
-            self.phi = phi_updater(self.auxnet) if phi_updater else PhiOptimizer(self.auxnet, cfg.method)
-            aux_bs = min(t.batch_size, max(1, len(data.aux) // self.collective.world_size))
-            self.aux_iter = BatchIterator(
-                data.aux,
-                aux_bs,
-                shuffle=True,
-                seed=t.seed + 1,
-                rank=self.collective.rank,
-                world_size=self.collective.world_size,
-                drop_last=True,
-                augment=False,
-                device=self.device,
-            )
-        self.epoch = 0
-        self.step = 0
-        self.history: list[dict[str, Any]] = []
-        self.hypergrad_norms: list[tuple[int, float]] = []
-        self.resumed_from: list[int] = []  # the epoch of every checkpoint this run was restored from, in order
-        self.best: dict[str, Any] = {"val_accuracy": -math.inf, "epoch": -1, "state": None}
+        if not self.learns_phi:
+            return
+        if self.auxnet is None:
+            raise ValueError(f"{self.objective.name} is a learned method but built no auxiliary network")
+        self.phi = phi_updater(self.auxnet) if phi_updater else PhiOptimizer(self.auxnet, cfg.method)
+        aux_bs = min(t.batch_size, max(1, len(data.aux) // self.collective.world_size))
+        self.aux_iter = self._sharded(data.aux, aux_bs, t.seed + 1, augment=False)
 
     # ---- one inner step -------------------------------------------------------------------
     def prepare(self, x: Tensor, y: Tensor, generator: torch.Generator) -> Batch:
