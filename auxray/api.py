@@ -12,6 +12,7 @@ from auxray.hypergrad import MetaOptimizer, cg_solver, exact_solver, neumann_sol
 from auxray.importpath import resolve_callable
 from auxray.methods.aux_tasks import AuxiliaryTask, LossFnTask
 from auxray.tracking.training import train_tracked
+from auxray.train.run_plan import plan_run
 from auxray.train.session import Summary
 
 __all__ = [
@@ -74,5 +75,5 @@ def fit(
     """Train a config as `auxray train` does (one process, or Ray Train when it asks for workers; tracked in
     MLflow unless tracking.enabled is false) and return the run's summary: test accuracy of the best-on-validation
     weights, the run folder, the MLflow run id."""
-    cfg = run_config(config, backbone=backbone, aux_task=aux_task)
-    return train_tracked(cfg, name=name, tracking_uri=tracking_uri, resume=resume, progress=progress)
+    plan = plan_run(run_config(config, backbone=backbone, aux_task=aux_task), name=name, resume=resume)
+    return train_tracked(plan, tracking_uri=tracking_uri, progress=progress)

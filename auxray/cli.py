@@ -166,14 +166,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, overrides)
     # Loaded after the config is valid: torch and torchvision take seconds to import, bad input answers at once.
     from auxray.tracking.training import train_tracked
+    from auxray.train.run_plan import plan_run
 
-    result = train_tracked(
-        cfg,
-        name=args.name or Path(args.config).stem,
-        tracking_uri=args.tracking_uri,
-        resume=args.resume,
-        progress=not args.no_progress,
-    )
+    plan = plan_run(cfg, name=args.name or Path(args.config).stem, resume=args.resume)
+    result = train_tracked(plan, tracking_uri=args.tracking_uri, progress=not args.no_progress)
     if args.json:
         print_json(result)
     else:

@@ -275,7 +275,7 @@ class TrainerConfig(_Section):
 
 
 class HypergradConfig(_Section):
-    """How the auxiliary network's hypergradient is computed (DESIGN §3), and what it may skip to be cheap.
+    """How the auxiliary network's hypergradient is computed (auxray.hypergrad's rules), and what it may skip.
 
     enabled: false keeps the aux net at its initial value (no outer steps): a learned method's fixed twin.
     reuse_graph: at an outer step the training batch's forward and backward run once; the same gradient

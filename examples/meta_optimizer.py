@@ -62,8 +62,9 @@ def train(learn_weights: bool, steps: int = 800, every: int = 10, seed: int = 0)
     model = nn.Sequential(nn.Linear(DIM, 32), nn.ReLU(), nn.Linear(32, 2), nn.ReLU(), nn.Linear(2, 3))
     weighting = LossWeights(2)
     opt = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9)
-    meta_opt = MetaOptimizer(torch.optim.Adam(weighting.parameters(), lr=0.1),
-                             solver=neumann_solver(steps=3, alpha=0.01))
+    meta_opt = MetaOptimizer(
+        torch.optim.Adam(weighting.parameters(), lr=0.1), solver=neumann_solver(steps=3, alpha=0.01)
+    )
     for step in range(1, steps + 1):
         idx = torch.randint(0, len(x_train), (32,), generator=gen)
         losses = task_losses(model, x_train[idx], y_train[idx])
@@ -72,8 +73,10 @@ def train(learn_weights: bool, steps: int = 800, every: int = 10, seed: int = 0)
         opt.zero_grad()
         train_loss.backward(retain_graph=outer_step)  # the outer step differentiates this graph again
         if outer_step:  # at the model's current weights: before opt.step() changes them
-            aux_loss = task_losses(model, x_aux, y_aux)[0]
-            meta_opt.step(train_loss, aux_loss, params=model.parameters(), hparams=weighting.parameters())
+            val_loss = task_losses(model, x_aux, y_aux)[0]
+            meta_opt.step(
+                train_loss=train_loss, val_loss=val_loss, params=model.parameters(), hparams=weighting.parameters()
+            )
         opt.step()
     with torch.no_grad():
         test_mse = float(task_losses(model, x_test, y_test)[0])

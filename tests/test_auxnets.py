@@ -10,7 +10,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from auxray.auxnets import (
-    DeepCombiner,
     LabelGenerator,
     LinearCombiner,
     NonlinearCombiner,
@@ -133,27 +132,6 @@ def test_nonlinear_task_weights_match_finite_differences() -> None:
         down[:, k + 1] -= eps
         expected.append(((comb(up) - comb(down)) / (2 * eps)).mean())
     torch.testing.assert_close(comb.task_weights(losses), torch.stack(expected).detach())
-
-
-def test_deep_combiner_is_the_pixel_mean_of_softplus_weighted_loss_maps() -> None:
-    """g is the pixel mean of softplus(ConvNet(l_aux)) * l_aux (by hand); task weights are its maps' derivatives."""
-    comb = DeepCombiner(2, channels=4).double()
-    maps = torch.rand(3, 3, 8, 8, dtype=torch.float64)
-    conv1, conv2, conv3 = (m for m in comb.net if isinstance(m, nn.Conv2d))
-    aux = maps[:, 1:]
-    h = F.conv2d(aux, conv1.weight, conv1.bias, padding=1).clamp(min=0)
-    h = F.conv2d(h, conv2.weight, conv2.bias, padding=1).clamp(min=0)
-    weights = F.softplus(F.conv2d(h, conv3.weight, conv3.bias))
-    torch.testing.assert_close(comb(maps), (weights * aux).sum(dim=1).mean(dim=(1, 2)))
-    eps, expected = 1e-6, []
-    for k in (1, 2):
-        up, down = maps.clone(), maps.clone()
-        up[:, k] += eps
-        down[:, k] -= eps
-        expected.append(((comb(up) - comb(down)) / (2 * eps)).mean())
-    torch.testing.assert_close(comb.task_weights(maps), torch.stack(expected).detach())
-    with pytest.raises(ValueError, match=r"expected losses \[B, 1\+n_aux, H, W\] with n_aux=2, got \(3, 3\)"):
-        comb(torch.rand(3, 3))
 
 
 def test_combiner_rejects_wrong_width() -> None:

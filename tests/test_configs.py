@@ -17,11 +17,12 @@ import yaml
 from auxray.auxnets.uncertainty import LOSS_FLOOR
 from auxray.cli import run as cli_run
 from auxray.config import RunConfig, load_config
-from auxray.method_specs import SPECS
 from auxray.data import DataBundle, build_data
+from auxray.method_specs import SPECS
 from auxray.train.checkpoint import LATEST, load_checkpoint
-from auxray.train.launch import plan_run, train
+from auxray.train.launch import train
 from auxray.train.loop import BilevelTrainer
+from auxray.train.run_plan import plan_run
 from auxray.tune.config import load_sweep
 from tests.conftest import CACHE_DIR, REPO
 
@@ -166,8 +167,9 @@ def test_every_shipped_config_validates_and_plans(
         name, cfgs = config.stem, [load_config(config)]
     for cfg in cfgs:
         cfg.trainer.checkpoint_dir = str(tmp_path / "runs")
-        planned, folder = plan_run(cfg, name=name, resume=False)
-        assert folder.startswith(f"{name}/") and Path(planned.data.root).is_absolute(), (folder, planned.data.root)
+        plan = plan_run(cfg, name=name, resume=False)
+        assert plan.folder.startswith(f"{name}/") and Path(plan.cfg.data.root).is_absolute(), plan
+        assert plan.run_dir == Path(plan.cfg.trainer.checkpoint_dir) / plan.folder and plan.run_dir.is_absolute()
     assert not any(tmp_path.iterdir())
 
 
@@ -210,4 +212,4 @@ def test_every_shipped_sweep_config_builds_trials_that_train(
         for key, value in short(cfg, tmp_path / str(end)).items():
             section, name = key.split(".")
             setattr(getattr(cfg, section), name, value)
-        assert_promises(train(cfg, name=sweep.name, progress=False), cfg)
+        assert_promises(train(plan_run(cfg, name=sweep.name), progress=False), cfg)

@@ -19,8 +19,10 @@ from auxray.cli import run as cli_run
 from auxray.config import RunConfig, config_from_dict
 from auxray.data import build_data
 from auxray.train.checkpoint import LATEST, load_checkpoint
+from auxray.train.hypergradient import build_hypergradient
 from auxray.train.hyperstep import compute_hypergrad
 from auxray.train.loop import BilevelTrainer
+from auxray.train.run_plan import RunPlan
 from tests.conftest import REPO, tiny_cifar_raw
 from tests.test_train import synthetic_raw
 
@@ -170,7 +172,8 @@ def _equivalence_worker(config: dict) -> None:
         batch, aux = fixed_batches(trainer, collective.rank * PER_WORKER, PER_WORKER)
         for mode in ("global", "local"):
             cfg.hypergrad.mode = mode
-            grads = compute_hypergrad(trainer.objective, trainer.model, trainer.auxnet, batch, aux, cfg.hypergrad,
+            hg = build_hypergradient(cfg.hypergrad)  # built after the mode is set: it decides the HVP's all-reduce
+            grads = compute_hypergrad(trainer.objective, trainer.model, trainer.auxnet, batch, aux, hg,
                                       inner_lr=cfg.trainer.lr, reduce=collective.all_reduce_mean)
             out[f"{dtype}/{mode}"] = [g.detach().cpu() for g in grads]
     torch.save(out, Path(config["out"]) / f"rank{collective.rank}.pt")
@@ -202,7 +205,7 @@ def test_two_worker_outer_step_equals_single_process(ray_local, tmp_path):
         cfg.trainer.dtype = dtype
         single = BilevelTrainer(cfg, build_data(cfg.data, cfg.method.aux_tasks), progress=False)
         batch, aux = fixed_batches(single, 0, 2 * PER_WORKER)
-        expected = compute_hypergrad(single.objective, single.model, single.auxnet, batch, aux, cfg.hypergrad,
+        expected = compute_hypergrad(single.objective, single.model, single.auxnet, batch, aux, single.hypergradient,
                                      inner_lr=cfg.trainer.lr)
         got = ranks[0][f"{dtype}/global"]
         assert relative_difference(got, list(expected)) < tol, dtype
@@ -252,7 +255,7 @@ def test_run_recovers_from_a_dead_worker_and_a_dead_coordinator(ray_local, cifar
     markers = {target: tmp_path / f"{target}-fault-fired" for target in ("worker", "coordinator")}
     faults = [{"target": "worker", "after_epoch": 1, "rank": 1, "marker": str(markers["worker"])},
               {"target": "coordinator", "after_epoch": 2, "rank": 0, "marker": str(markers["coordinator"])}]
-    result = run_distributed(cfg, folder="faults/0", faults=faults)
+    result = run_distributed(RunPlan(cfg, "faults", Path(cfg.trainer.checkpoint_dir), "faults/0"), faults=faults)
     assert {t: m.read_text() for t, m in markers.items()} == {"worker": "fired", "coordinator": "fired"}
     # Restored twice, from the checkpoints of epochs 1 and 2 (a run that started afresh would say []).
     assert result["resumed_from"] == [1, 2]
@@ -269,7 +272,7 @@ def test_retries_exhausted_is_one_line(ray_local, cifar_zip, tmp_path):
     cfg.scaling.max_failures = 0
     fault = {"target": "worker", "after_epoch": 1, "rank": 1, "marker": str(tmp_path / "fired")}
     with pytest.raises(UserError, match=r"\Adistributed run doomed-0 failed after 0 retries: [^\n]*\Z"):
-        run_distributed(cfg, folder="doomed/0", faults=[fault])
+        run_distributed(RunPlan(cfg, "doomed", Path(cfg.trainer.checkpoint_dir), "doomed/0"), faults=[fault])
 
 
 @pytest.mark.parametrize(("gpus_per_worker", "backend"), [(0, "gloo"), (0.5, "gloo"), (1, "nccl"), (2, "nccl")])

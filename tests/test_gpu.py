@@ -14,6 +14,7 @@ from auxray.errors import UserError
 from auxray.train.checkpoint import LATEST, load_checkpoint, rng_state, set_rng_state
 from auxray.train.launch import train
 from auxray.train.loop import BilevelTrainer
+from auxray.train.run_plan import RunPlan, plan_run
 from auxray.train.setup import resolve_device
 from tests.conftest import tiny_cifar_raw
 from tests.test_train import synthetic_raw
@@ -60,9 +61,9 @@ def test_a_cuda_run_resumed_from_disk_ends_where_the_uninterrupted_one_does(tmp_
         synthetic_raw(trainer={"epochs": 2, "max_steps_per_epoch": 20, "device": "cuda", "dtype": "float64",
                                "checkpoint_dir": str(tmp_path)})
     )
-    whole = Path(train(cfg, name="whole", **QUIET)["run_dir"])
-    train(cfg, name="split", until_epoch=1, **QUIET)
-    split = Path(train(cfg, name="split", resume=True, **QUIET)["run_dir"])
+    whole = Path(train(plan_run(cfg, name="whole"), **QUIET)["run_dir"])
+    train(plan_run(cfg, name="split"), until_epoch=1, **QUIET)
+    split = Path(train(plan_run(cfg, name="split", resume=True), **QUIET)["run_dir"])
     a, b = load_checkpoint(whole / LATEST), load_checkpoint(split / LATEST)
     assert "cuda" in a["rng"] and b["epoch"] == 2
     for key in ("model", "auxnet"):
@@ -84,7 +85,7 @@ def test_two_workers_on_fractional_gpus_train_on_cuda(cifar_zip, tmp_path):
     cfg = config_from_dict(raw)
     ensure_ray(None, num_cpus=2)
     try:
-        result = run_distributed(cfg, folder="gpu/0", progress=False)
+        result = run_distributed(RunPlan(cfg, "gpu", Path(cfg.trainer.checkpoint_dir), "gpu/0"), progress=False)
     finally:
         ray.shutdown()
     assert result["workers"] == 2 and [h["epoch"] for h in result["history"]] == [1, 2]

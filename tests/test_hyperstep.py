@@ -10,11 +10,12 @@ import torch
 from torch.func import functional_call
 
 from auxray.auxnets import label_entropy_regulariser
+from auxray.bench.outer_timing import example_batches
 from auxray.config import config_from_dict
 from auxray.data import build_data
 from auxray.hypergrad import batch_stats_only, functional_implicit_hypergrad, unrolled_hypergrad
 from auxray.train import loop
-from auxray.train.diagnostics import example_batches
+from auxray.train.hypergradient import build_hypergradient
 from auxray.train.hyperstep import compute_hypergrad, fused_hyperstep, hypergrad_mask, trainable
 from auxray.train.loop import BilevelTrainer
 from tests.conftest import tiny_cifar_raw
@@ -66,9 +67,8 @@ def test_reused_graph_hypergradient_equals_recomputed_one(cifar_zip, tmp_path, m
         trainer.auxnet,
         batch,
         aux,
-        trainer.cfg.hypergrad,
+        trainer.hypergradient,
         inner_lr=lr,
-        mask=trainer.hyper_mask,
     )
     plain_w_grad = _inner_gradient(trainer, batch)
     fused = fused_hyperstep(
@@ -77,9 +77,8 @@ def test_reused_graph_hypergradient_equals_recomputed_one(cifar_zip, tmp_path, m
         trainer.auxnet,
         batch,
         aux,
-        trainer.cfg.hypergrad,
+        trainer.hypergradient,
         inner_lr=lr,
-        mask=trainer.hyper_mask,
     )
     assert sum(float(g.abs().sum()) for g in recomputed) > 0
     _close(fused.hypergrad, recomputed)
@@ -97,9 +96,8 @@ def test_fused_step_updates_batchnorm_statistics_once_like_a_plain_step(cifar_zi
         trainer.auxnet,
         batch,
         aux,
-        trainer.cfg.hypergrad,
+        trainer.hypergradient,
         inner_lr=0.05,
-        mask=trainer.hyper_mask,
     )
     buffers = dict(trainer.model.named_buffers())
     for name, expected in plain.named_buffers():
@@ -140,7 +138,7 @@ def test_default_path_is_the_plain_implicit_hypergradient(cifar_zip, tmp_path):
     trainer = _trainer(cifar_zip, tmp_path, "neumann", steps=4)
     batch, aux = example_batches(trainer, seed=3)
     got = compute_hypergrad(
-        trainer.objective, trainer.model, trainer.auxnet, batch, aux, trainer.cfg.hypergrad, inner_lr=0.05
+        trainer.objective, trainer.model, trainer.auxnet, batch, aux, trainer.hypergradient, inner_lr=0.05
     )
     _close(got, _reference_implicit(trainer, batch, aux, trainable(trainer.model)[0]))
 
@@ -159,14 +157,12 @@ def test_parameter_subset_matches_a_hand_built_reference(cifar_zip, tmp_path, me
         trainer.auxnet,
         batch,
         aux,
-        trainer.cfg.hypergrad,
+        trainer.hypergradient,
         inner_lr=0.05,
-        mask=trainer.hyper_mask,
     )
     _close(got, _reference_implicit(trainer, batch, aux, chosen))
-    full = compute_hypergrad(
-        trainer.objective, trainer.model, trainer.auxnet, batch, aux, trainer.cfg.hypergrad, inner_lr=0.05
-    )
+    everything = build_hypergradient(trainer.cfg.hypergrad)  # no mask: through every primary parameter
+    full = compute_hypergrad(trainer.objective, trainer.model, trainer.auxnet, batch, aux, everything, inner_lr=0.05)
     assert any(not torch.allclose(a, b) for a, b in zip(got, full))
 
 
@@ -176,7 +172,7 @@ def test_sub_batch_equals_the_hypergradient_of_the_sliced_batches(cifar_zip, tmp
     batch, aux = example_batches(trainer, seed=5)
     assert len(batch["y"]) > 6 and len(aux["y"]) > 6
     got = compute_hypergrad(
-        trainer.objective, trainer.model, trainer.auxnet, batch, aux, trainer.cfg.hypergrad, inner_lr=0.05
+        trainer.objective, trainer.model, trainer.auxnet, batch, aux, trainer.hypergradient, inner_lr=0.05
     )
     sliced_batch = {k: v[:6] for k, v in batch.items()}
     sliced_aux = {k: v[:6] for k, v in aux.items()}

@@ -30,15 +30,18 @@ def _meta(phi: tuple[torch.Tensor, ...], **kwargs: object) -> MetaOptimizer:
     return MetaOptimizer(torch.optim.SGD(phi, lr=0.1), **kwargs)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("solver,kwargs", [
-    ("exact", {}),
-    (exact_solver(), {}),
-    ("cg", {"steps": 50, "tol": 1e-12}),
-    (cg_solver(steps=50, tol=1e-12), {}),
-])
+@pytest.mark.parametrize(
+    "solver,kwargs",
+    [
+        ("exact", {}),
+        (exact_solver(), {}),
+        ("cg", {"steps": 50, "tol": 1e-12}),
+        (cg_solver(steps=50, tol=1e-12), {}),
+    ],
+)
 def test_exact_and_cg_hypergradients_match_the_closed_form(ridge, solver, kwargs):
     inner, outer, w, phi = ridge.losses()
-    (got,) = _meta(phi, solver=solver, **kwargs).hypergrad(inner, outer, w, phi)
+    (got,) = _meta(phi, solver=solver, **kwargs).hypergrad(train_loss=inner, val_loss=outer, params=w, hparams=phi)
     want = ridge.analytic()
     assert want.abs().max() > 1e-3
     torch.testing.assert_close(got, want, rtol=1e-8, atol=1e-10)
@@ -56,19 +59,25 @@ def test_neumann_error_within_its_bound_and_falling_with_depth(ridge):
     errors = []
     for k in (1, 5, 10, 30, 200):
         inner, outer, w, phi = ridge.losses()
-        (got,) = _meta(phi, solver=neumann_solver(steps=k, alpha=alpha)).hypergrad(inner, outer, w, phi)
+        (got,) = _meta(phi, solver=neumann_solver(steps=k, alpha=alpha)).hypergrad(
+            train_loss=inner, val_loss=outer, params=w, hparams=phi
+        )
         errors.append((got - want).norm().item())
         assert errors[-1] <= m_norm * (1 - alpha * lam_min) ** (k + 1) * u_norm + 1e-12, (k, errors)
     assert all(a > b for a, b in zip(errors, errors[1:])), errors
     assert errors[0] > 1e-3 * want.norm() and errors[-1] < 1e-8 * want.norm()
     inner, outer, w, phi = ridge.losses()
-    (by_name,) = _meta(phi, solver="neumann", steps=5, alpha=alpha).hypergrad(inner, outer, w, phi)
+    (by_name,) = _meta(phi, solver="neumann", steps=5, alpha=alpha).hypergrad(
+        train_loss=inner, val_loss=outer, params=w, hparams=phi
+    )
     assert (by_name - want).norm().item() == pytest.approx(errors[1], rel=1e-9)
 
 
 def test_a_direct_dependence_of_the_aux_loss_on_the_hyperparameters_is_added(ridge):
     inner, outer, w, phi = ridge.losses()
-    (got,) = _meta(phi, solver="exact").hypergrad(inner, outer + (phi[0] ** 2).sum(), w, phi)
+    (got,) = _meta(phi, solver="exact").hypergrad(
+        train_loss=inner, val_loss=outer + (phi[0] ** 2).sum(), params=w, hparams=phi
+    )
     torch.testing.assert_close(got, ridge.analytic() + 2 * ridge.phi[0], rtol=1e-8, atol=1e-10)
 
 
@@ -77,13 +86,23 @@ def test_step_writes_grads_clips_and_steps_the_wrapped_optimizer(ridge):
     phi[0].grad = torch.full_like(phi[0], 123.0)  # what an inner backward may have left: replaced
     start = phi[0].detach().clone()
     meta = MetaOptimizer(torch.optim.SGD(phi, lr=0.5), solver="exact", max_grad_norm=1e-3)
-    (applied,) = meta.step(inner, outer, iter(w), iter(phi))
+    (applied,) = meta.step(train_loss=inner, val_loss=outer, params=iter(w), hparams=iter(phi))
     want = ridge.analytic()
     torch.testing.assert_close(applied, want * 1e-3 / want.norm(), rtol=1e-3, atol=0)
     assert phi[0].grad is applied
     torch.testing.assert_close(phi[0].detach(), start - 0.5 * applied)
     meta.zero_grad()
     assert phi[0].grad is None
+
+
+def test_positional_losses_are_refused_so_auxilearn_order_cannot_swap_them(ridge):
+    inner, outer, w, phi = ridge.losses()
+    meta = _meta(phi, solver="exact")
+    with pytest.raises(TypeError, match="positional argument"):
+        meta.step(outer, inner, w, phi)  # type: ignore[misc]  # AuxiLearn's order: step(val_loss, train_loss, ...)
+    with pytest.raises(TypeError, match="positional argument"):
+        meta.hypergrad(inner, outer, w, phi)  # type: ignore[misc]
+    assert phi[0].grad is None  # nothing stepped
 
 
 def _validation_loss(ridge: Ridge, phi: torch.Tensor) -> float:
@@ -98,7 +117,7 @@ def _outer_steps(ridge: Ridge, meta: MetaOptimizer, phi: torch.Tensor, n: int) -
     for _ in range(n):
         a = 2 * ridge.x.T @ ridge.x / len(ridge.x) + 2 * torch.diag(phi.detach().exp())
         w = torch.linalg.solve(a, 2 * ridge.x.T @ ridge.y / len(ridge.x)).requires_grad_(True)
-        meta.step(ridge.inner((w,), (phi,)), ridge.outer((w,)), [w], [phi])
+        meta.step(train_loss=ridge.inner((w,), (phi,)), val_loss=ridge.outer((w,)), params=[w], hparams=[phi])
 
 
 @pytest.mark.parametrize("solver", [cg_solver(steps=20, tol=1e-10), neumann_solver(steps=20, alpha=0.2)])

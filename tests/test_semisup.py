@@ -16,21 +16,21 @@ import torch
 import torch.nn.functional as F
 from torchvision.io import write_png
 
+from auxray.bench.outer_timing import example_batches
 from auxray.config import config_from_dict
-from auxray.method_specs import SPECS
 from auxray.data import UNLABELED, build_data, load_images
 from auxray.data import noise_labels as make_noise_labels
 from auxray.data.imagefolder import imagefolder_train_keys
 from auxray.errors import UserError
+from auxray.method_specs import SPECS
 from auxray.methods import accuracy
 from auxray.methods.base import Batch, InnerResult, main_mean, main_target
 from auxray.methods.objectives import CombinerObjective, SchedulerObjective
 from auxray.tracking.training import train_tracked
 from auxray.train.collective import Collective
-from auxray.train.diagnostics import example_batches
 from auxray.train.hyperstep import compute_hypergrad, fused_hyperstep
-from auxray.train.launch import plan_run
 from auxray.train.loop import BilevelTrainer
+from auxray.train.run_plan import plan_run
 from tests.conftest import tiny_cifar_raw
 from tests.test_cli import assert_one_line_error, in_process, write_config
 
@@ -215,10 +215,10 @@ def test_the_hypergradient_sees_the_masked_inner_loss(cifar_zip, tmp_path, metho
     assert bool((batch["y"] == UNLABELED).any())
 
     def hypergrad(objective, b: Batch) -> tuple[torch.Tensor, ...]:
-        args = (objective, trainer.model, trainer.auxnet, b, aux_batch, trainer.cfg.hypergrad)
+        args = (objective, trainer.model, trainer.auxnet, b, aux_batch, trainer.hypergradient)
         if path == "fused":
-            return fused_hyperstep(*args, inner_lr=0.05, mask=trainer.hyper_mask).hypergrad
-        return compute_hypergrad(*args, inner_lr=0.05, mask=trainer.hyper_mask)
+            return fused_hyperstep(*args, inner_lr=0.05).hypergrad
+        return compute_hypergrad(*args, inner_lr=0.05)
 
     masked = hypergrad(trainer.objective, batch)
     for got, want in zip(masked, hypergrad(_explicit(trainer.objective), batch), strict=True):
@@ -451,13 +451,14 @@ def test_relative_table_and_pool_paths_resolve_against_the_working_directory(cif
     _side_table(work / "side.csv", train_keys, [f"img{i:03d}.png" for i in range(4)])
     monkeypatch.chdir(work)
     lines: list[str] = []
-    cfg, _ = plan_run(
+    plan = plan_run(
         config_from_dict(_side_raw(cifar_zip, tmp_path, "pool", "side.csv")),
         name="relative",
         resume=False,
         log=lines.append,
     )
-    table = (work / "side.csv").resolve()
+    table, cfg = (work / "side.csv").resolve(), plan.cfg
+    assert plan.table is not None and plan.table.images_matched == 104  # read once: build_data reuses it
     assert cfg.data.aux_table == str(table) and cfg.data.unlabeled == str(pool.resolve())
     total = len(train_keys) + 4
     assert lines == [f"aux table {table}: 104 of {total} images matched ({100 * 104 / total:.1f}%)"]
@@ -493,7 +494,7 @@ def test_a_bad_table_stops_the_run_before_anything_starts(cifar_zip, tmp_path, m
     monkeypatch.chdir(work)
     cfg = config_from_dict(_bad_table_raw(cifar_zip, tmp_path, case))
     with pytest.raises(UserError, match=BAD_TABLES[case][2]) as err:
-        train_tracked(cfg, name="bad_table", progress=False)
+        train_tracked(plan_run(cfg, name="bad_table"), progress=False)
     assert "\n" not in str(err.value)
     assert not (tmp_path / "runs").exists() and not (tmp_path / "mlflow.db").exists() and not any(work.iterdir())
 

@@ -5,6 +5,7 @@ mid-run and brought back."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import socket
@@ -40,7 +41,7 @@ from auxray.tracking import (
     tracked_run,
 )
 from auxray.tracking.ui import ui_command, ui_env
-from auxray.train.diagnostics import label_counts
+from auxray.train.diagnostics import LabelAssignment, label_assignment
 from auxray.train.session import RunView
 from tests.conftest import chromium
 
@@ -64,7 +65,7 @@ def make_cfg() -> RunConfig:
 
 
 def fake_trainer(label_generator: nn.Module | None = None) -> SimpleNamespace:
-    """What label_counts reads from a BilevelTrainer, plus the record a RunView is made of."""
+    """What label_assignment reads from a BilevelTrainer, plus the record a RunView is made of."""
     return SimpleNamespace(
         history=[],
         hypergrad_norms=[],
@@ -84,7 +85,7 @@ def view(trainer: SimpleNamespace) -> RunView:
     psi = trainer.objective.label_classes
 
     def labels():
-        return (label_counts(trainer, trainer.data.train), list(psi)) if psi else None
+        return label_assignment(trainer, trainer.data.train) if psi else None
 
     return RunView(
         method=trainer.cfg.method.name,
@@ -97,6 +98,8 @@ def view(trainer: SimpleNamespace) -> RunView:
         best_score=0.3,
         best_epoch=trainer.epoch,
         classes=CLASSES,
+        sizes={"train": 0, "aux": 0, "val": 0, "test": 0},
+        device="cpu",
         state=dict,
         best=dict,
         labels=labels,
@@ -319,7 +322,7 @@ def test_plots(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         return out
 
     # At most 120 images: spread evenly over the 240.
-    sampled = label_counts(trainer, trainer.data.train, max_images=120)
+    sampled = label_assignment(trainer, trainer.data.train, max_images=120).counts()
     assert torch.equal(sampled, by_hand(torch.linspace(0, n - 1, 120).round().long().tolist()))
     counts = by_hand(list(range(n)))  # what the plot counts: every image
 
@@ -582,3 +585,20 @@ def _cmdline_has(proc_dir: Path, text: str) -> bool:
         return text in (proc_dir / "cmdline").read_bytes().decode(errors="replace")
     except OSError:
         return False
+
+
+def test_label_counts_and_spread_come_from_one_assignment() -> None:
+    """The plot's counts and the diagnostics' spread statistics read the same probabilities: one-hot labels have
+    entropy 0; a class whose images split over two of its three sub-classes has usage entropy log 2 / log 3."""
+    y = torch.tensor([0, 0, 1, 1])
+    probs = torch.zeros(4, 5, dtype=torch.float64)  # class 0 owns sub-classes 0-1, class 1 owns 2-4
+    probs[0, 0] = probs[1, 0] = probs[2, 2] = probs[3, 4] = 1.0
+    one_hot = LabelAssignment(probs, y, [2, 3])
+    assert torch.equal(one_hot.counts(), torch.tensor([[2, 0, 0, 0, 0], [0, 0, 1, 0, 1]]))
+    stats = one_hot.stats()
+    assert stats["sample_entropy"] == pytest.approx(0.0, abs=1e-9) and stats["images"] == 4
+    assert stats["usage_entropy"] == pytest.approx((0.0 + math.log(2) / math.log(3)) / 2)
+    assert stats["subclasses_used"] == pytest.approx(3 / 5)
+    uniform = torch.zeros(4, 5, dtype=torch.float64)
+    uniform[:2, :2], uniform[2:, 2:] = 1 / 2, 1 / 3
+    assert LabelAssignment(uniform, y, [2, 3]).stats()["sample_entropy"] == pytest.approx(1.0)

@@ -19,6 +19,7 @@ from auxray.train.checkpoint import BEST, LATEST, load_checkpoint, save_checkpoi
 from auxray.train.hyperstep import compute_hypergrad
 from auxray.train.launch import train
 from auxray.train.loop import BilevelTrainer
+from auxray.train.run_plan import plan_run
 from tests import helpers_user_models as user
 from tests.conftest import tiny_cifar_raw
 
@@ -169,12 +170,12 @@ def test_checkpoints_load_with_weights_only_and_resume_from_disk_exactly(tmp_pat
         synthetic_raw(trainer={"epochs": 2, "max_steps_per_epoch": 20, "checkpoint_dir": str(tmp_path)})
     )
     quiet = {"progress": False, "log": lambda _: None}
-    whole = Path(train(cfg, name="whole", **quiet)["run_dir"])
+    whole = Path(train(plan_run(cfg, name="whole"), **quiet)["run_dir"])
     for name in (LATEST, BEST):
         state = torch.load(whole / name, map_location="cpu", weights_only=True)
         assert state["config"]["method"]["name"] == "auxilearn_combine" and state["model"]
-    train(cfg, name="split", until_epoch=1, **quiet)
-    split = Path(train(cfg, name="split", resume=True, **quiet)["run_dir"])
+    train(plan_run(cfg, name="split"), until_epoch=1, **quiet)
+    split = Path(train(plan_run(cfg, name="split", resume=True), **quiet)["run_dir"])
     a, b = load_checkpoint(whole / LATEST), load_checkpoint(split / LATEST)
     assert b["epoch"] == 2 and [h["epoch"] for h in b["history"]] == [1, 2]
     for key in ("model", "auxnet"):
@@ -218,7 +219,7 @@ def test_hyperstep_leaves_batchnorm_statistics_alone(cifar_zip, tmp_path):
     before = {k: v.clone() for k, v in trainer.model.state_dict().items() if "running" in k or "num_batches" in k}
     assert before, "the ConvNet should have BatchNorm buffers"
     grads = compute_hypergrad(
-        trainer.objective, trainer.model, trainer.auxnet, batch, aux, cfg.hypergrad, inner_lr=0.05
+        trainer.objective, trainer.model, trainer.auxnet, batch, aux, trainer.hypergradient, inner_lr=0.05
     )
     after = trainer.model.state_dict()
     for k, v in before.items():

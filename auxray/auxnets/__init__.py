@@ -1,6 +1,6 @@
 """Auxiliary networks: loss combiners, label generators, the JTDS scheduler and uncertainty weighting."""
 
-from auxray.auxnets.combiners import DeepCombiner, LinearCombiner, NonlinearCombiner
+from auxray.auxnets.combiners import LinearCombiner, NonlinearCombiner
 from auxray.auxnets.label_generator import (
     LabelGenerator,
     expand_psi,
@@ -13,7 +13,6 @@ from auxray.auxnets.scheduler import TaskDataScheduler
 from auxray.auxnets.uncertainty import UncertaintyWeighting
 
 __all__ = [
-    "DeepCombiner",
     "LabelGenerator",
     "LinearCombiner",
     "NonlinearCombiner",

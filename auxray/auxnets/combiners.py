@@ -24,22 +24,15 @@ class _Combiner(nn.Module):
 
     n_aux: int
 
-    def _check(self, losses: Tensor, dense: bool) -> None:
-        want = 4 if dense else 2
-        if losses.dim() != want or losses.shape[1] != 1 + self.n_aux:
-            shape = "[B, 1+n_aux, H, W]" if dense else "[B, 1+n_aux]"
-            raise ValueError(f"expected losses {shape} with n_aux={self.n_aux}, got {tuple(losses.shape)}")
+    def _check(self, losses: Tensor) -> None:
+        if losses.dim() != 2 or losses.shape[1] != 1 + self.n_aux:
+            raise ValueError(f"expected losses [B, 1+n_aux] with n_aux={self.n_aux}, got {tuple(losses.shape)}")
 
     def task_weights(self, losses: Tensor) -> Tensor:
-        """Effective weight of each aux task, ``[n_aux]``: the batch mean of d g / d (aux loss column).
-
-        For loss maps the column derivative is taken along a uniform shift of the map (the gradient
-        summed over pixels), so a combiner averaging ``w * l`` over pixels reports ``w``.
-        """
+        """Effective weight of each aux task, ``[n_aux]``: the batch mean of d g / d (aux loss column)."""
         with torch.enable_grad():
             inp = losses.detach().clone().requires_grad_(True)
             (grad,) = torch.autograd.grad(self(inp).sum(), inp)
-        grad = grad.flatten(2).sum(dim=2) if grad.dim() > 2 else grad
         return grad[:, 1:].mean(dim=0).detach()
 
 
@@ -59,7 +52,7 @@ class LinearCombiner(_Combiner):
         return F.softplus(self.raw) if self.monotone else self.raw
 
     def forward(self, losses: Tensor) -> Tensor:
-        self._check(losses, dense=False)
+        self._check(losses)
         return losses[:, 1:] @ self.weights
 
     def task_weights(self, losses: Tensor | None = None) -> Tensor:
@@ -100,28 +93,5 @@ class NonlinearCombiner(_Combiner):
         self.net = nn.Sequential(*layers)
 
     def forward(self, losses: Tensor) -> Tensor:
-        self._check(losses, dense=False)
+        self._check(losses)
         return F.softplus(self.net(losses[:, 1:])).squeeze(1)
-
-
-class DeepCombiner(_Combiner):
-    """For dense tasks: a small ConvNet reads the aux loss maps ``[B, n_aux, H, W]`` and predicts
-    non-negative per-pixel weights ``w [B, n_aux, H, W]`` (softplus); the output is the pixel mean of
-    ``sum_k w_k * l_k``, ``[B]`` (>= 0 for non-negative losses)."""
-
-    def __init__(self, n_aux: int, channels: int = 16) -> None:
-        super().__init__()
-        self.n_aux = n_aux
-        self.net = nn.Sequential(
-            nn.Conv2d(n_aux, channels, kernel_size=3, padding=1),
-            nn.ReLU(),
-            nn.Conv2d(channels, channels, kernel_size=3, padding=1),
-            nn.ReLU(),
-            nn.Conv2d(channels, n_aux, kernel_size=1),
-        )
-
-    def forward(self, loss_maps: Tensor) -> Tensor:
-        self._check(loss_maps, dense=True)
-        aux = loss_maps[:, 1:]
-        weights = F.softplus(self.net(aux))
-        return (weights * aux).sum(dim=1).mean(dim=(1, 2))

@@ -18,6 +18,7 @@ from auxray.data import build_data
 from auxray.train.launch import train
 from auxray.train.loop import BilevelTrainer
 from auxray.train.ray_cluster import ensure_ray
+from auxray.train.run_plan import plan_run
 
 
 def bench_config(root: str, cache_dir: str | None, epochs: int, per_class: int, width: int) -> dict[str, Any]:
@@ -97,7 +98,7 @@ def run_distributed_bench(
                 "scaling": {"workers": n, "use_ray": True, "gpus_per_worker": 1 if gpus else 0, "max_failures": 0},
             }
             t1 = time.perf_counter()
-            result = train(config_from_dict(run_raw), name=f"bench-{mode}-{n}", progress=False)
+            result = train(plan_run(config_from_dict(run_raw), name=f"bench-{mode}-{n}"), progress=False)
             row = {
                 "mode": mode,
                 "workers": n,

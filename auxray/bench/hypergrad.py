@@ -35,6 +35,7 @@ from auxray.config import HypergradConfig, config_from_dict
 from auxray.hypergrad import batch_stats_only, select_hvp
 from auxray.methods import Batch, Objective, build_objective
 from auxray.models import MultiHeadNet, build_trunk
+from auxray.train.hypergradient import build_hypergradient
 from auxray.train.hyperstep import compute_hypergrad
 
 NUM_CLASSES = 10
@@ -65,7 +66,8 @@ class Problem:
         cfg = HypergradConfig.model_validate(
             {"method": CONFIG_METHOD[method], "steps": k or 0, "alpha": ALPHA, "tol": TOL, "hvp": hvp, "unroll_lr": LR}
         )
-        return compute_hypergrad(self.objective, self.model, self.auxnet, self.train, self.aux, cfg, inner_lr=LR)
+        hg = build_hypergradient(cfg)
+        return compute_hypergrad(self.objective, self.model, self.auxnet, self.train, self.aux, hg, inner_lr=LR)
 
 
 def build_problem(backbone: str, batch_size: int, device: str, width: int = 64, seed: int = 0) -> Problem:

@@ -51,7 +51,8 @@ def time_variant(trainer: Any) -> dict[str, Any]:
     """Median plain inner step and median outer-step phases over REPEATS after WARMUP, and the mean cosine of
     the configured hypergradient to the full-cost one on the timed batches (taken before each step)."""
     # torch takes seconds to import; the CLI imports this module to build its parser.
-    from auxray.train.diagnostics import example_batches, hypergrad_cosine, outer_step_breakdown
+    from auxray.bench.outer_timing import example_batches, outer_step_breakdown
+    from auxray.train.diagnostics import hypergrad_cosine
 
     plain = []
     for i in range(WARMUP + REPEATS):

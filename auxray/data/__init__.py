@@ -167,10 +167,11 @@ def noise_labels(n: int, num_classes: int, seed: int) -> torch.Tensor:
 
 
 def _with_aux_columns(
-    cfg: DataConfig, aux_tasks: Sequence[str], images: ImageFolderData
+    cfg: DataConfig, aux_tasks: Sequence[str], images: ImageFolderData, table: TableColumns | None
 ) -> tuple[TensorData, list[ColumnGroup]] | None:
     """The training pool (plus a pool from data.unlabeled: PATH, appended) with the per-image auxiliary columns the
-    tasks read: noise labels and table columns. None when no task reads any and no pool is appended."""
+    tasks read: noise labels and table columns (``table`` when check_source read them already, else read here).
+    None when no task reads any and no pool is appended."""
     pool, keys = images.train, list(images.train_keys)
     if cfg.pool_path is not None:
         extra = load_unlabeled(Path(cfg.pool_path).expanduser(), cfg.image_size, cfg.cache_dir)
@@ -183,7 +184,10 @@ def _with_aux_columns(
         columns.append(noise_labels(len(pool), len(images.classes), cfg.seed).float().unsqueeze(1))
         groups.append(ColumnGroup(NOISE_TASK, "categorical", 0, 1, len(images.classes)))
     if "table" in aux_tasks and cfg.aux_table is not None:
-        table = read_table_columns(cfg.aux_table, cfg.aux_key, cfg.aux_columns, keys)
+        if table is None:
+            table = read_table_columns(cfg.aux_table, cfg.aux_key, cfg.aux_columns, keys)
+        elif len(table.values) != len(keys):
+            raise ValueError(f"the table's columns cover {len(table.values)} images, the data has {len(keys)}")
         offset = sum(c.shape[1] for c in columns)
         columns.append(table.values)
         groups += [ColumnGroup(g.name, g.kind, g.start + offset, g.stop + offset, g.classes) for g in table.groups]
@@ -192,13 +196,14 @@ def _with_aux_columns(
     return with_columns(pool, torch.cat(columns, dim=1)), groups
 
 
-def build_data(cfg: DataConfig, aux_tasks: Sequence[str] = ()) -> DataBundle:
-    """Load the configured data set, attach the per-image auxiliary columns `aux_tasks` read (method.aux_task),
-    and carve the train / aux / val / test splits and the unlabelled pool."""
+def build_data(cfg: DataConfig, aux_tasks: Sequence[str] = (), table: TableColumns | None = None) -> DataBundle:
+    """Load the configured data set, attach the per-image auxiliary columns `aux_tasks` read (method.aux_task; the
+    table's from `table`, check_source's result, when given), and carve the train / aux / val / test splits and the
+    unlabelled pool."""
     if cfg.dataset == "synthetic":
         full = make_synthetic(SYNTHETIC_POOL + SYNTHETIC_TEST, SYNTHETIC_DIM, seed=cfg.seed)
         pool = full.subset(range(SYNTHETIC_POOL))
         test = full.subset(range(SYNTHETIC_POOL, SYNTHETIC_POOL + SYNTHETIC_TEST))
         return _bundle(cfg, pool, test, list(TARGETS))
     images = load_images(cfg)
-    return _bundle(cfg, images.train, images.test, images.classes, _with_aux_columns(cfg, aux_tasks, images))
+    return _bundle(cfg, images.train, images.test, images.classes, _with_aux_columns(cfg, aux_tasks, images, table))

@@ -17,7 +17,7 @@ from auxray.hypergrad.implicit import (
 from auxray.hypergrad.meta_optimizer import MetaOptimizer
 from auxray.hypergrad.neumann import neumann_solve
 from auxray.hypergrad.rules import FiniteDifference, Implicit, Rule, Unrolled, rule_for
-from auxray.hypergrad.solvers import METHODS, Solver, cg_solver, exact_solver, neumann_solver, solve, solver_for
+from auxray.hypergrad.solvers import METHODS, Solver, cg_solver, exact_solver, neumann_solver, solver_for
 from auxray.hypergrad.unroll import unrolled_from_graph, unrolled_hypergrad
 from auxray.hypergrad.weighting import gram, matching_gradient, project_scaled_simplex, sgd_direction
 
@@ -54,7 +54,6 @@ __all__ = [
     "rule_for",
     "select_hvp",
     "sgd_direction",
-    "solve",
     "solver_for",
     "unrolled_from_graph",
     "unrolled_hypergrad",

@@ -1,16 +1,20 @@
 """A drop-in outer optimizer for your own training loop, used the way AuxiLearn's ``MetaOptimizer`` is.
 
 Wrap any torch optimizer over the hyperparameters phi (a loss-weighting module, an auxiliary-label network...);
-every few inner steps hand it the training loss L_T(W, phi) and the auxiliary-set loss L_A(W) at the current W.
+every few inner steps hand it the training (inner) loss L_T(W, phi) and the held-out (outer) loss L_A(W) at the
+current W, by name: ``step(train_loss=..., val_loss=..., params=..., hparams=...)``. The arguments are keyword-only
+because AuxiLearn's ``step(val_loss, train_loss, aux_params, parameters)`` takes them in another order, and code
+ported positionally would silently swap the two losses.
 It computes the implicit hypergradient dL_A/dphi with :func:`auxray.hypergrad.implicit_from_graph`, the same
 code auxray's trainer runs, writes it into phi's ``.grad`` and steps the wrapped optimizer::
 
-    meta_opt = MetaOptimizer(torch.optim.Adam(weighting.parameters(), lr=1e-2), solver=neumann_solver(3, 0.01))
+    phi = list(weighting.parameters())
+    meta_opt = MetaOptimizer(torch.optim.Adam(phi, lr=1e-2), solver=neumann_solver(3, 0.01))
     ...
     train_loss = main_loss + weighting(aux_losses)
     train_loss.backward(retain_graph=outer_step)
     if outer_step:  # after the inner backward, before the inner optimizer's step moves W
-        meta_opt.step(train_loss, aux_loss, params=model.parameters(), hparams=weighting.parameters())
+        meta_opt.step(train_loss=train_loss, val_loss=val_loss, params=model.parameters(), hparams=phi)
     optimizer.step()
 
 Both optimizers update tensors in place, so the hypergradient must be taken while the graphs still hold:
@@ -55,18 +59,19 @@ class MetaOptimizer:
         self.damping, self.max_grad_norm = damping, max_grad_norm
 
     def hypergrad(
-        self, train_loss: Tensor, aux_loss: Tensor, params: Iterable[Tensor], hparams: Iterable[Tensor]
+        self, *, train_loss: Tensor, val_loss: Tensor, params: Iterable[Tensor], hparams: Iterable[Tensor]
     ) -> tuple[Tensor, ...]:
         """dL_A/dphi = -M^T H^{-1} dL_A/dW + the direct dL_A/dphi, changing nothing.
 
-        ``train_loss`` must reach ``params`` (W) and ``hparams`` (phi) through its graph, ``aux_loss`` reaches W
+        ``train_loss`` (inner, L_T) must reach ``params`` (W) and ``hparams`` (phi) through its graph, ``val_loss``
+        (outer, held-out, L_A) reaches W
         (and phi, if it depends on it directly). Parameters neither loss reaches get zeros. Both graphs are kept,
         so the caller may still backpropagate through them afterwards.
         """
         params, hparams = tuple(params), tuple(hparams)
         with torch.enable_grad():
             grads = gradient_graph(train_loss, params)
-            v = outer_gradient(aux_loss, params)
+            v = outer_gradient(val_loss, params)
             return implicit_from_graph(
                 grads,
                 v,
@@ -77,16 +82,17 @@ class MetaOptimizer:
                 alpha=self.alpha,
                 tol=self.tol,
                 damping=self.damping,
-                direct=aux_loss,
+                direct=val_loss,
             )
 
     def step(
-        self, train_loss: Tensor, aux_loss: Tensor, params: Iterable[Tensor], hparams: Iterable[Tensor]
+        self, *, train_loss: Tensor, val_loss: Tensor, params: Iterable[Tensor], hparams: Iterable[Tensor]
     ) -> list[Tensor]:
         """Write the hypergradient into each hyperparameter's ``.grad`` (replacing what is there, e.g. what the
         inner backward left), clip it if asked, step the wrapped optimizer; returns the gradients it applied."""
         hparams = tuple(hparams)
-        applied = [g.clone() for g in self.hypergrad(train_loss, aux_loss, params, hparams)]
+        grads = self.hypergrad(train_loss=train_loss, val_loss=val_loss, params=params, hparams=hparams)
+        applied = [g.clone() for g in grads]
         for h, g in zip(hparams, applied):
             h.grad = g
         if self.max_grad_norm is not None:

@@ -47,8 +47,3 @@ def solver_for(method: str | Solver, *, steps: int = 3, alpha: float = 1e-2, tol
     if method == "exact":
         return exact_solver()
     raise ValueError(f"unknown hypergradient method {method!r}; choose one of {', '.join(METHODS)}")
-
-
-def solve(hvp: HVP, v: Vec, *, method: str | Solver, steps: int = 3, alpha: float = 1e-2, tol: float = 1e-6) -> Vec:
-    """u ~= H^{-1} v by the given or named solver (``hvp`` already includes damping and reduction)."""
-    return solver_for(method, steps=steps, alpha=alpha, tol=tol)(hvp, v)

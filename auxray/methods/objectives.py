@@ -101,9 +101,7 @@ class CombinerObjective(GivenAuxObjective):
         n_aux = len(self.aux_task.names)
         if self.kind == "linear":
             return LinearCombiner(n_aux, monotone=self.monotone is not False)
-        if self.kind == "nonlinear":
-            return NonlinearCombiner(n_aux, hidden=self.hidden, monotone=bool(self.monotone))
-        raise ValueError("the deep combiner needs per-pixel losses; CIFAR classification has none")
+        return NonlinearCombiner(n_aux, hidden=self.hidden, monotone=bool(self.monotone))
 
     def inner(self, forward: ForwardFn, aux: AuxFn | None, batch: Batch) -> InnerResult:
         t = self.aux_task.losses(forward, batch)

@@ -70,7 +70,7 @@ def plot_label_assignment(view: RunView, out_dir: str | Path) -> Path | None:
     labels = view.labels()
     if labels is None:
         return None
-    counts, psi = labels[0].float(), labels[1]
+    counts, psi = labels.counts().float(), labels.psi
     if counts.sum() == 0:
         return None
     classes = view.classes if len(view.classes) == len(psi) else [str(c) for c in range(len(psi))]

@@ -8,11 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from auxray.config import RunConfig
 from auxray.tracking.uri import check_reachable, resolve_uri
-from auxray.train.launch import is_distributed, plan_run, train
-from auxray.train.loop import EpochCallback
+from auxray.train.launch import train
 from auxray.train.run_dir import Log, stderr_log
+from auxray.train.run_plan import RunPlan
 from auxray.train.session import SinkFactory, Summary
 
 if TYPE_CHECKING:  # MLflow loads only when a run is tracked (seconds of start-up otherwise spent for nothing)
@@ -38,45 +37,39 @@ class TrackerSink:
 
 
 def train_tracked(
-    cfg: RunConfig,
+    plan: RunPlan,
     *,
-    name: str,
     tracking_uri: str | None = None,
-    resume: bool = False,
     sinks: Sequence[SinkFactory] = (),
     progress: bool = True,
     log: Log = stderr_log,
-    callbacks: Sequence[EpochCallback] = (),
 ) -> Summary:
-    """`train`, tracked in MLflow when cfg.tracking.enabled (the summary then names the run: mlflow_run_id)."""
+    """`train` a planned run, tracked in MLflow when cfg.tracking.enabled (the summary then names the run:
+    mlflow_run_id). Planning first means a run that cannot start leaves no FAILED run."""
+    cfg = plan.cfg
     if not cfg.tracking.enabled:
-        return train(cfg, name=name, resume=resume, sinks=sinks, progress=progress, log=log, callbacks=callbacks)
+        return train(plan, sinks=sinks, progress=progress, log=log)
     from auxray.tracking.tracker import RUN_DIR_TAG, tracked_run
 
-    cfg, folder = plan_run(cfg, name=name, resume=resume, log=log)  # a run that cannot start leaves no FAILED run
     uri = resolve_uri(tracking_uri, cfg.tracking)
     check_reachable(uri)
-    run_dir = str(Path(cfg.trainer.checkpoint_dir or "runs") / folder)
+    run_dir = str(plan.run_dir)
     # Every run is tagged with its folder; a resumed one goes on logging to the MLflow run of that folder.
-    reopen = (RUN_DIR_TAG, run_dir) if resume else None
+    reopen = (RUN_DIR_TAG, run_dir) if plan.resume else None
     with tracked_run(
-        uri, cfg.tracking.experiment, cfg.tracking.run_name or name, cfg=cfg, tags={RUN_DIR_TAG: run_dir}, reopen=reopen
+        uri,
+        cfg.tracking.experiment,
+        cfg.tracking.run_name or plan.name,
+        cfg=cfg,
+        tags={RUN_DIR_TAG: run_dir},
+        reopen=reopen,
     ) as tracker:
         # This process's tracker serves a local run; a distributed run's rank 0 attaches its own to the same run.
         own: SinkFactory = (
             TrackerSink(uri, str(tracker.run_id), cfg.tracking.experiment, str(Path(tracker.spool_dir).resolve()))
-            if is_distributed(cfg)
+            if plan.distributed
             else (lambda: tracker)
         )
-        result = train(
-            cfg,
-            name=name,
-            resume=resume,
-            folder=folder,
-            sinks=[own, *sinks],
-            progress=progress,
-            log=log,
-            callbacks=callbacks,
-        )
+        result = train(plan, sinks=[own, *sinks], progress=progress, log=log)
     result["mlflow_run_id"] = tracker.run_id
     return result

@@ -101,11 +101,3 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             f"checkpoint {path} holds a pickled object{what}, not plain data, so it is not loaded "
             "(an older auxray or another program wrote it)"
         ) from None
-
-
-def latest_in(directory: str | Path | None) -> Path | None:
-    """The latest checkpoint in a run directory, if one exists."""
-    if directory is None:
-        return None
-    p = Path(directory) / LATEST
-    return p if p.is_file() else None

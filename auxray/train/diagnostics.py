@@ -1,9 +1,11 @@
 """What a run reports about itself beyond its losses, kept out of the per-step hot path: learned task weights
 that cost extra work to read and gradient cosines (once an epoch), the cheap hypergradient's cosine to the full
-one, and a phase-by-phase timing of one outer step (for `auxray bench overhead`)."""
+one, and the label generator's assignment of sub-classes (for the plot and the run's diagnostics)."""
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -13,39 +15,11 @@ from auxray.data import BatchIterator, TensorData
 from auxray.hypergrad import batch_stats_only
 from auxray.methods import Batch
 from auxray.methods.gradient_rules import cosine
-from auxray.train.hyperstep import PhaseTimer, compute_hypergrad
+from auxray.train.hypergradient import build_hypergradient
+from auxray.train.hyperstep import compute_hypergrad
 
 if TYPE_CHECKING:  # the trainer imports this module; the type is only for annotations
     from auxray.train.loop import BilevelTrainer
-
-
-def example_batches(trainer: BilevelTrainer, seed: int) -> tuple[Batch, Batch]:
-    """A prepared (training batch, aux batch) pair chosen by ``seed``, for benchmarks and diagnostics."""
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    trainer.train_iter.set_epoch(seed)
-    x, y = next(iter(trainer.train_iter))
-    aux_iter = BatchIterator(
-        trainer.data.aux,
-        trainer.cfg.trainer.batch_size,
-        shuffle=True,
-        seed=seed,
-        drop_last=False,
-        augment=False,
-        device=trainer.device,
-    )
-    ax, ay = next(iter(aux_iter))
-    if trainer.pool_iter is not None:  # the training batch takes unlabelled rows too, as in training
-        pool = BatchIterator(
-            trainer.pool_iter.data,
-            trainer.pool_iter.batch_size,
-            shuffle=True,
-            seed=seed,
-            augment=trainer.pool_iter.augment,
-            device=trainer.device,
-        )
-        xu, yu = next(iter(pool))
-        x, y = torch.cat([x, xu]), torch.cat([y, yu])
-    return trainer.prepare(x, y, gen), trainer.prepare(ax, ay, gen)
 
 
 def epoch_diagnostics(trainer: BilevelTrainer) -> dict[str, float]:
@@ -92,63 +66,72 @@ def hypergrad_cosine(trainer: BilevelTrainer, train_batch: Batch, aux_batch: Bat
     """Cosine between the configured (possibly cheapened) hypergradient and the full-cost one (every primary
     parameter, whole batches) at the current W; changes nothing."""
     lr = trainer.opt_w.param_groups[0]["lr"]
-    full_cfg = trainer.cfg.hypergrad.model_copy(update={"params": "all", "batch_size": None})
+    full = build_hypergradient(trainer.cfg.hypergrad.model_copy(update={"params": "all", "batch_size": None}))
     auxnet, _ = trainer.phi_parts()
     args = (trainer.objective, trainer.model, auxnet, train_batch, aux_batch)
     cheap = compute_hypergrad(*args, trainer.hypergradient, inner_lr=lr, reduce=trainer.reduce_hook())
-    full = compute_hypergrad(*args, full_cfg, inner_lr=lr, reduce=trainer.reduce_hook())
-    return float(cosine(cheap, full))
+    return float(cosine(cheap, compute_hypergrad(*args, full, inner_lr=lr, reduce=trainer.reduce_hook())))
 
 
-def outer_step_breakdown(trainer: BilevelTrainer, train_batch: Batch, aux_batch: Batch) -> dict[str, float]:
-    """Run one real outer step as training would (it updates W and phi) and return seconds per phase.
-    Communication is also counted inside the phase it happens in; ``mixed_term`` includes the solver's
-    vector arithmetic (small beside the products)."""
-    timer = PhaseTimer(trainer.device)
-    trainer.step += 1
-    with timer("total"):
-        if trainer.fused:
-            trainer.fused_step(train_batch, aux_batch, timer)
-        else:
-            with timer("inner_forward_backward"):
-                trainer.inner_step(train_batch)
-            trainer.outer_step(train_batch, aux_batch, timer)
-    sec = timer.seconds
-    return {
-        "inner_forward_backward": sec["inner_forward_backward"],
-        "aux_gradient": sec["aux_gradient"],
-        "graph_build": sec["graph_build"],
-        "hvp": sec["hvp"],
-        "hvp_count": float(timer.counts["hvp"]),
-        "mixed_term": max(0.0, sec["solve_and_mixed_term"] - sec["hvp"]),
-        "direct_term": sec["direct_term"],
-        "optimizer": sec["optimizer"],
-        "communication": sec["communication"],
-        "total": sec["total"],
-    }
+@dataclass(frozen=True)
+class LabelAssignment:
+    """The label generator's output on a sample of images, computed once: each image's class ``y`` and its
+    probabilities over the ``sum(psi)`` sub-classes (class c owns a block of ``psi[c]``); what the label-assignment
+    plot and the run's label diagnostics both read."""
+
+    probs: Tensor  # [n, sum(psi)], float64 on the CPU
+    y: Tensor  # [n]
+    psi: list[int]
+
+    def counts(self) -> Tensor:
+        """``[num_classes, sum(psi)]`` counts of each image's most likely sub-class, by class."""
+        k = sum(self.psi)
+        flat = self.y.long() * k + self.probs.argmax(dim=1)
+        return torch.bincount(flat, minlength=len(self.psi) * k).view(len(self.psi), k)
+
+    def stats(self) -> dict[str, float]:
+        """How spread the generated labels are:
+        sample_entropy  mean per-image entropy / log(psi[y]): 0 = one-hot labels, 1 = uniform over the block;
+        usage_entropy   per class, entropy of the class's mean label / log(psi[y]), averaged over classes:
+                        0 = every image of a class gets the same sub-class (collapse), 1 = all used equally;
+        subclasses_used fraction of the sum(psi) sub-classes that are some image's argmax."""
+        p, y, psi = self.probs, self.y, self.psi
+        logpsi = torch.tensor([math.log(psi[int(c)]) if psi[int(c)] > 1 else 1.0 for c in y], dtype=torch.float64)
+        ent = -(p * p.clamp_min(1e-12).log()).sum(1) / logpsi
+        usage = []
+        for c in y.unique():
+            if psi[int(c)] < 2:
+                continue
+            pbar = p[y == c].mean(0)
+            usage.append(float(-(pbar * pbar.clamp_min(1e-12).log()).sum() / math.log(psi[int(c)])))
+        return {
+            "sample_entropy": float(ent.mean()),
+            "usage_entropy": sum(usage) / max(len(usage), 1),
+            "subclasses_used": p.argmax(1).unique().numel() / sum(psi),
+            "images": len(y),
+        }
 
 
 @torch.no_grad()
-def label_counts(trainer: BilevelTrainer, data: TensorData, max_images: int = 2000) -> Tensor:
-    """Counts ``[num_classes, sum(psi)]`` of the label generator's most likely sub-class over up to `max_images`
-    images of `data`, spread evenly over the split (what the label-assignment plot shows)."""
+def label_assignment(trainer: BilevelTrainer, data: TensorData, max_images: int = 2000) -> LabelAssignment:
+    """The label generator's probabilities over up to `max_images` images of `data`, spread evenly over the split,
+    without augmentation."""
     psi = trainer.objective.label_classes
     if psi is None or trainer.auxnet is None:
         raise ValueError(f"{trainer.cfg.method.name} learns no auxiliary labels")
     n = len(data)
     if n > max_images:
         data = data.subset(torch.linspace(0, n - 1, max_images).round().long())
-    counts = torch.zeros(len(psi), sum(psi), dtype=torch.long)
     net = trainer.auxnet
     was_training = net.training
     net.eval()
+    probs, ys = [], []
     try:
         for x, y in BatchIterator(
             data, 500, shuffle=False, seed=0, drop_last=False, augment=False, device=trainer.device
         ):
-            probs = net(x.to(trainer.device, trainer.dtype), y.to(trainer.device))
-            flat = y.long().cpu() * sum(psi) + probs.argmax(dim=1).cpu()
-            counts += torch.bincount(flat, minlength=counts.numel()).view_as(counts)
+            probs.append(net(x.to(trainer.device, trainer.dtype), y.to(trainer.device)).double().cpu())
+            ys.append(y.long().cpu())
     finally:
         net.train(was_training)
-    return counts
+    return LabelAssignment(torch.cat(probs), torch.cat(ys), list(psi))

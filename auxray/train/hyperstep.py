@@ -4,14 +4,13 @@ with torch.func.functional_call and hands them to auxray.hypergrad.
 Two ways in. ``compute_hypergrad`` differentiates at the current W on its own (the inner step has already
 run). ``fused_hyperstep`` is an inner step and an outer step in one: the training batch's forward and
 backward run once, that gradient updates W, and its graph serves the hypergradient, which saves one forward
-and one backward over the training batch per outer step. Both take the run's Hypergradient, built once
-(auxray.train.hypergradient; a HypergradConfig given instead is built into one), call its rule, and honour its cost
-options: the parameter subset (differentiate through part of W, the rest held fixed) and the sample cap.
+and one backward over the training batch per outer step. Both take the run's Hypergradient, built once by
+auxray.train.hypergradient.build_hypergradient, call its rule, and honour its cost options: the parameter subset
+(differentiate through part of W, the rest held fixed) and the sample cap.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -23,13 +22,12 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from auxray.config import HypergradConfig
 from auxray.hypergrad import batch_stats_only
 from auxray.hypergrad.rules import Phases, direct_gradient, no_phases
 from auxray.hypergrad.vectors import Reduce, Vec, fill_zeros, leaves
 from auxray.methods import Batch, InnerResult, Objective
 from auxray.models import last_block_prefixes
-from auxray.train.hypergradient import Hypergradient, build_hypergradient
+from auxray.train.hypergradient import Hypergradient
 
 __all__ = [
     "Direction",
@@ -37,7 +35,6 @@ __all__ = [
     "Hypergradient",
     "PhaseTimer",
     "Phases",
-    "build_hypergradient",
     "compute_hypergrad",
     "first_rows",
     "functional",
@@ -170,14 +167,6 @@ def _reduced(reduce: Reduce | None, phases: Phases) -> Reduce | None:
     return timed
 
 
-def _as_value(hypergrad: Hypergradient | HypergradConfig, mask: list[bool] | None) -> Hypergradient:
-    """The hypergradient to compute: a built value as it is (``mask``, when given, replacing its subset), or the one
-    a config describes."""
-    if isinstance(hypergrad, HypergradConfig):
-        return build_hypergradient(hypergrad, mask)
-    return hypergrad if mask is None else dataclasses.replace(hypergrad, mask=tuple(mask))
-
-
 def _mask(hg: Hypergradient, model: nn.Module) -> list[bool]:
     """The parameter subset as one flag per trainable parameter (all of them when the value selects none)."""
     return list(hg.mask) if hg.mask is not None else [True] * len(trainable(model)[0])
@@ -189,19 +178,17 @@ def compute_hypergrad(
     auxnet: nn.Module,
     train_batch: Batch,
     aux_batch: Batch,
-    hypergrad: Hypergradient | HypergradConfig,
+    hg: Hypergradient,
     *,
     inner_lr: float,
     reduce: Reduce | None = None,
-    mask: list[bool] | None = None,
     phases: Phases = no_phases,
     direction: Direction | None = None,
 ) -> tuple[Tensor, ...]:
     """dL_A/dphi (plus the direct regulariser term) for one outer step at the current W, by the hypergradient's
-    rule (a config is built into one), on at most its batch_size samples and through the parameters ``mask`` (or
-    else the value's own subset) selects. ``direction``: the inner optimizer's step direction from the subset's
-    gradients, for a rule that looks ahead (None: the plain gradient, an SGD step)."""
-    hg = _as_value(hypergrad, mask)
+    rule, on at most its batch_size samples and through the parameters its mask selects. ``direction``: the inner
+    optimizer's step direction from the subset's gradients, for a rule that looks ahead (None: the plain gradient,
+    an SGD step)."""
     p = _Problem(
         objective,
         model,
@@ -245,22 +232,20 @@ def fused_hyperstep(
     auxnet: nn.Module,
     train_batch: Batch,
     aux_batch: Batch,
-    hypergrad: Hypergradient | HypergradConfig,
+    hg: Hypergradient,
     *,
     inner_lr: float,
     reduce: Reduce | None = None,
-    mask: list[bool] | None = None,
     phases: Phases = no_phases,
     direction: Direction | None = None,
 ) -> HyperstepResult:
     """An inner step's gradient and an outer step's hypergradient from one forward and backward over the
     training batch (the inner step's own; BatchNorm running statistics update once, as in a plain step).
 
-    Only the subset ``mask`` (or the value's own) selects gets a differentiable (create_graph) gradient when the
+    Only the subset the value's mask selects gets a differentiable (create_graph) gradient when the
     rule differentiates it; the rest a plain one. Not for a batch_size (a sub-batch needs a forward of its own: use
     compute_hypergrad) or fwdrev HVPs. ``direction`` as in compute_hypergrad (at the W before this step's update).
     """
-    hg = _as_value(hypergrad, mask)
     p = _Problem(objective, model, auxnet, train_batch, aux_batch, _mask(hg, model))
     reduce = _reduced(reduce, phases)
     w, phi = leaves(p.w), leaves(p.phi)

@@ -29,8 +29,6 @@ from auxray.train.phi_optimizer import PhiOptimizer
 from auxray.train.progress import Progress
 from auxray.train.setup import make_inner_optimizer, make_scheduler, resolve_device, seed_everything
 
-EpochCallback = Callable[["BilevelTrainer", dict[str, Any]], None]
-
 
 class BilevelTrainer:
     """Trains the primary net W on L_T(W, phi) and, every `hypergrad.every` inner steps, the aux net phi
@@ -43,13 +41,11 @@ class BilevelTrainer:
         *,
         collective: Collective | None = None,
         phi_updater: Callable[[nn.Module], PhiUpdater] | None = None,
-        callbacks: Sequence[EpochCallback] = (),
         progress: bool = True,
         branches: Callable[[BilevelTrainer], BranchRunner] | None = None,
     ) -> None:
         self.cfg, self.data = cfg, data
         self.collective = collective or Collective()
-        self.callbacks = list(callbacks)
         self.progress = progress and self.collective.rank == 0
         t = cfg.trainer
         if t.threads:
@@ -57,7 +53,20 @@ class BilevelTrainer:
         self.device = resolve_device(t.device)
         self.dtype = torch.float64 if t.dtype == "float64" else torch.float32
         seed_everything(t.seed)
+        self._build_networks()
+        self._build_inner_loop()
+        self._build_outer_loop(phi_updater)
+        self._build_fork(branches)
+        self.epoch = 0
+        self.step = 0
+        self.history: list[dict[str, Any]] = []
+        self.hypergrad_norms: list[tuple[int, float]] = []
+        self.resumed_from: list[int] = []  # the epoch of every checkpoint this run was restored from, in order
+        self.best: dict[str, Any] = {"val_accuracy": -math.inf, "epoch": -1, "state": None}
 
+    def _build_networks(self) -> None:
+        """The objective, the primary net W (trunk and heads) and the aux net phi the objective builds, if any."""
+        cfg, data = self.cfg, self.data
         in_features = data.train.x.shape[1] if data.task == "regression" else None
         trunk, feat_dim = build_trunk(
             cfg.model.backbone, in_channels=data.in_channels, width=cfg.model.width, in_features=in_features
@@ -75,80 +84,70 @@ class BilevelTrainer:
         self.auxnet = auxnet.to(self.device, self.dtype) if auxnet is not None else None
         self.train_model = self.collective.wrap_model(self.model)
 
+    def _sharded(self, data: TensorData, batch_size: int, seed: int, augment: bool) -> BatchIterator:
+        """A shuffled stream of full batches of this worker's shard of `data` (training, pool and aux batches)."""
+        return BatchIterator(
+            data,
+            batch_size,
+            shuffle=True,
+            seed=seed,
+            rank=self.collective.rank,
+            world_size=self.collective.world_size,
+            drop_last=True,
+            augment=augment,
+            device=self.device,
+        )
+
+    def _build_inner_loop(self) -> None:
+        """The inner optimizer over W (and phi when it trains with W), the training and pool streams, the schedule."""
+        cfg, data, t = self.cfg, self.data, self.cfg.trainer
         inner_params = list(self.model.parameters())
         if self.auxnet is not None and self.objective.trains_with_primary:
             inner_params += list(self.auxnet.parameters())
         self.opt_w = make_inner_optimizer(inner_params, cfg)
-        self.train_iter = BatchIterator(
-            data.train,
-            t.batch_size,
-            shuffle=True,
-            seed=t.seed,
-            rank=self.collective.rank,
-            world_size=self.collective.world_size,
-            drop_last=True,
-            augment=cfg.data.augment and data.task == "classification",
-            device=self.device,
-        )
+        augment = cfg.data.augment and data.task == "classification"
+        self.train_iter = self._sharded(data.train, t.batch_size, t.seed, augment)
         # Unlabelled images join every inner step of a method whose auxiliary losses use them: a batch of the pool
         # after the labelled batch, from its own endless stream (sharded like the labelled one, resumed exactly).
         self.pool_iter: BatchIterator | None = None
         self._pool_stream: Iterator[tuple[Tensor, Tensor]] | None = None
         if data.unlabeled is not None and self.objective.uses_unlabeled:
-            self.pool_iter = BatchIterator(
-                data.unlabeled,
-                cfg.data.unlabeled_batch_size or t.batch_size,
-                shuffle=True,
-                seed=t.seed + 2,
-                rank=self.collective.rank,
-                world_size=self.collective.world_size,
-                drop_last=True,
-                augment=cfg.data.augment,
-                device=self.device,
-            )
+            pool_batch = cfg.data.unlabeled_batch_size or t.batch_size
+            self.pool_iter = self._sharded(data.unlabeled, pool_batch, t.seed + 2, cfg.data.augment)
         self.steps_per_epoch = min(len(self.train_iter), t.max_steps_per_epoch or len(self.train_iter))
         if self.steps_per_epoch == 0:
             raise ValueError("the training split is smaller than one batch per worker; lower trainer.batch_size")
         self.sched_w = make_scheduler(self.opt_w, cfg, t.epochs * self.steps_per_epoch)
+
+    def _build_outer_loop(self, phi_updater: Callable[[nn.Module], PhiUpdater] | None) -> None:
+        """The hypergradient (built once), and for a run that learns phi its updater and the aux-set stream."""
+        cfg, data, t = self.cfg, self.data, self.cfg.trainer
         self.phi: PhiUpdater | None = None
         self.hyper_mask = hypergrad_mask(trainable(self.model)[0], cfg.hypergrad.params, cfg.model.backbone)
         self.hypergradient = build_hypergradient(cfg.hypergrad, self.hyper_mask)
-        self.fused = self.hypergradient.fused
         self.learns_phi = self.objective.learned and self.objective.hypergradient_steps and cfg.hypergrad.enabled
         chosen = [p for p, m in zip(trainable(self.model)[1], self.hyper_mask, strict=True) if m]
         self.look_ahead = sgd_look_ahead(self.opt_w, chosen) if self.objective.optimizer_look_ahead else None
         # The aux net as built, before any step (a resumed run rebuilds the same): what the weights' drift is from.
         self.initial_auxnet = copy.deepcopy(self.auxnet)
-        if self.learns_phi:
-            if self.auxnet is None:
-                raise ValueError(f"{self.objective.name} is a learned method but built no auxiliary network")
-            self.phi = phi_updater(self.auxnet) if phi_updater else PhiOptimizer(self.auxnet, cfg.method)
-            outer_data = data.train if self.objective.outer_on_train else data.aux
-            aux_bs = min(t.batch_size, max(1, len(outer_data) // self.collective.world_size))
-            self.aux_iter = BatchIterator(
-                outer_data,
-                aux_bs,
-                shuffle=True,
-                seed=t.seed + 1,
-                rank=self.collective.rank,
-                world_size=self.collective.world_size,
-                drop_last=True,
-                augment=False,
-                device=self.device,
-            )
+        if not self.learns_phi:
+            return
+        if self.auxnet is None:
+            raise ValueError(f"{self.objective.name} is a learned method but built no auxiliary network")
+        self.phi = phi_updater(self.auxnet) if phi_updater else PhiOptimizer(self.auxnet, cfg.method)
+        outer_data = data.train if self.objective.outer_on_train else data.aux
+        aux_bs = min(t.batch_size, max(1, len(outer_data) // self.collective.world_size))
+        self.aux_iter = self._sharded(outer_data, aux_bs, t.seed + 1, augment=False)
+
+    def _build_fork(self, branches: Callable[[BilevelTrainer], BranchRunner] | None) -> None:
+        """A forking method's fork/merge driver, its branches trained by `branches` (default: in this process)."""
         self.fork: ForkMerge | None = None
-        if spec(cfg.method.name).forks:
-            if not isinstance(self.objective, WeightedObjective):
-                raise ValueError(f"{self.objective.name} forks branches but its objective has no task-weight vector")
-            self.fork = ForkMerge(
-                self.objective, cfg.method, branches(self) if branches else InProcessBranches(self, self.objective)
-            )
-        self.epoch = 0
-        self.step = 0
-        self.history: list[dict[str, Any]] = []
-        self.hypergrad_norms: list[tuple[int, float]] = []
-        self.resumed_from: list[int] = []  # the epoch of every checkpoint this run was restored from, in order
-        self.best: dict[str, Any] = {"val_accuracy": -math.inf, "epoch": -1, "state": None}
+        if not spec(self.cfg.method.name).forks:
+            return
+        if not isinstance(self.objective, WeightedObjective):
+            raise ValueError(f"{self.objective.name} forks branches but its objective has no task-weight vector")
+        runner = branches(self) if branches else InProcessBranches(self, self.objective)
+        self.fork = ForkMerge(self.objective, self.cfg.method, runner)
 
     # ---- one inner step -------------------------------------------------------------------
     def prepare(self, x: Tensor, y: Tensor, generator: torch.Generator) -> Batch:
@@ -203,7 +202,7 @@ class BilevelTrainer:
         """What both outer-step paths pass the hyperstep besides the problem: the hypergradient built at the start
         (rule, sample cap, parameter subset), the inner step size, the all-reduce and the phase timer."""
         return {
-            "hypergrad": self.hypergradient,
+            "hg": self.hypergradient,
             "inner_lr": self.opt_w.param_groups[0]["lr"],
             "reduce": self.reduce_hook(),
             "phases": phases,
@@ -242,6 +241,26 @@ class BilevelTrainer:
             phi.apply(out.hypergrad, self.step)
         return self._step_stats(out.inner, batch), _norm(out.hypergrad)
 
+    def train_step(
+        self, batch: Batch, aux_batch: Batch | None = None, phases: Phases = no_phases
+    ) -> tuple[dict[str, float], float | None]:
+        """One inner step, and with an aux batch one outer step too (fused with it when the hypergradient allows);
+        counts the step. Returns the inner step's stats and the hypergradient's norm (None without an outer step)."""
+        self.step += 1
+        if aux_batch is None and self.fork is not None:
+            self.fork.record(self, batch)  # before the step: a period starts from the state before its first step
+            stats = self.inner_step(batch)
+            if self.fork.due:
+                self.fork.merge(self)
+            return stats, None
+        if aux_batch is None:
+            return self.inner_step(batch), None
+        if self.hypergradient.fused:
+            return self.fused_step(batch, aux_batch, phases)
+        with phases("inner_forward_backward"):
+            stats = self.inner_step(batch)
+        return stats, self.outer_step(batch, aux_batch, phases)
+
     def _aux_batches(self, epoch: int, generator: torch.Generator):
         """An endless stream of aux-set batches whose order depends only on (seed, epoch)."""
         k = 0
@@ -273,27 +292,16 @@ class BilevelTrainer:
             if i >= self.steps_per_epoch:
                 break
             batch = self.prepare(*self.with_unlabeled(x, y), gen)
-            self.step += 1
-            if aux_stream is not None and self.step % every == 0:
-                aux_batch = next(aux_stream)
-                sent, t_outer = self.collective.bytes_sent, time.perf_counter()
-                if self.fused:
-                    stats, norm = self.fused_step(batch, aux_batch)
-                else:
-                    stats = self.inner_step(batch)
-                    norm = self.outer_step(batch, aux_batch)
+            outer = aux_stream is not None and (self.step + 1) % every == 0
+            aux_batch = next(aux_stream) if outer and aux_stream is not None else None
+            sent, t_outer = self.collective.bytes_sent, time.perf_counter()
+            stats, norm = self.train_step(batch, aux_batch)
+            if aux_batch is not None and norm is not None:
                 outer_seconds += time.perf_counter() - t_outer
                 outer_bytes += self.collective.bytes_sent - sent
                 norms.append(norm)
                 self.hypergrad_norms.append((self.step, norm))
                 last_outer = (batch, aux_batch)
-            elif self.fork is not None:
-                self.fork.record(self, batch)
-                stats = self.inner_step(batch)
-                if self.fork.due:
-                    self.fork.merge(self)
-            else:
-                stats = self.inner_step(batch)
             for k, v in stats.items():
                 sums[k] = sums.get(k, 0.0) + v
             bar.update(loss=stats["loss"])
@@ -352,27 +360,30 @@ class BilevelTrainer:
             return {"loss": float(total[0]) / n, "mse": float(total[0]) / n}
         return {"loss": float(total[0]) / n, "accuracy": float(total[1]) / n}
 
+    def fit_epoch(self) -> dict[str, Any]:
+        """Train one epoch, evaluate on val, keep the best weights; returns the epoch's metrics (also in history)."""
+        metrics = self.train_epoch()
+        val = self.evaluate(self.data.val) if len(self.data.val) else {}
+        metrics.update({f"val_{k}": v for k, v in val.items()})
+        metrics.update(epoch_diagnostics(self))
+        metrics["epoch"] = self.epoch + 1
+        metrics["step"] = self.step
+        self.epoch += 1
+        score = val.get("accuracy", -val.get("mse", 0.0)) if val else self.epoch
+        if score > self.best["val_accuracy"]:
+            self.best = {
+                "val_accuracy": score,
+                "epoch": self.epoch,
+                "state": copy.deepcopy(self.model.state_dict()),
+            }
+        self.history.append(metrics)
+        return metrics
+
     def fit(self, until_epoch: int | None = None) -> list[dict[str, Any]]:
         """Train from the current epoch to trainer.epochs (or `until_epoch`), evaluating on val each epoch."""
         last = min(self.cfg.trainer.epochs, until_epoch or self.cfg.trainer.epochs)
         while self.epoch < last:
-            metrics = self.train_epoch()
-            val = self.evaluate(self.data.val) if len(self.data.val) else {}
-            metrics.update({f"val_{k}": v for k, v in val.items()})
-            metrics.update(epoch_diagnostics(self))
-            metrics["epoch"] = self.epoch + 1
-            metrics["step"] = self.step
-            self.epoch += 1
-            score = val.get("accuracy", -val.get("mse", 0.0)) if val else self.epoch
-            if score > self.best["val_accuracy"]:
-                self.best = {
-                    "val_accuracy": score,
-                    "epoch": self.epoch,
-                    "state": copy.deepcopy(self.model.state_dict()),
-                }
-            self.history.append(metrics)
-            for cb in self.callbacks:
-                cb(self, metrics)
+            self.fit_epoch()
         return self.history
 
     def test(self, *, best: bool = True) -> dict[str, float]:

@@ -20,27 +20,24 @@ from auxray.train.checkpoint import LATEST, load_checkpoint
 from auxray.train.coordinator import Coordinator
 from auxray.train.ray_cluster import ensure_ray
 from auxray.train.ray_worker import train_loop_per_worker
-from auxray.train.run_dir import RAY_DIR, ray_train_name
+from auxray.train.run_plan import RunPlan
 from auxray.train.session import SinkFactory, Summary
 
 
 def run_distributed(
-    cfg: RunConfig,
+    plan: RunPlan,
     *,
-    folder: str,
     sinks: Sequence[SinkFactory] = (),
     progress: bool = True,
     faults: Sequence[dict[str, Any]] = (),
 ) -> Summary:
-    """Train cfg (paths already absolute) in run folder `folder` (launch.plan_run's) on cfg.scaling.workers Ray
-    Train workers (DDP, gloo or NCCL) with a coordinator actor. Ray Train restores a run whose storage already
-    holds checkpoints (a resumed one) from the latest of them."""
+    """Train a planned run on cfg.scaling.workers Ray Train workers (DDP, gloo or NCCL) with a coordinator actor.
+    Ray Train restores a run whose storage already holds checkpoints (a resumed one) from the latest of them."""
     t0 = time.perf_counter()
+    cfg = plan.cfg
     s = cfg.scaling
     ensure_ray(s.address, num_cpus=max(os.cpu_count() or 1, s.workers))
-    base = Path(cfg.trainer.checkpoint_dir or "runs")
-    storage = base / RAY_DIR
-    run_id = ray_train_name(Path(folder))
+    run_id = plan.ray_name
     namespace = ray.get_runtime_context().namespace
     actor = f"auxray-coordinator-{run_id}"
     coordinator: Any = (  # an actor handle: Ray's stubs do not type its remote methods
@@ -57,11 +54,10 @@ def run_distributed(
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
-            "cfg": cfg.model_dump(),
+            "plan": plan,
             "coordinator": actor,
             "namespace": namespace,
             "cpus_per_worker": cpus_per_worker,
-            "run_dir": str(base / folder),
             "sinks": list(sinks),
             "faults": list(faults),
         },
@@ -69,7 +65,7 @@ def run_distributed(
         scaling_config=ScalingConfig(num_workers=s.workers, use_gpu=use_gpu, resources_per_worker=resources),
         run_config=TrainRunConfig(
             name=run_id,
-            storage_path=str(storage),
+            storage_path=str(plan.ray_storage),
             failure_config=FailureConfig(max_failures=s.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
         ),
@@ -83,7 +79,7 @@ def run_distributed(
         ) from None
     finally:
         ray.kill(coordinator)
-    return _summary(cfg, result, base / folder, time.perf_counter() - t0)
+    return _summary(cfg, result, plan.run_dir, time.perf_counter() - t0)
 
 
 def collective_backend(gpus_per_worker: float) -> str:

@@ -14,14 +14,12 @@ import ray.train
 import ray.train.torch
 import torch
 
-from auxray.config import RunConfig
-from auxray.data import build_data
 from auxray.train.checkpoint import LATEST, load_checkpoint, save_checkpoint
 from auxray.train.coordinator import RemotePhiUpdater
-from auxray.train.loop import BilevelTrainer
 from auxray.train.ray_collective import TorchDistributedCollective
 from auxray.train.run_dir import LogSink, RunDir
-from auxray.train.session import RunView, Sink, Summary, run_session
+from auxray.train.run_plan import RunPlan
+from auxray.train.session import RunView, Sink, Summary, build_trainer, run_session
 
 
 def _device(gpus_per_worker: float) -> torch.device:
@@ -53,9 +51,10 @@ class RayTrainReport:
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Ray Train entry point: config holds the RunConfig as a dict, the coordinator's actor name, the run folder
-    and the rank-0 sink factories."""
-    cfg = RunConfig.model_validate(config["cfg"])
+    """Ray Train entry point: config holds the run's plan, the coordinator's actor name and the rank-0 sink
+    factories."""
+    plan: RunPlan = config["plan"]
+    cfg = plan.cfg
     device = _device(cfg.scaling.gpus_per_worker)
     cfg.trainer.device = str(device)
     cfg.trainer.threads = cfg.trainer.threads or max(1, int(config["cpus_per_worker"]))
@@ -66,13 +65,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     def make_updater(auxnet: torch.nn.Module) -> RemotePhiUpdater:
         return RemotePhiUpdater(coordinator, auxnet, rank, collective.barrier)
 
-    trainer = BilevelTrainer(
-        cfg, build_data(cfg.data, cfg.method.aux_tasks), collective=collective, phi_updater=make_updater, progress=False
-    )
     checkpoint = ray.train.get_checkpoint()
+    state = None
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
-            trainer.load_state_dict(load_checkpoint(Path(d) / LATEST))
+            state = load_checkpoint(Path(d) / LATEST)
+    trainer = build_trainer(plan, state=state, collective=collective, phi_updater=make_updater)
+    if checkpoint is not None:
         if rank == 0:
             print(f"restored from checkpoint at epoch {trainer.epoch} (step {trainer.step})", flush=True)
     elif trainer.phi is not None:
@@ -83,12 +82,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if rank == 0:
         sinks = [
             LogSink(lambda line: print(line, flush=True)),
-            RunDir(Path(config["run_dir"]), cfg),
+            RunDir(plan.run_dir, cfg),
             *(open_sink() for open_sink in config["sinks"]),
         ]
     sinks.append(RayTrainReport(cfg.trainer.checkpoint_every))
     sinks += [FaultInjector(fault, coordinator) for fault in config["faults"]]
-    run_session(trainer, sinks, run_dir=config["run_dir"])
+    run_session(trainer, sinks, run_dir=plan.run_dir)
 
 
 class FaultInjector:

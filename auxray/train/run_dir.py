@@ -12,7 +12,7 @@ from typing import Any
 
 from auxray.config import RunConfig
 from auxray.errors import UserError
-from auxray.train.checkpoint import BEST, LATEST, load_checkpoint, save_checkpoint
+from auxray.train.checkpoint import BEST, LATEST, save_checkpoint
 from auxray.train.session import RunView, Summary
 
 METRICS = "metrics.jsonl"
@@ -108,10 +108,6 @@ class LatestCheckpoint:
 
     def __init__(self, path: Path, cfg: RunConfig) -> None:
         self.path, self.every = Path(path) / LATEST, cfg.trainer.checkpoint_every
-
-    def restore(self) -> dict[str, Any] | None:
-        """The state in latest.pt, if there is one."""
-        return load_checkpoint(self.path) if self.path.is_file() else None
 
     def epoch(self, view: RunView, metrics: dict[str, Any], summary: Summary | None) -> None:
         if view.rank == 0 and (view.epoch % self.every == 0 or view.done):

@@ -4,23 +4,31 @@ checkpoints go and who hears about the run is the sinks' business, not the loop'
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from torch import Tensor
+from torch import nn
 
-from auxray.train.diagnostics import label_counts
+from auxray.data import build_data
+from auxray.train.collective import Collective, PhiUpdater
+from auxray.train.diagnostics import LabelAssignment, label_assignment
+from auxray.train.forkmerge import BranchRunner
 from auxray.train.loop import BilevelTrainer
+
+if TYPE_CHECKING:  # run_plan imports the sinks' module, which imports this one
+    from auxray.train.run_plan import RunPlan
 
 Summary = dict[str, Any]
 
 
 @dataclass(frozen=True)
 class RunView:
-    """The narrow view of a run that sinks, tracking and plots read: its record, not its internals."""
+    """The narrow, read-only view of a run that sinks, tracking, plots and diagnostics read: its record (the
+    per-epoch metrics hold the task weights and timing counters), not its internals."""
 
     method: str
     epochs: int  # the configured number of epochs
@@ -32,14 +40,44 @@ class RunView:
     best_score: float  # best validation accuracy so far (negated MSE for regression)
     best_epoch: int
     classes: list[str]
+    sizes: dict[str, int]  # images per split: train, aux, val, test
+    device: str
     state: Callable[[], dict[str, Any]]  # the full resumable state (checkpoint contents)
     best: Callable[[], dict[str, Any]]  # the best-on-validation weights, as best.pt holds them
-    labels: Callable[[], tuple[Tensor, list[int]] | None] = field(default=lambda: None)  # label-assignment counts
+    # The label generator's sub-class assignment on the training images (None for other methods), computed at
+    # most once per view however many sinks read it.
+    labels: Callable[[], LabelAssignment | None] = field(default=lambda: None)
 
     @property
     def done(self) -> bool:
         """True once every configured epoch has run."""
         return self.epoch >= self.epochs
+
+
+def build_trainer(
+    plan: RunPlan,
+    *,
+    state: dict[str, Any] | None = None,
+    collective: Collective | None = None,
+    phi_updater: Callable[[nn.Module], PhiUpdater] | None = None,
+    progress: bool = False,
+) -> BilevelTrainer:
+    """The trainer of a planned run on its data (the auxiliary table the plan read is not read again), restored
+    from `state` when given: the one place a session is built, whoever runs it (this process, a Tune trial, a Ray
+    Train worker)."""
+    cfg = plan.cfg
+    data = build_data(cfg.data, cfg.method.aux_tasks, plan.table)
+    branches: Callable[[BilevelTrainer], BranchRunner] | None = None
+    if cfg.scaling.branch_actors:  # Ray is imported only when a forking method's branches run on actors
+        from auxray.train.ray_branches import RayBranches
+
+        branches = RayBranches
+    trainer = BilevelTrainer(
+        cfg, data, collective=collective, phi_updater=phi_updater, progress=progress, branches=branches
+    )
+    if state is not None:
+        trainer.load_state_dict(state)
+    return trainer
 
 
 def view_of(trainer: BilevelTrainer) -> RunView:
@@ -54,7 +92,8 @@ def view_of(trainer: BilevelTrainer) -> RunView:
             "config": cfg.model_dump(mode="json"),
         }
 
-    psi = trainer.objective.label_classes
+    data = trainer.data
+    labels = functools.cache(lambda: label_assignment(trainer, data.train) if trainer.objective.label_classes else None)
     return RunView(
         method=cfg.method.name,
         epochs=cfg.trainer.epochs,
@@ -65,10 +104,12 @@ def view_of(trainer: BilevelTrainer) -> RunView:
         hypergrad_norms=list(trainer.hypergrad_norms),
         best_score=float(trainer.best["val_accuracy"]),
         best_epoch=int(trainer.best["epoch"]),
-        classes=list(trainer.data.classes or [str(c) for c in range(max(trainer.data.num_classes, 1))]),
+        classes=list(data.classes or [str(c) for c in range(max(data.num_classes, 1))]),
+        sizes={"train": len(data.train), "aux": len(data.aux), "val": len(data.val), "test": len(data.test)},
+        device=str(trainer.device),
         state=trainer.state_dict,
         best=best,
-        labels=(lambda: (label_counts(trainer, trainer.data.train), list(psi))) if psi else (lambda: None),
+        labels=labels,
     )
 
 
@@ -114,23 +155,18 @@ def run_session(
     t0 = time.perf_counter()
     last = min(trainer.cfg.trainer.epochs, until_epoch or trainer.cfg.trainer.epochs)
 
-    final: list[Summary] = []
+    summary: Summary | None = None
 
-    def on_epoch(t: BilevelTrainer, metrics: dict[str, Any]) -> None:
-        summary = None
-        if t.epoch >= t.cfg.trainer.epochs:
-            summary = summarise(t, time.perf_counter() - t0, run_dir)
-            final.append(summary)
-        view = view_of(t)
+    def on_epoch(metrics: dict[str, Any]) -> None:
+        nonlocal summary
+        if trainer.epoch >= trainer.cfg.trainer.epochs:
+            summary = summarise(trainer, time.perf_counter() - t0, run_dir)
+        view = view_of(trainer)
         for sink in sinks:
             sink.epoch(view, metrics, summary)
 
     if trainer.epoch >= trainer.cfg.trainer.epochs and trainer.history:
-        on_epoch(trainer, trainer.history[-1])
-    else:
-        trainer.callbacks.append(on_epoch)
-        try:
-            trainer.fit(last)
-        finally:
-            trainer.callbacks.remove(on_epoch)
-    return final[-1] if final else summarise(trainer, time.perf_counter() - t0, run_dir)
+        on_epoch(trainer.history[-1])
+    while trainer.epoch < last:
+        on_epoch(trainer.fit_epoch())
+    return summary if summary is not None else summarise(trainer, time.perf_counter() - t0, run_dir)

@@ -22,7 +22,6 @@ class TrialRecord:
     the epoch time of the epochs an earlier attempt ran (a restored trial's start-up is not counted twice)."""
 
     def __init__(self, trainer: BilevelTrainer, trial_dir: Path, params: dict[str, Any]) -> None:
-        self.trainer = trainer
         self.path = trial_dir / RECORD_FILE
         self.params = dict(params)
         self.start_epoch = trainer.epoch
@@ -35,7 +34,7 @@ class TrialRecord:
             "params": self.params,
             "summary": {**summary, "seconds": summary["seconds"] + self.earlier_seconds},
             "resumed_from_epoch": self.start_epoch or None,
-            "diagnostics": run_diagnostics(self.trainer, metrics),
+            "diagnostics": run_diagnostics(view, metrics),
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
         write_json(self.path, record)

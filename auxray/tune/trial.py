@@ -25,15 +25,14 @@ from typing import Any
 from ray import tune
 
 from auxray.config import RunConfig
-from auxray.data import build_data
 from auxray.tracking.spool import first_line
 from auxray.tracking.tracker import RunTracker
 from auxray.tracking.training import TrackerSink
 from auxray.train.checkpoint import LATEST, load_checkpoint, save_checkpoint
 from auxray.train.launch import train
-from auxray.train.loop import BilevelTrainer
 from auxray.train.run_dir import RunDir
-from auxray.train.session import RunView, Summary, run_session
+from auxray.train.run_plan import RunPlan, plan_run
+from auxray.train.session import RunView, Summary, build_trainer, run_session
 from auxray.tune.config import SweepConfig
 from auxray.tune.record import TrialRecord, recorded_result
 from auxray.tune.runs import STOPPED_TAG, open_child
@@ -135,21 +134,23 @@ def _run_local_trial(
     ctx: TrialContext, cfg: RunConfig, tracker: RunTracker, trial_dir: Path, params: dict[str, Any]
 ) -> None:
     cfg.trainer.threads = cfg.trainer.threads or max(1, int(ctx.sweep.cpus_per_trial))
+    plan = RunPlan(cfg, trial_dir.name, trial_dir.parent, trial_dir.name)  # Tune's checkpoint is what resumes it
     stopped = False
     try:
-        trainer = BilevelTrainer(cfg, build_data(cfg.data, cfg.method.aux_tasks), progress=False)
         checkpoint = tune.get_checkpoint()
+        state = None
         if checkpoint is not None:
             with checkpoint.as_directory() as d:
-                trainer.load_state_dict(load_checkpoint(Path(d) / LATEST))
-        else:
+                state = load_checkpoint(Path(d) / LATEST)
+        trainer = build_trainer(plan, state=state)
+        if checkpoint is None:
             tracker.log_config(cfg)
             tracker.log_params({"trial": params})
         _log_attempt(trial_dir, trainer.epoch)
         run_session(
             trainer,
-            [RunDir(trial_dir, cfg), TrialRecord(trainer, trial_dir, params), ChildRun(tracker), TuneReport()],
-            run_dir=trial_dir,
+            [RunDir(plan.run_dir, cfg), TrialRecord(trainer, trial_dir, params), ChildRun(tracker), TuneReport()],
+            run_dir=plan.run_dir,
         )
     except SystemExit:
         stopped = True
@@ -185,7 +186,7 @@ def _run_distributed_trial(ctx: TrialContext, cfg: RunConfig, tracker: RunTracke
     try:
         tracker.log_config(cfg)
         sink = TrackerSink(tracker.uri, str(tracker.run_id), ctx.experiment, str(Path(ctx.spool_dir).resolve()))
-        result = train(cfg, name=f"{ctx.sweep.name}-{trial_id}", sinks=[sink], progress=False)
+        result = train(plan_run(cfg, name=f"{ctx.sweep.name}-{trial_id}"), sinks=[sink], progress=False)
         tracker.end("FINISHED")
     except BaseException as exc:
         _fail(tracker, exc)
