@@ -93,14 +93,15 @@ class CombinerObjective(GivenAuxObjective):
         kind: str,
         hidden: list[int],
         monotone: bool | None,
+        normalised: bool = False,
     ) -> None:
         super().__init__(method, aux_task, num_outputs)
-        self.kind, self.hidden, self.monotone = kind, hidden, monotone
+        self.kind, self.hidden, self.monotone, self.normalised = kind, hidden, monotone, normalised
 
     def build_auxnet(self, model: nn.Module) -> nn.Module:
         n_aux = len(self.aux_task.names)
         if self.kind == "linear":
-            return LinearCombiner(n_aux, monotone=self.monotone is not False)
+            return LinearCombiner(n_aux, monotone=self.monotone is not False, normalised=self.normalised)
         if self.kind == "nonlinear":
             return NonlinearCombiner(n_aux, hidden=self.hidden, monotone=bool(self.monotone))
         raise ValueError("the deep combiner needs per-pixel losses; CIFAR classification has none")
@@ -126,12 +127,21 @@ class SchedulerObjective(GivenAuxObjective):
 
     learned = True
 
-    def __init__(self, method: MethodSpec, aux_task: AuxiliaryTask, num_outputs: int, feat_dim: int):
+    def __init__(
+        self,
+        method: MethodSpec,
+        aux_task: AuxiliaryTask,
+        num_outputs: int,
+        feat_dim: int,
+        init_weight: float | None = None,
+        normalised: bool = False,
+    ):
         super().__init__(method, aux_task, num_outputs)
-        self.feat_dim = feat_dim
+        self.feat_dim, self.init_weight, self.normalised = feat_dim, init_weight, normalised
 
     def build_auxnet(self, model: nn.Module) -> nn.Module:
-        return TaskDataScheduler(self.feat_dim, len(self.aux_task.names))
+        n_aux = len(self.aux_task.names)
+        return TaskDataScheduler(self.feat_dim, n_aux, init_weight=self.init_weight, normalised=self.normalised)
 
     def inner(self, forward: ForwardFn, aux: AuxFn | None, batch: Batch) -> InnerResult:
         t = self.aux_task.losses(forward, batch, features=True)
@@ -216,12 +226,15 @@ def uncertainty(method: MethodSpec, i: ObjectiveInputs) -> UncertaintyObjective:
 def auxilearn_combine(method: MethodSpec, i: ObjectiveInputs) -> CombinerObjective:
     """AuxiLearn's loss combiner, learned by the hypergradient."""
     m = i.cfg.method
-    return CombinerObjective(method, i.given_task(), i.outputs, m.combiner, m.combiner_hidden, m.monotone)
+    normalised = m.weight_norm == "sum_to_tasks"
+    return CombinerObjective(method, i.given_task(), i.outputs, m.combiner, m.combiner_hidden, m.monotone, normalised)
 
 
 def jtds(method: MethodSpec, i: ObjectiveInputs) -> SchedulerObjective:
     """JTDS's per-sample, per-task weights, learned by the hypergradient."""
-    return SchedulerObjective(method, i.given_task(), i.outputs, i.feat_dim)
+    m = i.cfg.method
+    normalised = m.weight_norm == "sum_to_tasks"
+    return SchedulerObjective(method, i.given_task(), i.outputs, i.feat_dim, m.init_weight, normalised)
 
 
 def labels(method: MethodSpec, i: ObjectiveInputs) -> LabelObjective:
