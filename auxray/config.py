@@ -202,7 +202,8 @@ class MethodConfig(_Section):
     merge_grid: list[float] = Field(default_factory=lambda: [0.2, 0.4, 0.6, 0.8])
     merge_metric: Literal["loss", "accuracy"] = "loss"
     # Every auxiliary task's initial weight. autolambda: unset 0.1 (Auto-lambda's); its fixed twin keeps it. jtds:
-    # unset 1/8 (JTDS's: three sigmoids at 0); 1 starts it where the other methods start (the product times 8).
+    # unset 1, where equal weights (its fixed twin) and the combiner start (the scheduler's product times 8); 0.125
+    # is JTDS's published start (three sigmoids at 0), which the committed tables ran.
     init_weight: float | None = Field(None, gt=0)
     # Learned task weights (auxilearn_combine with combiner: linear, and jtds's task importances): none (as
     # published), or sum_to_tasks: K * softmax(logits), positive, summing to the number of auxiliary tasks K (as

@@ -3,6 +3,8 @@ stated per run, hypergradients accumulated over outer batches (auxray.train.oute
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -46,6 +48,7 @@ def test_normalised_combiner_weights_start_at_one_and_always_sum_to_the_task_cou
 
 
 def test_jtds_starts_at_one_when_normalised_or_asked_and_at_an_eighth_as_published():
+    """The scheduler's own default is JTDS's published 1/8; a config's (method.init_weight unset) is 1."""
     torch.manual_seed(0)
     features, losses = torch.randn(64, 16), torch.rand(64, 3)
     for scheduler, start in (
@@ -54,6 +57,18 @@ def test_jtds_starts_at_one_when_normalised_or_asked_and_at_an_eighth_as_publish
         (TaskDataScheduler(16, 3, normalised=True), 1.0),
     ):
         torch.testing.assert_close(scheduler.task_weights(features, losses), torch.full((3,), start), rtol=0.02, atol=0)
+    for init_weight, start in ((None, 1.0), (0.125, 0.125)):
+        raw = synthetic_raw(method={"name": "jtds", "init_weight": init_weight})
+        cfg = config_from_dict(raw)
+        trainer = BilevelTrainer(cfg, build_data(cfg.data, cfg.method.aux_tasks), progress=False)
+        scheduler = trainer.auxnet
+        assert isinstance(scheduler, TaskDataScheduler)
+        torch.testing.assert_close(
+            scheduler.task_weights(torch.randn(64, scheduler.feat_dim), losses[:, :2]),
+            torch.full((2,), start),
+            rtol=0.02,
+            atol=0,
+        )
     normalised = TaskDataScheduler(16, 3, normalised=True)
     with torch.no_grad():
         normalised.alpha.copy_(torch.tensor([1.0, -2.0, 0.5]))
@@ -177,3 +192,80 @@ def test_a_bad_outer_step_setting_exits_2_with_one_line_through_the_cli(tmp_path
     proc = in_process(capsys, "train", str(write_config(tmp_path, raw)), "--no-progress")
     assert_one_line_error(proc, "hypergrad.accumulate: Input should be greater than or equal to 1")
     assert not any(tmp_path.glob("runs*"))
+
+
+# ---- data-parallel -----------------------------------------------------------------------------------------------
+PER_WORKER = 16
+ACCUMULATING = synthetic_raw(
+    method={**NORMALISED, **BUDGET},
+    trainer={"dtype": "float64", "threads": 1, "epochs": 1},
+    hypergrad={"every": 1, "accumulate": 2},
+)
+
+
+def _after_four_outer_batches(trainer: BilevelTrainer, offset: int, size: int) -> dict[str, object]:
+    """Four outer batches (every: 1, groups of 2: phi steps at the second and fourth) on fixed rows of the training
+    split, block k's [64k + offset, + size) and its outer rows 32 further; then phi and W. One process takes offset
+    0 and size 32, worker r offset 16 r and size 16: the same rows between them."""
+    train = trainer.data.train
+
+    def rows(lo: int):
+        return trainer.prepare(train.x[lo : lo + size], train.y[lo : lo + size], None)
+
+    for k in range(4):
+        trainer.step += 1
+        trainer.fused_step(rows(4 * PER_WORKER * k + offset), rows(4 * PER_WORKER * k + 2 * PER_WORKER + offset))
+    return {
+        "phi": trainer.auxnet.raw.detach().cpu().clone(),
+        "w": torch.cat([p.detach().flatten() for p in trainer.model.parameters()]),
+        "lr": trainer.outer.lr if trainer.outer is not None else None,
+    }
+
+
+def _accumulating_worker(config: dict) -> None:
+    """Ray Train worker: four outer batches on this rank's half of the rows, written to disk."""
+    import ray.train
+
+    from auxray.train.ray_collective import TorchDistributedCollective
+
+    collective = TorchDistributedCollective(torch.device("cpu"))
+    cfg = config_from_dict(ACCUMULATING)
+    trainer = BilevelTrainer(cfg, build_data(cfg.data, cfg.method.aux_tasks), collective=collective, progress=False)
+    out = _after_four_outer_batches(trainer, collective.rank * PER_WORKER, PER_WORKER)
+    torch.save(out, Path(config["out"]) / f"rank{collective.rank}.pt")
+    ray.train.report({"done": 1})
+
+
+@pytest.mark.slow
+@pytest.mark.cluster
+def test_two_workers_accumulate_to_the_single_process_phi(tmp_path: Path) -> None:
+    """The groups are averaged after the all-reduce: two workers on halves of the rows step phi (twice, each on a
+    group of two outer batches) to where one process on all of them does."""
+    import ray
+    from ray.train import RunConfig as TrainRunConfig
+    from ray.train import ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from auxray.train.ray_cluster import ensure_ray
+
+    ensure_ray(None, num_cpus=2)
+    try:
+        TorchTrainer(
+            _accumulating_worker,
+            train_loop_config={"out": str(tmp_path)},
+            scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 1}),
+            run_config=TrainRunConfig(name="accumulate", storage_path=str(tmp_path / "ray")),
+        ).fit()
+    finally:
+        ray.shutdown()
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    # One process with the two workers' batches together takes as many steps per epoch, so the same phi steps.
+    cfg = config_from_dict({**ACCUMULATING, "trainer": {**ACCUMULATING["trainer"], "batch_size": 64}})
+    single_trainer = BilevelTrainer(cfg, build_data(cfg.data, cfg.method.aux_tasks), progress=False)
+    single = _after_four_outer_batches(single_trainer, 0, 2 * PER_WORKER)
+    assert single_trainer.phi is not None and single_trainer.phi.state_dict()["version"] == 2
+    assert single_trainer.outer is not None and ranks[0]["lr"] == single_trainer.outer.lr
+    assert float(single["phi"].abs().max()) > 1e-3  # phi moved
+    for key in ("phi", "w"):
+        torch.testing.assert_close(ranks[0][key], single[key], rtol=1e-9, atol=1e-12)
+        assert torch.equal(ranks[1][key], ranks[0][key])

@@ -234,7 +234,8 @@ def jtds(method: MethodSpec, i: ObjectiveInputs) -> SchedulerObjective:
     """JTDS's per-sample, per-task weights, learned by the hypergradient."""
     m = i.cfg.method
     normalised = m.weight_norm == "sum_to_tasks"
-    return SchedulerObjective(method, i.given_task(), i.outputs, i.feat_dim, m.init_weight, normalised)
+    start = JTDS_START if m.init_weight is None else m.init_weight
+    return SchedulerObjective(method, i.given_task(), i.outputs, i.feat_dim, start, normalised)
 
 
 def labels(method: MethodSpec, i: ObjectiveInputs) -> LabelObjective:
@@ -245,6 +246,9 @@ def labels(method: MethodSpec, i: ObjectiveInputs) -> LabelObjective:
     return LabelObjective(
         method.name, i.num_classes, m.psi, i.backbone, i.cfg.model.width, i.in_channels, m.entropy_weight, m.focal_gamma
     )
+
+
+JTDS_START = 1.0  # JTDS's initial weights when method.init_weight is unset: where equal weights (its twin) start
 
 
 def _required(aux: AuxFn | None) -> AuxFn:
