@@ -23,6 +23,8 @@ UNLABELED_CHOICES = ("none", "rest")
 # and the built-in auxiliary tasks.
 RESERVED_TASK_NAMES = ("main", "features", *AUX_TASKS)
 DATA_ENV = "AUXRAY_DATA"
+# method.* keys that shape a learned method's outer steps: only a method whose spec lists one may set it.
+OUTER_STEP_KEYS = ("aux_lr_per", "init_weight", "weight_norm")
 
 
 def data_home() -> Path:
@@ -175,7 +177,12 @@ class MethodConfig(_Section):
     psi: int | list[int] = 5
     entropy_weight: float = Field(0.2, ge=0)
     focal_gamma: float = Field(0.0, ge=0)
+    # The outer learning rate. aux_lr_per step: aux_lr is each phi step's (Adam's) learning rate, so a run with 10x
+    # the outer steps moves phi up to 10x further. run: aux_lr is the run's movement budget, each phi step taking
+    # aux_lr / (the run's phi steps: epochs x steps_per_epoch / hypergrad.every / hypergrad.accumulate); Adam moves
+    # a coordinate of phi by about its learning rate at most per step, so about aux_lr at most over the run.
     aux_lr: float = Field(1e-3, gt=0)
+    aux_lr_per: Literal["step", "run"] = "step"
     aux_weight_decay: float = Field(1e-5, ge=0)
     aux_optimizer: Literal["adam", "sgd"] = "adam"
     aux_grad_clip: float | None = Field(None, gt=0)
@@ -194,8 +201,14 @@ class MethodConfig(_Section):
     fork_raise: float = Field(2.0, gt=1)
     merge_grid: list[float] = Field(default_factory=lambda: [0.2, 0.4, 0.6, 0.8])
     merge_metric: Literal["loss", "accuracy"] = "loss"
-    # autolambda: every auxiliary task's initial weight (Auto-lambda's 0.1); its fixed twin keeps it.
-    init_weight: float = Field(0.1, gt=0)
+    # Every auxiliary task's initial weight. autolambda: unset 0.1 (Auto-lambda's); its fixed twin keeps it. jtds:
+    # unset 1, where equal weights (its fixed twin) and the combiner start (the scheduler's product times 8); 0.125
+    # is JTDS's published start (three sigmoids at 0), which the committed tables ran.
+    init_weight: float | None = Field(None, gt=0)
+    # Learned task weights (auxilearn_combine with combiner: linear, and jtds's task importances): none (as
+    # published), or sum_to_tasks: K * softmax(logits), positive, summing to the number of auxiliary tasks K (as
+    # ARML's and AuxiNash's), 1 each at the start, so raising one task's weight lowers the others'.
+    weight_norm: Literal["none", "sum_to_tasks"] = "none"
     # arml: the Langevin noise's scale on alpha (0: plain projected SGD); each step adds
     # weight_noise * sqrt(2 * aux_lr) * N(0, 1) before the projection.
     weight_noise: float = Field(0.0, ge=0)
@@ -303,6 +316,9 @@ class HypergradConfig(_Section):
     batch_size: int | None = Field(None, gt=0)
     params: Literal["all", "last_block"] = "all"
     report_cosine: bool = False
+    # Hypergradients of this many outer batches (each every `every` inner steps) averaged into one phi step, to
+    # lower their noise; the run's last incomplete group is not applied. Logged: hypergrad_successive_cosine.
+    accumulate: int = Field(1, ge=1)
 
 
 class ScalingConfig(_Section):
@@ -367,6 +383,7 @@ class RunConfig(_Section):
                 f"the last block of {self.model.backbone!r} is unknown, so use hypergrad.params: all"
             )
         self._own_hypergradient()
+        self._outer_steps()
         if self.hypergrad.method == "unroll" and self.hypergrad.hvp == "fwdrev":
             raise ValueError(
                 "hypergrad.hvp: fwdrev takes the H-vector products of an implicit hypergradient (neumann, cg, "
@@ -395,6 +412,22 @@ class RunConfig(_Section):
                 f"method {m.name!r} looks ahead along the inner SGD step (momentum, weight decay); "
                 "set trainer.optimizer: sgd"
             )
+
+    def _outer_steps(self) -> None:
+        """The outer-step settings go with the methods whose phi steps they shape (a spec's settings name them)."""
+        m, method = self.method, SPECS[self.method.name]
+        for key in OUTER_STEP_KEYS:
+            if key not in method.settings and getattr(m, key) != MethodConfig.model_fields[key].get_default():
+                raise ValueError(f"method.{key} does nothing for method {m.name!r}; drop it")
+        if m.weight_norm != "none":
+            if "combiner" in method.settings and m.combiner != "linear":
+                raise ValueError(f"method.weight_norm: {m.weight_norm} normalises the linear combiner's weights only")
+            if m.monotone is False:
+                raise ValueError(f"method.weight_norm: {m.weight_norm} keeps every weight positive; drop monotone")
+            if m.init_weight not in (None, 1.0):
+                raise ValueError(f"method.weight_norm: {m.weight_norm} starts every weight at 1; drop init_weight")
+        if self.hypergrad.accumulate != 1 and not (method.learns and method.hypergradient_steps):
+            raise ValueError(f"hypergrad.accumulate groups outer steps; method {m.name!r} takes none, so drop it")
 
     def _data_for_tasks(self) -> None:
         """The unlabelled pool and the table go with the methods and tasks that can use them."""

@@ -13,7 +13,7 @@ from typing import Literal
 HypergradMethod = Literal["neumann", "cg", "exact", "unroll", "fd"]
 
 _LABEL_SETTINGS = ("psi", "entropy_weight", "focal_gamma")
-_AUX_NET_SETTINGS = ("aux_lr", "aux_weight_decay", "aux_optimizer", "aux_grad_clip")
+_AUX_NET_SETTINGS = ("aux_lr", "aux_lr_per", "aux_weight_decay", "aux_optimizer", "aux_grad_clip")
 
 
 @dataclass(frozen=True)
@@ -149,7 +149,7 @@ SPECS: dict[str, MethodSpec] = {
         _given(
             "auxilearn_combine",
             learns=True,
-            settings=("aux_task", "combiner", "combiner_hidden", "monotone", *_AUX_NET_SETTINGS),
+            settings=("aux_task", "combiner", "combiner_hidden", "monotone", "weight_norm", *_AUX_NET_SETTINGS),
             rejects=(("combiner", "deep", _DEEP_COMBINER),),
         ),
         _labels(
@@ -175,7 +175,7 @@ SPECS: dict[str, MethodSpec] = {
             "maxl",
             Published("MAXL-F", 56.1, 0.1),
         ),
-        _given("jtds", learns=True, settings=("aux_task", *_AUX_NET_SETTINGS)),
+        _given("jtds", learns=True, settings=("aux_task", "weight_norm", "init_weight", *_AUX_NET_SETTINGS)),
         MethodSpec(
             "forkmerge",
             "auxray.methods.weighted:forkmerge",

@@ -38,17 +38,23 @@ class _Combiner(nn.Module):
 
 class LinearCombiner(_Combiner):
     """g(l) = sum_k w_k * l_k over the aux columns. With ``monotone`` the weights are
-    ``softplus(raw) > 0``; otherwise ``w = raw`` (any sign). Weights start at ``init_weight``."""
+    ``softplus(raw) > 0``; otherwise ``w = raw`` (any sign). Weights start at ``init_weight``.
 
-    def __init__(self, n_aux: int, monotone: bool = True, init_weight: float = 1.0) -> None:
+    ``normalised``: ``w = K * softmax(raw)`` instead, positive and summing to the number of tasks K (as ARML's
+    and AuxiNash's), 1 each at the start; a step on one task's weight then moves the others the other way.
+    """
+
+    def __init__(self, n_aux: int, monotone: bool = True, init_weight: float = 1.0, normalised: bool = False) -> None:
         super().__init__()
-        self.n_aux, self.monotone = n_aux, monotone
-        start = _inv_softplus(init_weight) if monotone else init_weight
+        self.n_aux, self.monotone, self.normalised = n_aux, monotone, normalised
+        start = 0.0 if normalised else _inv_softplus(init_weight) if monotone else init_weight
         self.raw = nn.Parameter(torch.full((n_aux,), float(start)))
 
     @property
     def weights(self) -> Tensor:
         """The effective per-task weights ``[n_aux]``."""
+        if self.normalised:
+            return self.n_aux * torch.softmax(self.raw, dim=0)
         return F.softplus(self.raw) if self.monotone else self.raw
 
     def forward(self, losses: Tensor) -> Tensor:

@@ -124,6 +124,9 @@ class ArmlObjective(LinearWeightsObjective):
         return self.weights
 
 
+AUTOLAMBDA_START = 0.1  # every task's initial weight in Auto-lambda (method.init_weight unset)
+
+
 class AutoLambdaObjective(LinearWeightsObjective):
     """Auto-lambda: lambda (any sign, as in the paper) learned by the look-ahead hypergradient on training batches,
     the virtual step being the inner optimizer's own."""
@@ -155,4 +158,5 @@ def arml(method: MethodSpec, i: ObjectiveInputs) -> ArmlObjective:
 
 def autolambda(method: MethodSpec, i: ObjectiveInputs) -> AutoLambdaObjective:
     """Auto-lambda's look-ahead weights (fixed at method.init_weight while hypergrad.enabled is false)."""
-    return AutoLambdaObjective(method, i.given_task(), i.outputs, i.cfg.method.init_weight)
+    start = i.cfg.method.init_weight
+    return AutoLambdaObjective(method, i.given_task(), i.outputs, AUTOLAMBDA_START if start is None else start)

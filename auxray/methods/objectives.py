@@ -93,14 +93,15 @@ class CombinerObjective(GivenAuxObjective):
         kind: str,
         hidden: list[int],
         monotone: bool | None,
+        normalised: bool = False,
     ) -> None:
         super().__init__(method, aux_task, num_outputs)
-        self.kind, self.hidden, self.monotone = kind, hidden, monotone
+        self.kind, self.hidden, self.monotone, self.normalised = kind, hidden, monotone, normalised
 
     def build_auxnet(self, model: nn.Module) -> nn.Module:
         n_aux = len(self.aux_task.names)
         if self.kind == "linear":
-            return LinearCombiner(n_aux, monotone=self.monotone is not False)
+            return LinearCombiner(n_aux, monotone=self.monotone is not False, normalised=self.normalised)
         return NonlinearCombiner(n_aux, hidden=self.hidden, monotone=bool(self.monotone))
 
     def inner(self, forward: ForwardFn, aux: AuxFn | None, batch: Batch) -> InnerResult:
@@ -124,12 +125,21 @@ class SchedulerObjective(GivenAuxObjective):
 
     learned = True
 
-    def __init__(self, method: MethodSpec, aux_task: AuxiliaryTask, num_outputs: int, feat_dim: int):
+    def __init__(
+        self,
+        method: MethodSpec,
+        aux_task: AuxiliaryTask,
+        num_outputs: int,
+        feat_dim: int,
+        init_weight: float | None = None,
+        normalised: bool = False,
+    ):
         super().__init__(method, aux_task, num_outputs)
-        self.feat_dim = feat_dim
+        self.feat_dim, self.init_weight, self.normalised = feat_dim, init_weight, normalised
 
     def build_auxnet(self, model: nn.Module) -> nn.Module:
-        return TaskDataScheduler(self.feat_dim, len(self.aux_task.names))
+        n_aux = len(self.aux_task.names)
+        return TaskDataScheduler(self.feat_dim, n_aux, init_weight=self.init_weight, normalised=self.normalised)
 
     def inner(self, forward: ForwardFn, aux: AuxFn | None, batch: Batch) -> InnerResult:
         t = self.aux_task.losses(forward, batch, features=True)
@@ -214,12 +224,16 @@ def uncertainty(method: MethodSpec, i: ObjectiveInputs) -> UncertaintyObjective:
 def auxilearn_combine(method: MethodSpec, i: ObjectiveInputs) -> CombinerObjective:
     """AuxiLearn's loss combiner, learned by the hypergradient."""
     m = i.cfg.method
-    return CombinerObjective(method, i.given_task(), i.outputs, m.combiner, m.combiner_hidden, m.monotone)
+    normalised = m.weight_norm == "sum_to_tasks"
+    return CombinerObjective(method, i.given_task(), i.outputs, m.combiner, m.combiner_hidden, m.monotone, normalised)
 
 
 def jtds(method: MethodSpec, i: ObjectiveInputs) -> SchedulerObjective:
     """JTDS's per-sample, per-task weights, learned by the hypergradient."""
-    return SchedulerObjective(method, i.given_task(), i.outputs, i.feat_dim)
+    m = i.cfg.method
+    normalised = m.weight_norm == "sum_to_tasks"
+    start = JTDS_START if m.init_weight is None else m.init_weight
+    return SchedulerObjective(method, i.given_task(), i.outputs, i.feat_dim, start, normalised)
 
 
 def labels(method: MethodSpec, i: ObjectiveInputs) -> LabelObjective:
@@ -230,6 +244,9 @@ def labels(method: MethodSpec, i: ObjectiveInputs) -> LabelObjective:
     return LabelObjective(
         method.name, i.num_classes, m.psi, i.backbone, i.cfg.model.width, i.in_channels, m.entropy_weight, m.focal_gamma
     )
+
+
+JTDS_START = 1.0  # JTDS's initial weights when method.init_weight is unset: where equal weights (its twin) start
 
 
 def _required(aux: AuxFn | None) -> AuxFn:

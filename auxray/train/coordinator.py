@@ -30,10 +30,11 @@ class Coordinator:
             self.optimizer.load_state_dict(state)
         return self.optimizer.version
 
-    def apply(self, grads: list[Tensor], step: int) -> tuple[int, list[Tensor]]:
-        """One optimizer step on phi from the all-reduced hypergradient; a replayed step id is ignored."""
+    def apply(self, grads: list[Tensor], step: int, lr: float | None = None) -> tuple[int, list[Tensor]]:
+        """One optimizer step on phi from the all-reduced hypergradient (at the loop's learning rate ``lr`` when
+        given); a replayed step id is ignored."""
         assert self.optimizer is not None and self.phi is not None, "coordinator not initialised"
-        if self.optimizer.apply([g.cpu() for g in grads], step):
+        if self.optimizer.apply([g.cpu() for g in grads], step, lr):
             self.applied += 1
         return self.optimizer.version, self.current()
 
@@ -65,13 +66,13 @@ class RemotePhiUpdater:
         self.version = 0
         self.bytes_sent = 0
 
-    def apply(self, grads, step: int) -> bool:
+    def apply(self, grads, step: int, lr: float | None = None) -> bool:
         import ray
 
         if self.rank == 0:
             cpu = [g.detach().cpu() for g in grads]
             self.bytes_sent += sum(g.numel() * g.element_size() for g in cpu)
-            version, phi = ray.get(self.coordinator.apply.remote(cpu, step))
+            version, phi = ray.get(self.coordinator.apply.remote(cpu, step, lr))
             self.barrier()
         else:
             self.barrier()

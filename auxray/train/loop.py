@@ -25,6 +25,7 @@ from auxray.train.forkmerge import BranchRunner, ForkMerge, InProcessBranches
 from auxray.train.hypergradient import build_hypergradient
 from auxray.train.hyperstep import Phases, compute_hypergrad, fused_hyperstep, hypergrad_mask, no_phases, trainable
 from auxray.train.look_ahead import sgd_look_ahead
+from auxray.train.outer_steps import OuterSteps
 from auxray.train.phi_optimizer import PhiOptimizer
 from auxray.train.progress import Progress
 from auxray.train.setup import make_inner_optimizer, make_scheduler, resolve_device, seed_everything
@@ -130,11 +131,13 @@ class BilevelTrainer:
         self.look_ahead = sgd_look_ahead(self.opt_w, chosen) if self.objective.optimizer_look_ahead else None
         # The aux net as built, before any step (a resumed run rebuilds the same): what the weights' drift is from.
         self.initial_auxnet = copy.deepcopy(self.auxnet)
+        self.outer: OuterSteps | None = None
         if not self.learns_phi:
             return
         if self.auxnet is None:
             raise ValueError(f"{self.objective.name} is a learned method but built no auxiliary network")
         self.phi = phi_updater(self.auxnet) if phi_updater else PhiOptimizer(self.auxnet, cfg.method)
+        self.outer = OuterSteps(cfg, self.phi, t.epochs * self.steps_per_epoch // cfg.hypergrad.every)
         outer_data = data.train if self.objective.outer_on_train else data.aux
         aux_bs = min(t.batch_size, max(1, len(outer_data) // self.collective.world_size))
         self.aux_iter = self._sharded(outer_data, aux_bs, t.seed + 1, augment=False)
@@ -209,11 +212,11 @@ class BilevelTrainer:
             "direction": self.look_ahead,
         }
 
-    def phi_parts(self) -> tuple[nn.Module, PhiUpdater]:
-        """The aux net and its updater of a run that learns phi (an outer step is an error otherwise)."""
-        if self.auxnet is None or self.phi is None:
+    def phi_parts(self) -> tuple[nn.Module, OuterSteps]:
+        """The aux net and its outer steps of a run that learns phi (an outer step is an error otherwise)."""
+        if self.auxnet is None or self.outer is None:
             raise RuntimeError(f"{self.objective.name} with hypergrad.enabled={self.learns_phi} takes no outer steps")
-        return self.auxnet, self.phi
+        return self.auxnet, self.outer
 
     def outer_step(self, train_batch: Batch, aux_batch: Batch, phases: Phases = no_phases) -> float:
         """Hypergradient of the main loss on an aux batch w.r.t. phi at the current W, applied through the phi
@@ -223,7 +226,7 @@ class BilevelTrainer:
             self.objective, self.model, auxnet, train_batch, aux_batch, **self._hyperstep_options(phases)
         )
         with phases("optimizer"):
-            phi.apply(grads, self.step)
+            phi.add(grads, self.step)
         return _norm(grads)
 
     def fused_step(self, batch: Batch, aux_batch: Batch, phases: Phases = no_phases) -> tuple[dict[str, float], float]:
@@ -238,7 +241,7 @@ class BilevelTrainer:
                 p.grad = g
             self.opt_w.step()
             self.sched_w.step()
-            phi.apply(out.hypergrad, self.step)
+            phi.add(out.hypergrad, self.step)
         return self._step_stats(out.inner, batch), _norm(out.hypergrad)
 
     def train_step(
@@ -319,6 +322,8 @@ class BilevelTrainer:
             metrics["hypergrad_cosine"] = hypergrad_cosine(self, *last_outer)
         if self.fork is not None:
             metrics.update(self.fork.epoch_metrics())
+        if self.outer is not None:
+            metrics.update(self.outer.epoch_metrics())
         if self.collective.world_size > 1:
             metrics["allreduce_bytes"] = self.collective.bytes_sent  # cumulative since this process started
         metrics["lr"] = self.opt_w.param_groups[0]["lr"]
@@ -405,6 +410,7 @@ class BilevelTrainer:
             "phi": self.phi.state_dict() if self.phi is not None else None,
             "pool": self.pool_iter.state_dict() if self.pool_iter is not None else None,
             "fork": self.fork.state_dict() if self.fork is not None else None,
+            "outer": self.outer.state_dict() if self.outer is not None else None,
             "epoch": self.epoch,
             "step": self.step,
             "history": self.history,
@@ -429,6 +435,8 @@ class BilevelTrainer:
             self._pool_stream = None
         if self.fork is not None:
             self.fork.load_state_dict(state["fork"])
+        if self.outer is not None and state.get("outer") is not None:  # absent in older checkpoints
+            self.outer.load_state_dict(state["outer"])
         self.epoch, self.step = state["epoch"], state["step"]
         self.history = list(state["history"])
         self.hypergrad_norms = list(state["hypergrad_norms"])

@@ -31,10 +31,14 @@ class PhiOptimizer:
         self.version = 0
         self.last_step = -1
 
-    def apply(self, grads: Sequence[Tensor], step: int) -> bool:
-        """Set phi's gradients, clip, take one optimizer step; False when `step` was applied before."""
+    def apply(self, grads: Sequence[Tensor], step: int, lr: float | None = None) -> bool:
+        """Set phi's gradients, clip, take one optimizer step (at learning rate ``lr`` when given, which it keeps);
+        False when `step` was applied before."""
         if step <= self.last_step:
             return False
+        if lr is not None:
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
         for p, g in zip(self.params, grads, strict=True):
             p.grad = g.detach().to(device=p.device, dtype=p.dtype).clone()
         if self.clip is not None:
