@@ -157,6 +157,9 @@ class ModelConfig(_Section):
         return check_import_path(v, BACKBONES, "backbone")
 
 
+ForkBranch = Literal["main_only", "drop_each", "raise_each"]  # forkmerge's kinds of branch beside the given one
+
+
 class MethodConfig(_Section):
     """The auxiliary-learning method and its own settings."""
 
@@ -195,9 +198,7 @@ class MethodConfig(_Section):
     # into the convex combination scored best on the outer set by merge_metric, searched greedily: the branches
     # best first, each next one taking a share from merge_grid (or none).
     merge_every: int = Field(50, ge=1)
-    fork_branches: list[Literal["main_only", "drop_each", "raise_each"]] = Field(
-        default_factory=lambda: ["main_only", "drop_each"]
-    )
+    fork_branches: list[ForkBranch] = Field(default_factory=lambda: list[ForkBranch](["main_only", "drop_each"]))
     fork_raise: float = Field(2.0, gt=1)
     merge_grid: list[float] = Field(default_factory=lambda: [0.2, 0.4, 0.6, 0.8])
     merge_metric: Literal["loss", "accuracy"] = "loss"

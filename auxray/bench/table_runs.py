@@ -90,8 +90,8 @@ def plan_sweeps(setup: GridSetup, pending: Sequence[Wanted]) -> list[tuple[Sweep
     for w in pending:
         seeds_of.setdefault(w.method, []).append(w.seed)
     groups: dict[tuple[int, ...], list[str]] = {}
-    for method, seeds in seeds_of.items():
-        groups.setdefault(tuple(sorted(seeds)), []).append(method)
+    for method, missing in seeds_of.items():
+        groups.setdefault(tuple(sorted(missing)), []).append(method)
     out = []
     for seeds, methods in groups.items():
         runs = [w for w in pending if w.method in methods and w.seed in seeds]

@@ -27,7 +27,8 @@ class GradientRule(Protocol):
     ``reduces_itself`` False: the loop runs the data-parallel (DDP) model and backward all-reduces;
     True: the loop runs the bare model and the rule all-reduces with ``all_reduce_mean`` itself."""
 
-    reduces_itself: bool
+    @property
+    def reduces_itself(self) -> bool: ...
 
     def backward(self, result: InnerResult, model: nn.Module, all_reduce_mean: Reduce) -> dict[str, float]: ...
 

@@ -24,6 +24,7 @@ compute what one process would on all their batches.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -88,7 +89,7 @@ class GradientMatchingRule:
         return project_scaled_simplex(moved, float(alpha.numel())).to(alpha)
 
 
-def _grad(loss: Tensor, params: list[Tensor]) -> tuple[Tensor, ...]:
+def _grad(loss: Tensor, params: Sequence[Tensor]) -> tuple[Tensor, ...]:
     """d loss / d params (zeros where unreached), keeping the graph for the next task's gradient."""
     grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
     return tuple(torch.zeros_like(p) if g is None else g for p, g in zip(params, grads))

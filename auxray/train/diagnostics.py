@@ -59,7 +59,7 @@ def epoch_diagnostics(trainer: BilevelTrainer) -> dict[str, float]:
 
 def _norm(grads: tuple[Tensor, ...]) -> Tensor:
     """The L2 norm of a gradient given as a tensor tuple."""
-    return torch.sqrt(sum(g.pow(2).sum() for g in grads))
+    return torch.stack([g.pow(2).sum() for g in grads]).sum().sqrt()
 
 
 def hypergrad_cosine(trainer: BilevelTrainer, train_batch: Batch, aux_batch: Batch) -> float:

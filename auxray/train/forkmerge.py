@@ -48,10 +48,17 @@ class BranchHost(Protocol):
     """What the fork/merge driver asks of the trainer: its net, inner optimizer and schedule, one inner step, and
     an evaluation on a split."""
 
-    model: nn.Module
-    opt_w: torch.optim.Optimizer
-    sched_w: torch.optim.lr_scheduler.LRScheduler
-    data: DataBundle
+    @property
+    def model(self) -> nn.Module: ...
+
+    @property
+    def opt_w(self) -> torch.optim.Optimizer: ...
+
+    @property
+    def sched_w(self) -> torch.optim.lr_scheduler.LRScheduler: ...
+
+    @property
+    def data(self) -> DataBundle: ...
 
     def inner_step(self, batch: Batch) -> dict[str, float]: ...
 

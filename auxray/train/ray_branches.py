@@ -13,6 +13,7 @@ from torch import Tensor
 from auxray.config import RunConfig
 from auxray.data import DataBundle
 from auxray.methods import Batch
+from auxray.methods.weighted import WeightedObjective
 from auxray.train.forkmerge import InProcessBranches, Snapshot
 from auxray.train.loop import BilevelTrainer
 from auxray.train.ray_cluster import ensure_ray
@@ -25,7 +26,10 @@ class BranchActor:
         run = RunConfig.model_validate(cfg)
         run.scaling.branch_actors = 0  # the actor trains its branches itself
         self.trainer = BilevelTrainer(run, data, progress=False)
-        self.runner = InProcessBranches(self.trainer, self.trainer.objective)
+        objective = self.trainer.objective
+        if not isinstance(objective, WeightedObjective):
+            raise ValueError(f"{objective.name} forks branches but its objective has no task-weight vector")
+        self.runner = InProcessBranches(self.trainer, objective)
 
     def train(self, start: Snapshot, weights: Sequence[Tensor], batches: Sequence[Batch]) -> list[Snapshot]:
         return self.runner.train(start, weights, batches)
@@ -59,7 +63,9 @@ class RayBranches:
         ensure_ray(s.address, log_to_driver=False)
         data = ray.put(shapes_only(trainer.data, trainer.cfg.trainer.batch_size))
         actor = ray.remote(BranchActor).options(num_cpus=1, num_gpus=s.gpus_per_worker)
-        self.actors = [actor.remote(trainer.cfg.model_dump(mode="json"), data) for _ in range(s.branch_actors)]
+        self.actors: list[Any] = [
+            actor.remote(trainer.cfg.model_dump(mode="json"), data) for _ in range(s.branch_actors)
+        ]
 
     def train(self, start: Snapshot, weights: Sequence[Tensor], batches: Sequence[Batch]) -> list[Snapshot]:
         import ray
