@@ -144,6 +144,22 @@ def leaves(obj: object) -> list:
     return [obj]
 
 
+def kill_once_checkpointed(args: tuple[str, ...], killed_at: Path, cwd: Path) -> tuple[Path, int]:
+    """Start `auxray ARGS` writing under killed_at, SIGKILL it once its first latest.pt exists; its run folder and
+    the epoch that checkpoint holds (the run must not have ended first)."""
+    proc = subprocess.Popen([sys.executable, "-m", "auxray.cli", *args, "--set", f"trainer.checkpoint_dir={killed_at}"],
+                            cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not list(killed_at.glob("*/*/latest.pt")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    (run_dir,) = killed_at.glob("*/*")
+    epoch_at_kill = torch.load(run_dir / "latest.pt", weights_only=True)["epoch"]
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it was killed"
+    return run_dir, epoch_at_kill
+
+
 def assert_same_state(a: dict, b: dict) -> None:
     """Two checkpoints hold the same W, phi, optimizers, counters and (timings aside) history, bit for bit."""
     for key in ("model", "auxnet", "opt_w", "phi", "sched_w"):
@@ -180,16 +196,8 @@ def test_killed_run_resumes_to_the_uninterrupted_result_bit_for_bit(tmp_path, ci
     assert sum(h["epoch_seconds"] for h in history) < full["seconds"] < wall
 
     killed_at = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "auxray.cli", *args, "--set", f"trainer.checkpoint_dir={killed_at}"],
-                            cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while not list(killed_at.glob("*/*/latest.pt")) and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=60)
-    (run_dir,) = killed_at.glob("*/*")
-    epoch_at_kill = torch.load(run_dir / "latest.pt", weights_only=True)["epoch"]
-    assert proc.returncode == -signal.SIGKILL and epoch_at_kill < 6, "the run ended before it was killed"
+    run_dir, epoch_at_kill = kill_once_checkpointed(args, killed_at, work)
+    assert epoch_at_kill < 6, "the run ended before it was killed"
 
     resumed = last_json(in_process(capsys, *args, "--resume", "--set", f"trainer.checkpoint_dir={killed_at}"))
     assert resumed["run_dir"] == str(run_dir) and resumed["resumed_from"] == [epoch_at_kill]

@@ -3,10 +3,6 @@ search, a harmful auxiliary dropped on a small problem, exact resume, and bad se
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +15,15 @@ from auxray.errors import UserError
 from auxray.train.forkmerge import branch_weights, combine, greedy_merge
 from auxray.train.loop import BilevelTrainer
 from tests.conftest import tiny_cifar_raw
-from tests.test_cli import assert_one_line_error, in_process, last_json, leaves, untimed, write_config
+from tests.test_cli import (
+    assert_one_line_error,
+    in_process,
+    kill_once_checkpointed,
+    last_json,
+    leaves,
+    untimed,
+    write_config,
+)
 from tests.test_train import assert_resume_matches, synthetic_raw
 
 
@@ -177,20 +181,8 @@ def test_a_killed_forkmerge_run_resumes_to_the_uninterrupted_result(tmp_path, ci
     full = last_json(in_process(capsys, *args, "--set", f"trainer.checkpoint_dir={tmp_path / 'full'}"))
 
     killed_at = tmp_path / "killed"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "auxray.cli", *args, "--set", f"trainer.checkpoint_dir={killed_at}"],
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 300
-    while not list(killed_at.glob("*/*/latest.pt")) and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=60)
-    (run_dir,) = killed_at.glob("*/*")
-    epoch_at_kill = torch.load(run_dir / "latest.pt", weights_only=True)["epoch"]
-    assert proc.returncode == -signal.SIGKILL and epoch_at_kill < 6, "the run ended before it was killed"
+    run_dir, epoch_at_kill = kill_once_checkpointed(args, killed_at, tmp_path)
+    assert epoch_at_kill < 6, "the run ended before it was killed"
 
     resumed = last_json(in_process(capsys, *args, "--resume", "--set", f"trainer.checkpoint_dir={killed_at}"))
     assert resumed["resumed_from"] == [epoch_at_kill] and resumed["test_accuracy"] == full["test_accuracy"]

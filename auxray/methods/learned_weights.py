@@ -35,7 +35,7 @@ from auxray.method_specs import MethodSpec
 from auxray.methods.aux_tasks import AuxiliaryTask
 from auxray.methods.base import AuxFn, Batch, ForwardFn, InnerResult, main_mean
 from auxray.methods.gradient_rules import Reduce
-from auxray.methods.objectives import GivenAuxObjective, _required, task_result
+from auxray.methods.objectives import GivenAuxObjective, combined_inner
 from auxray.methods.registry import ObjectiveInputs
 
 
@@ -101,10 +101,7 @@ class LinearWeightsObjective(GivenAuxObjective):
     learned = True
 
     def inner(self, forward: ForwardFn, aux: AuxFn | None, batch: Batch) -> InnerResult:
-        t = self.aux_task.losses(forward, batch)
-        losses = torch.cat([t.main.unsqueeze(1), t.aux], dim=1)
-        loss = main_mean(t.main, t.labeled) + _required(aux)(losses).mean()
-        return task_result(loss, t, self.aux_task.names)
+        return combined_inner(self.aux_task, forward, aux, batch)
 
     def task_weights(self, auxnet: nn.Module | None, result: InnerResult) -> dict[str, Tensor]:
         assert isinstance(auxnet, (RuleWeights, LinearCombiner))

@@ -105,10 +105,7 @@ class CombinerObjective(GivenAuxObjective):
         return NonlinearCombiner(n_aux, hidden=self.hidden, monotone=bool(self.monotone))
 
     def inner(self, forward: ForwardFn, aux: AuxFn | None, batch: Batch) -> InnerResult:
-        t = self.aux_task.losses(forward, batch)
-        losses = torch.cat([t.main.unsqueeze(1), t.aux], dim=1)
-        loss = main_mean(t.main, t.labeled) + _required(aux)(losses).mean()
-        return task_result(loss, t, self.aux_task.names)
+        return combined_inner(self.aux_task, forward, aux, batch)
 
     def task_weights(self, auxnet: nn.Module | None, result: InnerResult) -> dict[str, Tensor]:
         """The combiner's effective weight of each aux task at this batch's losses (d g / d l_aux)."""
@@ -254,6 +251,15 @@ def _required(aux: AuxFn | None) -> AuxFn:
     if aux is None:
         raise ValueError("this objective needs its auxiliary network")
     return aux
+
+
+def combined_inner(aux_task: AuxiliaryTask, forward: ForwardFn, aux: AuxFn | None, batch: Batch) -> InnerResult:
+    """L_T = mean(l_main over labelled rows) + mean over rows of g(l), g the aux net over each row's losses (the
+    main entry 0 where a row has no main label): a loss combiner's inner loss, or a weight vector's."""
+    t = aux_task.losses(forward, batch)
+    losses = torch.cat([t.main.unsqueeze(1), t.aux], dim=1)
+    loss = main_mean(t.main, t.labeled) + _required(aux)(losses).mean()
+    return task_result(loss, t, aux_task.names)
 
 
 def task_result(loss: Tensor, t: TaskLosses, names: tuple[str, ...]) -> InnerResult:

@@ -27,6 +27,7 @@ class PhiOptimizer:
     def __init__(self, auxnet: nn.Module, cfg: MethodConfig) -> None:
         self.params = [p for p in auxnet.parameters() if p.requires_grad]
         self.optimizer = make_phi_optimizer(self.params, cfg)
+        self.lr, self.weight_decay = cfg.aux_lr, cfg.aux_weight_decay
         self.clip = cfg.aux_grad_clip
         self.version = 0
         self.last_step = -1
@@ -53,6 +54,10 @@ class PhiOptimizer:
         return {"optimizer": self.optimizer.state_dict(), "version": self.version, "last_step": self.last_step}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the moments and counters; the learning rate and weight decay stay the config's (the same on a
+        plain resume; a population-based sweep's exploit restores another trial's state under perturbed ones)."""
         self.optimizer.load_state_dict(state["optimizer"])
+        for group in self.optimizer.param_groups:
+            group["lr"], group["weight_decay"] = self.lr, self.weight_decay
         self.version = state["version"]
         self.last_step = state["last_step"]

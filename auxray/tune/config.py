@@ -73,11 +73,17 @@ class ParamSpace(_Strict):
 
 
 class SchedulerConfig(_Strict):
-    """Early stopping: ASHA over epochs (training_iteration), or none (every trial runs to the end)."""
+    """Early stopping: ASHA over epochs (training_iteration); population-based training (pbt: every
+    perturbation_interval epochs a trial in the bottom quantile_fraction copies the checkpoint of one in the top,
+    primary net, aux net and both optimizers, and perturbs the searched keys by x0.8 / x1.2, or resamples one with
+    resample_probability); or none (every trial runs to the end)."""
 
-    type: Literal["asha", "none"] = "asha"
+    type: Literal["asha", "none", "pbt"] = "asha"
     grace_period: int = Field(1, ge=1)
     reduction_factor: float = Field(2, gt=1)
+    perturbation_interval: int = Field(2, ge=1)
+    quantile_fraction: float = Field(0.25, gt=0, le=0.5)
+    resample_probability: float = Field(0.25, ge=0, le=1)
 
 
 class SweepTracking(_Strict):
@@ -87,6 +93,9 @@ class SweepTracking(_Strict):
     experiment: str | None = None
 
 
+# What a population-based sweep may perturb: settings read when a trial restarts from a copied checkpoint (the inner
+# schedule, the data and the model come from the checkpoint or the split, so trainer.*, data.* and model.* do not).
+PBT_KEYS = ("method.", "hypergrad.")
 CONFIG_AXIS = "config"  # grid axis of run config files (relative to the sweep file): each trial's base
 SEED_AXIS = "seed"  # grid axis setting data.seed and trainer.seed together
 
@@ -114,6 +123,19 @@ class SweepConfig(_Strict):
 
     @model_validator(mode="after")
     def _search_inputs(self) -> SweepConfig:
+        if self.scheduler.type == "pbt":
+            if self.search != "random":
+                raise ValueError(
+                    "scheduler: pbt mutates each trial's settings as it trains; use search: random (its first "
+                    "settings), not tpe's model or a grid's fixed combinations"
+                )
+            fixed = sorted(k for k in self.space if not k.startswith(PBT_KEYS))
+            if fixed:
+                raise ValueError(
+                    f"scheduler: pbt perturbs settings a run reads again after copying a checkpoint "
+                    f"({', '.join(p + '*' for p in PBT_KEYS)}); {', '.join(fixed)} would be ignored or change the "
+                    "data mid-run: search it with tpe or random"
+                )
         if self.search != "grid":
             if self.grid:
                 raise ValueError("`grid` axes need `search: grid`")

@@ -79,10 +79,19 @@ def search_setup(sweep: SweepConfig) -> tuple[Any, dict[str, Any]]:
 
 
 def scheduler_for(sweep: SweepConfig, epochs: int) -> Any:
-    """ASHA over epochs (one Tune iteration per epoch), or FIFO."""
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    """ASHA over epochs (one Tune iteration per epoch), population-based training over the searched keys, or
+    FIFO."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
 
     s = sweep.scheduler
+    if s.type == "pbt":
+        return PopulationBasedTraining(
+            time_attr="training_iteration",
+            perturbation_interval=s.perturbation_interval,
+            hyperparam_mutations={key: tune_domain(spec) for key, spec in sweep.space.items()},
+            quantile_fraction=s.quantile_fraction,
+            resample_probability=s.resample_probability,
+        )
     if s.type == "none" or epochs <= s.grace_period:
         return FIFOScheduler()
     return ASHAScheduler(
