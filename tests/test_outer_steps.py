@@ -164,6 +164,16 @@ def test_more_accumulation_than_outer_batches_is_one_line():
         BilevelTrainer(cfg, build_data(cfg.data, cfg.method.aux_tasks), progress=False)
 
 
+def test_a_run_shorter_than_hypergrad_every_trains_without_an_outer_step():
+    """With the defaults (no accumulation, a per-step rate) a run of fewer inner steps than hypergrad.every takes no
+    outer step and is not an error (tiny test runs and quick tables are such runs)."""
+    cfg = config_from_dict(synthetic_raw(trainer={"epochs": 1}, hypergrad={"every": 50}))
+    trainer = BilevelTrainer(cfg, build_data(cfg.data, cfg.method.aux_tasks), progress=False)
+    trainer.fit()
+    assert trainer.step == 9 and trainer.hypergrad_norms == [] and trainer.phi is not None
+    assert trainer.phi.state_dict()["version"] == 0
+
+
 # ---- bad settings ------------------------------------------------------------------------------------------------
 BAD = [
     ({"method": {"weight_norm": "softmax"}}, r"method\.weight_norm: Input should be 'none' or 'sum_to_tasks'"),

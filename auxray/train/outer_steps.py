@@ -37,12 +37,14 @@ class OuterSteps:
     def __init__(self, cfg: RunConfig, phi: PhiUpdater, outer_batches: int) -> None:
         self.phi, self.accumulate = phi, cfg.hypergrad.accumulate
         steps = phi_steps(outer_batches, self.accumulate)
-        if steps == 0:
+        # A run shorter than hypergrad.every takes no outer step, as it always has; asking it to accumulate or to
+        # share a budget over its phi steps is a mistake.
+        if steps == 0 and (self.accumulate > 1 or cfg.method.aux_lr_per == "run"):
             raise UserError(
                 f"hypergrad.accumulate: {self.accumulate} exceeds the run's {outer_batches} outer batches "
                 "(epochs x steps per epoch / hypergrad.every), so phi would never move; lower it"
             )
-        self.lr = step_lr(cfg.method.aux_lr, cfg.method.aux_lr_per, steps)
+        self.lr = step_lr(cfg.method.aux_lr, cfg.method.aux_lr_per, max(steps, 1))
         self.total: list[Tensor] | None = None
         self.count = 0
         self.previous: Tensor | None = None
