@@ -38,7 +38,13 @@ def write_pbt(tmp_path: Path, cifar_zip: Path, **extra: Any) -> Path:
         "trials": 4,
         "concurrency": 4,
         "cpus_per_trial": 0.5,
-        "scheduler": {"type": "pbt", "perturbation_interval": 1, "quantile_fraction": 0.5, "resample_probability": 0},
+        "scheduler": {
+            "type": "pbt",
+            "perturbation_interval": 1,
+            "quantile_fraction": 0.5,
+            "resample_probability": 0,
+            "synch": True,  # every trial reaches each interval before the bottom half copies the top: 3 rounds
+        },
         "storage": str(tmp_path / "sweeps"),
         **extra,
     }
@@ -99,23 +105,25 @@ def test_a_pbt_sweep_copies_checkpoints_perturbs_weights_and_resumes(tmp_path: P
     uri = f"sqlite:///{tmp_path / 'm.db'}"
     result = run_sweep(sweep, tracking_uri=uri, progress=False)
     assert (result["trials"], result["completed"], result["errored"]) == (4, 4, 0), result
-    # Tune's PBT log: one line per exploit, [target trial, donor trial, target iteration, donor iteration, ...].
+    # Tune's PBT log, one line per exploit: [target tag, donor tag, target's iteration, donor's iteration, the
+    # donor's config, the perturbed config the target goes on with]; a tag starts with the trial's index.
     exploits = [json.loads(line) for line in (sweep.experiment_dir / "pbt_global.txt").read_text().splitlines()]
-    assert exploits, "no trial exploited another in 4 perturbation intervals"
-    copied = {}
-    for row in result["per_trial"]:
+    assert len(exploits) >= 3, exploits  # the bottom half copies the top at each of the 3 inner intervals
+    by_index = {int(row["trial_id"].rsplit("_", 1)[1]): row for row in result["per_trial"]}
+    for index, row in by_index.items():
+        mine = [e for e in exploits if int(e[0].split("_", 1)[0]) == index]
         attempts = [
             json.loads(line)
             for line in (sweep.trial_files_dir(row["trial_id"]) / "attempts.jsonl").read_text().splitlines()
         ]
-        if len(attempts) > 1:  # restarted from a copied checkpoint, at the epoch it had reached
-            copied[row["trial_id"]] = attempts
-            assert all(a["start_epoch"] > 0 for a in attempts[1:]), attempts
-    assert copied, "an exploit restarted no trial from a checkpoint"
-    initial = {str(e[0]) for e in exploits}
-    assert any(tid in target for tid in copied for target in initial), (copied, initial)
-    perturbed = [e for e in exploits if e[4] != e[5]]  # the old and the new config of the exploiting trial
-    assert perturbed, exploits
+        # An exploited trial went on from a copied checkpoint: it restarted past epoch 0 (synch mode also pauses
+        # and restores every trial at each interval, so restarts outnumber exploits).
+        if mine:
+            assert len(attempts) > len(mine) and all(a["start_epoch"] > 0 for a in attempts[1:]), (attempts, mine)
+        for e in mine:
+            assert e[4] != e[5] and set(e[5]) == {WEIGHT_KEY}, e  # the donor's weight, perturbed
+        if mine:  # the trial ends with the last perturbed weight
+            assert row["params"][WEIGHT_KEY] == pytest.approx(mine[-1][5][WEIGHT_KEY]), (row, mine)
 
     from mlflow import MlflowClient
 

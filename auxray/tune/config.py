@@ -84,6 +84,7 @@ class SchedulerConfig(_Strict):
     perturbation_interval: int = Field(2, ge=1)
     quantile_fraction: float = Field(0.25, gt=0, le=0.5)
     resample_probability: float = Field(0.25, ge=0, le=1)
+    synch: bool = False  # pbt: perturb once every trial reached the interval (slower, reproducible exploits)
 
 
 class SweepTracking(_Strict):

@@ -91,6 +91,7 @@ def scheduler_for(sweep: SweepConfig, epochs: int) -> Any:
             hyperparam_mutations={key: tune_domain(spec) for key, spec in sweep.space.items()},
             quantile_fraction=s.quantile_fraction,
             resample_probability=s.resample_probability,
+            synch=s.synch,
         )
     if s.type == "none" or epochs <= s.grace_period:
         return FIFOScheduler()

@@ -75,11 +75,24 @@ def _tuner(ctx: TrialContext, resume: bool) -> Any:
             name=sweep.name,
             storage_path=str(sweep.storage_path),
             failure_config=tune.FailureConfig(max_failures=MAX_TRIAL_FAILURES),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=checkpoints_kept(sweep)),
+            # A trial ends at its last epoch's report, before a scheduler can pause it there (PBT would, and the
+            # trial restored after it would have no epoch left to report).
+            stop={"training_iteration": sweep.epochs},
             callbacks=[TrialCloser()],
             verbose=0,
         ),
     )
+
+
+# Checkpoints a PBT trial keeps: an exploiting trial restores the one its donor had at the perturbation, and the
+# donor may have saved a few more epochs by then (one kept is deleted under it).
+PBT_CHECKPOINTS_KEPT = 4
+
+
+def checkpoints_kept(sweep: SweepConfig) -> int:
+    """Tune checkpoints kept per trial: the latest (what a restored trial resumes from), more under PBT."""
+    return PBT_CHECKPOINTS_KEPT if sweep.scheduler.type == "pbt" else 1
 
 
 def _check_experiment(sweep: SweepConfig, resume: bool) -> None:
