@@ -240,41 +240,15 @@ def _overhead(out: Path, *extra: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_quick_overhead_rows_and_reuse(cifar_zip: Path, tmp_path: Path) -> None:
-    first = _overhead(tmp_path, "--methods", "auxilearn_combine,maxl", "--no-breakdown")
-    assert first.returncode == 0, first.stderr[-3000:]
-    rows = json.loads((tmp_path / "ov.json").read_text())
-    assert rows == json.loads(first.stdout.strip().splitlines()[-1])
-    assert [(r["method"], r["twin"]) for r in rows] == [("auxilearn_combine", "equal"), ("maxl", "maxl_frozen")]
-    runs = [json.loads(x) for x in (tmp_path / "ov.runs.jsonl").read_text().splitlines()]
-    assert sorted(r["method"] for r in runs) == ["auxilearn_combine", "equal", "maxl", "maxl_frozen"]
-    by = {r["method"]: r for r in runs}
-    for row in rows:
-        mine, twin = by[row["method"]], by[row["twin"]]
-        assert row["ratio"] > 0 and row["ratio"] == pytest.approx(
-            (mine["train_seconds"] / mine["inner_steps"]) / (twin["train_seconds"] / twin["inner_steps"])
-        )
-        assert row["accuracy"] == mine["test_accuracy"] and row["twin_accuracy"] == twin["test_accuracy"]
-        assert mine["outer_steps"] > 0 and twin["outer_steps"] == 0 and row["outer_steps"] == [mine["outer_steps"]]
-        assert mine["inner_steps"] == twin["inner_steps"] > 0
-    assert not (tmp_path / "ov_breakdown.json").exists()
-    assert "4 runs as the grid sweep" in first.stderr and "1 at once" in first.stderr
-
-    # A second invocation reuses all four runs, and adding a method trains only it (its twin is shared).
-    second = _overhead(tmp_path, "--methods", "auxilearn_combine,maxl,maxl_fo", "--no-breakdown")
-    assert second.returncode == 0, second.stderr[-3000:]
-    assert second.stderr.count("(skipped)") == 4 and "1 runs as the grid sweep" in second.stderr, second.stderr
-    again = json.loads((tmp_path / "ov.json").read_text())
-    assert again[:2] == rows and again[2]["method"] == "maxl_fo" and again[2]["twin"] == "maxl_frozen"
-    assert len((tmp_path / "ov.runs.jsonl").read_text().splitlines()) == 5
-
-
-@pytest.mark.slow
-def test_quick_breakdown(cifar_zip: Path, tmp_path: Path) -> None:
+def test_quick_overhead_breakdown_rows_and_reuse(cifar_zip: Path, tmp_path: Path) -> None:
+    """One method and its twin with the per-phase breakdown; then a second invocation that adds a method reuses
+    both runs, trains only the new method and its twin, and leaves the breakdown as it was."""
     # A narrow net, one Neumann term and one thread: minutes, even on a busy 2-core machine.
-    proc = _overhead(tmp_path, "--methods", "auxilearn_combine", "--set", "hypergrad.steps=1")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    data = json.loads((tmp_path / "ov_breakdown.json").read_text())
+    first = _overhead(tmp_path, "--methods", "auxilearn_combine", "--set", "hypergrad.steps=1")
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "2 runs as the grid sweep" in first.stderr and "1 at once" in first.stderr
+    breakdown = (tmp_path / "ov_breakdown.json").read_text()
+    data = json.loads(breakdown)
     assert [m["method"] for m in data["methods"]] == ["auxilearn_combine"]
     variants = {v["variant"]: v for v in data["methods"][0]["variants"]}
     assert list(variants) == list(VARIANTS)
@@ -300,6 +274,25 @@ def test_quick_breakdown(cifar_zip: Path, tmp_path: Path) -> None:
         assert ph["hvp_count"] == v["settings"]["steps"] and ph["total"] > 0 and v["plain_step_seconds"] > 0
         assert v["total_over_plain_step"] == pytest.approx(ph["total"] / v["plain_step_seconds"])
         assert all(0 <= ph[k] <= ph["total"] for k in ph if k not in ("hvp_count", "total"))
+
+    second = _overhead(tmp_path, "--methods", "auxilearn_combine,maxl", "--set", "hypergrad.steps=1", "--no-breakdown")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert second.stderr.count("(skipped)") == 2 and "2 runs as the grid sweep" in second.stderr, second.stderr
+    rows = json.loads((tmp_path / "ov.json").read_text())
+    assert rows == json.loads(second.stdout.strip().splitlines()[-1])
+    assert [(r["method"], r["twin"]) for r in rows] == [("auxilearn_combine", "equal"), ("maxl", "maxl_frozen")]
+    runs = [json.loads(x) for x in (tmp_path / "ov.runs.jsonl").read_text().splitlines()]
+    assert sorted(r["method"] for r in runs) == ["auxilearn_combine", "equal", "maxl", "maxl_frozen"]
+    by = {r["method"]: r for r in runs}
+    for row in rows:
+        mine, twin = by[row["method"]], by[row["twin"]]
+        assert row["ratio"] > 0 and row["ratio"] == pytest.approx(
+            (mine["train_seconds"] / mine["inner_steps"]) / (twin["train_seconds"] / twin["inner_steps"])
+        )
+        assert row["accuracy"] == mine["test_accuracy"] and row["twin_accuracy"] == twin["test_accuracy"]
+        assert mine["outer_steps"] > 0 and twin["outer_steps"] == 0 and row["outer_steps"] == [mine["outer_steps"]]
+        assert mine["inner_steps"] == twin["inner_steps"] > 0
+    assert (tmp_path / "ov_breakdown.json").read_text() == breakdown
 
 
 def test_render_harmful_counts_the_seeds_where_the_harmful_task_is_lowest() -> None:

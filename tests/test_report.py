@@ -11,8 +11,8 @@ from auxray.bench.report import MARKER, RENDERERS, pages, stale_sections, update
 from auxray.bench.reproduce_plot import plot_reproduce
 from tests.conftest import REPO
 
-ROW = {"method": "stl", "mean": 0.5123, "std": 0.0047, "accuracies": [0.51, 0.5146], "seconds": 61.0,
-       "relative_time": 1.0, "paper": {"mean": 0.508, "std": 0.008}}
+ROW = {"method": "stl", "mean": 0.5123, "std": 0.0047, "accuracies": [0.51, 0.5146], "final_mean": 0.5301,
+       "final_std": 0.0012, "seconds": 61.0, "relative_time": 1.0, "paper": {"mean": 0.508, "std": 0.008}}
 
 
 def test_marked_section_is_replaced_from_json(tmp_path: Path) -> None:
@@ -25,8 +25,8 @@ def test_marked_section_is_replaced_from_json(tmp_path: Path) -> None:
     assert update_page(readme, results) == ["reproduce"]
     text = readme.read_text()
     assert "old numbers" not in text and text.startswith("intro\n") and text.endswith("outro\n")
-    assert "| stl | 50.8 ± 0.8 | 51.2 ± 0.5 | 51.0, 51.5 | 61 | 1 |" in text
-    assert "| jtds | – | 51.2 ± 0.5 | 51.0, 51.5 | 61 | 2.5 |" in text
+    assert "| stl | 50.8 ± 0.8 | 51.2 ± 0.5 | 51.0, 51.5 | 53.0 ± 0.1 | 61 | 1 |" in text
+    assert "| jtds | – | 51.2 ± 0.5 | 51.0, 51.5 | 53.0 ± 0.1 | 61 | 2.5 |" in text
 
 
 def test_committed_pages_match_committed_results(tmp_path: Path) -> None:

@@ -27,83 +27,8 @@ from auxray.bench.table_runs import (
 from auxray.tune.record import RECORD_FILE
 from tests.conftest import CACHE_DIR, REPO
 
-METHODS = ["stl", "auxilearn_combine", "maxl"]
 # A narrow net on one CPU thread: the tests check the runner and its tables, not the accuracies (2.5x faster).
 SMALL = ("--width", "8", "--set", "trainer.threads=1", "--set", "trainer.device=cpu")
-
-
-def _reproduce(out_dir: Path, *extra: str) -> tuple[subprocess.CompletedProcess, float]:
-    cmd = [sys.executable, "jobs/reproduce.py", "--quick", "--methods", ",".join(METHODS),
-           "--out-dir", str(out_dir), "--runs-dir", str(out_dir / "runs"),
-           "--set", f"data.cache_dir={CACHE_DIR}", *SMALL, *extra]
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1800)
-    return proc, time.perf_counter() - t0
-
-
-@pytest.mark.slow
-def test_quick_reproduce_writes_tables_and_resumes(cifar_zip: Path, tmp_path: Path) -> None:
-    out = tmp_path / "results"
-    first, first_seconds = _reproduce(out)
-    assert first.returncode == 0, first.stderr[-3000:]
-    stdout_table = json.loads(first.stdout.strip().splitlines()[-1])
-
-    table_file = out / "reproduce_quick_convnet4.json"
-    md_file = out / "reproduce_quick_convnet4.md"
-    runs_file = out / "reproduce_quick_convnet4.runs.jsonl"
-    table = json.loads(table_file.read_text())
-    assert table == stdout_table
-    assert [row["method"] for row in table] == METHODS
-    runs = [json.loads(line) for line in runs_file.read_text().splitlines() if line.strip()]
-    by_method = {r["method"]: r for r in runs}
-    for row in table:  # each row is its runs' record: the accuracy and wall time they wrote down
-        run = by_method[row["method"]]
-        assert row["accuracies"] == [run["test_accuracy"]] == [row["mean"]] and row["std"] == 0.0
-        assert row["seconds"] == run["seconds"] and 0 < run["seconds"] < first_seconds
-    rows = {row["method"]: row for row in table}
-    assert rows["stl"]["relative_time"] == pytest.approx(1.0)
-    assert rows["maxl"]["settings"]["entropy_weight"] == 0.2
-    assert rows["maxl"]["settings"]["focal_gamma"] == 2.0
-    assert rows["maxl"]["settings"]["hypergrad.method"] == "unroll"
-
-    md = md_file.read_text()
-    for paper in ("STL 50.8 ± 0.8", "MAXL 58.2 ± 0.3", "MAXL-F 56.1 ± 0.1", "AuxiLearn 60.7 ± 1.3"):
-        assert paper in md
-    assert "| stl (STL) | 50.8 ± 0.8 |" in md and "| maxl (MAXL) | 58.2 ± 0.3 |" in md
-    assert "| auxilearn_combine | – |" in md
-    assert "python jobs/reproduce.py --quick" in md
-    assert "torch" in md and "convnet4" in md and "test 1,000 images" in md
-
-    assert sorted(r["method"] for r in runs) == sorted(METHODS)
-    assert {"method", "seed", "test_accuracy", "seconds", "best_val_accuracy", "epochs"} <= set(runs[0])
-
-    # Running it again reuses every finished run: nothing trains, same numbers, faster.
-    second, second_seconds = _reproduce(out)
-    assert second.returncode == 0, second.stderr[-3000:]
-    assert second.stderr.count("(skipped)") == len(METHODS), second.stderr
-    assert "grid sweep" not in second.stderr
-    again = json.loads(table_file.read_text())
-    for a, b in zip(table, again):
-        assert a["method"] == b["method"] and a["accuracies"] == b["accuracies"] and a["seconds"] == b["seconds"]
-    assert len(runs_file.read_text().splitlines()) == len(METHODS)
-    assert second_seconds < first_seconds
-
-
-@pytest.mark.slow
-def test_parallel_jobs_record_every_run(cifar_zip: Path, tmp_path: Path) -> None:
-    """--jobs 2 trains two runs at a time in their own processes; every run lands in the progress file once."""
-    out = tmp_path / "results"
-    cmd = [sys.executable, "jobs/reproduce.py", "--quick", "--methods", "stl,gcs", "--seeds", "0,1", "--jobs", "2",
-           "--out-dir", str(out), "--runs-dir", str(out / "runs"), "--set", f"data.cache_dir={CACHE_DIR}", *SMALL]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1800)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    runs = [json.loads(line) for line in (out / "reproduce_quick_convnet4.runs.jsonl").read_text().splitlines()]
-    assert sorted((r["method"], r["seed"]) for r in runs) == [("gcs", 0), ("gcs", 1), ("stl", 0), ("stl", 1)]
-    assert all(r["jobs"] == 2 and r["threads"] >= 1 for r in runs)
-    table = json.loads((out / "reproduce_quick_convnet4.json").read_text())
-    assert [(row["method"], row["seeds"]) for row in table] == [("stl", [0, 1]), ("gcs", [0, 1])]
-    md = (out / "reproduce_quick_convnet4.md").read_text()
-    assert "--jobs 2" in md and "2 at a time" in md
 
 
 def test_bad_jobs_is_one_line(tmp_path: Path) -> None:
@@ -115,11 +40,13 @@ def test_bad_jobs_is_one_line(tmp_path: Path) -> None:
 
 
 def test_table_statistics_and_torn_record_file(tmp_path: Path) -> None:
-    """Fast: mean/std (ddof=0) over seeds, time relative to STL, and a torn last line of a run record ignored."""
+    """Fast: mean/std (ddof=0) over seeds of the best-on-validation and the last epoch's test accuracies, time
+    relative to STL, and a torn last line of a run record ignored."""
     runs_file = tmp_path / "r.runs.jsonl"
-    rows = {(m, s, "fp"): {"method": m, "seed": s, "test_accuracy": acc, "seconds": sec, "finished_at": str(s),
-                           "fingerprint": "fp"}
-            for m, s, acc, sec in [("stl", 0, 0.5, 10.0), ("stl", 1, 0.6, 12.0), ("maxl", 0, 0.55, 33.0)]}
+    rows = {(m, s, "fp"): {"method": m, "seed": s, "test_accuracy": acc, "final_test_accuracy": final,
+                           "seconds": sec, "finished_at": str(s), "fingerprint": "fp"}
+            for m, s, acc, final, sec in [("stl", 0, 0.5, 0.7, 10.0), ("stl", 1, 0.6, 0.6, 12.0),
+                                          ("maxl", 0, 0.55, 0.4, 33.0)]}
     write_runs_file(runs_file, rows)
     with open(runs_file, "a") as f:
         f.write('{"method": "maxl", "seed": 1, "test_acc')  # a hand-edited or copied file cut short
@@ -129,6 +56,8 @@ def test_table_statistics_and_torn_record_file(tmp_path: Path) -> None:
     assert [r["method"] for r in table] == ["stl", "maxl"]
     stl, maxl = table
     assert stl["mean"] == pytest.approx(0.55) and stl["std"] == pytest.approx(0.05) and stl["std_ddof"] == 0
+    assert stl["final_mean"] == pytest.approx(0.65) and stl["final_std"] == pytest.approx(0.05)
+    assert stl["final_accuracies"] == [0.7, 0.6] and maxl["final_mean"] == 0.4 and maxl["final_std"] == 0.0
     assert stl["relative_time"] == pytest.approx(1.0) and maxl["relative_time"] == pytest.approx(3.0)
     assert maxl["std"] == 0.0 and maxl["paper"] == {"mean": pytest.approx(0.582), "std": pytest.approx(0.003)}
 
@@ -218,7 +147,9 @@ def _trained_again(runs_root: Path, trials: set[str]) -> list[str]:
 @pytest.mark.timeout(1800)
 def test_interrupted_table_resumes_and_later_seeds_extend_it(cifar_zip: Path, tmp_path: Path) -> None:
     """Kill the driver once a trial finished: the same command resumes that experiment without training the
-    finished trial again; then --seeds 0,1 trains only seed 1; then --epochs 2 (a changed setting) trains again."""
+    finished trial again and writes the table (JSON, runs file, Markdown beside the paper's numbers); then
+    --seeds 0,1 --jobs 2 trains only seed 1, two at a time; the same command again trains nothing; then --epochs 2
+    (a changed setting) trains again."""
     out = tmp_path / "results"
     base = [sys.executable, "jobs/reproduce.py", "--quick", "--methods", "stl,gcs,maxl", "--out-dir", str(out),
             "--runs-dir", str(out / "runs"), "--set", f"data.cache_dir={CACHE_DIR}", *SMALL]
@@ -246,18 +177,48 @@ def test_interrupted_table_resumes_and_later_seeds_extend_it(cifar_zip: Path, tm
     assert "resuming the interrupted experiment" in resumed.stderr
     assert sorted(p.name for p in (out / "runs").glob("*.table.json")) == experiments  # no new experiment
     assert not _trained_again(out / "runs", finished)
-    table = json.loads((out / "reproduce_quick_convnet4.json").read_text())
+    table_file, runs_file = out / "reproduce_quick_convnet4.json", out / "reproduce_quick_convnet4.runs.jsonl"
+    table = json.loads(table_file.read_text())
+    assert table == json.loads(resumed.stdout.strip().splitlines()[-1])
     assert [(row["method"], row["seeds"]) for row in table] == [("stl", [0]), ("gcs", [0]), ("maxl", [0])]
+    by_method = {r["method"]: r for r in map(json.loads, runs_file.read_text().splitlines())}
+    for row in table:  # each row is its runs' record: the accuracy and wall time they wrote down
+        run = by_method[row["method"]]
+        assert row["accuracies"] == [run["test_accuracy"]] == [row["mean"]] and row["std"] == 0.0
+        assert row["seconds"] == run["seconds"] > 0
+        assert {"seed", "best_val_accuracy", "epochs"} <= set(run)
+    rows = {row["method"]: row for row in table}
+    assert rows["stl"]["relative_time"] == pytest.approx(1.0)
+    assert (rows["maxl"]["settings"]["entropy_weight"], rows["maxl"]["settings"]["focal_gamma"]) == (0.2, 2.0)
+    assert rows["maxl"]["settings"]["hypergrad.method"] == "unroll"
+    md = (out / "reproduce_quick_convnet4.md").read_text()
+    for paper in ("STL 50.8 ± 0.8", "MAXL 58.2 ± 0.3", "MAXL-F 56.1 ± 0.1", "AuxiLearn 60.7 ± 1.3"):
+        assert paper in md
+    assert "| stl (STL) | 50.8 ± 0.8 |" in md and "| maxl (MAXL) | 58.2 ± 0.3 |" in md and "| gcs | – |" in md
+    assert "python jobs/reproduce.py --quick" in md
+    assert "torch" in md and "convnet4" in md and "test 1,000 images" in md
 
-    extended = subprocess.run([*base, "--seeds", "0,1"], cwd=REPO, capture_output=True, text=True, timeout=900)
+    # More seeds, two trials at a time (each its own process): only the new seed's runs train.
+    extend = [*base, "--seeds", "0,1", "--jobs", "2"]
+    extended = subprocess.run(extend, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert extended.returncode == 0, extended.stderr[-3000:]
     assert extended.stderr.count("(skipped)") == 3 and "3 runs as the grid sweep" in extended.stderr
+    assert "2 at once" in extended.stderr
     trials = {str(p.parent) for p in (out / "runs").glob(f"*/trials/*/{RECORD_FILE}")}
     assert len(trials) == 6 and not _trained_again(out / "runs", trials)
-    table = json.loads((out / "reproduce_quick_convnet4.json").read_text())
+    table = json.loads(table_file.read_text())
     assert [(row["method"], row["seeds"]) for row in table] == [("stl", [0, 1]), ("gcs", [0, 1]), ("maxl", [0, 1])]
-    runs = [json.loads(line) for line in (out / "reproduce_quick_convnet4.runs.jsonl").read_text().splitlines()]
+    runs = [json.loads(line) for line in runs_file.read_text().splitlines()]
     assert len(runs) == 6
+    assert all(r["jobs"] == 2 and r["threads"] >= 1 for r in runs if r["seed"] == 1)
+    md = (out / "reproduce_quick_convnet4.md").read_text()
+    assert "--jobs 2" in md and "2 at a time" in md
+
+    # The same command again finds every run finished: no sweep starts, the table stays as it was.
+    again = subprocess.run(extend, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stderr.count("(skipped)") == 6 and "grid sweep" not in again.stderr, again.stderr
+    assert json.loads(table_file.read_text()) == table and len(runs_file.read_text().splitlines()) == 6
 
     changed = subprocess.run([*base, "--methods", "stl", "--epochs", "2"], cwd=REPO, capture_output=True,
                              text=True, timeout=900)

@@ -142,13 +142,23 @@ def render_reproduce(data: list[dict[str, Any]]) -> str:
             _pct(r["paper"]["mean"], r["paper"]["std"]) if r.get("paper") else "–",
             _pct(r["mean"], r["std"]),
             _per_seed(r["accuracies"]),
+            _pct(r["final_mean"], r["final_std"]),
             r["seconds"],
             r.get("relative_time"),
         ]
         for r in data
     ]
     return _table(
-        ["method", "paper %", "auxray test accuracy % (mean ± std)", "per seed", "seconds per run", "time × STL"], rows
+        [
+            "method",
+            "paper %",
+            "auxray test accuracy % (mean ± std)",
+            "per seed",
+            "last epoch %",
+            "seconds per run",
+            "time × STL",
+        ],
+        rows,
     )
 
 
@@ -160,13 +170,22 @@ def render_semisup(data: list[dict[str, Any]]) -> str:
             r.get("aux_set", "–"),
             _pct(r["mean"], r["std"]),
             _per_seed(r["accuracies"]),
+            _pct(r["final_mean"], r["final_std"]),
             r["seconds"],
             r.get("relative_time"),
         ]
         for r in data
     ]
     return _table(
-        ["method", "auxiliary tasks", "test accuracy % (mean ± std)", "per seed", "seconds per run", "time × STL"],
+        [
+            "method",
+            "auxiliary tasks",
+            "test accuracy % (mean ± std)",
+            "per seed",
+            "last epoch %",
+            "seconds per run",
+            "time × STL",
+        ],
         rows,
     )
 

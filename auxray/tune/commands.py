@@ -7,7 +7,6 @@ from typing import Any
 
 from auxray.jsonout import print_json
 from auxray.tune.config import load_sweep
-from auxray.tune.sweep import run_sweep
 
 
 def format_summary(result: dict[str, Any]) -> str:
@@ -34,6 +33,8 @@ def format_summary(result: dict[str, Any]) -> str:
 def sweep_command(config: str, *, resume: bool, tracking_uri: str | None, as_json: bool, progress: bool) -> int:
     """`auxray sweep CONFIG`: validate, check the tracking store, run or resume the sweep, print the result."""
     sweep = load_sweep(config)
+    from auxray.tune.sweep import run_sweep  # Ray and torch: after the config checked out (a typo fails fast)
+
     result = run_sweep(sweep, resume=resume, tracking_uri=tracking_uri, progress=progress)
     if as_json:
         print_json(result)

@@ -8,11 +8,11 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from auxray.train.loop import BilevelTrainer
-from auxray.train.run_diagnostics import run_diagnostics
-from auxray.train.session import RunView, Summary
+if TYPE_CHECKING:  # the record's readers (the bench's table builders, the CLI's parsers) import no torch
+    from auxray.train.loop import BilevelTrainer
+    from auxray.train.session import RunView, Summary
 
 RECORD_FILE = "record.json"
 
@@ -30,6 +30,8 @@ class TrialRecord:
     def epoch(self, view: RunView, metrics: dict[str, Any], summary: Summary | None) -> None:
         if summary is None:
             return
+        from auxray.train.run_diagnostics import run_diagnostics  # torch: only in a trial, not in the readers
+
         record = {
             "params": self.params,
             "summary": {**summary, "seconds": summary["seconds"] + self.earlier_seconds},
