@@ -68,6 +68,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--out", default=None, help="also write the JSON to this file")
     d.set_defaults(func=cmd_bench_distributed)
     _add_bench_sweep(bsub)
+    _add_bench_trial_cost(bsub)
     _add_bench_reproduce(bsub)
     _add_bench_overhead(bsub)
 
@@ -106,6 +107,19 @@ def _add_bench_sweep(bsub: argparse._SubParsersAction) -> None:
     s.add_argument("--seed", type=int, default=None)
     s.add_argument("--out", default=None, help="also write the JSON to this file")
     s.set_defaults(func=cmd_bench_sweep)
+
+
+def _add_bench_trial_cost(bsub: argparse._SubParsersAction) -> None:
+    t = bsub.add_parser("trial-cost", help="a sweep trial's fixed cost (start-up, tracking, set-up) against training")
+    t.add_argument("--config", default="configs/demo.yaml", help="run config each trial trains (default: the demo)")
+    t.add_argument("--trials", type=int, default=4, help="trials per epoch budget (one per seed)")
+    t.add_argument("--epochs", default="1,5", help="comma-separated epoch budgets, one grid sweep each")
+    t.add_argument("--concurrency", type=int, default=1)
+    t.add_argument("--storage", default="runs/bench-trial-cost", help="Tune experiments and MLflow store")
+    t.add_argument("--tracking-uri", default=None, help="MLflow store (default: SQLite in the storage folder)")
+    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    t.add_argument("--out", default=None, help="also write the JSON to this file")
+    t.set_defaults(func=cmd_bench_trial_cost)
 
 
 def _add_sweep(sub: argparse._SubParsersAction) -> None:
@@ -264,6 +278,31 @@ def cmd_bench_sweep(args: argparse.Namespace) -> int:
         seed=args.seed,
         out=args.out,
     )
+
+
+def cmd_bench_trial_cost(args: argparse.Namespace) -> int:
+    """`auxray bench trial-cost`: see auxray.bench.trial_cost; the JSON on stdout and in --out."""
+    from auxray.bench.trial_cost import run_trial_cost_bench
+    from auxray.config import parse_value
+
+    try:
+        epochs = tuple(int(e) for e in args.epochs.split(",") if e.strip())
+    except ValueError:
+        raise UserError(f"--epochs takes comma-separated integers, got {args.epochs!r}") from None
+    if any("=" not in item for item in args.overrides):
+        raise UserError(f"--set expects key=value, got {args.overrides}")
+    flat = {k.strip(): parse_value(v) for k, v in (item.split("=", 1) for item in args.overrides)}
+    result = run_trial_cost_bench(
+        args.config,
+        trials=args.trials,
+        epochs=epochs,
+        concurrency=args.concurrency,
+        storage=args.storage,
+        tracking_uri=args.tracking_uri,
+        overrides=flat,
+    )
+    print_json(result, args.out)
+    return 0
 
 
 def run(argv: Sequence[str] | None, parser_factory: Callable[[], argparse.ArgumentParser] = build_parser) -> int:

@@ -113,6 +113,16 @@ def test_grid_sweep_runs_each_combination_once_and_resumes(tmp_path: Path, cifar
     kids = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == result["parent_run_id"]]
     assert len(kids) == 4 and all(k.info.status == "FINISHED" for k in kids)
 
+    # Every trial timed its phases; Tune ran later trials in the processes earlier ones started (reuse_actors).
+    from auxray.bench.trial_cost import trial_phases
+
+    pids: set[int] = set()
+    phases = [trial_phases(sweep.trial_files_dir(r["trial_id"]), pids, 0.0) for r in result["per_trial"]]
+    assert all(p[k] >= 0 for p in phases for k in ("startup", "tracking", "setup", "train", "loop")), phases
+    assert all(p["train"] > 0 and p["epochs"] == 1 for p in phases), phases
+    assert sum(not p["reused_process"] for p in phases) == len(pids) < 4, phases
+    assert all(p["startup"] > 0 for p in phases if not p["reused_process"]), phases
+
     again = run_sweep(load_sweep(tmp_path / "grid.yaml"), resume=True, tracking_uri=uri, progress=False)
     assert again["resumed"] and again["completed"] == 4
     assert {r["trial_id"] for r in again["per_trial"]} == {r["trial_id"] for r in result["per_trial"]}
@@ -140,3 +150,34 @@ def test_a_recorded_trial_reports_its_record_instead_of_training(tmp_path: Path)
     }
     assert recorded_result(tmp_path, {**params, "seed": 2}) is None
     assert recorded_result(tmp_path / "none", params) is None
+
+
+def test_trial_phases_split_a_trial_and_count_a_reused_process_once(tmp_path: Path) -> None:
+    """Fast, from files: a trial's phases come from its timing line and its epoch times; a process an earlier trial
+    started (or one started before the sweep) has no start-up; the summary takes medians and counts processes."""
+    from auxray.bench.trial_cost import summarise_trials, trial_phases
+    from auxray.tune.trial_clock import TIMING_FILE
+
+    def trial(name: str, pid: int, process_start: float, entered: float, epoch_seconds: list[float]) -> Path:
+        folder = tmp_path / name
+        folder.mkdir()
+        line = {"pid": pid, "process_start": process_start, "entered": entered, "child_run": entered + 0.5,
+                "trainer": entered + 2.5, "trained": entered + 2.5 + sum(epoch_seconds) + 1.0, "start_epoch": 0}
+        (folder / TIMING_FILE).write_text(json.dumps(line) + "\n")
+        (folder / "metrics.jsonl").write_text("".join(json.dumps({"epoch_seconds": s}) + "\n" for s in epoch_seconds))
+        return folder
+
+    pids: set[int] = set()
+    first = trial_phases(trial("a", 7, 100.0, 104.0, [3.0, 3.0]), pids, since=99.0)
+    assert first == {"startup": 4.0, "tracking": 0.5, "setup": 2.0, "train": 6.0, "loop": 1.0, "total": 13.5,
+                     "fixed": 7.5, "fixed_share": round(7.5 / 13.5, 4), "reused_process": False, "epochs": 2, "pid": 7}
+    again = trial_phases(trial("b", 7, 100.0, 120.0, [3.0]), pids, since=99.0)
+    assert again["reused_process"] and again["startup"] == 0.0 and again["fixed"] == 3.5
+    old = trial_phases(trial("c", 8, 50.0, 130.0, [2.0]), pids, since=99.0)  # a process from before the sweep
+    assert old["reused_process"] and old["startup"] == 0.0
+    summary = summarise_trials([first, again, old], wall=40.0, concurrency=1)
+    assert summary["median"]["fixed"] == 3.5 and summary["processes"] == 2
+    assert summary["trials_in_a_reused_process"] == 2 and summary["first_trial_startup"] == 4.0
+    assert summary["trial_seconds_over_concurrency"] == round(13.5 + 6.5 + 5.5, 1)
+    with pytest.raises(ValueError, match="no timing line"):
+        trial_phases(tmp_path, pids, since=0.0)

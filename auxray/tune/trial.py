@@ -32,10 +32,11 @@ from auxray.train.checkpoint import LATEST, load_checkpoint, save_checkpoint
 from auxray.train.launch import train
 from auxray.train.run_dir import RunDir
 from auxray.train.run_plan import RunPlan, plan_run
-from auxray.train.session import RunView, Summary, build_trainer, run_session
+from auxray.train.session import RunView, Sink, Summary, build_trainer, run_session
 from auxray.tune.config import SweepConfig
 from auxray.tune.record import TrialRecord, recorded_result
 from auxray.tune.runs import STOPPED_TAG, open_child
+from auxray.tune.trial_clock import TrialClock
 
 ATTEMPTS_FILE = "attempts.jsonl"
 
@@ -108,6 +109,7 @@ def run_trial(ctx: TrialContext, params: dict[str, Any]) -> None:
     trial_id = tune.get_context().get_trial_id()
     trial_dir = ctx.sweep.trial_files_dir(trial_id)
     trial_dir.mkdir(parents=True, exist_ok=True)
+    clock = TrialClock(trial_dir)
     cfg = ctx.sweep.trial_config(params)
     tracker = open_child(
         ctx.uri,
@@ -117,6 +119,7 @@ def run_trial(ctx: TrialContext, params: dict[str, Any]) -> None:
         trial_id=trial_id,
         spool_dir=ctx.spool_dir,
     )
+    clock.mark("child_run")
     recorded = recorded_result(trial_dir, params)
     if recorded is not None:  # finished before the driver died, after Tune last saved its state
         _log_attempt(trial_dir, int(recorded["epoch"]))
@@ -127,11 +130,16 @@ def run_trial(ctx: TrialContext, params: dict[str, Any]) -> None:
     if cfg.scaling.workers > 1:
         _run_distributed_trial(ctx, cfg, tracker, trial_id)
         return
-    _run_local_trial(ctx, cfg, tracker, trial_dir, params)
+    _run_local_trial(ctx, cfg, tracker, trial_dir, params, clock)
 
 
 def _run_local_trial(
-    ctx: TrialContext, cfg: RunConfig, tracker: RunTracker, trial_dir: Path, params: dict[str, Any]
+    ctx: TrialContext,
+    cfg: RunConfig,
+    tracker: RunTracker,
+    trial_dir: Path,
+    params: dict[str, Any],
+    clock: TrialClock,
 ) -> None:
     cfg.trainer.threads = cfg.trainer.threads or max(1, int(ctx.sweep.cpus_per_trial))
     plan = RunPlan(cfg, trial_dir.name, trial_dir.parent, trial_dir.name)  # Tune's checkpoint is what resumes it
@@ -146,12 +154,12 @@ def _run_local_trial(
         if checkpoint is None:
             tracker.log_config(cfg)
             tracker.log_params({"trial": params})
+        clock.mark("trainer")
         _log_attempt(trial_dir, trainer.epoch)
-        run_session(
-            trainer,
-            [RunDir(plan.run_dir, cfg), TrialRecord(trainer, trial_dir, params), ChildRun(tracker), TuneReport()],
-            run_dir=plan.run_dir,
-        )
+        clock.start_epoch = trainer.epoch
+        # The clock before the final Tune report, after which Tune may end this process.
+        sinks: list[Sink] = [RunDir(plan.run_dir, cfg), TrialRecord(trainer, trial_dir, params), ChildRun(tracker)]
+        run_session(trainer, [*sinks, clock, TuneReport()], run_dir=plan.run_dir)
     except SystemExit:
         stopped = True
         raise
