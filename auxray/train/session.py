@@ -128,7 +128,9 @@ def summarise(trainer: BilevelTrainer, seconds: float, run_dir: str | Path | Non
     the best validation score and epoch, counters, the epochs it was restored at, time and where its files are."""
     result: Summary = {"method": trainer.cfg.method.name, "epochs": trainer.epoch, "steps": trainer.step}
     if trainer.epoch >= trainer.cfg.trainer.epochs:
-        best, final = trainer.test(best=True), trainer.test(best=False)
+        best = trainer.test(best=True)
+        # The last epoch's weights are the best ones when the best epoch is the last: one test pass, not two.
+        final = best if trainer.best["epoch"] == trainer.epoch else trainer.test(best=False)
         if "accuracy" in best:
             result.update(test_accuracy=best["accuracy"], final_test_accuracy=final["accuracy"])
         else:
