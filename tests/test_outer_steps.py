@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from auxray.auxnets import LinearCombiner, TaskDataScheduler
-from auxray.config import MethodConfig, config_from_dict
+from auxray.config import config_from_dict
+from auxray.method_settings import OuterOptimizer
 from auxray.data import build_data
 from auxray.errors import UserError
 from auxray.train.coordinator import Coordinator
@@ -108,9 +109,9 @@ def test_a_run_budget_moves_a_short_and_a_4x_longer_run_about_as_far_and_within_
 class _CoordinatorUpdater:
     """A PhiUpdater that steps phi through the Ray coordinator's class (in this process): the data-parallel path."""
 
-    def __init__(self, auxnet: nn.Module, method: MethodConfig) -> None:
+    def __init__(self, auxnet: nn.Module, outer: OuterOptimizer) -> None:
         self.params = list(auxnet.parameters())
-        self.coordinator = Coordinator(method.model_dump())
+        self.coordinator = Coordinator(outer.model_dump(include=set(OuterOptimizer.model_fields)))
         self.coordinator.initialise([p.detach() for p in self.params])
         self.bytes_sent = 0
 
@@ -181,9 +182,9 @@ BAD = [
     ({"hypergrad": {"accumulate": 0}}, r"hypergrad\.accumulate: Input should be greater than or equal to 1"),
     ({"method": {**NORMALISED, "combiner": "nonlinear"}}, r"normalises the linear combiner's weights only"),
     ({"method": {**NORMALISED, "monotone": False}}, r"keeps every weight positive; drop monotone"),
-    ({"method": {"init_weight": 0.5}}, r"method\.init_weight does nothing for method 'auxilearn_combine'"),
-    ({"method": {"name": "equal", **NORMALISED}}, r"method\.weight_norm does nothing for method 'equal'"),
-    ({"method": {"name": "arml", "aux_lr_per": "run"}}, r"method\.aux_lr_per does nothing for method 'arml'"),
+    ({"method": {"init_weight": 0.5}}, r"^invalid config <dict>: method\.init_weight: not a setting of method 'auxilearn_combine'$"),
+    ({"method": {"name": "equal", **NORMALISED}}, r"^invalid config <dict>: method\.weight_norm: not a setting of method 'equal'$"),
+    ({"method": {"name": "arml", "aux_lr_per": "run"}}, r"^invalid config <dict>: method\.aux_lr_per: not a setting of method 'arml'$"),
     ({"method": {"name": "gcs"}, "hypergrad": {"accumulate": 2}}, r"hypergrad\.accumulate groups outer steps"),
     ({"method": {"name": "jtds", **NORMALISED, "init_weight": 0.5}}, r"starts every weight at 1; drop init_weight"),
 ]

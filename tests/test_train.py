@@ -14,6 +14,7 @@ from auxray.data import build_data
 from auxray.data.transforms import CIFAR_MEAN, CIFAR_STD, normalize
 from auxray.errors import UserError
 from auxray.hypergrad import batch_stats_only
+from auxray.method_specs import SPECS
 from auxray.train import loop
 from auxray.train.checkpoint import BEST, LATEST, load_checkpoint, save_checkpoint
 from auxray.train.hyperstep import compute_hypergrad
@@ -43,6 +44,9 @@ def synthetic_raw(**over: object) -> dict:
         "hypergrad": {"method": "neumann", "steps": 5, "alpha": 0.01, "every": 2},
         "tracking": {"enabled": False},
     }
+    # Another method keeps those of the base method's knobs it has (the combiner's are the base method's own).
+    name = over.get("method", {}).get("name", raw["method"]["name"])  # type: ignore[attr-defined,index]
+    raw["method"] = {k: v for k, v in raw["method"].items() if k in SPECS[name].settings.model_fields}  # type: ignore[union-attr]
     for section, values in over.items():
         raw[section].update(values)  # type: ignore[union-attr]
     return raw
@@ -268,10 +272,10 @@ def test_label_entropy_term_prevents_collapse(cifar_zip, tmp_path):
 def test_coordinator_ignores_a_replayed_outer_step():
     """The coordinator applies each outer-step id once: a replayed call (a retried RPC, a restarted worker sending
     the same step again) leaves phi, its optimizer and its version as they were."""
-    from auxray.config import MethodConfig
+    from auxray.method_settings import OuterOptimizer
     from auxray.train.coordinator import Coordinator
 
-    coordinator = Coordinator(MethodConfig(name="auxilearn_combine", aux_lr=0.1).model_dump())
+    coordinator = Coordinator(OuterOptimizer(aux_lr=0.1).model_dump())
     coordinator.initialise([torch.ones(3)])
     grad = [torch.tensor([1.0, -1.0, 0.5])]
     version, after_first = coordinator.apply(grad, step=5)

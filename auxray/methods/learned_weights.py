@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from auxray.auxnets import LinearCombiner, RuleWeights
 from auxray.hypergrad.weighting import gram, matching_gradient, project_scaled_simplex
+from auxray.method_settings import GradientMatchingSettings, InitWeight
 from auxray.method_specs import MethodSpec
 from auxray.methods.aux_tasks import AuxiliaryTask
 from auxray.methods.base import AuxFn, Batch, ForwardFn, InnerResult, main_mean
@@ -142,12 +143,12 @@ class AutoLambdaObjective(LinearWeightsObjective):
 
 def arml(method: MethodSpec, i: ObjectiveInputs) -> ArmlObjective:
     """ARML's gradient-matching weights (equal weights while hypergrad.enabled is false: its fixed twin)."""
-    task = i.given_task()
+    task, m = i.given_task(), i.settings(GradientMatchingSettings)
     rule = GradientMatchingRule(
         RuleWeights(len(task.names)),
-        lr=i.cfg.method.aux_lr,
+        lr=m.aux_lr,
         every=i.cfg.hypergrad.every,
-        noise=i.cfg.method.weight_noise,
+        noise=m.weight_noise,
         seed=i.cfg.trainer.seed,
         learns=i.cfg.hypergrad.enabled,
     )
@@ -156,5 +157,5 @@ def arml(method: MethodSpec, i: ObjectiveInputs) -> ArmlObjective:
 
 def autolambda(method: MethodSpec, i: ObjectiveInputs) -> AutoLambdaObjective:
     """Auto-lambda's look-ahead weights (fixed at method.init_weight while hypergrad.enabled is false)."""
-    start = i.cfg.method.init_weight
+    start = i.settings(InitWeight).init_weight
     return AutoLambdaObjective(method, i.given_task(), i.outputs, AUTOLAMBDA_START if start is None else start)

@@ -16,6 +16,7 @@ from torch import Tensor
 
 from auxray.config import RunConfig
 from auxray.errors import UserError
+from auxray.method_settings import OuterOptimizer, settings_as
 from auxray.train.collective import PhiUpdater
 
 
@@ -36,15 +37,16 @@ class OuterSteps:
 
     def __init__(self, cfg: RunConfig, phi: PhiUpdater, outer_batches: int) -> None:
         self.phi, self.accumulate = phi, cfg.hypergrad.accumulate
+        outer = settings_as(cfg.method, OuterOptimizer)
         steps = phi_steps(outer_batches, self.accumulate)
         # A run shorter than hypergrad.every takes no outer step, as it always has; asking it to accumulate or to
         # share a budget over its phi steps is a mistake.
-        if steps == 0 and (self.accumulate > 1 or cfg.method.aux_lr_per == "run"):
+        if steps == 0 and (self.accumulate > 1 or outer.aux_lr_per == "run"):
             raise UserError(
                 f"hypergrad.accumulate: {self.accumulate} exceeds the run's {outer_batches} outer batches "
                 "(epochs x steps per epoch / hypergrad.every), so phi would never move; lower it"
             )
-        self.lr = step_lr(cfg.method.aux_lr, cfg.method.aux_lr_per, max(steps, 1))
+        self.lr = step_lr(outer.aux_lr, outer.aux_lr_per, max(steps, 1))
         self.total: list[Tensor] | None = None
         self.count = 0
         self.previous: Tensor | None = None

@@ -9,10 +9,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from auxray.config import MethodConfig
+from auxray.method_settings import OuterOptimizer
 
 
-def make_phi_optimizer(params: Sequence[Tensor], cfg: MethodConfig) -> torch.optim.Optimizer:
+def make_phi_optimizer(params: Sequence[Tensor], cfg: OuterOptimizer) -> torch.optim.Optimizer:
     """Adam (default, insensitive to the hypergradient's scale) or SGD over phi."""
     if cfg.aux_optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.aux_lr, momentum=0.9, weight_decay=cfg.aux_weight_decay)
@@ -24,7 +24,7 @@ class PhiOptimizer:
 
     bytes_sent = 0  # phi lives in this process: nothing is sent
 
-    def __init__(self, auxnet: nn.Module, cfg: MethodConfig) -> None:
+    def __init__(self, auxnet: nn.Module, cfg: OuterOptimizer) -> None:
         self.params = [p for p in auxnet.parameters() if p.requires_grad]
         self.optimizer = make_phi_optimizer(self.params, cfg)
         self.lr, self.weight_decay = cfg.aux_lr, cfg.aux_weight_decay

@@ -8,6 +8,7 @@ import copy
 import itertools
 import math
 import os
+import types
 import typing
 from pathlib import Path
 from typing import Any, Literal
@@ -248,18 +249,29 @@ def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
     set_config_key(raw, key, copy.deepcopy(value), source="sweep key")
 
 
+def _fields(annotation: Any) -> dict[str, Any]:
+    """The fields of a section's type: a model's own, or any member's of a tagged union of models (the method:
+    section, whose trials are validated against their own method's)."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _fields(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        return {k: v for member in typing.get_args(annotation) for k, v in _fields(member).items()}
+    return getattr(annotation, "model_fields", None) or {}
+
+
 def _known_key(key: str) -> bool:
     """Whether a dotted key names a field of RunConfig, or one entry of a mapping field (method.task_weights.X)."""
     model: Any = RunConfig
     parts = key.split(".")
     for i, part in enumerate(parts):
-        fields = getattr(model, "model_fields", None)
-        if not fields or part not in fields:
+        fields = _fields(model)
+        if part not in fields:
             return False
         model = fields[part].annotation
         if typing.get_origin(model) is dict:
             return i == len(parts) - 2  # the mapping's own entry: its values are validated with the config
-    return not hasattr(model, "model_fields")
+    return not _fields(model)
 
 
 def validate_grid(sweep: SweepConfig) -> None:
