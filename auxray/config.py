@@ -21,7 +21,7 @@ from pydantic import (
 
 from auxray.errors import UserError
 from auxray.importpath import check_import_path
-from auxray.method_settings import AUX_TASKS, MethodSettings
+from auxray.method_settings import AUX_TASKS, MethodSettings, OuterOptimizer
 from auxray.method_specs import DEFAULT_METHOD, SPECS, HypergradMethod, defining_method
 
 BACKBONES = ("convnet4", "vgg16", "resnet18", "mlp")
@@ -174,6 +174,21 @@ def default_method() -> MethodSettings:
     return SPECS[DEFAULT_METHOD].settings(name=DEFAULT_METHOD)
 
 
+# Keys that moved, by their new place: a config naming an old one is one line saying where it went.
+MOVED_KEYS = {
+    "method.aux_lr": "outer.lr",
+    "method.aux_lr_per": "outer.lr_per",
+    "method.aux_weight_decay": "outer.weight_decay",
+    "method.aux_optimizer": "outer.optimizer",
+    "method.aux_grad_clip": "outer.grad_clip",
+}
+
+
+def moved(key: str) -> str | None:
+    """Where a moved dotted key lives now (None: it did not move)."""
+    return MOVED_KEYS.get(key)
+
+
 class TrainerConfig(_Section):
     """Inner (primary-network) optimisation, checkpoints and evaluation."""
 
@@ -256,6 +271,7 @@ class RunConfig(_Section):
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     method: MethodSection = Field(default_factory=default_method)
+    outer: OuterOptimizer = Field(default_factory=OuterOptimizer)
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
     hypergrad: HypergradConfig = Field(default_factory=HypergradConfig)
     scaling: ScalingConfig = Field(default_factory=ScalingConfig)
@@ -264,8 +280,14 @@ class RunConfig(_Section):
     @model_validator(mode="before")
     @classmethod
     def _default_method(cls, data: Any) -> Any:
-        """A method: section that names no method is the default method's."""
-        if isinstance(data, dict) and isinstance(data.get("method"), dict) and "name" not in data["method"]:
+        """A method: section that names no method is the default method's; a moved key is one line naming its new
+        place."""
+        if not isinstance(data, dict) or not isinstance(data.get("method"), dict):
+            return data
+        gone = [f"{old} moved to {new}" for old, new in MOVED_KEYS.items() if old.split(".")[1] in data["method"]]
+        if gone:
+            raise ValueError("; ".join(gone))
+        if "name" not in data["method"]:
             return {**data, "method": {"name": DEFAULT_METHOD, **data["method"]}}
         return data
 
@@ -297,6 +319,10 @@ class RunConfig(_Section):
                 f"the last block of {self.model.backbone!r} is unknown, so use hypergrad.params: all"
             )
         self._own_hypergradient()
+        # Set to other than its default (a dumped config names every key), for a method that does not read it.
+        unread = [k for k, v in self.outer.model_dump().items() if v != OuterOptimizer.model_fields[k].get_default()]
+        for key in (k for k in unread if k not in method.outer_keys):
+            raise ValueError(f"outer.{key} does nothing for method {m.name!r}; drop it")
         if self.hypergrad.accumulate != 1 and not (method.learns and method.hypergradient_steps):
             raise ValueError(f"hypergrad.accumulate groups outer steps; method {m.name!r} takes none, so drop it")
         if self.hypergrad.method == "unroll" and self.hypergrad.hvp == "fwdrev":

@@ -147,25 +147,20 @@ class LabelGenerator(_Part):
 
 
 class OuterOptimizer(_Part):
-    """The optimizer of phi's outer (hypergradient) steps.
+    """The outer: section, the optimizer of a learned method's outer steps on phi (its spec's outer_keys name the
+    keys it reads; the rest must keep their defaults).
 
-    aux_lr_per step: aux_lr is each phi step's (Adam's) learning rate, so a run with 10x the outer steps moves phi
-    up to 10x further. run: aux_lr is the run's movement budget, each phi step taking aux_lr / (the run's phi
-    steps: epochs x steps_per_epoch / hypergrad.every / hypergrad.accumulate); Adam moves a coordinate of phi by
-    about its learning rate at most per step, so about aux_lr at most over the run.
+    lr_per step: lr is each phi step's (Adam's) learning rate, so a run with 10x the outer steps moves phi up to
+    10x further. run: lr is the run's movement budget, each phi step taking lr / (the run's phi steps: epochs x
+    steps_per_epoch / hypergrad.every / hypergrad.accumulate); Adam moves a coordinate of phi by about its learning
+    rate at most per step, so about lr at most over the run.
     """
 
-    aux_lr: float = Field(1e-3, gt=0)
-    aux_lr_per: Literal["step", "run"] = "step"
-    aux_weight_decay: float = Field(1e-5, ge=0)
-    aux_optimizer: Literal["adam", "sgd"] = "adam"
-    aux_grad_clip: float | None = Field(None, gt=0)
-
-
-def outer_optimizer(settings: MethodSettings) -> OuterOptimizer:
-    """The outer optimizer's settings of a method, or the defaults for one that takes no outer steps (never
-    applied: only a run that learns phi by hypergradients steps it)."""
-    return settings if isinstance(settings, OuterOptimizer) else OuterOptimizer()
+    lr: float = Field(1e-3, gt=0)
+    lr_per: Literal["step", "run"] = "step"
+    weight_decay: float = Field(1e-5, ge=0)
+    optimizer: Literal["adam", "sgd"] = "adam"
+    grad_clip: float | None = Field(None, gt=0)
 
 
 class WeightNorm(_Part):
@@ -201,7 +196,7 @@ _DEEP_COMBINER = (
 )
 
 
-class CombinerSettings(GivenTasks, WeightNorm, OuterOptimizer, MethodSettings):
+class CombinerSettings(GivenTasks, WeightNorm, MethodSettings):
     """A learned loss combiner over the given tasks.
 
     monotone: the combiner's weights kept non-negative (non-decreasing in every auxiliary loss). Unset: true for
@@ -229,11 +224,11 @@ class CombinerSettings(GivenTasks, WeightNorm, OuterOptimizer, MethodSettings):
         return self
 
 
-class LabelSettings(LabelGenerator, OuterOptimizer, MethodSettings):
+class LabelSettings(LabelGenerator, MethodSettings):
     """A label generator trained by a hypergradient."""
 
 
-class TaskImportanceSettings(GivenTasks, WeightNorm, InitWeight, OuterOptimizer, MethodSettings):
+class TaskImportanceSettings(GivenTasks, WeightNorm, InitWeight, MethodSettings):
     """Learned per-sample, per-task weights (task importances times a confidence) over the given tasks."""
 
     @model_validator(mode="after")
@@ -243,14 +238,13 @@ class TaskImportanceSettings(GivenTasks, WeightNorm, InitWeight, OuterOptimizer,
         return self
 
 
-class LookAheadSettings(GivenTasks, InitWeight, OuterOptimizer, MethodSettings):
+class LookAheadSettings(GivenTasks, InitWeight, MethodSettings):
     """Task weights moved by a finite-difference look-ahead on training batches."""
 
 
 class GradientMatchingSettings(GivenTasks, MethodSettings):
-    """Task weights moved by a gradient-matching rule inside W's backward: aux_lr is its SGD step on the weights,
-    and weight_noise the Langevin noise's scale (0: plain projected SGD; each step adds
-    weight_noise * sqrt(2 * aux_lr) * N(0, 1) before the projection)."""
+    """Task weights moved by a gradient-matching rule inside W's backward, outer.lr its SGD step on the weights:
+    weight_noise is the Langevin noise's scale (0: plain projected SGD; each step adds
+    weight_noise * sqrt(2 * outer.lr) * N(0, 1) before the projection)."""
 
-    aux_lr: float = Field(1e-3, gt=0)
     weight_noise: float = Field(0.0, ge=0)

@@ -19,10 +19,12 @@ from auxray.method_settings import (
     LabelSettings,
     LookAheadSettings,
     MethodSettings,
+    OuterOptimizer,
     TaskImportanceSettings,
 )
 
 HypergradMethod = Literal["neumann", "cg", "exact", "unroll", "fd"]
+OUTER_KEYS = tuple(OuterOptimizer.model_fields)  # the outer: section's, the optimizer of phi's outer steps
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,7 @@ class MethodSpec:
     # A learned method's weights move by the loop's outer steps (hypergradients); False: its gradient rule moves them
     # inside W's backward (ARML), so it has no outer step to time or hypergradient to compare.
     hypergradient_steps: bool = True
+    outer_keys: tuple[str, ...] = ()  # the outer.* keys it reads (a learned method's; the rest must stay default)
 
     @property
     def default_hypergradient(self) -> HypergradMethod | None:
@@ -88,6 +91,7 @@ def _given(
         learns=learns,
         needs_aux_task=True,
         twin="equal" if learns else None,
+        outer_keys=OUTER_KEYS if learns else (),
         in_table=in_table,
     )
 
@@ -108,6 +112,7 @@ def _weighting(
         twin=twin,
         inner_sgd=bool(hypergradients),
         hypergradient_steps=bool(hypergradients),
+        outer_keys=OUTER_KEYS if hypergradients else ("lr",),  # a gradient rule's own step size on the weights
         in_table=False,
     )
 
@@ -126,6 +131,7 @@ def _labels(
         hypergradients=hypergradients,
         hypergradient_words=words,
         twin=twin,
+        outer_keys=OUTER_KEYS,
         paper=paper,
     )
 
@@ -160,7 +166,7 @@ SPECS: dict[str, MethodSpec] = {
             "maxl",
             Published("MAXL", 58.2, 0.3),
         ),
-        # maxl_fo.yaml differs from maxl.yaml only in hypergrad.method and method.aux_lr, neither of which does
+        # maxl_fo.yaml differs from maxl.yaml only in hypergrad.method and outer.lr, neither of which does
         # anything without outer steps: MAXL's frozen twin is MAXL-F's too (trained once, shared).
         _labels(
             "maxl_fo",

@@ -160,7 +160,7 @@ def test_custom_backbone_needs_all_params_and_label_methods_take_no_aux_task() -
         ({"name": "auxilearn_labels"}, "task_weights", {"rotation": 2.0}),
         ({"name": "equal", "aux_task": "rotation"}, "psi", 3),
         ({"name": "auxilearn_combine", "aux_task": "rotation"}, "merge_every", 10),
-        ({"name": "arml", "aux_task": "rotation"}, "aux_optimizer", "sgd"),
+        ({"name": "arml", "aux_task": "rotation"}, "init_weight", 0.5),
         ({}, "combiner", "linear"),  # no name: the default method's settings
     ],
 )
@@ -183,6 +183,26 @@ def test_each_method_validates_to_its_own_settings_model_and_dumps_only_its_knob
 def test_an_unknown_or_malformed_method_is_one_line() -> None:
     assert error_of({"method": {"name": "maxl2"}}).startswith("method.name: unknown method 'maxl2'; choose one of stl")
     assert error_of({"method": "maxl"}) == "method: a mapping of settings whose name is a method's (method.name)"
+
+
+@pytest.mark.parametrize(("old", "new"), [("aux_lr", "lr"), ("aux_lr_per", "lr_per"), ("aux_grad_clip", "grad_clip")])
+def test_an_old_outer_optimizer_key_is_one_line_naming_its_new_place(old: str, new: str) -> None:
+    method = {"name": "maxl", old: {"aux_lr": 0.01, "aux_lr_per": "run", "aux_grad_clip": 1.0}[old]}
+    assert error_of({"method": method}) == f"method.{old} moved to outer.{new}"
+
+
+def test_an_old_key_on_the_command_line_is_one_line_exit_2(capsys) -> None:
+    config = str(REPO / "configs" / "cifar10_5pct" / "maxl.yaml")
+    proc = in_process(capsys, "train", config, "--set", "method.aux_lr=0.1", "--no-progress")
+    assert_one_line_error(proc, "method.aux_lr moved to outer.lr")
+
+
+def test_a_fixed_method_keeps_the_outer_optimizer_at_its_defaults() -> None:
+    assert error_of({"method": {"name": "equal", "aux_task": "rotation"}, "outer": {"optimizer": "sgd"}}) == (
+        "outer.optimizer does nothing for method 'equal'; drop it"
+    )
+    cfg = config_from_dict({"method": {"name": "maxl"}, "outer": {"lr": 0.02, "lr_per": "run"}})
+    assert (cfg.outer.lr, cfg.outer.lr_per) == (0.02, "run")
 
 
 def test_a_knob_of_another_method_on_the_command_line_is_one_line_exit_2(capsys) -> None:

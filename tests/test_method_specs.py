@@ -34,8 +34,10 @@ def test_every_spec_builds_an_objective_that_agrees_with_it(name: str) -> None:
     assert (objective.label_classes is not None) is method.learns_labels
     assert cfg.hypergrad.method == (method.default_hypergradient or "neumann")
     assert type(cfg.method) is method.settings and cfg.method.name == name
-    # Exactly the methods that take outer (hypergradient) steps read the outer optimizer's settings.
-    assert isinstance(cfg.method, OuterOptimizer) is (method.learns and method.hypergradient_steps)
+    # The methods that take outer (hypergradient) steps read every outer.* key; a fixed method reads none.
+    assert set(method.outer_keys) <= set(OuterOptimizer.model_fields)
+    assert (set(method.outer_keys) == set(OuterOptimizer.model_fields)) is (method.learns and method.hypergradient_steps)
+    assert bool(method.outer_keys) is method.learns
     if method.twin is not None:  # a learned or forking method's fixed twin is trained from a shipped config
         assert method.learns or method.forks
         assert (REPO / "configs" / "cifar10_5pct" / f"{method.twin}.yaml").is_file()

@@ -10,11 +10,11 @@ main one in an early layer would look harmless from the last block alone. The K 
 come once every ``every`` steps; on those steps they also serve the inner step (its trunk gradient is
 g_main + sum_k alpha_k g_k), so only the K extra passes are paid. The gradients are all-reduced across workers
 before alpha moves, so every worker takes the same step. One departure from the paper: the objective is divided by
-||g_main||^2, so that ``method.aux_lr`` means the same whatever the model's and losses' scale.
+||g_main||^2, so that ``outer.lr`` means the same whatever the model's and losses' scale.
 
 Auto-lambda's weights lambda (starting at ``method.init_weight``, 0.1) follow the main loss on another training
 batch after one virtual step of the inner optimizer (momentum and weight decay included) on the weighted loss, by
-the finite-difference hypergradient (``hypergrad.method: fd``, MAXL-F's), with Adam at ``method.aux_lr``; lambda
+the finite-difference hypergradient (``hypergrad.method: fd``, MAXL-F's), with Adam at ``outer.lr``; lambda
 may change sign, as in the paper. The hypergradient differentiates through the parameters ``hypergrad.params``
 selects (all by default: the probes W +- e d cost two forwards whatever the subset, since dL_T/dlambda_k is the batch
 mean of l_k). Across workers the virtual step follows the all-reduced gradient and d is all-reduced, so two workers
@@ -146,7 +146,7 @@ def arml(method: MethodSpec, i: ObjectiveInputs) -> ArmlObjective:
     task, m = i.given_task(), i.settings(GradientMatchingSettings)
     rule = GradientMatchingRule(
         RuleWeights(len(task.names)),
-        lr=m.aux_lr,
+        lr=i.cfg.outer.lr,
         every=i.cfg.hypergrad.every,
         noise=m.weight_noise,
         seed=i.cfg.trainer.seed,

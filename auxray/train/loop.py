@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from auxray.config import RunConfig
 from auxray.data import BatchIterator, DataBundle, TensorData
-from auxray.method_settings import Forking, OuterOptimizer, settings_as
+from auxray.method_settings import Forking, settings_as
 from auxray.method_specs import spec
 from auxray.methods import Batch, InnerResult, Objective, accuracy, build_objective, main_loss, main_target
 from auxray.methods.weighted import WeightedObjective
@@ -137,8 +137,7 @@ class BilevelTrainer:
             return
         if self.auxnet is None:
             raise ValueError(f"{self.objective.name} is a learned method but built no auxiliary network")
-        outer = settings_as(cfg.method, OuterOptimizer)
-        self.phi = phi_updater(self.auxnet) if phi_updater else PhiOptimizer(self.auxnet, outer)
+        self.phi = phi_updater(self.auxnet) if phi_updater else PhiOptimizer(self.auxnet, cfg.outer)
         self.outer = OuterSteps(cfg, self.phi, t.epochs * self.steps_per_epoch // cfg.hypergrad.every)
         outer_data = data.train if self.objective.outer_on_train else data.aux
         aux_bs = min(t.batch_size, max(1, len(outer_data) // self.collective.world_size))

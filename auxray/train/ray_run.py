@@ -16,7 +16,6 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from auxray.config import RunConfig
 from auxray.errors import UserError
-from auxray.method_settings import OuterOptimizer, outer_optimizer
 from auxray.train.checkpoint import LATEST, load_checkpoint
 from auxray.train.coordinator import Coordinator
 from auxray.train.ray_cluster import ensure_ray
@@ -46,7 +45,7 @@ def run_distributed(
         .options(
             name=actor, namespace=namespace, num_cpus=0, num_gpus=0, max_restarts=s.max_failures, get_if_exists=True
         )
-        .remote(outer_optimizer(cfg.method).model_dump(include=set(OuterOptimizer.model_fields)))
+        .remote(cfg.outer.model_dump())
     )
     ray.get(coordinator.ping.remote())
     cpus_per_worker = max(1, int(ray.cluster_resources().get("CPU", s.workers)) // s.workers)
