@@ -4,27 +4,32 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from auxray.errors import UserError
-from auxray.importpath import is_import_path, resolve_callable
-from auxray.method_specs import DEFAULT_METHOD, METHOD_NAMES, SPECS, HypergradMethod, defining_method
+from auxray.importpath import check_import_path
+from auxray.method_settings import AUX_TASKS, MethodSettings, OuterOptimizer
+from auxray.method_specs import DEFAULT_METHOD, SPECS, HypergradMethod, defining_method
 
 BACKBONES = ("convnet4", "vgg16", "resnet18", "mlp")
-AUX_TASKS = ("none", "rotation", "targets", "labels", "consistency", "pseudo_labels", "noise_labels", "table")
-# Built-in tasks that can be listed together (method.aux_task: [rotation, consistency, ...]): each gives one loss
-# per sample from one shared forward pass, on labelled and unlabelled images alike.
-COMBINABLE_TASKS = ("rotation", "consistency", "pseudo_labels", "noise_labels", "table")
 UNLABELED_CHOICES = ("none", "rest")
 # Names a table task cannot take: its name is its head's and its loss's, beside the main head, the trunk's features
 # and the built-in auxiliary tasks.
 RESERVED_TASK_NAMES = ("main", "features", *AUX_TASKS)
 DATA_ENV = "AUXRAY_DATA"
-# method.* keys that shape a learned method's outer steps: only a method whose spec lists one may set it.
-OUTER_STEP_KEYS = ("aux_lr_per", "init_weight", "weight_norm")
 
 
 def data_home() -> Path:
@@ -44,18 +49,6 @@ def default_data_root() -> str:
 def _downloads_by_default(data: dict[str, Any]) -> bool:
     """data.download's default: true only for CIFAR-10 at the default root (never fetch into a path the user named)."""
     return data.get("dataset") == "cifar10" and data.get("root") == default_data_root()
-
-
-def check_import_path(value: str, builtins: tuple[str, ...], what: str) -> str:
-    """A built-in name, or an import path that resolves to a callable now (ValueError in one line otherwise)."""
-    if value in builtins:
-        return value
-    if not is_import_path(value):
-        raise ValueError(
-            f"unknown {what} {value!r}; choose {', '.join(builtins)}, or name your own as 'package.module:function'"
-        )
-    resolve_callable(value)
-    return value
 
 
 class _Section(BaseModel):
@@ -157,115 +150,43 @@ class ModelConfig(_Section):
         return check_import_path(v, BACKBONES, "backbone")
 
 
-ForkBranch = Literal["main_only", "drop_each", "raise_each"]  # forkmerge's kinds of branch beside the given one
+def _method_tag(value: Any) -> str | None:
+    """The method.name that tags a method: section (None when it has none, which RunConfig fills in)."""
+    if isinstance(value, dict):
+        name = value.get("name")
+        return name if isinstance(name, str) else None
+    return value.name if isinstance(value, MethodSettings) else None
 
 
-class MethodConfig(_Section):
-    """The auxiliary-learning method and its own settings."""
+if TYPE_CHECKING:
+    MethodSection = MethodSettings
+else:
+    # One settings model per method, tagged by its name: another method's knob is an unknown key.
+    MethodSection = Annotated[
+        Union[tuple(Annotated[s.settings, Tag(name)] for name, s in SPECS.items())],  # noqa: UP007
+        Discriminator(_method_tag),
+    ]
+METHOD_SECTION: TypeAdapter[MethodSettings] = TypeAdapter(MethodSection)
 
-    name: Literal[METHOD_NAMES] = DEFAULT_METHOD  # type: ignore[valid-type]
-    # A built-in task, or a user's own as "package.module:factory": factory(task) returns an
-    # auxray.methods.aux_tasks.AuxiliaryTask (e.g. a LossFnTask around a callable giving per-sample losses).
-    # A list of built-in tasks (COMBINABLE_TASKS) trains them together, one loss each.
-    aux_task: str | list[str] = "none"
-    # pseudo_labels: a weak view's prediction is the target for a strong view when its confidence reaches this
-    # (FixMatch's 0.95); 0 keeps every pseudo-label, leaving JTDS's per-sample weights to act as the confidence.
-    pseudo_threshold: float = Field(0.95, ge=0, lt=1)
-    combiner: Literal["linear", "nonlinear", "deep"] = "nonlinear"
-    combiner_hidden: list[int] = Field(default_factory=lambda: [10])
-    # The combiner's weights kept non-negative (non-decreasing in every auxiliary loss). Unset: true for the
-    # linear combiner (AuxiLearn's; a negative weight would reward a growing auxiliary loss), false for the
-    # nonlinear one (its output is non-negative either way).
-    monotone: bool | None = None
-    psi: int | list[int] = 5
-    entropy_weight: float = Field(0.2, ge=0)
-    focal_gamma: float = Field(0.0, ge=0)
-    # The outer learning rate. aux_lr_per step: aux_lr is each phi step's (Adam's) learning rate, so a run with 10x
-    # the outer steps moves phi up to 10x further. run: aux_lr is the run's movement budget, each phi step taking
-    # aux_lr / (the run's phi steps: epochs x steps_per_epoch / hypergrad.every / hypergrad.accumulate); Adam moves
-    # a coordinate of phi by about its learning rate at most per step, so about aux_lr at most over the run.
-    aux_lr: float = Field(1e-3, gt=0)
-    aux_lr_per: Literal["step", "run"] = "step"
-    aux_weight_decay: float = Field(1e-5, ge=0)
-    aux_optimizer: Literal["adam", "sgd"] = "adam"
-    aux_grad_clip: float | None = Field(None, gt=0)
-    # equal and forkmerge: fixed weights of named auxiliary tasks (a task not named keeps weight 1): what a search
-    # over fixed weights (configs/sweeps/weight_search_*.yaml) tunes, and forkmerge's given branch.
-    task_weights: dict[str, float] = Field(default_factory=dict)
-    # forkmerge: every merge_every inner steps the primary net forks into branches that differ in their task weights
-    # (the current ones, plus fork_branches: main_only; drop_each, one branch per task with its weight 0;
-    # raise_each, one per task with its weight times fork_raise), trains each on the same batches, and merges them
-    # into the convex combination scored best on the outer set by merge_metric, searched greedily: the branches
-    # best first, each next one taking a share from merge_grid (or none).
-    merge_every: int = Field(50, ge=1)
-    fork_branches: list[ForkBranch] = Field(default_factory=lambda: list[ForkBranch](["main_only", "drop_each"]))
-    fork_raise: float = Field(2.0, gt=1)
-    merge_grid: list[float] = Field(default_factory=lambda: [0.2, 0.4, 0.6, 0.8])
-    merge_metric: Literal["loss", "accuracy"] = "loss"
-    # Every auxiliary task's initial weight. autolambda: unset 0.1 (Auto-lambda's); its fixed twin keeps it. jtds:
-    # unset 1, where equal weights (its fixed twin) and the combiner start (the scheduler's product times 8); 0.125
-    # is JTDS's published start (three sigmoids at 0), which the committed tables ran.
-    init_weight: float | None = Field(None, gt=0)
-    # Learned task weights (auxilearn_combine with combiner: linear, and jtds's task importances): none (as
-    # published), or sum_to_tasks: K * softmax(logits), positive, summing to the number of auxiliary tasks K (as
-    # ARML's and AuxiNash's), 1 each at the start, so raising one task's weight lowers the others'.
-    weight_norm: Literal["none", "sum_to_tasks"] = "none"
-    # arml: the Langevin noise's scale on alpha (0: plain projected SGD); each step adds
-    # weight_noise * sqrt(2 * aux_lr) * N(0, 1) before the projection.
-    weight_noise: float = Field(0.0, ge=0)
 
-    @field_validator("task_weights")
-    @classmethod
-    def _non_negative_weights(cls, v: dict[str, float]) -> dict[str, float]:
-        negative = sorted(k for k, w in v.items() if not w >= 0)
-        if negative:
-            raise ValueError(f"task_weights must be non-negative numbers; {', '.join(negative)} is not")
-        return v
+def default_method() -> MethodSettings:
+    """The method: section of a config that names no method."""
+    return SPECS[DEFAULT_METHOD].settings(name=DEFAULT_METHOD)
 
-    @field_validator("fork_branches")
-    @classmethod
-    def _some_branches(cls, v: list[str]) -> list[str]:
-        if not v or len(set(v)) != len(v):
-            raise ValueError(
-                "fork_branches needs distinct kinds (main_only, drop_each, raise_each) beside the current weights: "
-                "a merge needs at least two branches"
-            )
-        return v
 
-    @field_validator("merge_grid")
-    @classmethod
-    def _convex_shares(cls, v: list[float]) -> list[float]:
-        if not v or len(set(v)) != len(v) or any(not 0 < s < 1 for s in v):
-            raise ValueError(
-                f"merge_grid takes distinct shares strictly between 0 and 1 (each candidate is (1 - share) x merged "
-                f"+ share x branch, so its coefficients sum to one), got {v}"
-            )
-        return v
+# Keys that moved, by their new place: a config naming an old one is one line saying where it went.
+MOVED_KEYS = {
+    "method.aux_lr": "outer.lr",
+    "method.aux_lr_per": "outer.lr_per",
+    "method.aux_weight_decay": "outer.weight_decay",
+    "method.aux_optimizer": "outer.optimizer",
+    "method.aux_grad_clip": "outer.grad_clip",
+}
 
-    @field_validator("aux_task")
-    @classmethod
-    def _known_aux_task(cls, v: str | list[str]) -> str | list[str]:
-        if isinstance(v, str):
-            return check_import_path(v, AUX_TASKS, "auxiliary task")
-        wrong = [t for t in v if t not in COMBINABLE_TASKS]
-        if not v or wrong or len(set(v)) != len(v):
-            raise ValueError(
-                f"a list of auxiliary tasks takes distinct built-in tasks ({', '.join(COMBINABLE_TASKS)}), got {v}"
-            )
-        return v
 
-    @property
-    def aux_tasks(self) -> tuple[str, ...]:
-        """method.aux_task as a tuple of names (one for a single task)."""
-        return (self.aux_task,) if isinstance(self.aux_task, str) else tuple(self.aux_task)
-
-    @field_validator("psi")
-    @classmethod
-    def _positive_psi(cls, v: int | list[int]) -> int | list[int]:
-        values = v if isinstance(v, list) else [v]
-        if not values or any(p < 1 for p in values):
-            raise ValueError("psi must be positive (one number, or one per class)")
-        return v
+def moved(key: str) -> str | None:
+    """Where a moved dotted key lives now (None: it did not move)."""
+    return MOVED_KEYS.get(key)
 
 
 class TrainerConfig(_Section):
@@ -349,11 +270,26 @@ class RunConfig(_Section):
 
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
-    method: MethodConfig = Field(default_factory=MethodConfig)
+    method: MethodSection = Field(default_factory=default_method)
+    outer: OuterOptimizer = Field(default_factory=OuterOptimizer)
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
     hypergrad: HypergradConfig = Field(default_factory=HypergradConfig)
     scaling: ScalingConfig = Field(default_factory=ScalingConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_method(cls, data: Any) -> Any:
+        """A method: section that names no method is the default method's; a moved key is one line naming its new
+        place."""
+        if not isinstance(data, dict) or not isinstance(data.get("method"), dict):
+            return data
+        gone = [f"{old} moved to {new}" for old, new in MOVED_KEYS.items() if old.split(".")[1] in data["method"]]
+        if gone:
+            raise ValueError("; ".join(gone))
+        if "name" not in data["method"]:
+            return {**data, "method": {"name": DEFAULT_METHOD, **data["method"]}}
+        return data
 
     @model_validator(mode="after")
     def _consistent(self) -> RunConfig:
@@ -364,10 +300,12 @@ class RunConfig(_Section):
                 f"method {m.name!r} needs an auxiliary task (method.aux_task: rotation, or targets for "
                 "data that carries them, or your own as 'package.module:factory')"
             )
-        if method.learns_labels and m.aux_tasks not in (("labels",), ("none",)):
-            raise ValueError(f"method {m.name!r} learns its own auxiliary labels; leave method.aux_task unset")
         self._data_for_tasks()
-        self._own_settings()
+        if method.inner_sgd and self.trainer.optimizer != "sgd":
+            raise ValueError(
+                f"method {m.name!r} looks ahead along the inner SGD step (momentum, weight decay); "
+                "set trainer.optimizer: sgd"
+            )
         if self.scaling.branch_actors and not method.forks:
             raise ValueError(f"scaling.branch_actors trains a forking method's branches; method {m.name!r} forks none")
         if method.forks and self.scaling.workers > 1:
@@ -375,60 +313,24 @@ class RunConfig(_Section):
                 f"method {m.name!r} trains its branches in one process; set scaling.workers: 1 "
                 "(data-parallel branches are not supported yet)"
             )
-        for key, value, message in method.rejects:
-            if getattr(m, key) == value:
-                raise ValueError(message)
         if self.hypergrad.params == "last_block" and self.model.backbone not in BACKBONES:
             raise ValueError(
                 f"hypergrad.params: last_block needs a built-in model.backbone ({', '.join(BACKBONES)}); "
                 f"the last block of {self.model.backbone!r} is unknown, so use hypergrad.params: all"
             )
         self._own_hypergradient()
-        self._outer_steps()
+        # Set to other than its default (a dumped config names every key), for a method that does not read it.
+        unread = [k for k, v in self.outer.model_dump().items() if v != OuterOptimizer.model_fields[k].get_default()]
+        for key in (k for k in unread if k not in method.outer_keys):
+            raise ValueError(f"outer.{key} does nothing for method {m.name!r}; drop it")
+        if self.hypergrad.accumulate != 1 and not (method.learns and method.hypergradient_steps):
+            raise ValueError(f"hypergrad.accumulate groups outer steps; method {m.name!r} takes none, so drop it")
         if self.hypergrad.method == "unroll" and self.hypergrad.hvp == "fwdrev":
             raise ValueError(
                 "hypergrad.hvp: fwdrev takes the H-vector products of an implicit hypergradient (neumann, cg, "
                 "exact); hypergrad.method: unroll takes none"
             )
         return self
-
-    def _own_settings(self) -> None:
-        """A label generator's knob set for a method that learns no labels, or an inner optimizer a method's
-        look-ahead cannot take, is a mistake, not a silent no-op."""
-        m, method = self.method, SPECS[self.method.name]
-        label_knobs = {k for s in SPECS.values() if s.learns_labels for k in s.settings} - {
-            k for s in SPECS.values() if not s.learns_labels for k in s.settings
-        }
-        # Set to other than its default (a dumped config names every key), for a method that does not read it.
-        stray = sorted(
-            k
-            for k in m.model_fields_set & label_knobs - set(method.settings)
-            if getattr(m, k) != MethodConfig.model_fields[k].get_default(call_default_factory=True)
-        )
-        if stray:
-            keys = ", ".join(f"method.{k}" for k in stray)
-            raise ValueError(f"{keys} configures a label generator; method {m.name!r} learns no labels, so drop it")
-        if method.inner_sgd and self.trainer.optimizer != "sgd":
-            raise ValueError(
-                f"method {m.name!r} looks ahead along the inner SGD step (momentum, weight decay); "
-                "set trainer.optimizer: sgd"
-            )
-
-    def _outer_steps(self) -> None:
-        """The outer-step settings go with the methods whose phi steps they shape (a spec's settings name them)."""
-        m, method = self.method, SPECS[self.method.name]
-        for key in OUTER_STEP_KEYS:
-            if key not in method.settings and getattr(m, key) != MethodConfig.model_fields[key].get_default():
-                raise ValueError(f"method.{key} does nothing for method {m.name!r}; drop it")
-        if m.weight_norm != "none":
-            if "combiner" in method.settings and m.combiner != "linear":
-                raise ValueError(f"method.weight_norm: {m.weight_norm} normalises the linear combiner's weights only")
-            if m.monotone is False:
-                raise ValueError(f"method.weight_norm: {m.weight_norm} keeps every weight positive; drop monotone")
-            if m.init_weight not in (None, 1.0):
-                raise ValueError(f"method.weight_norm: {m.weight_norm} starts every weight at 1; drop init_weight")
-        if self.hypergrad.accumulate != 1 and not (method.learns and method.hypergradient_steps):
-            raise ValueError(f"hypergrad.accumulate groups outer steps; method {m.name!r} takes none, so drop it")
 
     def _data_for_tasks(self) -> None:
         """The unlabelled pool and the table go with the methods and tasks that can use them."""
@@ -497,19 +399,29 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
-def format_validation_error(err: ValidationError, source: str) -> str:
-    """One line naming every invalid or unknown key (a check across sections names its keys in its message)."""
-    problems = []
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"])
+def _problem(e: Any) -> str:
+    """One validation error as `key: what is wrong` (a check across keys names them in its message)."""
+    where = [str(p) for p in e["loc"]]
+    msg = str(e.get("ctx", {}).get("error", e["msg"])) if e["type"] == "value_error" else e["msg"]
+    if where[:1] == ["method"] and e["type"] == "union_tag_invalid":
+        return f"method.name: unknown method {e['ctx']['tag']!r}; choose one of {', '.join(SPECS)}"
+    if where[:1] == ["method"] and e["type"] == "union_tag_not_found":
+        return "method: a mapping of settings whose name is a method's (method.name)"
+    if where[:1] == ["method"] and len(where) > 1 and where[1] in SPECS:
+        tag, where = where[1], ["method", *where[2:]]  # drop the union's tag: the method's name
         if e["type"] == "extra_forbidden":
-            msg = "unknown key"
-        elif e["type"] == "value_error":
-            msg = str(e.get("ctx", {}).get("error", e["msg"]))
-        else:
-            msg = e["msg"]
-        problems.append(f"{loc}: {msg}" if loc else msg)
-    return f"invalid config {source}: " + "; ".join(problems)
+            return f"{'.'.join(where)}: not a setting of method {tag!r}"
+        if len(where) == 1:  # a check across the method's settings names them in its message
+            return msg
+    loc = ".".join(where)
+    if e["type"] == "extra_forbidden":
+        msg = "unknown key"
+    return f"{loc}: {msg}" if loc else msg
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    """One line naming every invalid or unknown key."""
+    return f"invalid config {source}: " + "; ".join(_problem(e) for e in err.errors())
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

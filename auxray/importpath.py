@@ -52,3 +52,15 @@ def resolve_callable(path: str) -> Callable[..., Any]:
     if not callable(obj):
         raise ValueError(f"{path!r} is a {type(obj).__name__}, not a callable")
     return obj
+
+
+def check_import_path(value: str, builtins: tuple[str, ...], what: str) -> str:
+    """A built-in name, or an import path that resolves to a callable now (ValueError in one line otherwise)."""
+    if value in builtins:
+        return value
+    if not is_import_path(value):
+        raise ValueError(
+            f"unknown {what} {value!r}; choose {', '.join(builtins)}, or name your own as 'package.module:function'"
+        )
+    resolve_callable(value)
+    return value

@@ -10,10 +10,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-HypergradMethod = Literal["neumann", "cg", "exact", "unroll", "fd"]
+from auxray.method_settings import (
+    CombinerSettings,
+    FixedWeightSettings,
+    ForkMergeSettings,
+    GivenTaskSettings,
+    GradientMatchingSettings,
+    LabelSettings,
+    LookAheadSettings,
+    MethodSettings,
+    OuterOptimizer,
+    TaskImportanceSettings,
+)
 
-_LABEL_SETTINGS = ("psi", "entropy_weight", "focal_gamma")
-_AUX_NET_SETTINGS = ("aux_lr", "aux_lr_per", "aux_weight_decay", "aux_optimizer", "aux_grad_clip")
+HypergradMethod = Literal["neumann", "cg", "exact", "unroll", "fd"]
+OUTER_KEYS = tuple(OuterOptimizer.model_fields)  # the outer: section's, the optimizer of phi's outer steps
 
 
 @dataclass(frozen=True)
@@ -32,6 +43,7 @@ class MethodSpec:
 
     name: str
     objective: str  # "module:factory" building its Objective (see auxray.methods.registry)
+    settings: type[MethodSettings] = GivenTaskSettings  # its method: section (auxray.method_settings)
     learns: bool = False  # an aux net trained by the hypergradient (bi-level); a learned method has a fixed twin
     needs_aux_task: bool = False  # weighs given auxiliary tasks, so method.aux_task must name one
     learns_labels: bool = False  # generates auxiliary labels from the main label: no aux task, no unlabelled pool
@@ -43,9 +55,6 @@ class MethodSpec:
     hypergradient_words: str = ""
     # The config a fixed twin is trained from (a learned or forking method's): a fixed method, or this one frozen.
     twin: str | None = None
-    settings: tuple[str, ...] = ()  # the method.* keys it reads (the rest are unused defaults)
-    # (method.* key, value, message): settings the validator rejects for this method.
-    rejects: tuple[tuple[str, object, str], ...] = ()
     baseline: bool = False  # the single-task baseline: the reproduction's time unit and reference line
     in_table: bool = True  # a row of the reproduction table by default (equal is trained as a twin only)
     paper: Published | None = None
@@ -54,6 +63,7 @@ class MethodSpec:
     # A learned method's weights move by the loop's outer steps (hypergradients); False: its gradient rule moves them
     # inside W's backward (ARML), so it has no outer step to time or hypergradient to compare.
     hypergradient_steps: bool = True
+    outer_keys: tuple[str, ...] = ()  # the outer.* keys it reads (a learned method's; the rest must stay default)
 
     @property
     def default_hypergradient(self) -> HypergradMethod | None:
@@ -66,49 +76,43 @@ class MethodSpec:
         return self.twin is not None and spec(self.twin).learns
 
 
-_DEEP_COMBINER = (
-    "method.combiner: deep weighs per-pixel loss maps (dense tasks such as segmentation), "
-    "but every auxiliary task here gives one loss per sample; use method.combiner: linear or nonlinear"
-)
-
-
 def _given(
     name: str,
     *,
     learns: bool = False,
-    settings: tuple[str, ...] = ("aux_task",),
-    rejects: tuple[tuple[str, object, str], ...] = (),
+    settings: type[MethodSettings] = GivenTaskSettings,
     in_table: bool = True,
 ) -> MethodSpec:
     """A method that weighs given auxiliary tasks (a learned one's fixed twin is equal weights)."""
     return MethodSpec(
         name,
         f"auxray.methods.objectives:{name}",
+        settings,
         learns=learns,
         needs_aux_task=True,
         twin="equal" if learns else None,
-        settings=settings,
-        rejects=rejects,
+        outer_keys=OUTER_KEYS if learns else (),
         in_table=in_table,
     )
 
 
 def _weighting(
-    name: str, settings: tuple[str, ...], twin: str, hypergradients: tuple[HypergradMethod, ...] = ()
+    name: str, settings: type[MethodSettings], twin: str, hypergradients: tuple[HypergradMethod, ...] = ()
 ) -> MethodSpec:
     """A cheap single-run task weighting (ARML, Auto-lambda): its own objective module, no held-out set, moved by a
     finite-difference hypergradient or else by its gradient rule; not a row of the AuxiLearn reproduction."""
     return MethodSpec(
         name,
         f"auxray.methods.learned_weights:{name}",
+        settings,
         learns=True,
         needs_aux_task=True,
         hypergradients=hypergradients,
         hypergradient_words="a finite-difference look-ahead on training batches" if hypergradients else "",
         twin=twin,
-        settings=("aux_task", *settings),
         inner_sgd=bool(hypergradients),
         hypergradient_steps=bool(hypergradients),
+        outer_keys=OUTER_KEYS if hypergradients else ("lr",),  # a gradient rule's own step size on the weights
         in_table=False,
     )
 
@@ -120,13 +124,14 @@ def _labels(
     return MethodSpec(
         name,
         "auxray.methods.objectives:labels",
+        LabelSettings,
         learns=True,
         learns_labels=True,
         uses_pool=False,
         hypergradients=hypergradients,
         hypergradient_words=words,
         twin=twin,
-        settings=(*_LABEL_SETTINGS, *_AUX_NET_SETTINGS),
+        outer_keys=OUTER_KEYS,
         paper=paper,
     )
 
@@ -140,18 +145,13 @@ SPECS: dict[str, MethodSpec] = {
         MethodSpec(
             "equal",
             "auxray.methods.weighted:equal",
+            FixedWeightSettings,
             needs_aux_task=True,
-            settings=("aux_task", "task_weights"),
             in_table=False,
         ),
         _given("uncertainty"),
         _given("gcs"),
-        _given(
-            "auxilearn_combine",
-            learns=True,
-            settings=("aux_task", "combiner", "combiner_hidden", "monotone", "weight_norm", *_AUX_NET_SETTINGS),
-            rejects=(("combiner", "deep", _DEEP_COMBINER),),
-        ),
+        _given("auxilearn_combine", learns=True, settings=CombinerSettings),
         _labels(
             "auxilearn_labels",
             ("neumann", "cg", "exact"),
@@ -166,7 +166,7 @@ SPECS: dict[str, MethodSpec] = {
             "maxl",
             Published("MAXL", 58.2, 0.3),
         ),
-        # maxl_fo.yaml differs from maxl.yaml only in hypergrad.method and method.aux_lr, neither of which does
+        # maxl_fo.yaml differs from maxl.yaml only in hypergrad.method and outer.lr, neither of which does
         # anything without outer steps: MAXL's frozen twin is MAXL-F's too (trained once, shared).
         _labels(
             "maxl_fo",
@@ -175,28 +175,20 @@ SPECS: dict[str, MethodSpec] = {
             "maxl",
             Published("MAXL-F", 56.1, 0.1),
         ),
-        _given("jtds", learns=True, settings=("aux_task", "weight_norm", "init_weight", *_AUX_NET_SETTINGS)),
+        _given("jtds", learns=True, settings=TaskImportanceSettings),
         MethodSpec(
             "forkmerge",
             "auxray.methods.weighted:forkmerge",
+            ForkMergeSettings,
             needs_aux_task=True,
             forks=True,
             twin="equal",
-            settings=(
-                "aux_task",
-                "task_weights",
-                "merge_every",
-                "fork_branches",
-                "fork_raise",
-                "merge_grid",
-                "merge_metric",
-            ),
             in_table=False,
         ),
         # ARML starts at equal weights (1 each), so equal is its fixed twin; Auto-lambda's twin is itself frozen
         # at method.init_weight (hypergrad.enabled: false).
-        _weighting("arml", ("aux_lr", "weight_noise"), "equal"),
-        _weighting("autolambda", ("init_weight", *_AUX_NET_SETTINGS), "autolambda", ("fd",)),
+        _weighting("arml", GradientMatchingSettings, "equal"),
+        _weighting("autolambda", LookAheadSettings, "autolambda", ("fd",)),
     )
 }
 METHOD_NAMES = tuple(SPECS)

@@ -11,16 +11,17 @@ import torch
 import torchvision.datasets
 
 from auxray.auxnets import LabelGenerator
-from auxray.config import DATA_ENV, DataConfig, config_from_dict, load_config, read_yaml
+from auxray.config import DATA_ENV, DataConfig, RunConfig, config_from_dict, load_config, read_yaml
 from auxray.data import build_data
 from auxray.errors import UserError
+from auxray.method_specs import DEFAULT_METHOD, SPECS
 from auxray.methods import build_objective
 from auxray.methods.aux_tasks import AuxTask, LossFnTask, ViewTasks, build_aux_task
 from auxray.models import MultiHeadNet, build_trunk, last_block_prefixes
 from auxray.tune.config import load_sweep
 from tests import helpers_user_models as user
 from tests.conftest import REPO
-from tests.test_cli import assert_one_line_error, auxray
+from tests.test_cli import assert_one_line_error, auxray, in_process
 from tests.test_data import _write_cifar_batches
 
 CONFIGS = sorted((REPO / "configs").glob("*.yaml")) + sorted((REPO / "configs").glob("*/*.yaml"))
@@ -145,9 +146,69 @@ def test_an_aux_task_that_cannot_be_imported_is_one_line() -> None:
 def test_custom_backbone_needs_all_params_and_label_methods_take_no_aux_task() -> None:
     msg = error_of({"model": {"backbone": f"{USER}:tiny_trunk"}, "hypergrad": {"params": "last_block"}})
     assert msg.startswith("hypergrad.params: last_block needs a built-in model.backbone")
-    assert "learns its own auxiliary labels" in error_of(
-        {"method": {"name": "maxl", "aux_task": f"{USER}:helpful_target"}}
+    assert error_of({"method": {"name": "maxl", "aux_task": f"{USER}:helpful_target"}}) == (
+        "method.aux_task: not a setting of method 'maxl'"
     )
+
+
+# ---- the method: section, one settings model per method -------------------------------------------------------
+@pytest.mark.parametrize(
+    ("method", "key", "value"),
+    [
+        ({"name": "maxl"}, "combiner", "linear"),
+        ({"name": "maxl"}, "aux_task", "rotation"),  # a label generator makes its own auxiliary labels
+        ({"name": "auxilearn_labels"}, "task_weights", {"rotation": 2.0}),
+        ({"name": "equal", "aux_task": "rotation"}, "psi", 3),
+        ({"name": "auxilearn_combine", "aux_task": "rotation"}, "merge_every", 10),
+        ({"name": "arml", "aux_task": "rotation"}, "init_weight", 0.5),
+        ({}, "combiner", "linear"),  # no name: the default method's settings
+    ],
+)
+def test_a_knob_of_another_method_is_one_line_naming_key_and_method(method: dict, key: str, value: object) -> None:
+    assert error_of({"method": {**method, key: value}}) == (
+        f"method.{key}: not a setting of method '{method.get('name', DEFAULT_METHOD)}'"
+    )
+
+
+def test_each_method_validates_to_its_own_settings_model_and_dumps_only_its_knobs() -> None:
+    for name, method in SPECS.items():
+        raw = {"name": name, **({"aux_task": "rotation"} if method.needs_aux_task else {})}
+        cfg = config_from_dict({"method": raw})
+        assert type(cfg.method) is method.settings
+        assert set(cfg.method.model_dump()) == set(method.settings.model_fields)
+        assert config_from_dict(cfg.model_dump()) == cfg  # a dumped config loads back as itself
+    assert type(RunConfig().method) is SPECS[DEFAULT_METHOD].settings
+
+
+def test_an_unknown_or_malformed_method_is_one_line() -> None:
+    assert error_of({"method": {"name": "maxl2"}}).startswith("method.name: unknown method 'maxl2'; choose one of stl")
+    assert error_of({"method": "maxl"}) == "method: a mapping of settings whose name is a method's (method.name)"
+
+
+@pytest.mark.parametrize(("old", "new"), [("aux_lr", "lr"), ("aux_lr_per", "lr_per"), ("aux_grad_clip", "grad_clip")])
+def test_an_old_outer_optimizer_key_is_one_line_naming_its_new_place(old: str, new: str) -> None:
+    method = {"name": "maxl", old: {"aux_lr": 0.01, "aux_lr_per": "run", "aux_grad_clip": 1.0}[old]}
+    assert error_of({"method": method}) == f"method.{old} moved to outer.{new}"
+
+
+def test_an_old_key_on_the_command_line_is_one_line_exit_2(capsys) -> None:
+    config = str(REPO / "configs" / "cifar10_5pct" / "maxl.yaml")
+    proc = in_process(capsys, "train", config, "--set", "method.aux_lr=0.1", "--no-progress")
+    assert_one_line_error(proc, "method.aux_lr moved to outer.lr")
+
+
+def test_a_fixed_method_keeps_the_outer_optimizer_at_its_defaults() -> None:
+    assert error_of({"method": {"name": "equal", "aux_task": "rotation"}, "outer": {"optimizer": "sgd"}}) == (
+        "outer.optimizer does nothing for method 'equal'; drop it"
+    )
+    cfg = config_from_dict({"method": {"name": "maxl"}, "outer": {"lr": 0.02, "lr_per": "run"}})
+    assert (cfg.outer.lr, cfg.outer.lr_per) == (0.02, "run")
+
+
+def test_a_knob_of_another_method_on_the_command_line_is_one_line_exit_2(capsys) -> None:
+    config = str(REPO / "configs" / "cifar10_5pct" / "maxl.yaml")
+    proc = in_process(capsys, "train", config, "--set", "method.combiner=linear", "--no-progress")
+    assert_one_line_error(proc, "method.combiner: not a setting of method 'maxl'")
 
 
 def test_imagefolder_needs_a_root() -> None:

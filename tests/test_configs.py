@@ -130,7 +130,7 @@ def assert_promises(result: dict[str, Any], cfg: RunConfig) -> None:
         assert "outer_steps" not in epoch and state["phi"] is None
         assert torch.equal(alpha, torch.ones_like(alpha)) == (len(tasks) == 1)  # one task: sum alpha = 1 pins it
     elif SPECS[cfg.method.name].learns:
-        assert cfg.method.aux_optimizer == "adam" and cfg.method.aux_grad_clip is None, "a phi step other than Adam's"
+        assert cfg.outer.optimizer == "adam" and cfg.outer.grad_clip is None, "a phi step other than Adam's"
         ((at, norm),) = state["hypergrad_norms"]
         assert (at, norm) == (n, epoch["hypergrad_norm"]) and epoch["outer_steps"] == 1
         assert (state["phi"]["version"], state["phi"]["last_step"]) == (1, n)

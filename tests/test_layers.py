@@ -3,8 +3,8 @@ function, under TYPE_CHECKING).
 
 The layers, lowest first; a module may import its own package, any lower layer and the base:
 
-    base      auxray, auxray.config, auxray.errors, auxray.importpath, auxray.jsonout, auxray.method_specs,
-              auxray.paths (usable by all; they import only each other)
+    base      auxray, auxray.config, auxray.errors, auxray.importpath, auxray.jsonout, auxray.method_settings,
+              auxray.method_specs, auxray.paths (usable by all; they import only each other)
     1         auxray.hypergrad
     2         auxray.models, auxray.auxnets (not each other)
     3         auxray.data
@@ -28,8 +28,8 @@ from tests.conftest import REPO
 
 PACKAGE = REPO / "auxray"
 BASE = {
-    "auxray", "auxray.config", "auxray.errors", "auxray.importpath", "auxray.jsonout", "auxray.method_specs",
-    "auxray.paths",
+    "auxray", "auxray.config", "auxray.errors", "auxray.importpath", "auxray.jsonout", "auxray.method_settings",
+    "auxray.method_specs", "auxray.paths",
 }
 LEVEL = {"hypergrad": 1, "models": 2, "auxnets": 2, "data": 3, "methods": 4, "train": 5,
          "tune": 6, "tracking": 6, "bench": 6, "cli": 7, "api": 7}

@@ -12,8 +12,8 @@ import torch
 import yaml
 from torch import nn
 
-from auxray.config import config_from_dict
 from auxray.errors import UserError
+from auxray.method_settings import OuterOptimizer
 from auxray.train.phi_optimizer import PhiOptimizer
 from auxray.tune.config import load_sweep
 from tests.conftest import CACHE_DIR, tiny_cifar_raw
@@ -84,9 +84,9 @@ def test_a_copied_outer_optimizer_state_keeps_the_configs_learning_rate() -> Non
     """An exploit restores another trial's phi optimizer under perturbed settings: the moments come from the
     state, the learning rate and weight decay from this trial's config (a plain resume: the same values)."""
     net = nn.Linear(2, 1)
-    donor = PhiOptimizer(net, config_from_dict({"method": {"aux_lr": 0.01}}).method)
+    donor = PhiOptimizer(net, OuterOptimizer(lr=0.01))
     donor.apply([torch.ones(1, 2), torch.ones(1)], step=1)
-    perturbed = PhiOptimizer(net, config_from_dict({"method": {"aux_lr": 0.012, "aux_weight_decay": 0.0}}).method)
+    perturbed = PhiOptimizer(net, OuterOptimizer(lr=0.012, weight_decay=0.0))
     perturbed.load_state_dict(donor.state_dict())
     group = perturbed.optimizer.param_groups[0]
     assert (group["lr"], group["weight_decay"]) == (0.012, 0.0)

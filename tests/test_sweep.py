@@ -55,7 +55,7 @@ def write_sweep(
         "overrides": {"data.cache_dir": str(CACHE_DIR), "trainer.epochs": epochs},
         "space": space
         or {
-            "method.aux_lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2},
+            "outer.lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2},
             "hypergrad.steps": {"type": "int", "low": 1, "high": 3},
             "method.combiner": {"type": "choice", "values": ["linear", "nonlinear"]},
         },
@@ -140,8 +140,8 @@ def test_sweep_config_validates_keys_and_values(
     path = write_sweep(tmp_path, cifar_zip)
     sweep = load_sweep(path)
     assert sweep.epochs == 2 and sweep.experiment_dir == (tmp_path / "sweeps" / "tiny")
-    cfg = sweep.trial_config({"method.aux_lr": 0.003, "hypergrad.steps": 2, "method.combiner": "linear"})
-    assert (cfg.method.aux_lr, cfg.hypergrad.steps, cfg.method.combiner) == (0.003, 2, "linear")
+    cfg = sweep.trial_config({"outer.lr": 0.003, "hypergrad.steps": 2, "method.combiner": "linear"})
+    assert (cfg.outer.lr, cfg.hypergrad.steps, cfg.method.combiner) == (0.003, 2, "linear")
     assert Path(cfg.data.root).is_absolute() and cfg.data.cache_dir == str(CACHE_DIR)
 
     # Relative paths resolve against the directory the sweep was loaded from, even after the process moves (a
@@ -163,6 +163,9 @@ def test_sweep_config_validates_keys_and_values(
     )
     with pytest.raises(UserError, match="hypergrad.stepz"):
         load_sweep(bad_key)
+    old_key = write_sweep(tmp_path, cifar_zip, name="oldkey", space={"method.aux_lr": {"type": "choice", "values": [0.1]}})
+    with pytest.raises(UserError, match=r"^sweep oldkey: space key method\.aux_lr moved to outer\.lr$"):
+        load_sweep(old_key)
     bad_value = write_sweep(
         tmp_path, cifar_zip, name="badvalue", space={"trainer.lr": {"type": "uniform", "low": -0.1, "high": 0.1}}
     )
@@ -351,7 +354,7 @@ def finished_sweep(server: SimpleNamespace, cifar_zip: Path, tmp_path_factory: p
 def test_sweep_logs_parent_and_children(server: SimpleNamespace, finished_sweep: SimpleNamespace) -> None:
     result = finished_sweep.result
     assert result["trials"] == 4 and result["errored"] == 0
-    assert set(result["best"]["params"]) == {"method.aux_lr", "hypergrad.steps", "method.combiner"}
+    assert set(result["best"]["params"]) == {"outer.lr", "hypergrad.steps", "method.combiner"}
     # Each trial ran to the end (2 epochs) or ASHA stopped it at its rung (1 epoch); the summary counts both.
     epochs = sorted(row["epochs"] for row in result["per_trial"])
     assert set(epochs) <= {1, 2} and epochs[-1] == 2 and result["trial_epochs"] == sum(epochs)

@@ -14,6 +14,7 @@ from auxray.data import build_data
 from auxray.data.transforms import CIFAR_MEAN, CIFAR_STD, normalize
 from auxray.errors import UserError
 from auxray.hypergrad import batch_stats_only
+from auxray.method_specs import SPECS
 from auxray.train import loop
 from auxray.train.checkpoint import BEST, LATEST, load_checkpoint, save_checkpoint
 from auxray.train.hyperstep import compute_hypergrad
@@ -28,7 +29,8 @@ def synthetic_raw(**over: object) -> dict:
     raw = {
         "data": {"dataset": "synthetic", "seed": 0, "aux_fraction": 0.2, "val_fraction": 0.2, "augment": False},
         "model": {"backbone": "mlp", "width": 16},
-        "method": {"name": "auxilearn_combine", "aux_task": "targets", "combiner": "linear", "aux_lr": 0.05},
+        "method": {"name": "auxilearn_combine", "aux_task": "targets", "combiner": "linear"},
+        "outer": {"lr": 0.05},
         "trainer": {
             "epochs": 6,
             "batch_size": 32,
@@ -43,6 +45,10 @@ def synthetic_raw(**over: object) -> dict:
         "hypergrad": {"method": "neumann", "steps": 5, "alpha": 0.01, "every": 2},
         "tracking": {"enabled": False},
     }
+    # Another method keeps those of the base method's knobs it has (the combiner's are the base method's own).
+    method = SPECS[over.get("method", {}).get("name", raw["method"]["name"])]  # type: ignore[attr-defined,index]
+    raw["method"] = {k: v for k, v in raw["method"].items() if k in method.settings.model_fields}  # type: ignore[union-attr]
+    raw["outer"] = {k: v for k, v in raw["outer"].items() if k in method.outer_keys}  # type: ignore[union-attr]
     for section, values in over.items():
         raw[section].update(values)  # type: ignore[union-attr]
     return raw
@@ -67,7 +73,7 @@ def test_learned_combiner_downweights_harmful_auxiliary():
 
 @pytest.mark.parametrize("method", ["neumann", "cg", "exact", "unroll", "fd"])
 def test_every_hypergradient_method_moves_phi(method, monkeypatch):
-    """Each outer step applies the hypergradient it computed; the first (Adam) moves each weight aux_lr against it."""
+    """Each outer step applies the hypergradient it computed; the first (Adam) moves each weight outer.lr against it."""
     computed = []
 
     def keeping(step):
@@ -81,7 +87,7 @@ def test_every_hypergradient_method_moves_phi(method, monkeypatch):
     monkeypatch.setattr(loop, "fused_hyperstep", keeping(loop.fused_hyperstep))
     monkeypatch.setattr(loop, "compute_hypergrad", keeping(loop.compute_hypergrad))
     cfg = config_from_dict(
-        synthetic_raw(hypergrad={"method": method, "steps": 3}, trainer={"epochs": 1}, method={"aux_weight_decay": 0.0})
+        synthetic_raw(hypergrad={"method": method, "steps": 3}, trainer={"epochs": 1}, outer={"weight_decay": 0.0})
     )
     trainer = BilevelTrainer(cfg, build_data(cfg.data, cfg.method.aux_tasks), progress=False)
     raw = trainer.auxnet.raw
@@ -101,16 +107,16 @@ def test_every_hypergradient_method_moves_phi(method, monkeypatch):
         assert norm == pytest.approx(float(hypergrad.norm()), rel=1e-6)
     assert trainer.history[-1]["hypergrad_norm"] == pytest.approx(sum(norms) / len(norms))
     first = applied[0]
-    torch.testing.assert_close(moves[0], -cfg.method.aux_lr * first / (first.abs() + 1e-8), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(moves[0], -cfg.outer.lr * first / (first.abs() + 1e-8), rtol=1e-4, atol=1e-6)
 
 
 def test_sgd_on_phi_with_clipping_moves_phi_by_at_most_lr_times_clip_per_outer_step():
-    """method.aux_optimizer: sgd and method.aux_grad_clip in a run: every outer step's hypergradient is clipped to
+    """outer.optimizer: sgd and outer.grad_clip in a run: every outer step's hypergradient is clipped to
     the given norm before SGD (momentum 0.9) applies it, so phi's k-th step is at most lr * clip * sum_j 0.9^j."""
     lr, clip = 1.0, 1e-4
     cfg = config_from_dict(
         synthetic_raw(
-            method={"aux_optimizer": "sgd", "aux_grad_clip": clip, "aux_lr": lr, "aux_weight_decay": 0.0},
+            outer={"optimizer": "sgd", "grad_clip": clip, "lr": lr, "weight_decay": 0.0},
             trainer={"epochs": 1},
         )
     )
@@ -248,9 +254,8 @@ def subclass_usage(trainer: BilevelTrainer) -> float:
 
 def test_label_entropy_term_prevents_collapse(cifar_zip, tmp_path):
     def run(entropy_weight: float) -> tuple[float, float]:
-        raw = tiny_cifar_raw(
-            cifar_zip, tmp_path, name="auxilearn_labels", psi=4, entropy_weight=entropy_weight, aux_lr=0.01
-        )
+        raw = tiny_cifar_raw(cifar_zip, tmp_path, name="auxilearn_labels", psi=4, entropy_weight=entropy_weight)
+        raw["outer"] = {"lr": 0.01}
         raw["trainer"].update(epochs=4)
         raw["hypergrad"].update(every=1)
         cfg = config_from_dict(raw)
@@ -268,14 +273,14 @@ def test_label_entropy_term_prevents_collapse(cifar_zip, tmp_path):
 def test_coordinator_ignores_a_replayed_outer_step():
     """The coordinator applies each outer-step id once: a replayed call (a retried RPC, a restarted worker sending
     the same step again) leaves phi, its optimizer and its version as they were."""
-    from auxray.config import MethodConfig
+    from auxray.method_settings import OuterOptimizer
     from auxray.train.coordinator import Coordinator
 
-    coordinator = Coordinator(MethodConfig(name="auxilearn_combine", aux_lr=0.1).model_dump())
+    coordinator = Coordinator(OuterOptimizer(lr=0.1).model_dump())
     coordinator.initialise([torch.ones(3)])
     grad = [torch.tensor([1.0, -1.0, 0.5])]
     version, after_first = coordinator.apply(grad, step=5)
-    # Adam's first step moves each coordinate by aux_lr against its gradient's sign.
+    # Adam's first step moves each coordinate by outer.lr against its gradient's sign.
     assert version == 1 and torch.allclose(after_first[0], torch.tensor([0.9, 1.1, 0.9]), rtol=0, atol=1e-6)
     replayed_version, after_replay = coordinator.apply(grad, step=5)
     assert replayed_version == 1 and torch.equal(after_replay[0], after_first[0]) and coordinator.applied == 1

@@ -23,7 +23,8 @@ from tests.test_train import assert_resume_matches, synthetic_raw
 def _raw(name: str, *, method: dict | None = None, trainer: dict | None = None, hypergrad: dict | None = None) -> dict:
     """The synthetic regression (one helpful, one harmful auxiliary target) under ARML or Auto-lambda."""
     raw = synthetic_raw(trainer={"momentum": 0.9, **(trainer or {})})
-    raw["method"] = {"name": name, "aux_task": "targets", "aux_lr": 0.05 if name == "arml" else 0.01, **(method or {})}
+    raw["method"] = {"name": name, "aux_task": "targets", **(method or {})}
+    raw["outer"] = {"lr": 0.05 if name == "arml" else 0.01}
     raw["hypergrad"] = {"every": 2, **(hypergrad or {})}
     return raw
 
@@ -209,10 +210,12 @@ def test_a_resumed_run_ends_with_the_uninterrupted_weights(name: str) -> None:
 
 # ---- bad settings -----------------------------------------------------------------------------------------------
 BAD = [
-    ("arml", {"method": {"aux_lr": -0.1}}, "method.aux_lr: Input should be greater than 0"),
+    ("arml", {"outer": {"lr": -0.1}}, "outer.lr: Input should be greater than 0"),
+    ("arml", {"method": {"aux_lr": 0.1}}, "method.aux_lr moved to outer.lr"),
+    ("arml", {"outer": {"weight_decay": 0.0}}, "outer.weight_decay does nothing for method 'arml'"),
     ("autolambda", {"hypergrad": {"every": 0}}, "hypergrad.every: Input should be greater than 0"),
     ("arml", {"method": {"aux_task": "none"}}, "method 'arml' needs an auxiliary task"),
-    ("autolambda", {"method": {"psi": 3}}, "method.psi configures a label generator; method 'autolambda'"),
+    ("autolambda", {"method": {"psi": 3}}, "method.psi: not a setting of method 'autolambda'"),
     ("autolambda", {"trainer": {"optimizer": "adam"}}, "set trainer.optimizer: sgd"),
     ("autolambda", {"hypergrad": {"method": "unroll"}}, "autolambda learns task weights by a finite-difference"),
     ("arml", {"method": {"weight_noise": -1}}, "method.weight_noise: Input should be greater than or equal to 0"),
@@ -233,7 +236,7 @@ def test_bad_settings_are_one_config_line(name: str, change: dict, message: str)
 def test_bad_settings_exit_2_with_one_line_through_the_cli(name: str, tmp_path: Path, capsys) -> None:
     raw = _raw(name, method={"entropy_weight": 0.5})
     proc = in_process(capsys, "train", str(write_config(tmp_path, raw)), "--no-progress")
-    assert_one_line_error(proc, "method.entropy_weight configures a label generator")
+    assert_one_line_error(proc, f"method.entropy_weight: not a setting of method '{name}'")
     assert not any(tmp_path.glob("runs*"))
 
 

@@ -83,10 +83,11 @@ def shared_settings(cfg: Any) -> dict[str, Any]:
 
 
 def method_settings(cfg: Any) -> dict[str, Any]:
-    """The method.* and hypergrad.* settings this method actually uses, from its resolved config."""
+    """The method.*, outer.* and hypergrad.* settings this method actually uses, from its resolved config."""
     method = spec(cfg.method.name)
-    m = cfg.method.model_dump()
-    out: dict[str, Any] = {k: m[k] for k in method.settings if k in m}
+    out: dict[str, Any] = cfg.method.model_dump(exclude={"name"})
+    outer = cfg.outer.model_dump()
+    out.update({f"outer.{k}": outer[k] for k in method.outer_keys})
     if method.learns:
         h = cfg.hypergrad.model_dump()
         for k in _HYPERGRAD_KEYS.get(cfg.hypergrad.method, tuple(h)):

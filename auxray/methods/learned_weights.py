@@ -10,11 +10,11 @@ main one in an early layer would look harmless from the last block alone. The K 
 come once every ``every`` steps; on those steps they also serve the inner step (its trunk gradient is
 g_main + sum_k alpha_k g_k), so only the K extra passes are paid. The gradients are all-reduced across workers
 before alpha moves, so every worker takes the same step. One departure from the paper: the objective is divided by
-||g_main||^2, so that ``method.aux_lr`` means the same whatever the model's and losses' scale.
+||g_main||^2, so that ``outer.lr`` means the same whatever the model's and losses' scale.
 
 Auto-lambda's weights lambda (starting at ``method.init_weight``, 0.1) follow the main loss on another training
 batch after one virtual step of the inner optimizer (momentum and weight decay included) on the weighted loss, by
-the finite-difference hypergradient (``hypergrad.method: fd``, MAXL-F's), with Adam at ``method.aux_lr``; lambda
+the finite-difference hypergradient (``hypergrad.method: fd``, MAXL-F's), with Adam at ``outer.lr``; lambda
 may change sign, as in the paper. The hypergradient differentiates through the parameters ``hypergrad.params``
 selects (all by default: the probes W +- e d cost two forwards whatever the subset, since dL_T/dlambda_k is the batch
 mean of l_k). Across workers the virtual step follows the all-reduced gradient and d is all-reduced, so two workers
@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from auxray.auxnets import LinearCombiner, RuleWeights
 from auxray.hypergrad.weighting import gram, matching_gradient, project_scaled_simplex
+from auxray.method_settings import GradientMatchingSettings, InitWeight
 from auxray.method_specs import MethodSpec
 from auxray.methods.aux_tasks import AuxiliaryTask
 from auxray.methods.base import AuxFn, Batch, ForwardFn, InnerResult, main_mean
@@ -142,12 +143,12 @@ class AutoLambdaObjective(LinearWeightsObjective):
 
 def arml(method: MethodSpec, i: ObjectiveInputs) -> ArmlObjective:
     """ARML's gradient-matching weights (equal weights while hypergrad.enabled is false: its fixed twin)."""
-    task = i.given_task()
+    task, m = i.given_task(), i.settings(GradientMatchingSettings)
     rule = GradientMatchingRule(
         RuleWeights(len(task.names)),
-        lr=i.cfg.method.aux_lr,
+        lr=i.cfg.outer.lr,
         every=i.cfg.hypergrad.every,
-        noise=i.cfg.method.weight_noise,
+        noise=m.weight_noise,
         seed=i.cfg.trainer.seed,
         learns=i.cfg.hypergrad.enabled,
     )
@@ -156,5 +157,5 @@ def arml(method: MethodSpec, i: ObjectiveInputs) -> ArmlObjective:
 
 def autolambda(method: MethodSpec, i: ObjectiveInputs) -> AutoLambdaObjective:
     """Auto-lambda's look-ahead weights (fixed at method.init_weight while hypergrad.enabled is false)."""
-    start = i.cfg.method.init_weight
+    start = i.settings(InitWeight).init_weight
     return AutoLambdaObjective(method, i.given_task(), i.outputs, AUTOLAMBDA_START if start is None else start)

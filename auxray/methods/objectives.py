@@ -16,6 +16,7 @@ from auxray.auxnets import (
     label_entropy_regulariser,
     soft_cross_entropy,
 )
+from auxray.method_settings import CombinerSettings, LabelSettings, TaskImportanceSettings
 from auxray.method_specs import MethodSpec
 from auxray.methods.aux_tasks import AuxiliaryTask, TaskLosses
 from auxray.methods.base import AuxFn, Batch, ForwardFn, InnerResult, MainOuterMixin, main_mean
@@ -220,14 +221,14 @@ def uncertainty(method: MethodSpec, i: ObjectiveInputs) -> UncertaintyObjective:
 
 def auxilearn_combine(method: MethodSpec, i: ObjectiveInputs) -> CombinerObjective:
     """AuxiLearn's loss combiner, learned by the hypergradient."""
-    m = i.cfg.method
+    m = i.settings(CombinerSettings)
     normalised = m.weight_norm == "sum_to_tasks"
     return CombinerObjective(method, i.given_task(), i.outputs, m.combiner, m.combiner_hidden, m.monotone, normalised)
 
 
 def jtds(method: MethodSpec, i: ObjectiveInputs) -> SchedulerObjective:
     """JTDS's per-sample, per-task weights, learned by the hypergradient."""
-    m = i.cfg.method
+    m = i.settings(TaskImportanceSettings)
     normalised = m.weight_norm == "sum_to_tasks"
     start = JTDS_START if m.init_weight is None else m.init_weight
     return SchedulerObjective(method, i.given_task(), i.outputs, i.feat_dim, start, normalised)
@@ -237,7 +238,7 @@ def labels(method: MethodSpec, i: ObjectiveInputs) -> LabelObjective:
     """A label generator (AuxiLearn labels, MAXL, MAXL-F): the spec's hypergradient tells them apart."""
     if i.task != "classification":
         raise ValueError(f"{method.name} generates class-conditional labels and needs a classification task")
-    m = i.cfg.method
+    m = i.settings(LabelSettings)
     return LabelObjective(
         method.name, i.num_classes, m.psi, i.backbone, i.cfg.model.width, i.in_channels, m.entropy_weight, m.focal_gamma
     )

@@ -10,6 +10,7 @@ from functools import cache
 from auxray.config import RunConfig
 from auxray.data.aux_table import ColumnGroup
 from auxray.importpath import resolve_callable
+from auxray.method_settings import GivenTasks, Part, settings_as
 from auxray.method_specs import MethodSpec, spec
 from auxray.methods.aux_tasks import AuxiliaryTask, AuxTaskSpec, build_aux_task
 from auxray.methods.base import Objective
@@ -27,7 +28,7 @@ class ObjectiveInputs:
     feat_dim: int
     in_channels: int
     backbone: BackboneSpec
-    aux_task: AuxTaskSpec | list[str]
+    aux_task: AuxTaskSpec | list[str] | None  # the caller's own, else the config's (method.aux_task)
     groups: tuple[ColumnGroup, ...] = ()
 
     @property
@@ -35,10 +36,15 @@ class ObjectiveInputs:
         """The main head's size: one per class, or 1 for regression."""
         return self.num_classes if self.task == "classification" else 1
 
+    def settings(self, kind: type[Part]) -> Part:
+        """The method's own settings (cfg.method) as the model its factory reads."""
+        return settings_as(self.cfg.method, kind)
+
     def given_task(self) -> AuxiliaryTask:
         """The given auxiliary task(s) the config (or a Python caller) names, built for this data."""
-        context = TaskContext(self.num_classes, self.groups, self.cfg.method.pseudo_threshold)
-        return build_aux_task(self.aux_task, self.task, context)
+        given = settings_as(self.cfg.method, GivenTasks)
+        context = TaskContext(self.num_classes, self.groups, given.pseudo_threshold)
+        return build_aux_task(self.aux_task or given.aux_task, self.task, context)
 
 
 ObjectiveFactory = Callable[[MethodSpec, ObjectiveInputs], Objective]
@@ -73,7 +79,7 @@ def build_objective(
         feat_dim,
         in_channels,
         backbone or cfg.model.backbone,
-        aux_task or cfg.method.aux_task,
+        aux_task,
         tuple(groups),
     )
     return objective_factory(method)(method, inputs)

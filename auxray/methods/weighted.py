@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from auxray.errors import UserError
+from auxray.method_settings import TaskWeights
 from auxray.method_specs import MethodSpec
 from auxray.methods.aux_tasks import AuxiliaryTask
 from auxray.methods.base import AuxFn, Batch, ForwardFn, InnerResult, main_mean
@@ -49,9 +50,9 @@ class WeightedObjective(GivenAuxObjective):
 
 def equal(method: MethodSpec, i: ObjectiveInputs) -> WeightedObjective:
     """Main plus auxiliary losses at fixed weights: 1 each unless method.task_weights says otherwise."""
-    return WeightedObjective(method, i.given_task(), i.outputs, i.cfg.method.task_weights)
+    return WeightedObjective(method, i.given_task(), i.outputs, i.settings(TaskWeights).task_weights)
 
 
 def forkmerge(method: MethodSpec, i: ObjectiveInputs) -> WeightedObjective:
     """ForkMerge: given auxiliary tasks under weights chosen by forking, training and merging branches."""
-    return WeightedObjective(method, i.given_task(), i.outputs, i.cfg.method.task_weights)
+    return WeightedObjective(method, i.given_task(), i.outputs, i.settings(TaskWeights).task_weights)

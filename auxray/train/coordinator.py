@@ -8,15 +8,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from auxray.config import MethodConfig
+from auxray.method_settings import OuterOptimizer
 from auxray.train.phi_optimizer import PhiOptimizer
 
 
 class Coordinator:
     """Plain class (wrapped with ray.remote by the driver): phi lives here as CPU tensors."""
 
-    def __init__(self, method: dict[str, Any]) -> None:
-        self.method = MethodConfig.model_validate(method)
+    def __init__(self, outer: dict[str, Any]) -> None:
+        self.outer = OuterOptimizer.model_validate(outer)
         self.phi: nn.ParameterList | None = None
         self.optimizer: PhiOptimizer | None = None
         self.applied = 0
@@ -25,7 +25,7 @@ class Coordinator:
         """Take phi (and, on restore, the optimizer state) from a worker's fresh model or checkpoint.
         Restoring always overwrites: the checkpoint is the consistent (W, phi) pair to resume from."""
         self.phi = nn.ParameterList([nn.Parameter(p.detach().cpu().clone()) for p in params])
-        self.optimizer = PhiOptimizer(self.phi, self.method)
+        self.optimizer = PhiOptimizer(self.phi, self.outer)
         if state is not None:
             self.optimizer.load_state_dict(state)
         return self.optimizer.version

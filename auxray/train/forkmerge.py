@@ -25,8 +25,8 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
-from auxray.config import MethodConfig
 from auxray.data import DataBundle, TensorData
+from auxray.method_settings import Forking
 from auxray.methods import Batch
 from auxray.methods.weighted import WeightedObjective
 
@@ -152,7 +152,7 @@ class ForkMerge:
     """The fork/merge driver a forking method's trainer holds: records each period's batches, then has the other
     branches trained on them (by `runner`) and merges."""
 
-    def __init__(self, objective: WeightedObjective, settings: MethodConfig, runner: BranchRunner) -> None:
+    def __init__(self, objective: WeightedObjective, settings: Forking, runner: BranchRunner) -> None:
         self.objective, self.settings, self.runner = objective, settings, runner
         self.branches = branch_weights(
             objective.weights, objective.aux_names, settings.fork_branches, settings.fork_raise

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from auxray.config import RunConfig
 from auxray.data import BatchIterator, DataBundle, TensorData
+from auxray.method_settings import Forking, settings_as
 from auxray.method_specs import spec
 from auxray.methods import Batch, InnerResult, Objective, accuracy, build_objective, main_loss, main_target
 from auxray.methods.weighted import WeightedObjective
@@ -136,7 +137,7 @@ class BilevelTrainer:
             return
         if self.auxnet is None:
             raise ValueError(f"{self.objective.name} is a learned method but built no auxiliary network")
-        self.phi = phi_updater(self.auxnet) if phi_updater else PhiOptimizer(self.auxnet, cfg.method)
+        self.phi = phi_updater(self.auxnet) if phi_updater else PhiOptimizer(self.auxnet, cfg.outer)
         self.outer = OuterSteps(cfg, self.phi, t.epochs * self.steps_per_epoch // cfg.hypergrad.every)
         outer_data = data.train if self.objective.outer_on_train else data.aux
         aux_bs = min(t.batch_size, max(1, len(outer_data) // self.collective.world_size))
@@ -150,7 +151,7 @@ class BilevelTrainer:
         if not isinstance(self.objective, WeightedObjective):
             raise ValueError(f"{self.objective.name} forks branches but its objective has no task-weight vector")
         runner = branches(self) if branches else InProcessBranches(self, self.objective)
-        self.fork = ForkMerge(self.objective, self.cfg.method, runner)
+        self.fork = ForkMerge(self.objective, settings_as(self.cfg.method, Forking), runner)
 
     # ---- one inner step -------------------------------------------------------------------
     def prepare(self, x: Tensor, y: Tensor, generator: torch.Generator) -> Batch:

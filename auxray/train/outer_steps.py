@@ -1,5 +1,5 @@
 """How the loop's hypergradients become phi steps: ``hypergrad.accumulate`` of them averaged into one step, at the
-learning rate ``method.aux_lr`` states per step or per run (``method.aux_lr_per``).
+learning rate ``outer.lr`` states per step or per run (``outer.lr_per``).
 
 The mean is taken after the all-reduce, so every data-parallel worker holds the same sum and calls the phi updater
 (the coordinator) at the same steps with the same mean: 2 workers step phi as 1 process does. The sum of a group not
@@ -24,10 +24,10 @@ def phi_steps(outer_batches: int, accumulate: int) -> int:
     return outer_batches // accumulate
 
 
-def step_lr(aux_lr: float, per: str, steps: int) -> float:
-    """Each phi step's learning rate: aux_lr itself (``per: step``), or the run's budget aux_lr shared over its
+def step_lr(lr: float, per: str, steps: int) -> float:
+    """Each phi step's learning rate: lr itself (``per: step``), or the run's budget lr shared over its
     ``steps`` phi steps (``per: run``), so a run of any length moves phi about as far."""
-    return aux_lr if per == "step" else aux_lr / steps
+    return lr if per == "step" else lr / steps
 
 
 class OuterSteps:
@@ -36,15 +36,16 @@ class OuterSteps:
 
     def __init__(self, cfg: RunConfig, phi: PhiUpdater, outer_batches: int) -> None:
         self.phi, self.accumulate = phi, cfg.hypergrad.accumulate
+        outer = cfg.outer
         steps = phi_steps(outer_batches, self.accumulate)
         # A run shorter than hypergrad.every takes no outer step, as it always has; asking it to accumulate or to
         # share a budget over its phi steps is a mistake.
-        if steps == 0 and (self.accumulate > 1 or cfg.method.aux_lr_per == "run"):
+        if steps == 0 and (self.accumulate > 1 or outer.lr_per == "run"):
             raise UserError(
                 f"hypergrad.accumulate: {self.accumulate} exceeds the run's {outer_batches} outer batches "
                 "(epochs x steps per epoch / hypergrad.every), so phi would never move; lower it"
             )
-        self.lr = step_lr(cfg.method.aux_lr, cfg.method.aux_lr_per, max(steps, 1))
+        self.lr = step_lr(outer.lr, outer.lr_per, max(steps, 1))
         self.total: list[Tensor] | None = None
         self.count = 0
         self.previous: Tensor | None = None

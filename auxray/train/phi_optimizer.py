@@ -9,14 +9,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from auxray.config import MethodConfig
+from auxray.method_settings import OuterOptimizer
 
 
-def make_phi_optimizer(params: Sequence[Tensor], cfg: MethodConfig) -> torch.optim.Optimizer:
+def make_phi_optimizer(params: Sequence[Tensor], cfg: OuterOptimizer) -> torch.optim.Optimizer:
     """Adam (default, insensitive to the hypergradient's scale) or SGD over phi."""
-    if cfg.aux_optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.aux_lr, momentum=0.9, weight_decay=cfg.aux_weight_decay)
-    return torch.optim.Adam(params, lr=cfg.aux_lr, weight_decay=cfg.aux_weight_decay)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 class PhiOptimizer:
@@ -24,11 +24,11 @@ class PhiOptimizer:
 
     bytes_sent = 0  # phi lives in this process: nothing is sent
 
-    def __init__(self, auxnet: nn.Module, cfg: MethodConfig) -> None:
+    def __init__(self, auxnet: nn.Module, cfg: OuterOptimizer) -> None:
         self.params = [p for p in auxnet.parameters() if p.requires_grad]
         self.optimizer = make_phi_optimizer(self.params, cfg)
-        self.lr, self.weight_decay = cfg.aux_lr, cfg.aux_weight_decay
-        self.clip = cfg.aux_grad_clip
+        self.lr, self.weight_decay = cfg.lr, cfg.weight_decay
+        self.clip = cfg.grad_clip
         self.version = 0
         self.last_step = -1
 

@@ -45,7 +45,7 @@ def run_distributed(
         .options(
             name=actor, namespace=namespace, num_cpus=0, num_gpus=0, max_restarts=s.max_failures, get_if_exists=True
         )
-        .remote(cfg.method.model_dump())
+        .remote(cfg.outer.model_dump())
     )
     ray.get(coordinator.ping.remote())
     cpus_per_worker = max(1, int(ray.cluster_resources().get("CPU", s.workers)) // s.workers)

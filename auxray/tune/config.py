@@ -8,13 +8,14 @@ import copy
 import itertools
 import math
 import os
+import types
 import typing
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
-from auxray.config import RunConfig, config_from_dict, format_validation_error, read_yaml
+from auxray.config import RunConfig, config_from_dict, format_validation_error, moved, read_yaml
 from auxray.config import set_dotted as set_config_key
 from auxray.errors import UserError
 from auxray.paths import absolute_paths, output_path
@@ -96,7 +97,7 @@ class SweepTracking(_Strict):
 
 # What a population-based sweep may perturb: settings read when a trial restarts from a copied checkpoint (the inner
 # schedule, the data and the model come from the checkpoint or the split, so trainer.*, data.* and model.* do not).
-PBT_KEYS = ("method.", "hypergrad.")
+PBT_KEYS = ("method.", "outer.", "hypergrad.")
 CONFIG_AXIS = "config"  # grid axis of run config files (relative to the sweep file): each trial's base
 SEED_AXIS = "seed"  # grid axis setting data.seed and trainer.seed together
 
@@ -248,18 +249,37 @@ def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
     set_config_key(raw, key, copy.deepcopy(value), source="sweep key")
 
 
+def _fields(annotation: Any) -> dict[str, Any]:
+    """The fields of a section's type: a model's own, or any member's of a tagged union of models (the method:
+    section, whose trials are validated against their own method's)."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _fields(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        return {k: v for member in typing.get_args(annotation) for k, v in _fields(member).items()}
+    return getattr(annotation, "model_fields", None) or {}
+
+
 def _known_key(key: str) -> bool:
     """Whether a dotted key names a field of RunConfig, or one entry of a mapping field (method.task_weights.X)."""
     model: Any = RunConfig
     parts = key.split(".")
     for i, part in enumerate(parts):
-        fields = getattr(model, "model_fields", None)
-        if not fields or part not in fields:
+        fields = _fields(model)
+        if part not in fields:
             return False
         model = fields[part].annotation
         if typing.get_origin(model) is dict:
             return i == len(parts) - 2  # the mapping's own entry: its values are validated with the config
-    return not hasattr(model, "model_fields")
+    return not _fields(model)
+
+
+def _check_key(sweep: SweepConfig, what: str, key: str) -> None:
+    """A sweep's key must name a run config key; a moved one is one line naming its new place."""
+    if moved(key) is not None:
+        raise UserError(f"sweep {sweep.name}: {what} key {key} moved to {moved(key)}")
+    if not _known_key(key):
+        raise UserError(f"sweep {sweep.name}: {what} key {key!r} is not a run config key")
 
 
 def validate_grid(sweep: SweepConfig) -> None:
@@ -274,8 +294,8 @@ def validate_grid(sweep: SweepConfig) -> None:
             bad = [v for v in values if not isinstance(v, int) or isinstance(v, bool)]
             if bad:
                 raise UserError(f"sweep {sweep.name}: grid seed {bad[0]!r} is not an integer")
-        elif not _known_key(key):
-            raise UserError(f"sweep {sweep.name}: grid key {key!r} is not a run config key")
+        else:
+            _check_key(sweep, "grid", key)
     for params in sweep.grid_params():
         try:
             RunConfig.model_validate(trial_raw(sweep, params))
@@ -287,15 +307,13 @@ def validate_grid(sweep: SweepConfig) -> None:
 def validate_space(sweep: SweepConfig) -> None:
     """Every overridden or searched key must exist in RunConfig and accept the values the search may pick."""
     for key in sweep.overrides:
-        if not _known_key(key):
-            raise UserError(f"sweep {sweep.name}: override key {key!r} is not a run config key")
+        _check_key(sweep, "override", key)
     if sweep.search == "grid":
         validate_grid(sweep)
         return
     base = sweep.base_raw()
     for key, spec in sweep.space.items():
-        if not _known_key(key):
-            raise UserError(f"sweep {sweep.name}: space key {key!r} is not a run config key")
+        _check_key(sweep, "space", key)
         for value in spec.samples():
             raw = copy.deepcopy(base)
             set_dotted(raw, key, value)
