@@ -97,7 +97,8 @@ def run_weighting(
         sets, methods, seeds, epochs, quick, extra_overrides, out_dir, runs_dir, search_results, track, jobs
     )
     sets = parse_sets(tuple(sets))
-    searches = parse_search_results(list(search_results), sets)
+    # Read before any training: a path that is not a finished sweep is bad input, one line, nothing trained.
+    searches = {s: search_row(path, s) for s, path in parse_search_results(list(search_results), sets).items()}
     seeds = tuple(seeds) if seeds is not None else ((0,) if quick else DEFAULT_SEEDS)
     if not seeds or len(set(seeds)) != len(seeds):
         raise UserError(f"--seeds must name distinct seeds, got {list(seeds)}")
@@ -108,15 +109,18 @@ def run_weighting(
     tag = "quick" if quick else TAG
     out = Path(out_dir)
     runs_root = (Path(runs_dir) if runs_dir is not None else Path("runs") / "weighting" / tag).resolve()
-    plans = {s: set_plan(s, AUX_SETS[s], methods) for s in sets}
-    grids = {s: Plan(epochs, BACKBONE, None, quick, tuple(extra_overrides), runs_root / s / "configs") for s in sets}
+    # Sets not asked for this time but with runs on record stay in the table (read, not trained), all their methods.
+    carried = tuple(s for s in AUX_SETS if s not in sets and AUX_SETS[s].is_dir() and _runs_file(out, tag, s).is_file())
+    shown = tuple(s for s in AUX_SETS if s in sets or s in carried)
+    plans = {s: set_plan(s, AUX_SETS[s], methods if s in sets else None) for s in shown}
+    grids = {s: Plan(epochs, BACKBONE, None, quick, tuple(extra_overrides), runs_root / s / "configs") for s in shown}
     if fresh:
         for s in sets:
             _runs_file(out, tag, s).unlink(missing_ok=True)
             shutil.rmtree(runs_root / s, ignore_errors=True)
     for s, sp in plans.items():
         write_run_configs(sp.sources(), sp.config_dir, grids[s].config_dir)
-    wanted = {s: _wanted(plans[s], grids[s], seeds) for s in sets}
+    wanted = {s: _wanted(plans[s], grids[s], seeds) for s in shown}
     threads = max(1, usable_cpus() // jobs)
     uri = tracking_uri(track, runs_root)
 
@@ -137,8 +141,10 @@ def run_weighting(
         known[s], _, lost = gather_runs(setup, todo, _runs_file(out, tag, s), threads, verbose)
         failed += lost
 
+    for s in carried:
+        known[s] = _known(_runs_file(out, tag, s), runs_root / s)
     rows, by_set, complete, incomplete = [], {}, [], []
-    for s in sets:
+    for s in shown:
         sp = plans[s]
         runs = {k: [known[s][wanted[s][k, x].key] for x in seeds if wanted[s][k, x].key in known[s]] for k in sp.keys}
         subset: list[dict[str, Any]] = []
@@ -150,10 +156,12 @@ def run_weighting(
             runs[SUBSET_ROW] = subset
         twins = {m: t.name for m, t in sp.twins.items()}
         rows += set_rows(s, sp.keys, {k: v for k, v in runs.items() if k != SUBSET_ROW}, twins, subset)
+        if s in carried:  # not asked for: report only the rows it has
+            keys = [k for k in keys if runs.get(k)]
         done = {k: [r["seed"] for r in rs] for k, rs in runs.items()}
         ok, missing = completeness(s, keys, seeds, done)
         if s in searches:  # a finished search is one row, or an error
-            rows.append(search_row(searches[s], s))
+            rows.append(searches[s])
             ok.append(f"weight_search ({s})")
         complete += ok
         incomplete += missing
@@ -167,11 +175,12 @@ def run_weighting(
         devices = [r["diagnostics"].get("device") for rs in known.values() for r in rs.values() if "diagnostics" in r]
         meta = {
             "title": f"semi-supervised CIFAR-10, 5% labels, {BACKBONE}, {budget} epochs",
-            "sets": list(sets),
-            "aux_tasks": {s: _aux_tasks(grids[s], plans[s], seeds[0]) for s in sets},
+            "sets": list(shown),
+            "carried": list(carried),
+            "aux_tasks": {s: _aux_tasks(grids[s], plans[s], seeds[0]) for s in shown},
             "seeds": list(seeds),
             "epochs": budget,
-            "config_dirs": {s: f"configs/{AUX_SETS[s].name}" for s in sets},
+            "config_dirs": {s: f"configs/{AUX_SETS[s].name}" for s in shown},
             "command": command,
             "machine": machine_info(next((d for d in devices if d), None)),
             "complete": complete,
