@@ -1,6 +1,6 @@
 """`python jobs/weighting.py [--quick] [--sets helpful,harmful] [--methods a,b] [--seeds 0,1,2] [--jobs N]`:
-the weighting table
-(semi-supervised CIFAR-10, 5% labels: helpful and harmful auxiliary sets, each method beside its fixed twin; see
+the weighting table (semi-supervised
+CIFAR-10, 5% labels: helpful and harmful auxiliary sets, each method beside its fixed twin; see
 auxray/bench/weighting.py).
 
 The runs are the trials of Ray Tune grid sweeps under runs/weighting/<tag>/<set>/ (each an MLflow child run), so

@@ -121,7 +121,7 @@ def run_weighting(
     for s, sp in plans.items():
         write_run_configs(sp.sources(), sp.config_dir, grids[s].config_dir)
     wanted = {s: _wanted(plans[s], grids[s], seeds) for s in shown}
-    threads = max(1, usable_cpus() // jobs)
+    threads = grids[sets[0]].config(plans[sets[0]].keys[0], seeds[0]).trainer.threads or max(1, usable_cpus() // jobs)
     uri = tracking_uri(track, runs_root)
 
     known: dict[str, dict[RunKey, dict[str, Any]]] = {}
@@ -143,29 +143,21 @@ def run_weighting(
 
     for s in carried:
         known[s] = _known(_runs_file(out, tag, s), runs_root / s)
-    rows, by_set, complete, incomplete = [], {}, [], []
+    rows: list[dict[str, Any]] = []
+    by_set: dict[str, list[dict[str, Any]]] = {}
+    complete: list[str] = []
+    incomplete: list[str] = []
     for s in shown:
-        sp = plans[s]
-        runs = {k: [known[s][wanted[s][k, x].key] for x in seeds if wanted[s][k, x].key in known[s]] for k in sp.keys}
-        subset: list[dict[str, Any]] = []
-        keys = list(sp.keys)
-        helpful = HELPFUL_SUBSET.get(s)
-        if helpful and SUBSET_METHOD in sp.keys:
-            subset = _subset_runs(helpful, grids[s], runs_root, out, tag, seeds, known.get(helpful))
-            keys.append(SUBSET_ROW)
-            runs[SUBSET_ROW] = subset
-        twins = {m: t.name for m, t in sp.twins.items()}
-        rows += set_rows(s, sp.keys, {k: v for k, v in runs.items() if k != SUBSET_ROW}, twins, subset)
-        if s in carried:  # not asked for: report only the rows it has
-            keys = [k for k in keys if runs.get(k)]
-        done = {k: [r["seed"] for r in rs] for k, rs in runs.items()}
-        ok, missing = completeness(s, keys, seeds, done)
+        subset = None
+        if HELPFUL_SUBSET.get(s) and SUBSET_METHOD in plans[s].keys:
+            subset = _subset_runs(HELPFUL_SUBSET[s], grids[s], runs_root, out, tag, seeds, known.get(HELPFUL_SUBSET[s]))
+        mine, ok, missing, by_set[s] = _set_table(plans[s], wanted[s], known[s], seeds, subset, s in carried)
         if s in searches:  # a finished search is one row, or an error
-            rows.append(searches[s])
+            mine.append(searches[s])
             ok.append(f"weight_search ({s})")
+        rows += mine
         complete += ok
         incomplete += missing
-        by_set[s] = [r for k in sp.twins for r in runs.get(k, [])]  # learned or forking methods' runs
     for line in complete:
         log(f"[weighting] complete: {line}")
     for line in incomplete:
@@ -191,6 +183,27 @@ def run_weighting(
     if failed:
         raise failed_error(failed, runs_root)
     return rows
+
+
+def _set_table(
+    sp: SetPlan,
+    wanted: dict[tuple[str, int], Wanted],
+    known: dict[RunKey, dict[str, Any]],
+    seeds: Sequence[int],
+    subset: list[dict[str, Any]] | None,
+    carried: bool,
+) -> tuple[list[dict[str, Any]], list[str], list[str], list[dict[str, Any]]]:
+    """One set's rows, its complete and incomplete report lines (a carried set's only for rows it has) and its
+    learned or forking methods' runs (for the weights plot). subset: the equal_helpful_subset runs, if a row."""
+    runs = {k: [known[wanted[k, x].key] for x in seeds if wanted[k, x].key in known] for k in sp.keys}
+    twins = {m: t.name for m, t in sp.twins.items()}
+    rows = set_rows(sp.aux_set, sp.keys, runs, twins, subset or (), SUBSET_ROW, SUBSET_METHOD)
+    keys = [*sp.keys, SUBSET_ROW] if subset is not None else list(sp.keys)
+    done = {k: [r["seed"] for r in rs] for k, rs in {**runs, SUBSET_ROW: subset or []}.items()}
+    if carried:
+        keys = [k for k in keys if done.get(k)]
+    ok, missing = completeness(sp.aux_set, keys, seeds, done)
+    return rows, ok, missing, [r for k in sp.twins for r in runs.get(k, [])]
 
 
 def _subset_runs(

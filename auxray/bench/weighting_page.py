@@ -22,7 +22,7 @@ def _diff(a: float | None, b: float | None) -> str:
 
 
 def _weights(w: dict[str, float]) -> str:
-    return ", ".join(f"{k} {v:.2f}" for k, v in w.items()) or "–"
+    return ", ".join(f"{k} {v:.3g}" for k, v in w.items()) or "–"
 
 
 def render_markdown(rows: Sequence[dict[str, Any]], meta: dict[str, Any]) -> str:
@@ -49,7 +49,7 @@ def render_markdown(rows: Sequence[dict[str, Any]], meta: dict[str, Any]) -> str
             seeds = ",".join(map(str, r["seeds"])) or "–"
             lines.append(
                 f"| {r['method']} | {_acc(r['mean'], r['std'])} | {_acc(r['final_mean'], r['final_std'])} | "
-                f"{seeds} | {r['compute'] / 3600:.2f} | {_weights(r['final_weights'])} |"
+                f"{seeds} | {r['compute'] / 3600:.3g} | {_weights(r['final_weights'])} |"
             )
         by_name = {r["method"]: r for r in mine}
         pairs = [(r, by_name.get(r["twin"])) for r in mine if r.get("twin")]
@@ -109,7 +109,9 @@ def plot_compute(rows: Sequence[dict[str, Any]], path: str | Path, title: str) -
         ax.errorbar(xs, ys, yerr=[100 * r["std"] for r in mine], fmt="o", color=f"C{i}", capsize=2, label=aux_set)
         for x, y, r in zip(xs, ys, mine):
             ax.annotate(r["method"], (x, y), fontsize=6, xytext=(3, 2), textcoords="offset points")
-    ax.set_xscale("log")
+    spent = [r["compute"] for r in rows if r["compute"] > 0]
+    if spent and max(spent) > 10 * min(spent):  # a search or a forking method beside single runs
+        ax.set_xscale("log")
     ax.set_xlabel("compute: total wall hours of the runs behind the row")
     ax.set_ylabel("test accuracy (%), best on validation")
     ax.grid(alpha=0.3)
