@@ -92,17 +92,24 @@ def test_rows_from_finished_runs_with_twins_and_the_helpful_subset(tmp_path: Pat
     assert equal["mean"] == pytest.approx(0.555) and equal["final_mean"] == pytest.approx(0.54)
 
     # The helpful set asked for: its methods in the order asked, the shared twin once; the harmful rows stay.
-    rows = run_weighting(sets=("helpful",), methods=("arml", "stl"), **common)
+    # A finished weight search given as the helpful set's: its row follows that set's.
+    _trial(tmp_path / "search", "t0", [{"best_val_accuracy": 0.6, "test_accuracy": 0.64, "time_total_s": 40.0,
+                                        "config": {"method.task_weights.rotation": 2.0}}])
+    _trial(tmp_path / "search", "t1", [{"best_val_accuracy": 0.5, "time_total_s": 10.0}])
+    rows = run_weighting(sets=("helpful",), methods=("arml", "stl"), search_results=(f"helpful={tmp_path / 'search'}",),
+                         **common)
     assert [(r["method"], r["aux_set"]) for r in rows] == [
-        ("arml", "helpful"), ("equal", "helpful"), ("stl", "helpful"),
+        ("arml", "helpful"), ("equal", "helpful"), ("stl", "helpful"), ("weight_search", "helpful"),
         ("equal", "harmful"), ("equal_helpful_subset", "harmful"), ("arml", "harmful"),  # read: the folder's order
     ]
+    assert rows[3]["mean"] == 0.64 and rows[3]["compute"] == 50.0 and rows[3]["final_weights"] == {"rotation": 2.0}
     written = json.loads((tmp_path / "out" / "weighting_quick.json").read_text())
     assert written == json.loads(json.dumps(rows))
     assert set(written[0]) >= {"method", "aux_set", "mean", "std", "final_mean", "final_std", "accuracies",
                                "final_accuracies", "seeds", "seconds", "compute", "final_weights"}
     page = (tmp_path / "out" / "weighting_quick.md").read_text()
     assert "| arml | equal | -2.0 | -2.0 | 1.00 |" in page and "python jobs/weighting.py --quick" in page
+    assert f"--search-result helpful={tmp_path / 'search'}" in page
 
 
 def _trial(folder: Path, name: str, results: list[dict]) -> None:

@@ -3,10 +3,10 @@ configs/sweeps/weight_search_semisup*.yaml``): its best trial chosen on validati
 and the search's compute, every trial's seconds summed (ASHA-stopped trials included).
 
 The sweep is read from its Tune experiment folder (``<storage>/<name>``: one folder per trial with Tune's
-``result.json``, a JSON line per epoch report, the last with the trial's ``time_total_s`` and, once it ran every
-epoch, its test accuracy), or from the JSON ``auxray sweep --json`` printed (its ``experiment_dir`` names the
-folder). The best trial is the highest ``best_val_accuracy`` among the trials that ran every epoch, as the sweep's
-own summary picks it.
+``result.json``, a JSON line per epoch report, the last with the trial's ``time_total_s``, its wall seconds in Tune
+start-up included, and, once it ran every epoch, its test accuracy), or from the JSON ``auxray sweep --json``
+printed (its ``experiment_dir`` names the folder). The best trial is the highest ``best_val_accuracy`` among the
+trials that ran every epoch, as the sweep's own summary picks it.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 from auxray.errors import UserError
 
 WEIGHT_KEY = "method.task_weights."
-SEED_KEY = "trainer.seed"
+SEED_KEYS = ("trainer.seed", "seed")  # a searched seed, or a grid's seed axis
 
 
 def _last_result(path: Path) -> dict[str, Any] | None:
@@ -76,7 +76,7 @@ def search_row(path: str | Path, aux_set: str) -> dict[str, Any]:
         "final_std": None if final is None else 0.0,
         "accuracies": [test],
         "final_accuracies": [] if final is None else [float(final)],
-        "seeds": [params[SEED_KEY]] if SEED_KEY in params else [],
+        "seeds": [params[k] for k in SEED_KEYS if k in params][:1],
         "seconds": float(best.get("time_total_s", 0.0)),
         "compute": sum(float(r.get("time_total_s", 0.0)) for r in results),
         "final_weights": {k.removeprefix(WEIGHT_KEY): float(v) for k, v in params.items() if k.startswith(WEIGHT_KEY)},
