@@ -71,6 +71,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     _add_bench_trial_cost(bsub)
     _add_bench_reproduce(bsub)
     _add_bench_overhead(bsub)
+    _add_bench_weighting(bsub)
 
 
 def _add_bench_overhead(bsub: argparse._SubParsersAction) -> None:
@@ -83,6 +84,18 @@ def _add_bench_overhead(bsub: argparse._SubParsersAction) -> None:
     )
     add_arguments(o)
     o.set_defaults(func=cmd_bench_overhead)
+
+
+def _add_bench_weighting(bsub: argparse._SubParsersAction) -> None:
+    from auxray.bench.weighting import add_arguments
+
+    w = bsub.add_parser(
+        "weighting",
+        help="the weighting table: semi-supervised CIFAR-10 (5%% labels), helpful and harmful auxiliary sets, each "
+        "learned method beside its fixed twin, resumable (same options as jobs/weighting.py)",
+    )
+    add_arguments(w)
+    w.set_defaults(func=cmd_bench_weighting)
 
 
 def _add_bench_reproduce(bsub: argparse._SubParsersAction) -> None:
@@ -233,6 +246,14 @@ def cmd_bench_reproduce(args: argparse.Namespace) -> int:
 def cmd_bench_overhead(args: argparse.Namespace) -> int:
     """`auxray bench overhead`: see auxray.bench.overhead; the JSON rows on stdout."""
     from auxray.bench.overhead import run_from_args
+
+    print(json.dumps(run_from_args(args), default=float), flush=True)
+    return 0
+
+
+def cmd_bench_weighting(args: argparse.Namespace) -> int:
+    """`auxray bench weighting`: see auxray.bench.weighting; the JSON rows on stdout."""
+    from auxray.bench.weighting import run_from_args
 
     print(json.dumps(run_from_args(args), default=float), flush=True)
     return 0

@@ -94,7 +94,8 @@ def _parse(argv: list[str]) -> list[str]:
     if argv[:1] == ["python"]:
         argv = argv[1:]
     program, args = argv[0], argv[1:]
-    cli_prefix = {"auxray": [], "jobs/train.py": ["train"], "jobs/sweep.py": ["sweep"]}
+    cli_prefix = {"auxray": [], "jobs/train.py": ["train"], "jobs/sweep.py": ["sweep"],
+                  "jobs/weighting.py": ["bench", "weighting"]}
     try:
         if program in cli_prefix:
             build_parser().parse_args([*cli_prefix[program], *args])

@@ -28,7 +28,6 @@ import json
 import shutil
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,29 +48,17 @@ from auxray.bench.table_runs import (
     gather_runs,
     tracking_uri,
 )
+from auxray.bench.twins import Twin, fixed_twin, write_run_configs
 from auxray.errors import UserError
 from auxray.method_specs import SPECS, MethodSpec
 
 DEFAULT_OUT = Path("benchmarks/results/bench_overhead_cpu.json")
 DEFAULT_SEEDS = (0, 1)
-FROZEN = ("hypergrad.enabled=false",)
-
-
-@dataclass(frozen=True)
-class Twin:
-    """A learned method's fixed-weight twin: its key in the progress file, its config file and overrides."""
-
-    name: str
-    config: str
-    overrides: tuple[str, ...] = ()
 
 
 def _twin(method: MethodSpec) -> Twin:
-    """The fixed twin a spec names: a fixed method's config as it is, or the learned one's with outer steps off."""
-    assert method.twin is not None
-    if method.twin_is_frozen:
-        return Twin(f"{method.twin}_frozen", method.twin, FROZEN)
-    return Twin(method.twin, method.twin)
+    """The fixed twin a spec names, keyed `<config>_frozen` when it is a frozen learned config."""
+    return fixed_twin(method.name, method)
 
 
 # The outer step's cost is what this bench measures: methods that take one (forking methods cost B x by design).
@@ -116,17 +103,9 @@ def resolve_configs(
     return cfgs
 
 
-def write_run_configs(keys: Sequence[str], config_dir: Path, target: Path) -> None:
+def write_configs(keys: Sequence[str], config_dir: Path, target: Path) -> None:
     """Each key's run config file for the grid: its config as it is, a twin's with its own overrides applied."""
-    import yaml
-
-    from auxray.config import apply_overrides, read_yaml  # pydantic: see resolve_configs' caller
-
-    target.mkdir(parents=True, exist_ok=True)
-    for key in keys:
-        stem, own = config_source(key)
-        raw = apply_overrides(read_yaml(config_dir / f"{stem}.yaml"), list(own))
-        (target / f"{key}.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    write_run_configs({key: config_source(key) for key in keys}, config_dir, target)
 
 
 def check_twins_match(methods: Sequence[str], cfgs: Mapping[tuple[str, int], Any], seed: int) -> None:
@@ -243,7 +222,7 @@ def run_overhead(
         tracking_uri=tracking_uri(None, runs_root),
         experiment=f"overhead-{out.stem}",
     )
-    write_run_configs(keys, Path(config_dir), setup.config_dir)
+    write_configs(keys, Path(config_dir), setup.config_dir)
     todo = [(key, s) for s in seeds for key in keys]
     wanted = [Wanted(k, s, fingerprint(cfgs[k, s]), BACKBONE, hypergrad_settings(cfgs[k, s])) for k, s in todo]
     known, _, failed = gather_runs(setup, wanted, runs_file, threads, verbose)

@@ -1,0 +1,372 @@
+"""`auxray bench weighting`: the weighting table (issues #19 and #20), semi-supervised CIFAR-10 with 5% labels.
+
+Per auxiliary set (``bench.weighting_sets``: helpful, harmful, side_labels), every method of the set's config
+folder and the fixed twin of each learned or forking method are trained as Ray Tune grid trials over seeds, by the
+reproduction's runner (``bench.table_runs``): an interrupted invocation resumes its experiment, a later one adds
+only what is missing, a changed config runs again, and a twin shared by several methods (``equal``) trains once.
+The run config files (a frozen twin's with ``hypergrad.enabled: false``) are written under
+``<runs-dir>/<set>/configs``; each set's finished runs are kept in ``<out>/weighting_<tag>.<set>.runs.jsonl``.
+
+Rows (``bench.weighting_rows``) go to ``<out>/weighting_<tag>.json`` and ``.md`` with two pictures; a row is
+written only for a method with finished runs, and stderr lists the complete (method, aux_set) rows and the seeds
+the others miss. The harmful set's ``equal_helpful_subset`` row is the helpful set's ``equal`` runs, and
+``--search-result`` adds a set's ``weight_search`` row from a finished weight-search sweep.
+
+    auxray bench weighting --quick --methods stl,equal       # minutes: a smoke check
+    auxray bench weighting --jobs 4                          # the table: helpful then harmful, 3 seeds each
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from auxray.bench.machine import log, machine_info, usable_cpus
+from auxray.bench.plan import DEFAULT_SEEDS, Plan, fingerprint, method_settings, parse_list, resolve_configs
+from auxray.bench.table_runs import (
+    GridSetup,
+    RunKey,
+    Wanted,
+    failed_error,
+    finished_rows,
+    gather_runs,
+    read_runs_file,
+    tracking_uri,
+)
+from auxray.bench.twins import write_run_configs
+from auxray.bench.weighting_rows import completeness, set_rows
+from auxray.bench.weighting_search import parse_search_results, search_row
+from auxray.bench.weighting_sets import (
+    AUX_SETS,
+    DEFAULT_SETS,
+    HELPFUL_SUBSET,
+    SUBSET_METHOD,
+    SUBSET_ROW,
+    SetPlan,
+    parse_sets,
+    set_plan,
+)
+from auxray.errors import UserError
+
+BACKBONE = "convnet4"
+TAG = "cifar10_5pct_semisup"
+
+
+def _runs_file(out: Path, tag: str, aux_set: str) -> Path:
+    return out / f"weighting_{tag}.{aux_set}.runs.jsonl"
+
+
+def _wanted(sp: SetPlan, plan: Plan, seeds: Sequence[int]) -> dict[tuple[str, int], Wanted]:
+    """Every (key, seed) of a set resolved (a bad option fails before any training) as the runner's Wanted."""
+    cfgs = resolve_configs(plan, sp.keys, seeds)
+    return {(k, s): Wanted(k, s, fingerprint(c), c.model.backbone, method_settings(c)) for (k, s), c in cfgs.items()}
+
+
+def _known(runs_file: Path, runs_root: Path) -> dict[RunKey, dict[str, Any]]:
+    """A set's finished runs without training any: its run record file and its runs folder."""
+    return {**read_runs_file(runs_file), **finished_rows(runs_root)}
+
+
+def run_weighting(
+    sets: Sequence[str] = DEFAULT_SETS,
+    methods: Sequence[str] | None = None,
+    seeds: Sequence[int] | None = None,
+    epochs: int | None = None,
+    quick: bool = False,
+    extra_overrides: Sequence[str] = (),
+    *,
+    out_dir: str | Path = "benchmarks/results",
+    runs_dir: str | Path | None = None,
+    search_results: Sequence[str] = (),
+    track: str | None = None,
+    jobs: int = 1,
+    fresh: bool = False,
+    verbose: bool = False,
+) -> list[dict[str, Any]]:
+    """Train what is missing of each set in order, then write the rows and the page; return the rows.
+
+    quick: 1 seed unless `seeds`, 1 epoch unless `epochs`, 40 labelled images per class, 1,000 test images, tag
+    "quick". methods: config stems, each present in every set's folder (None: every config of each folder)."""
+    t_start = time.perf_counter()
+    command = canonical_command(
+        sets, methods, seeds, epochs, quick, extra_overrides, out_dir, runs_dir, search_results, track, jobs
+    )
+    sets = parse_sets(tuple(sets))
+    # Read before any training: a path that is not a finished sweep is bad input, one line, nothing trained.
+    searches = {s: search_row(path, s) for s, path in parse_search_results(list(search_results), sets).items()}
+    seeds = tuple(seeds) if seeds is not None else ((0,) if quick else DEFAULT_SEEDS)
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise UserError(f"--seeds must name distinct seeds, got {list(seeds)}")
+    if jobs < 1:
+        raise UserError(f"--jobs must be at least 1, got {jobs}")
+    if quick and epochs is None:
+        epochs = 1
+    tag = "quick" if quick else TAG
+    out = Path(out_dir)
+    runs_root = (Path(runs_dir) if runs_dir is not None else Path("runs") / "weighting" / tag).resolve()
+    # Sets not asked for this time but with runs on record stay in the table (read, not trained), all their methods.
+    carried = tuple(s for s in AUX_SETS if s not in sets and AUX_SETS[s].is_dir() and _runs_file(out, tag, s).is_file())
+    shown = tuple(s for s in AUX_SETS if s in sets or s in carried)
+    plans = {s: set_plan(s, AUX_SETS[s], methods if s in sets else None) for s in shown}
+    grids = {s: Plan(epochs, BACKBONE, None, quick, tuple(extra_overrides), runs_root / s / "configs") for s in shown}
+    if fresh:
+        for s in sets:
+            _runs_file(out, tag, s).unlink(missing_ok=True)
+            shutil.rmtree(runs_root / s, ignore_errors=True)
+    for s, sp in plans.items():
+        write_run_configs(sp.sources(), sp.config_dir, grids[s].config_dir)
+    wanted = {s: _wanted(plans[s], grids[s], seeds) for s in shown}
+    threads = grids[sets[0]].config(plans[sets[0]].keys[0], seeds[0]).trainer.threads or max(1, usable_cpus() // jobs)
+    uri = tracking_uri(track, runs_root)
+
+    known: dict[str, dict[RunKey, dict[str, Any]]] = {}
+    failed: list[Wanted] = []
+    for s in sets:
+        setup = GridSetup(
+            tag=f"{tag}-{s}",
+            runs_root=runs_root / s,
+            config_dir=grids[s].config_dir,
+            overrides=grids[s].overrides(),
+            jobs=jobs,
+            cpus_per_trial=float(threads),
+            tracking_uri=uri,
+            experiment=f"weighting-{tag}-{s}",
+        )
+        todo = [wanted[s][k, seed] for seed in seeds for k in plans[s].keys]
+        known[s], _, lost = gather_runs(setup, todo, _runs_file(out, tag, s), threads, verbose)
+        failed += lost
+
+    for s in carried:
+        known[s] = _known(_runs_file(out, tag, s), runs_root / s)
+    rows: list[dict[str, Any]] = []
+    by_set: dict[str, list[dict[str, Any]]] = {}
+    complete: list[str] = []
+    incomplete: list[str] = []
+    for s in shown:
+        subset = None
+        if HELPFUL_SUBSET.get(s) and SUBSET_METHOD in plans[s].keys:
+            subset = _subset_runs(HELPFUL_SUBSET[s], grids[s], runs_root, out, tag, seeds, known.get(HELPFUL_SUBSET[s]))
+        mine, ok, missing, by_set[s] = _set_table(plans[s], wanted[s], known[s], seeds, subset, s in carried)
+        if s in searches:  # a finished search is one row, or an error
+            mine.append(searches[s])
+            ok.append(f"weight_search ({s})")
+        rows += mine
+        complete += ok
+        incomplete += missing
+    for line in complete:
+        log(f"[weighting] complete: {line}")
+    for line in incomplete:
+        log(f"[weighting] incomplete: {line}")
+    if rows:
+        budget = grids[sets[0]].config(plans[sets[0]].keys[0], seeds[0]).trainer.epochs
+        devices = [r["diagnostics"].get("device") for rs in known.values() for r in rs.values() if "diagnostics" in r]
+        meta = {
+            "title": f"semi-supervised CIFAR-10, 5% labels, {BACKBONE}, {budget} epochs",
+            "sets": list(shown),
+            "carried": list(carried),
+            "aux_tasks": {s: _aux_tasks(grids[s], plans[s], seeds[0]) for s in shown},
+            "seeds": list(seeds),
+            "epochs": budget,
+            "config_dirs": {s: f"configs/{AUX_SETS[s].name}" for s in shown},
+            "command": command,
+            "machine": machine_info(next((d for d in devices if d), None)),
+            "complete": complete,
+            "incomplete": incomplete,
+            "wall_seconds": time.perf_counter() - t_start,
+        }
+        _write(out, tag, rows, by_set, meta)
+    if failed:
+        raise failed_error(failed, runs_root)
+    return rows
+
+
+def _set_table(
+    sp: SetPlan,
+    wanted: dict[tuple[str, int], Wanted],
+    known: dict[RunKey, dict[str, Any]],
+    seeds: Sequence[int],
+    subset: list[dict[str, Any]] | None,
+    carried: bool,
+) -> tuple[list[dict[str, Any]], list[str], list[str], list[dict[str, Any]]]:
+    """One set's rows, its complete and incomplete report lines (a carried set's only for rows it has) and its
+    learned or forking methods' runs (for the weights plot). subset: the equal_helpful_subset runs, if a row."""
+    runs = {k: [known[wanted[k, x].key] for x in seeds if wanted[k, x].key in known] for k in sp.keys}
+    twins = {m: t.name for m, t in sp.twins.items()}
+    rows = set_rows(sp.aux_set, sp.keys, runs, twins, subset or (), SUBSET_ROW, SUBSET_METHOD)
+    keys = [*sp.keys, SUBSET_ROW] if subset is not None else list(sp.keys)
+    done = {k: [r["seed"] for r in rs] for k, rs in {**runs, SUBSET_ROW: subset or []}.items()}
+    if carried:
+        keys = [k for k in keys if done.get(k)]
+    ok, missing = completeness(sp.aux_set, keys, seeds, done)
+    return rows, ok, missing, [r for k in sp.twins for r in runs.get(k, [])]
+
+
+def _subset_runs(
+    helpful: str,
+    plan: Plan,
+    runs_root: Path,
+    out: Path,
+    tag: str,
+    seeds: Sequence[int],
+    known: dict[RunKey, dict[str, Any]] | None,
+) -> list[dict[str, Any]]:
+    """The helpful set's equal runs under the same plan (no training: read from its records when not run now)."""
+    from dataclasses import replace
+
+    source = AUX_SETS[helpful]
+    runs = known if known is not None else _known(_runs_file(out, tag, helpful), runs_root / helpful)
+    found = []
+    for s in seeds:
+        key = (SUBSET_METHOD, s, fingerprint(replace(plan, config_dir=source).config(SUBSET_METHOD, s)))
+        if key in runs:
+            found.append(runs[key])
+    return found
+
+
+def _aux_tasks(plan: Plan, sp: SetPlan, seed: int) -> str:
+    """The set's auxiliary tasks, from its first method that weighs any."""
+    for k in sp.keys:
+        tasks = plan.config(k, seed).method.aux_tasks
+        if tasks:
+            return ", ".join(tasks)
+    return ""
+
+
+def _write(
+    out: Path, tag: str, rows: list[dict[str, Any]], by_set: dict[str, list[dict[str, Any]]], meta: dict[str, Any]
+) -> None:
+    """weighting_<tag>.json (the rows), its two pictures and the Markdown page."""
+    from auxray.bench.weighting_page import plot_compute, plot_weights, render_markdown
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"weighting_{tag}.json").write_text(json.dumps(rows, indent=2, default=float) + "\n")
+    weights = plot_weights(by_set, out / f"weighting_{tag}_weights.png", f"Task weights: {meta['title']}")
+    meta["weights_picture"] = weights.name if weights else None
+    compute = plot_compute(rows, out / f"weighting_{tag}_compute.png", meta["title"])
+    meta["compute_picture"] = compute.name if compute else None
+    (out / f"weighting_{tag}.md").write_text(render_markdown(rows, meta))
+    log(f"[weighting] wrote {out / f'weighting_{tag}.json'} and {out / f'weighting_{tag}.md'}")
+
+
+def canonical_command(
+    sets: Sequence[str],
+    methods: Sequence[str] | None,
+    seeds: Sequence[int] | None,
+    epochs: int | None,
+    quick: bool,
+    extra_overrides: Sequence[str],
+    out_dir: str | Path,
+    runs_dir: str | Path | None,
+    search_results: Sequence[str],
+    track: str | None,
+    jobs: int,
+) -> str:
+    """The `python jobs/weighting.py ...` line that repeats this invocation."""
+    parts = ["python", "jobs/weighting.py"]
+    if quick:
+        parts.append("--quick")
+    if tuple(sets) != DEFAULT_SETS:
+        parts += ["--sets", ",".join(sets)]
+    if methods is not None:
+        parts += ["--methods", ",".join(methods)]
+    if seeds is not None:
+        parts += ["--seeds", ",".join(map(str, seeds))]
+    if epochs is not None:
+        parts += ["--epochs", str(epochs)]
+    if str(out_dir) != "benchmarks/results":
+        parts += ["--out-dir", str(out_dir)]
+    if runs_dir is not None:
+        parts += ["--runs-dir", str(runs_dir)]
+    for item in search_results:
+        parts += ["--search-result", item]
+    if track is not None:
+        parts += ["--track", track] if track else ["--track"]
+    if jobs != 1:
+        parts += ["--jobs", str(jobs)]
+    for o in extra_overrides:
+        parts += ["--set", o]
+    return shlex.join(parts)
+
+
+def add_arguments(p: Any) -> None:
+    """The options shared by `python jobs/weighting.py` and `auxray bench weighting`."""
+    p.add_argument(
+        "--sets",
+        default=",".join(DEFAULT_SETS),
+        help=f"comma-separated aux sets, in the order they train (default {','.join(DEFAULT_SETS)}; "
+        f"known: {', '.join(AUX_SETS)})",
+    )
+    p.add_argument(
+        "--methods", default=None, help="comma-separated config names, in every set's folder (default: all of each)"
+    )
+    p.add_argument("--seeds", default=None, help="comma-separated seeds (default 0,1,2; --quick: 0)")
+    p.add_argument("--epochs", type=int, default=None, help="epoch budget of every run (default: the configs')")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="1 seed, 1 epoch, 40 labelled images per class, 1,000 test images (files tagged quick)",
+    )
+    p.add_argument("--jobs", type=int, default=1, help="trials run at once, the CPUs split between them (default 1)")
+    p.add_argument("--out-dir", default="benchmarks/results", help="where the table, page and run records go")
+    p.add_argument(
+        "--runs-dir",
+        default=None,
+        help="folder of the Tune experiments (one subfolder per set), run configs and MLflow store "
+        "(default runs/weighting/<tag>)",
+    )
+    p.add_argument(
+        "--search-result",
+        dest="search_results",
+        action="append",
+        default=[],
+        metavar="[SET=]PATH",
+        help="a finished weight-search sweep (its Tune experiment folder or `auxray sweep --json` output) as the "
+        "set's weight_search row (a bare PATH: the first set's; repeatable)",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override applied to every run (repeatable)",
+    )
+    p.add_argument(
+        "--track",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="URI",
+        help="where the MLflow runs go: without --track the runs folder's own store; --track alone the configured "
+        "store; --track URI that server or SQLite file",
+    )
+    p.add_argument("--fresh", action="store_true", help="forget the sets' finished runs and start over")
+    p.add_argument("--verbose", action="store_true", help="also print one line per trial as it ends")
+
+
+def run_from_args(args: Any) -> list[dict[str, Any]]:
+    """run_weighting from parsed add_arguments options."""
+    try:
+        seeds = tuple(int(s) for s in parse_list(args.seeds)) if args.seeds else None
+    except ValueError:
+        raise UserError(f"--seeds expects comma-separated integers, got {args.seeds!r}") from None
+    return run_weighting(
+        sets=tuple(parse_list(args.sets)),
+        methods=tuple(parse_list(args.methods)) if args.methods is not None else None,
+        seeds=seeds,
+        epochs=args.epochs,
+        quick=args.quick,
+        extra_overrides=tuple(args.overrides),
+        out_dir=args.out_dir,
+        runs_dir=args.runs_dir,
+        search_results=tuple(args.search_results),
+        track=args.track,
+        jobs=args.jobs,
+        fresh=args.fresh,
+        verbose=args.verbose,
+    )

@@ -1,0 +1,130 @@
+"""The weighting table's Markdown page and pictures: per auxiliary set the rows (best-on-validation and last-epoch
+test accuracy side by side, compute), each learned method beside its fixed twin with the difference, the final task
+weights, the command and settings; the learned weights over training and test accuracy against compute (PNG)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.1f}"
+
+
+def _acc(mean: float | None, std: float | None) -> str:
+    return "–" if mean is None else f"{_pct(mean)} ± {_pct(std)}"
+
+
+def _diff(a: float | None, b: float | None) -> str:
+    return "–" if a is None or b is None else f"{100 * (a - b):+.1f}"
+
+
+def _weights(w: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.3g}" for k, v in w.items()) or "–"
+
+
+def render_markdown(rows: Sequence[dict[str, Any]], meta: dict[str, Any]) -> str:
+    """The page: per set, the rows, then each learned method against its twin; the status, command and settings."""
+    lines = [
+        f"# Weighting table: {meta['title']}",
+        "",
+        "Test accuracy (%) of the best-on-validation weights and of the last epoch's, mean ± std over seeds "
+        "(population std); compute: total wall seconds of the runs behind a row (every seed; for weight_search "
+        "every trial of the search); final weights: each task's weight after the last epoch, mean over seeds.",
+        "",
+    ]
+    for aux_set in meta["sets"]:
+        mine = [r for r in rows if r["aux_set"] == aux_set]
+        lines += [f"## Aux set: {aux_set} ({meta['aux_tasks'].get(aux_set, '')})", ""]
+        if not mine:
+            lines += ["No finished runs yet.", ""]
+            continue
+        lines += [
+            "| method | best-on-val | last epoch | seeds | compute (h) | final weights |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in mine:
+            seeds = ",".join(map(str, r["seeds"])) or "–"
+            lines.append(
+                f"| {r['method']} | {_acc(r['mean'], r['std'])} | {_acc(r['final_mean'], r['final_std'])} | "
+                f"{seeds} | {r['compute'] / 3600:.3g} | {_weights(r['final_weights'])} |"
+            )
+        by_name = {r["method"]: r for r in mine}
+        pairs = [(r, by_name.get(r["twin"])) for r in mine if r.get("twin")]
+        if pairs:
+            lines += [
+                "",
+                "Each learned (or forking) method beside its fixed twin (the same inner work, nothing learned):",
+                "",
+                "| method | twin | best-on-val: method − twin | last epoch: method − twin | compute × twin |",
+                "|---|---|---|---|---|",
+            ]
+            for r, t in pairs:
+                ratio = f"{r['compute'] / t['compute']:.2f}" if t and t["compute"] > 0 else "–"
+                best = _diff(r["mean"], t["mean"]) if t else "–"
+                last = _diff(r["final_mean"], t["final_mean"]) if t else "–"
+                lines.append(f"| {r['method']} | {r['twin']} | {best} | {last} | {ratio} |")
+        lines.append("")
+    for key, title in (
+        ("weights_picture", "Learned task weights over training"),
+        ("compute_picture", "Accuracy against compute"),
+    ):
+        if meta.get(key):
+            lines += [f"![{title}]({meta[key]})", ""]
+    lines += ["## Status", ""]
+    lines += [f"- complete: {', '.join(meta['complete']) or 'none'}"]
+    lines += [f"- incomplete: {'; '.join(meta['incomplete']) or 'none'}", ""]
+    lines += [
+        "## Command and settings",
+        "",
+        "```",
+        meta["command"],
+        "```",
+        "",
+        f"Seeds {', '.join(map(str, meta['seeds']))}; {meta['epochs']} epochs; config folders: "
+        + ", ".join(f"{s}: {d}" for s, d in meta["config_dirs"].items())
+        + ". Fixed twins: a frozen one is its method's config with `hypergrad.enabled: false`; another is that "
+        "method's config of the same folder. Machine: "
+        + ", ".join(f"{k} {v}" for k, v in meta["machine"].items())
+        + ".",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def plot_compute(rows: Sequence[dict[str, Any]], path: str | Path, title: str) -> Path | None:
+    """Test accuracy (mean ± std, %) against compute (hours) per row, one colour per aux set; None without rows."""
+    import matplotlib.pyplot as plt
+
+    from auxray.tracking.plots import save_figure  # also selects matplotlib's Agg backend
+
+    if not rows:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, aux_set in enumerate(dict.fromkeys(r["aux_set"] for r in rows)):
+        mine = [r for r in rows if r["aux_set"] == aux_set]
+        xs, ys = [r["compute"] / 3600 for r in mine], [100 * r["mean"] for r in mine]
+        ax.errorbar(xs, ys, yerr=[100 * r["std"] for r in mine], fmt="o", color=f"C{i}", capsize=2, label=aux_set)
+        for x, y, r in zip(xs, ys, mine):
+            ax.annotate(r["method"], (x, y), fontsize=6, xytext=(3, 2), textcoords="offset points")
+    spent = [r["compute"] for r in rows if r["compute"] > 0]
+    if spent and max(spent) > 10 * min(spent):  # a search or a forking method beside single runs
+        ax.set_xscale("log")
+    ax.set_xlabel("compute: total wall hours of the runs behind the row")
+    ax.set_ylabel("test accuracy (%), best on validation")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return save_figure(fig, Path(path))
+
+
+def plot_weights(runs_by_set: dict[str, list[dict[str, Any]]], path: str | Path, title: str) -> Path | None:
+    """Every learned method's task weights over training (bench.reproduce_plot.plot_task_weights), a panel per
+    (method, aux set)."""
+    from auxray.bench.reproduce_plot import plot_task_weights
+
+    runs = [dict(r, method=f"{r['method']} ({s})") for s, rs in runs_by_set.items() for r in rs]
+    return plot_task_weights(runs, path, title)

@@ -1,0 +1,160 @@
+"""The weighting table (auxray bench weighting), fast and from files: twins derived from the specs (a frozen copy
+or another method's config, a shared twin once), rows per aux set with their compute and final weights, the
+harmful set's equal_helpful_subset from the helpful set's equal runs, the weight_search row from a finished sweep's
+Tune folder, the complete/incomplete report, and bad input one line with exit 2 through the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from auxray.bench.overhead import TWINS
+from auxray.bench.plan import Plan
+from auxray.bench.table_runs import write_runs_file
+from auxray.bench.twins import FROZEN, Twin, fixed_twin, write_run_configs
+from auxray.bench.weighting import _wanted, run_weighting
+from auxray.bench.weighting_rows import completeness, final_weights
+from auxray.bench.weighting_search import search_row
+from auxray.bench.weighting_sets import AUX_SETS, set_plan
+from auxray.cli import run as cli_run
+from auxray.errors import UserError
+from auxray.method_specs import SPECS
+
+
+def test_twins_come_from_the_specs_and_a_shared_twin_is_one_key(tmp_path: Path) -> None:
+    plan = set_plan("helpful", AUX_SETS["helpful"], ["autolambda", "arml", "auxilearn_linear", "stl"])
+    assert plan.keys == ("autolambda", "autolambda_twin", "arml", "equal", "auxilearn_linear", "stl")
+    assert plan.twins["autolambda"] == Twin("autolambda_twin", "autolambda", FROZEN) and plan.twins["autolambda"].frozen
+    assert plan.twins["arml"] == plan.twins["auxilearn_linear"] == Twin("equal", "equal")
+    assert "stl" not in plan.twins
+    assert plan.sources()["autolambda_twin"] == ("autolambda", FROZEN) and plan.sources()["equal"] == ("equal", ())
+    # a learned method whose twin is another learned method: that one's config, frozen; overhead's keys unchanged
+    assert fixed_twin("maxl_fo", SPECS["maxl_fo"], "_twin") == Twin("maxl_twin", "maxl", FROZEN)
+    assert TWINS["maxl_fo"].name == "maxl_frozen" and TWINS["jtds"] == Twin("equal", "equal")
+    # the frozen twin's run config: its method's config with outer steps off, all else the same
+    write_run_configs(plan.sources(), plan.config_dir, tmp_path)
+    grid = Plan(1, "convnet4", None, True, (), tmp_path)
+    twin, method = grid.config("autolambda_twin", 0), grid.config("autolambda", 0)
+    assert not twin.hypergrad.enabled and method.hypergrad.enabled
+    assert twin.model_dump(exclude={"hypergrad"}) == method.model_dump(exclude={"hypergrad"})
+
+
+def test_final_weights_and_completeness() -> None:
+    runs = [
+        {"diagnostics": {"task_weight/rotation": 1.0, "task_weight/noise_labels": 0.2, "train_seconds": 3.0}},
+        {"diagnostics": {"task_weight/rotation": 0.5, "task_weight/noise_labels": 0.4}},
+    ]
+    assert final_weights(runs) == {"noise_labels": pytest.approx(0.3), "rotation": pytest.approx(0.75)}
+    assert final_weights([{"diagnostics": {"train_seconds": 1.0}}]) == {}
+    ok, missing = completeness("harmful", ["stl", "jtds", "equal"], [0, 1, 2], {"stl": [0, 1, 2], "jtds": [1]})
+    assert ok == ["stl (harmful)"]
+    assert missing == ["jtds (harmful): missing seed(s) 0, 2", "equal (harmful): missing seed(s) 0, 1, 2"]
+
+
+def _record(tmp_path: Path, aux_set: str, methods: list[str], seeds: tuple[int, ...], acc: dict[str, float]) -> None:
+    """Finished runs of a set as its run record file holds them, under the fingerprints the command will want."""
+    runs_root = (tmp_path / "runs").resolve()
+    plan = set_plan(aux_set, AUX_SETS[aux_set], methods)
+    grid = Plan(1, "convnet4", None, True, (), runs_root / aux_set / "configs")
+    write_run_configs(plan.sources(), plan.config_dir, grid.config_dir)
+    rows = {}
+    for (key, seed), w in _wanted(plan, grid, seeds).items():
+        weights = {f"task_weight/{t}": 0.5 + seed for t in ("rotation", "noise_labels")} if key == "arml" else {}
+        rows[w.key] = {
+            "method": key, "seed": seed, "fingerprint": w.fingerprint, "test_accuracy": acc[key] + 0.01 * seed,
+            "final_test_accuracy": acc[key] - 0.01, "seconds": 100.0 + seed, "finished_at": f"2026-01-0{seed + 1}",
+            "settings": w.settings, "diagnostics": {"device": "cpu", **weights},
+        }
+    write_runs_file(tmp_path / "out" / f"weighting_quick.{aux_set}.runs.jsonl", rows)
+
+
+def test_rows_from_finished_runs_with_twins_and_the_helpful_subset(tmp_path: Path) -> None:
+    """Every wanted run is in the record files, so nothing trains: rows per set in order (method, then its twin),
+    compute summed over seeds, final weights averaged, the harmful set's equal_helpful_subset from the helpful set's
+    equal runs even when only the harmful set is asked for."""
+    seeds = (0, 1)
+    _record(tmp_path, "helpful", ["arml", "equal", "stl"], seeds, {"arml": 0.6, "equal": 0.62, "stl": 0.58})
+    _record(tmp_path, "harmful", ["arml", "equal"], seeds, {"arml": 0.61, "equal": 0.55})
+    common = {"seeds": seeds, "quick": True, "out_dir": tmp_path / "out", "runs_dir": tmp_path / "runs"}
+
+    rows = run_weighting(sets=("harmful",), methods=("arml",), **common)
+    assert [(r["method"], r["aux_set"]) for r in rows] == [
+        ("stl", "helpful"), ("equal", "helpful"), ("arml", "helpful"),  # on record: read, in the folder's order
+        ("arml", "harmful"), ("equal", "harmful"), ("equal_helpful_subset", "harmful"),
+    ]
+    arml, equal, subset = rows[3:]
+    assert arml["twin"] == "equal" and "twin" not in equal
+    assert arml["final_weights"] == {"noise_labels": pytest.approx(1.0), "rotation": pytest.approx(1.0)}
+    assert equal["final_weights"] == {} and arml["compute"] == pytest.approx(201.0)
+    assert subset["accuracies"] == pytest.approx([0.62, 0.63]) and subset["compute"] == pytest.approx(201.0)
+    assert equal["mean"] == pytest.approx(0.555) and equal["final_mean"] == pytest.approx(0.54)
+
+    # The helpful set asked for: its methods in the order asked, the shared twin once; the harmful rows stay.
+    # A finished weight search given as the helpful set's: its row follows that set's.
+    _trial(tmp_path / "search", "t0", [{"best_val_accuracy": 0.6, "test_accuracy": 0.64, "time_total_s": 40.0,
+                                        "config": {"method.task_weights.rotation": 2.0}}])
+    _trial(tmp_path / "search", "t1", [{"best_val_accuracy": 0.5, "time_total_s": 10.0}])
+    rows = run_weighting(sets=("helpful",), methods=("arml", "stl"), search_results=(f"helpful={tmp_path / 'search'}",),
+                         **common)
+    assert [(r["method"], r["aux_set"]) for r in rows] == [
+        ("arml", "helpful"), ("equal", "helpful"), ("stl", "helpful"), ("weight_search", "helpful"),
+        ("equal", "harmful"), ("equal_helpful_subset", "harmful"), ("arml", "harmful"),  # read: the folder's order
+    ]
+    assert rows[3]["mean"] == 0.64 and rows[3]["compute"] == 50.0 and rows[3]["final_weights"] == {"rotation": 2.0}
+    written = json.loads((tmp_path / "out" / "weighting_quick.json").read_text())
+    assert written == json.loads(json.dumps(rows))
+    assert set(written[0]) >= {"method", "aux_set", "mean", "std", "final_mean", "final_std", "accuracies",
+                               "final_accuracies", "seeds", "seconds", "compute", "final_weights"}
+    page = (tmp_path / "out" / "weighting_quick.md").read_text()
+    assert "| arml | equal | -2.0 | -2.0 | 1.00 |" in page and "python jobs/weighting.py --quick" in page
+    assert f"--search-result helpful={tmp_path / 'search'}" in page
+
+
+def _trial(folder: Path, name: str, results: list[dict]) -> None:
+    (folder / name).mkdir(parents=True)
+    (folder / name / "result.json").write_text("".join(json.dumps(r) + "\n" for r in results) + '{"torn')
+
+
+def test_weight_search_row_from_a_finished_sweep(tmp_path: Path) -> None:
+    """The best trial on validation among those that ran every epoch, its test accuracy, every trial's seconds."""
+    exp = tmp_path / "weight_search_semisup"
+    params = {"method.task_weights.rotation": 0.5, "method.task_weights.consistency": 2.0}
+    _trial(exp, "t0", [{"best_val_accuracy": 0.5, "time_total_s": 5.0},
+                       {"best_val_accuracy": 0.6, "test_accuracy": 0.58, "final_test_accuracy": 0.57,
+                        "time_total_s": 10.0, "config": params}])
+    _trial(exp, "t1", [{"best_val_accuracy": 0.7, "time_total_s": 3.0}])  # stopped by ASHA: not chosen
+    _trial(exp, "t2", [{"best_val_accuracy": 0.55, "test_accuracy": 0.6, "time_total_s": 9.0, "config": {}}])
+    row = search_row(exp, "helpful")
+    assert row["method"] == "weight_search" and row["aux_set"] == "helpful" and row["mean"] == 0.58
+    assert row["final_mean"] == 0.57 and row["compute"] == pytest.approx(22.0) and row["seconds"] == 10.0
+    assert row["final_weights"] == {"rotation": 0.5, "consistency": 2.0} and row["trials"] == 3
+    summary = tmp_path / "sweep.json"
+    summary.write_text(json.dumps({"experiment_dir": str(exp), "best": {}}) + "\n")
+    assert search_row(summary, "harmful")["compute"] == pytest.approx(22.0)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="no trial results"):
+        search_row(tmp_path / "empty", "helpful")
+    _trial(tmp_path / "running", "t0", [{"best_val_accuracy": 0.5, "time_total_s": 5.0}])
+    with pytest.raises(UserError, match="no trial ran every epoch yet"):
+        search_row(tmp_path / "running", "helpful")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--sets", "helpful,unlabelled"], "unknown aux set(s) ['unlabelled']; choose from helpful, harmful"),
+        (["--methods", "stl,nope"], "unknown method(s) ['nope'] for aux set helpful; choose from stl, equal"),
+        (["--sets", "side_labels"], "aux set(s) without a config folder yet: side_labels"),
+        (["--methods", "jtds_learned_confidence"], "unknown method(s) ['jtds_learned_confidence'] for aux set harmful"),
+        (["--search-result", "harmful=/nonexistent"], "--search-result /nonexistent: no such file or folder"),
+        (["--seeds", "0,x"], "--seeds expects comma-separated integers"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(tmp_path: Path, capsys, argv: list[str], message: str) -> None:
+    out = tmp_path / "out"
+    code = cli_run(["bench", "weighting", "--quick", "--out-dir", str(out), "--runs-dir", str(tmp_path / "r"), *argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith(f"auxray: error: {message}"), err
+    assert not out.exists()
