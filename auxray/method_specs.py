@@ -192,6 +192,8 @@ SPECS: dict[str, MethodSpec] = {
     )
 }
 METHOD_NAMES = tuple(SPECS)
+# The fixed weighting every given-task method is measured against (their usual fixed twin): each task at weight 1.
+EQUAL_WEIGHTS = SPECS["equal"].name
 DEFAULT_METHOD = "stl"  # method.name when a config names none
 
 

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from auxray.bench.table import build_table
+from auxray.method_specs import EQUAL_WEIGHTS
 
 ROW_KEYS = (
     "method",
@@ -49,7 +50,7 @@ def set_rows(
     twins: Mapping[str, str],
     subset_runs: Sequence[dict[str, Any]] = (),
     subset_row: str = "equal_helpful_subset",
-    subset_after: str = "equal",
+    subset_after: str = EQUAL_WEIGHTS,
 ) -> list[dict[str, Any]]:
     """The rows of one set in `keys` order (each method, then its twin): runs by key; twins: method -> its twin's
     key (its row names it); subset_runs: the helpful set's runs of the same method (the subset row, placed after

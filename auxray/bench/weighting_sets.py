@@ -18,7 +18,7 @@ import yaml
 from auxray.bench.plan import config_entries
 from auxray.bench.twins import Twin, fixed_twin, has_twin
 from auxray.errors import UserError
-from auxray.method_specs import DEFAULT_METHOD, SPECS
+from auxray.method_specs import DEFAULT_METHOD, EQUAL_WEIGHTS, SPECS
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 AUX_SETS = {
@@ -31,7 +31,7 @@ DEFAULT_SETS = ("helpful", "harmful")  # what matters first
 # "equal_helpful_subset" row (the weights a person who knew which task hurts would pick), at no extra training.
 HELPFUL_SUBSET = {"harmful": "helpful"}
 SUBSET_ROW = "equal_helpful_subset"
-SUBSET_METHOD = "equal"
+SUBSET_METHOD = EQUAL_WEIGHTS
 TWIN_SUFFIX = "_twin"
 
 
