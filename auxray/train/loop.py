@@ -230,7 +230,9 @@ class BilevelTrainer:
             phi.add(grads, self.step)
         return _norm(grads)
 
-    def fused_step(self, batch: Batch, outer_batch: Batch, phases: Phases = no_phases) -> tuple[dict[str, float], float]:
+    def fused_step(
+        self, batch: Batch, outer_batch: Batch, phases: Phases = no_phases
+    ) -> tuple[dict[str, float], float]:
         """One inner step and one outer step on a single forward/backward of the training batch: the gradient
         updates W, its graph gives the hypergradient (at the W before the update), which updates phi."""
         auxnet, phi = self.phi_parts()
