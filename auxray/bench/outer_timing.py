@@ -54,7 +54,7 @@ def outer_step_breakdown(trainer: BilevelTrainer, train_batch: Batch, outer_batc
     sec = timer.seconds
     return {
         "inner_forward_backward": sec["inner_forward_backward"],
-        "aux_gradient": sec["aux_gradient"],
+        "outer_gradient": sec["outer_gradient"],
         "graph_build": sec["graph_build"],
         "hvp": sec["hvp"],
         "hvp_count": float(timer.counts["hvp"]),
