@@ -429,7 +429,7 @@ def _side_raw(cifar_zip: Path, tmp_path: Path, pool: Path | str, table: Path | s
 
 def test_a_table_gives_a_folder_pool_its_side_labels(cifar_zip, tmp_path) -> None:
     """Table rows keyed by a pool image's path inside the pool folder label that image; the pool's other images
-    have none, and the aux (outer) split stays labelled."""
+    have none, and the outer set stays labelled."""
     images = load_images(config_from_dict(tiny_cifar_raw(cifar_zip, tmp_path)).data)
     pool = _pool_folder(tmp_path / "pool", images.test.x[:6])
     table = _side_table(tmp_path / "side.csv", images.train_keys, [f"img{i:03d}.png" for i in range(6)])
