@@ -74,7 +74,10 @@ class TableTask(_Section):
 
 
 class DataConfig(_Section):
-    """Which data set, where it lives, and how the few-label / aux / validation splits are carved.
+    """Which data set, where it lives, and how the few-label / outer / validation splits are carved.
+
+    outer_fraction: the share of the labelled images held out as the outer set, on whose main-task loss the
+    outer (upper-level) step judges the auxiliary network.
 
     root defaults to ``default_data_root()`` (a cache folder), and download to true there: CIFAR-10 is fetched
     on first use. A root the config names is never downloaded into unless download: true is set too.
@@ -86,14 +89,14 @@ class DataConfig(_Section):
     download: bool = Field(default_factory=_downloads_by_default)
     labeled_fraction: float | None = Field(0.05, gt=0, le=1)
     labeled_per_class: int | None = Field(None, gt=0)
-    aux_fraction: float = Field(0.1, ge=0, lt=1)
+    outer_fraction: float = Field(0.1, ge=0, lt=1)
     val_fraction: float = Field(0.1, ge=0, lt=1)
     test_limit: int | None = Field(None, gt=0)
     augment: bool = True
     image_size: int = Field(32, gt=0)
     seed: int = 0
     # Images without main labels that auxiliary losses train on: none; rest (every training image outside the
-    # labelled train / aux / validation subsets); or a folder or .zip of images (flat or class folders).
+    # labelled train / outer / validation subsets); or a folder or .zip of images (flat or class folders).
     unlabeled: str = "none"
     unlabeled_batch_size: int | None = Field(None, gt=0)  # per inner step; unset: trainer.batch_size
     # Auxiliary labels from a table (method.aux_task: table): a Parquet or CSV file keyed by each image's path
@@ -126,8 +129,8 @@ class DataConfig(_Section):
 
     @model_validator(mode="after")
     def _one_budget(self) -> DataConfig:
-        if self.aux_fraction + self.val_fraction >= 1:
-            raise ValueError("aux_fraction + val_fraction must be below 1")
+        if self.outer_fraction + self.val_fraction >= 1:
+            raise ValueError("outer_fraction + val_fraction must be below 1")
         if self.dataset == "imagefolder" and "root" not in self.model_fields_set:
             raise ValueError("dataset imagefolder needs root (a folder or .zip of class folders)")
         return self
@@ -181,12 +184,19 @@ MOVED_KEYS = {
     "method.aux_weight_decay": "outer.weight_decay",
     "method.aux_optimizer": "outer.optimizer",
     "method.aux_grad_clip": "outer.grad_clip",
+    "data.aux_fraction": "data.outer_fraction",
 }
 
 
 def moved(key: str) -> str | None:
     """Where a moved dotted key lives now (None: it did not move)."""
     return MOVED_KEYS.get(key)
+
+
+def _names(data: dict[str, Any], key: str) -> bool:
+    """Whether a raw config mapping sets the dotted `section.key`."""
+    section, name = key.split(".")
+    return isinstance(data.get(section), dict) and name in data[section]
 
 
 class TrainerConfig(_Section):
@@ -215,7 +225,7 @@ class HypergradConfig(_Section):
     enabled: false keeps the aux net at its initial value (no outer steps): a learned method's fixed twin.
     reuse_graph: at an outer step the training batch's forward and backward run once; the same gradient
     updates W and its graph serves the Hessian-vector products (no second pass over the batch).
-    batch_size: the hypergradient uses at most this many samples of the training and aux batches.
+    batch_size: the hypergradient uses at most this many samples of the training and outer batches.
     params: which primary parameters the hypergradient differentiates through: "all", or "last_block" (the heads
     and the trunk's last block; the rest held fixed). Heads alone would give zero: no head but the main one
     touches the main loss, and the main head's gradient does not depend on phi.
@@ -282,12 +292,12 @@ class RunConfig(_Section):
     def _default_method(cls, data: Any) -> Any:
         """A method: section that names no method is the default method's; a moved key is one line naming its new
         place."""
-        if not isinstance(data, dict) or not isinstance(data.get("method"), dict):
+        if not isinstance(data, dict):
             return data
-        gone = [f"{old} moved to {new}" for old, new in MOVED_KEYS.items() if old.split(".")[1] in data["method"]]
+        gone = [f"{old} moved to {new}" for old, new in MOVED_KEYS.items() if _names(data, old)]
         if gone:
             raise ValueError("; ".join(gone))
-        if "name" not in data["method"]:
+        if isinstance(data.get("method"), dict) and "name" not in data["method"]:
             return {**data, "method": {"name": DEFAULT_METHOD, **data["method"]}}
         return data
 

@@ -197,6 +197,19 @@ def test_an_old_key_on_the_command_line_is_one_line_exit_2(capsys) -> None:
     assert_one_line_error(proc, "method.aux_lr moved to outer.lr")
 
 
+def test_the_old_aux_fraction_is_one_line_naming_the_outer_set(tmp_path: Path, capsys) -> None:
+    assert error_of({"data": {"aux_fraction": 0.2}}) == "data.aux_fraction moved to data.outer_fraction"
+    assert config_from_dict({"data": {"outer_fraction": 0.2}}).data.outer_fraction == 0.2
+    text = (REPO / "configs" / "demo.yaml").read_text()
+    assert "  outer_fraction:" in text
+    (tmp_path / "old.yaml").write_text(text.replace("  outer_fraction:", "  aux_fraction:"))
+    proc = in_process(capsys, "train", str(tmp_path / "old.yaml"), "--no-progress")
+    assert_one_line_error(proc, "data.aux_fraction moved to data.outer_fraction")
+    config = str(REPO / "configs" / "demo.yaml")
+    proc = in_process(capsys, "train", config, "--set", "data.aux_fraction=0.2", "--no-progress")
+    assert_one_line_error(proc, "data.aux_fraction moved to data.outer_fraction")
+
+
 def test_a_fixed_method_keeps_the_outer_optimizer_at_its_defaults() -> None:
     assert error_of({"method": {"name": "equal", "aux_task": "rotation"}, "outer": {"optimizer": "sgd"}}) == (
         "outer.optimizer does nothing for method 'equal'; drop it"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 import warnings
 import zipfile
@@ -190,7 +191,7 @@ def test_build_data_imagefolder_bundle(tmp_path: Path) -> None:
         cache_dir=str(tmp_path / "c"),
         image_size=8,
         labeled_fraction=1.0,
-        aux_fraction=0.25,
+        outer_fraction=0.25,
         val_fraction=0.25,
         test_limit=3,
     )
@@ -203,7 +204,7 @@ def test_build_data_imagefolder_bundle(tmp_path: Path) -> None:
         8,
     )
     # Per class (ant 5, bee 6, cow 4 images): aux and val take round(0.25 * n) each, train the rest.
-    assert torch.bincount(b.aux.y, minlength=3).tolist() == [1, 2, 1]
+    assert torch.bincount(b.outer.y, minlength=3).tolist() == [1, 2, 1]
     assert torch.bincount(b.val.y, minlength=3).tolist() == [1, 2, 1]
     assert torch.bincount(b.train.y, minlength=3).tolist() == [3, 2, 2]
     assert sorted(b.test.y.tolist()) == [0, 1, 2]
@@ -216,6 +217,16 @@ def _cifar_like_labels() -> torch.Tensor:
     return torch.arange(50_000) % 10
 
 
+@pytest.mark.parametrize(("seed", "digest"), [(0, "792a31c5ae35563f"), (1, "3da8f0632bea7e5e")])
+def test_the_outer_set_rename_keeps_the_split(seed: int, digest: str) -> None:
+    """data.outer_fraction carves the very images data.aux_fraction did (the digests are of the train / held-out /
+    val indices computed at 9dbb6bd, before the rename), so the committed tables' runs stay reproducible."""
+    s = make_splits(_cifar_like_labels(), 50_000, None, 10, labeled_fraction=0.05, labeled_per_class=None,
+                    outer_fraction=0.1, val_fraction=0.1, test_limit=None, seed=seed)
+    got = hashlib.sha256(b"".join(t.numpy().tobytes() for t in (s.train, s.outer, s.val))).hexdigest()[:16]
+    assert got == digest
+
+
 def test_split_sizes_stratified_and_disjoint() -> None:
     labels = _cifar_like_labels()
     s = make_splits(
@@ -225,15 +236,15 @@ def test_split_sizes_stratified_and_disjoint() -> None:
         10_000,
         labeled_fraction=0.05,
         labeled_per_class=None,
-        aux_fraction=0.1,
+        outer_fraction=0.1,
         val_fraction=0.1,
         test_limit=None,
         seed=0,
     )
-    labelled = torch.cat([s.train, s.aux, s.val])
+    labelled = torch.cat([s.train, s.outer, s.val])
     assert len(labelled) == 2_500 and len(set(labelled.tolist())) == 2_500
     assert torch.bincount(labels[labelled]).tolist() == [250] * 10
-    assert torch.bincount(labels[s.aux]).tolist() == [25] * 10
+    assert torch.bincount(labels[s.outer]).tolist() == [25] * 10
     assert torch.bincount(labels[s.val]).tolist() == [25] * 10
     assert torch.bincount(labels[s.train]).tolist() == [200] * 10
     assert len(s.test) == 10_000
@@ -244,21 +255,21 @@ def test_split_sizes_stratified_and_disjoint() -> None:
         5,
         labeled_fraction=0.05,
         labeled_per_class=7,
-        aux_fraction=0.0,
+        outer_fraction=0.0,
         val_fraction=0.0,
         test_limit=None,
         seed=0,
     )
-    assert len(per_class.train) == 70 and len(per_class.aux) == 0 and len(per_class.val) == 0
+    assert len(per_class.train) == 70 and len(per_class.outer) == 0 and len(per_class.val) == 0
 
 
 def test_split_reproducible_and_seed_dependent() -> None:
     labels = _cifar_like_labels()
-    kw = dict(labeled_fraction=0.05, labeled_per_class=None, aux_fraction=0.1, val_fraction=0.1, test_limit=None)
+    kw = dict(labeled_fraction=0.05, labeled_per_class=None, outer_fraction=0.1, val_fraction=0.1, test_limit=None)
     a = make_splits(labels, 50_000, None, 10, seed=3, **kw)
     b = make_splits(labels, 50_000, None, 10, seed=3, **kw)
     c = make_splits(labels, 50_000, None, 10, seed=4, **kw)
-    for name in ("train", "aux", "val"):
+    for name in ("train", "outer", "val"):
         assert torch.equal(getattr(a, name), getattr(b, name))
         assert not torch.equal(getattr(a, name), getattr(c, name))
 
@@ -389,7 +400,7 @@ def test_synthetic_helpful_correlates_and_harmful_does_not() -> None:
     assert torch.equal(make_synthetic(50, seed=1).y, make_synthetic(50, seed=1).y)
     b = build_data(DataConfig(dataset="synthetic", labeled_fraction=0.1))
     assert (b.task, b.num_classes, b.image_size) == ("regression", 0, 0)
-    assert len(b.train) + len(b.aux) + len(b.val) == 1_000 and b.train.y.shape[1] == 3
+    assert len(b.train) + len(b.outer) + len(b.val) == 1_000 and b.train.y.shape[1] == 3
     assert len(b.test) == 2_000
 
 
@@ -404,5 +415,5 @@ def test_real_cifar10_zip(cifar_zip: Path) -> None:
     assert torch.bincount(data.train.y).tolist() == [5_000] * 10
     assert torch.bincount(data.test.y).tolist() == [1_000] * 10
     b = build_data(cfg)
-    assert len(b.train) + len(b.aux) + len(b.val) == 2_500 and len(b.test) == 10_000
-    assert torch.bincount(b.aux.y).tolist() == [25] * 10
+    assert len(b.train) + len(b.outer) + len(b.val) == 2_500 and len(b.test) == 10_000
+    assert torch.bincount(b.outer.y).tolist() == [25] * 10

@@ -150,11 +150,11 @@ def test_two_worker_cli_runs_as_a_user_runs_them_record_and_resume(ray_local, ci
 
 
 def fixed_batches(trainer: BilevelTrainer, start: int, size: int):
-    """Deterministic train and aux batches: rows [start, start+size) of each split."""
+    """Deterministic train and outer batches: rows [start, start+size) of each split."""
     def rows(data):
         return trainer.prepare(data.x[start:start + size], data.y[start:start + size], None)
 
-    return rows(trainer.data.train), rows(trainer.data.aux)
+    return rows(trainer.data.train), rows(trainer.data.outer)
 
 
 def _equivalence_worker(config: dict) -> None:

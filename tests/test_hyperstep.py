@@ -234,15 +234,15 @@ def test_report_cosine_compares_with_the_full_hypergradient(params, exact, monke
     expected = []
     reported = loop.hypergrad_cosine
 
-    def alongside(trainer, train_batch, aux_batch):
+    def alongside(trainer, train_batch, outer_batch):
         names = trainable(trainer.model)[0]
         chosen = [n for n, m in zip(names, trainer.hyper_mask) if m]
         cheap, full = (
-            torch.cat([g.flatten() for g in _reference_implicit(trainer, train_batch, aux_batch, ns)])
+            torch.cat([g.flatten() for g in _reference_implicit(trainer, train_batch, outer_batch, ns)])
             for ns in (chosen, names)
         )
         expected.append(float(torch.nn.functional.cosine_similarity(cheap, full, dim=0)))
-        return reported(trainer, train_batch, aux_batch)
+        return reported(trainer, train_batch, outer_batch)
 
     monkeypatch.setattr(loop, "hypergrad_cosine", alongside)
     cfg = config_from_dict(synthetic_raw(trainer={"epochs": 2}, hypergrad={"params": params, "report_cosine": True}))

@@ -163,7 +163,7 @@ BREAKDOWN = {
                     "plain_step_seconds": 0.25,
                     "phases": {
                         "inner_forward_backward": 0.2,
-                        "aux_gradient": 0.1,
+                        "outer_gradient": 0.1,
                         "graph_build": 0.05,
                         "hvp": 0.6,
                         "hvp_count": 3.0,

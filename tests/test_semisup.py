@@ -71,10 +71,10 @@ def test_rest_is_every_training_image_outside_the_labelled_splits(cifar_zip, tmp
     data = build_data(cfg.data, cfg.method.aux_tasks)
     idx = data.split_indices
     assert data.unlabeled is not None
-    labelled = len(idx.train) + len(idx.aux) + len(idx.val)
+    labelled = len(idx.train) + len(idx.outer) + len(idx.val)
     assert len(data.unlabeled) == 50_000 - labelled
     assert bool((data.unlabeled.y == UNLABELED).all())
-    for split in (data.train, data.aux, data.val):
+    for split in (data.train, data.outer, data.val):
         assert len(split) > 0 and bool((split.y != UNLABELED).all())
 
 
@@ -211,11 +211,11 @@ def test_the_hypergradient_sees_the_masked_inner_loss(cifar_zip, tmp_path, metho
     raw["trainer"]["dtype"] = "float64"
     raw["hypergrad"]["params"] = params
     trainer = _trainer(raw)
-    batch, aux_batch = example_batches(trainer, seed=1)
+    batch, outer_batch = example_batches(trainer, seed=1)
     assert bool((batch["y"] == UNLABELED).any())
 
     def hypergrad(objective, b: Batch) -> tuple[torch.Tensor, ...]:
-        args = (objective, trainer.model, trainer.auxnet, b, aux_batch, trainer.hypergradient)
+        args = (objective, trainer.model, trainer.auxnet, b, outer_batch, trainer.hypergradient)
         if path == "fused":
             return fused_hyperstep(*args, inner_lr=0.05).hypergrad
         return compute_hypergrad(*args, inner_lr=0.05)
@@ -429,7 +429,7 @@ def _side_raw(cifar_zip: Path, tmp_path: Path, pool: Path | str, table: Path | s
 
 def test_a_table_gives_a_folder_pool_its_side_labels(cifar_zip, tmp_path) -> None:
     """Table rows keyed by a pool image's path inside the pool folder label that image; the pool's other images
-    have none, and the aux (outer) split stays labelled."""
+    have none, and the outer set stays labelled."""
     images = load_images(config_from_dict(tiny_cifar_raw(cifar_zip, tmp_path)).data)
     pool = _pool_folder(tmp_path / "pool", images.test.x[:6])
     table = _side_table(tmp_path / "side.csv", images.train_keys, [f"img{i:03d}.png" for i in range(6)])
@@ -438,7 +438,7 @@ def test_a_table_gives_a_folder_pool_its_side_labels(cifar_zip, tmp_path) -> Non
     assert data.unlabeled is not None and data.unlabeled.y.shape == (6, 2)
     assert bool((data.unlabeled.y[:, 0] == UNLABELED).all())
     assert torch.equal(data.unlabeled.y[:, 1].nan_to_num(-9), torch.tensor([0.0, 1, 0, 1, -9, -9]))
-    assert bool((data.aux.y[:, 0] != UNLABELED).all()) and bool((data.val.y[:, 0] != UNLABELED).all())
+    assert bool((data.outer.y[:, 0] != UNLABELED).all()) and bool((data.val.y[:, 0] != UNLABELED).all())
 
 
 def test_relative_table_and_pool_paths_resolve_against_the_working_directory(cifar_zip, tmp_path, monkeypatch) -> None:

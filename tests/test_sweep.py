@@ -166,6 +166,11 @@ def test_sweep_config_validates_keys_and_values(
     old_key = write_sweep(tmp_path, cifar_zip, name="oldkey", space={"method.aux_lr": {"type": "choice", "values": [0.1]}})
     with pytest.raises(UserError, match=r"^sweep oldkey: space key method\.aux_lr moved to outer\.lr$"):
         load_sweep(old_key)
+    old_data_key = write_sweep(
+        tmp_path, cifar_zip, name="olddata", space={"data.aux_fraction": {"type": "choice", "values": [0.2]}}
+    )
+    with pytest.raises(UserError, match=r"^sweep olddata: space key data\.aux_fraction moved to data\.outer_fraction$"):
+        load_sweep(old_data_key)
     bad_value = write_sweep(
         tmp_path, cifar_zip, name="badvalue", space={"trainer.lr": {"type": "uniform", "low": -0.1, "high": 0.1}}
     )

@@ -98,7 +98,7 @@ def view(trainer: SimpleNamespace) -> RunView:
         best_score=0.3,
         best_epoch=trainer.epoch,
         classes=CLASSES,
-        sizes={"train": 0, "aux": 0, "val": 0, "test": 0},
+        sizes={"train": 0, "outer": 0, "val": 0, "test": 0},
         device="cpu",
         state=dict,
         best=dict,

@@ -27,7 +27,7 @@ from tests.conftest import tiny_cifar_raw
 
 def synthetic_raw(**over: object) -> dict:
     raw = {
-        "data": {"dataset": "synthetic", "seed": 0, "aux_fraction": 0.2, "val_fraction": 0.2, "augment": False},
+        "data": {"dataset": "synthetic", "seed": 0, "outer_fraction": 0.2, "val_fraction": 0.2, "augment": False},
         "model": {"backbone": "mlp", "width": 16},
         "method": {"name": "auxilearn_combine", "aux_task": "targets", "combiner": "linear"},
         "outer": {"lr": 0.05},
@@ -221,11 +221,11 @@ def test_hyperstep_leaves_batchnorm_statistics_alone(cifar_zip, tmp_path):
     x, y = next(iter(trainer.train_iter))
     gen = torch.Generator().manual_seed(0)
     batch = trainer.prepare(x, y, gen)
-    aux = trainer.prepare(*next(iter(trainer.aux_iter)), gen)
+    outer_batch = trainer.prepare(*next(iter(trainer.outer_iter)), gen)
     before = {k: v.clone() for k, v in trainer.model.state_dict().items() if "running" in k or "num_batches" in k}
     assert before, "the ConvNet should have BatchNorm buffers"
     grads = compute_hypergrad(
-        trainer.objective, trainer.model, trainer.auxnet, batch, aux, trainer.hypergradient, inner_lr=0.05
+        trainer.objective, trainer.model, trainer.auxnet, batch, outer_batch, trainer.hypergradient, inner_lr=0.05
     )
     after = trainer.model.state_dict()
     for k, v in before.items():

@@ -1,5 +1,5 @@
 """The weighting table (auxray bench weighting), fast and from files: twins derived from the specs (a frozen copy
-or another method's config, a shared twin once), rows per aux set with their compute and final weights, the
+or another method's config, a shared twin once), rows per aux-task set with their compute and final weights, the
 harmful set's equal_helpful_subset from the helpful set's equal runs, the weight_search row from a finished sweep's
 Tune folder, the complete/incomplete report, and bad input one line with exit 2 through the CLI."""
 
@@ -144,10 +144,13 @@ def test_weight_search_row_from_a_finished_sweep(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--sets", "helpful,unlabelled"], "unknown aux set(s) ['unlabelled']; choose from helpful, harmful"),
-        (["--methods", "stl,nope"], "unknown method(s) ['nope'] for aux set helpful; choose from stl, equal"),
-        (["--sets", "side_labels"], "aux set(s) without a config folder yet: side_labels"),
-        (["--methods", "jtds_learned_confidence"], "unknown method(s) ['jtds_learned_confidence'] for aux set harmful"),
+        (["--sets", "helpful,unlabelled"], "unknown aux-task set(s) ['unlabelled']; choose from helpful, harmful"),
+        (["--methods", "stl,nope"], "unknown method(s) ['nope'] for aux-task set helpful; choose from stl, equal"),
+        (["--sets", "side_labels"], "aux-task set(s) without a config folder yet: side_labels"),
+        (
+            ["--methods", "jtds_learned_confidence"],
+            "unknown method(s) ['jtds_learned_confidence'] for aux-task set harmful",
+        ),
         (["--search-result", "harmful=/nonexistent"], "--search-result /nonexistent: no such file or folder"),
         (["--seeds", "0,x"], "--seeds expects comma-separated integers"),
     ],

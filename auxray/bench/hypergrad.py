@@ -49,13 +49,13 @@ PROBLEM = "auxilearn_combine: nonlinear loss combiner over the main and rotation
 @dataclass
 class Problem:
     """What the trainer holds at an outer step: the objective, the primary net (W), the aux net (phi), a prepared
-    training batch (L_T) and an aux batch (L_A)."""
+    training batch (L_T) and an outer batch (L_A, on the held-out outer set)."""
 
     objective: Objective
     model: nn.Module
     auxnet: nn.Module
     train: Batch
-    aux: Batch
+    outer_batch: Batch
 
     def inner_loss(self) -> Tensor:
         """L_T(W, phi) on the training batch, through the modules (as an ordinary inner step takes it)."""
@@ -67,12 +67,12 @@ class Problem:
             {"method": CONFIG_METHOD[method], "steps": k or 0, "alpha": ALPHA, "tol": TOL, "hvp": hvp, "unroll_lr": LR}
         )
         hg = build_hypergradient(cfg)
-        return compute_hypergrad(self.objective, self.model, self.auxnet, self.train, self.aux, hg, inner_lr=LR)
+        return compute_hypergrad(self.objective, self.model, self.auxnet, self.train, self.outer_batch, hg, inner_lr=LR)
 
 
 def build_problem(backbone: str, batch_size: int, device: str, width: int = 64, seed: int = 0) -> Problem:
     """The demo's objective (nonlinear loss combiner over the main and rotation losses) on a fresh primary net,
-    with random CIFAR-shaped training and aux batches prepared by the objective (rotated copies included)."""
+    with random CIFAR-shaped training and outer batches prepared by the objective (rotated copies included)."""
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     cfg = config_from_dict(
@@ -107,7 +107,7 @@ def naive_neumann(problem: Problem, steps: int, alpha: float = ALPHA) -> list[Te
     BatchNorm guard as the trainer's outer step)."""
     params, hparams = list(problem.model.parameters()), list(problem.auxnet.parameters())
     with batch_stats_only(problem.model, problem.auxnet):
-        outer = problem.objective.outer(problem.model, problem.aux)
+        outer = problem.objective.outer(problem.model, problem.outer_batch)
         v = _fill(torch.autograd.grad(outer, params, allow_unused=True), params)
         p = [t.clone() for t in v]
         acc = [t.clone() for t in v]

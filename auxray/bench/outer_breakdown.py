@@ -62,10 +62,10 @@ def time_variant(trainer: Any) -> dict[str, Any]:
         plain.append(time.perf_counter() - t0)
     phases, cosines = [], []
     for i in range(WARMUP + REPEATS):
-        train_batch, aux_batch = example_batches(trainer, 1000 + i)
+        train_batch, outer_batch = example_batches(trainer, 1000 + i)
         if i >= WARMUP:
-            cosines.append(hypergrad_cosine(trainer, train_batch, aux_batch))
-        sample = outer_step_breakdown(trainer, train_batch, aux_batch)
+            cosines.append(hypergrad_cosine(trainer, train_batch, outer_batch))
+        sample = outer_step_breakdown(trainer, train_batch, outer_batch)
         if i >= WARMUP:
             phases.append(sample)
     plain_step = statistics.median(plain[WARMUP:])

@@ -14,14 +14,14 @@ from auxray.train.loop import BilevelTrainer
 
 
 def example_batches(trainer: BilevelTrainer, seed: int) -> tuple[Batch, Batch]:
-    """A prepared (training batch, aux batch) pair chosen by ``seed``, drawn as training draws them (the pool's
+    """A prepared (training batch, outer batch) pair chosen by ``seed``, drawn as training draws them (the pool's
     unlabelled rows included), from copies of the trainer's iterators so that its own are left as they are."""
     gen = torch.Generator(device="cpu").manual_seed(seed)
     train_iter = copy.copy(trainer.train_iter)
     train_iter.set_epoch(seed)
     x, y = next(iter(train_iter))
-    aux_iter = BatchIterator(
-        trainer.data.aux,
+    outer_iter = BatchIterator(
+        trainer.data.outer,
         trainer.cfg.trainer.batch_size,
         shuffle=True,
         seed=seed,
@@ -29,7 +29,7 @@ def example_batches(trainer: BilevelTrainer, seed: int) -> tuple[Batch, Batch]:
         augment=False,
         device=trainer.device,
     )
-    ax, ay = next(iter(aux_iter))
+    ox, oy = next(iter(outer_iter))
     if trainer.pool_iter is not None:  # the training batch takes unlabelled rows too, as in training
         pool = BatchIterator(
             trainer.pool_iter.data,
@@ -41,20 +41,20 @@ def example_batches(trainer: BilevelTrainer, seed: int) -> tuple[Batch, Batch]:
         )
         xu, yu = next(iter(pool))
         x, y = torch.cat([x, xu]), torch.cat([y, yu])
-    return trainer.prepare(x, y, gen), trainer.prepare(ax, ay, gen)
+    return trainer.prepare(x, y, gen), trainer.prepare(ox, oy, gen)
 
 
-def outer_step_breakdown(trainer: BilevelTrainer, train_batch: Batch, aux_batch: Batch) -> dict[str, float]:
+def outer_step_breakdown(trainer: BilevelTrainer, train_batch: Batch, outer_batch: Batch) -> dict[str, float]:
     """Run one real training step with an outer step, as training would (it updates W and phi), and return
     seconds per phase. Communication is also counted inside the phase it happens in; ``mixed_term`` includes the
     solver's vector arithmetic (small beside the products)."""
     timer = PhaseTimer(trainer.device)
     with timer("total"):
-        trainer.train_step(train_batch, aux_batch, timer)
+        trainer.train_step(train_batch, outer_batch, timer)
     sec = timer.seconds
     return {
         "inner_forward_backward": sec["inner_forward_backward"],
-        "aux_gradient": sec["aux_gradient"],
+        "outer_gradient": sec["outer_gradient"],
         "graph_build": sec["graph_build"],
         "hvp": sec["hvp"],
         "hvp_count": float(timer.counts["hvp"]),

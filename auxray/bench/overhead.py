@@ -14,7 +14,7 @@ runs folder (``runs/bench_overhead/<out stem>/configs``, a twin with its overrid
 kept in ``<out stem>.runs.jsonl`` and reused when their resolved config is unchanged, an interrupted bench
 resumes its experiment, and a twin shared by two methods is trained once.
 
-The breakdown (``<out stem>_breakdown.json``) times one outer step phase by phase (aux-batch gradient, graph
+The breakdown (``<out stem>_breakdown.json``) times one outer step phase by phase (outer-batch gradient, graph
 build, the Hessian-vector products, mixed and direct terms, optimizer, communication) for a few hypergradient
 variants, against one plain inner step, with the cosine of each variant's hypergradient to the full-cost one.
 

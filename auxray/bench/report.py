@@ -202,7 +202,7 @@ def _outer_steps_cell(counts: list[int]) -> str:
 
 PHASES = (
     "inner_forward_backward",
-    "aux_gradient",
+    "outer_gradient",
     "graph_build",
     "hvp",
     "mixed_term",
@@ -228,7 +228,7 @@ def render_breakdown(data: dict[str, Any]) -> str:
         "outer step s",
         "× plain step",
         "inner fwd+bwd",
-        "aux gradient",
+        "outer gradient",
         "graph build",
         "HVPs (count)",
         "mixed term",

@@ -223,14 +223,14 @@ def data_note(cfg: Any, sizes: dict[str, int] | None) -> str:
     else:
         labelled = f"{d.labeled_per_class} labelled images per class"
     note = (
-        f"{kind} (`{d.root}`); {labelled}, of which {d.aux_fraction:.0%} are held out as the auxiliary (outer) "
+        f"{kind} (`{d.root}`); {labelled}, of which {d.outer_fraction:.0%} are held out as the outer "
         f"set and {d.val_fraction:.0%} for validation / model selection, stratified and seeded by data.seed; "
         f"augmentation {'on' if d.augment else 'off'}"
     )
     if sizes:
-        labelled_n = sizes["train"] + sizes["aux"] + sizes["val"]
+        labelled_n = sizes["train"] + sizes["outer"] + sizes["val"]
         note += (
-            f". Sizes: {labelled_n:,} labelled = {sizes['train']:,} train + {sizes['aux']:,} aux + "
+            f". Sizes: {labelled_n:,} labelled = {sizes['train']:,} train + {sizes['outer']:,} outer + "
             f"{sizes['val']:,} val; test {sizes['test']:,} images"
         )
         note += " (the full CIFAR-10 test set)" if sizes["test"] == 10000 else f" (data.test_limit={d.test_limit})"

@@ -298,7 +298,7 @@ def add_arguments(p: Any) -> None:
     p.add_argument(
         "--sets",
         default=",".join(DEFAULT_SETS),
-        help=f"comma-separated aux sets, in the order they train (default {','.join(DEFAULT_SETS)}; "
+        help=f"comma-separated aux-task sets, in the order they train (default {','.join(DEFAULT_SETS)}; "
         f"known: {', '.join(AUX_SETS)})",
     )
     p.add_argument(

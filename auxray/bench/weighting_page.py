@@ -95,7 +95,7 @@ def render_markdown(rows: Sequence[dict[str, Any]], meta: dict[str, Any]) -> str
 
 
 def plot_compute(rows: Sequence[dict[str, Any]], path: str | Path, title: str) -> Path | None:
-    """Test accuracy (mean ± std, %) against compute (hours) per row, one colour per aux set; None without rows."""
+    """Test accuracy (mean ± std, %) against compute (hours) per row, one colour per aux-task set; None without rows."""
     import matplotlib.pyplot as plt
 
     from auxray.tracking.plots import save_figure  # also selects matplotlib's Agg backend
@@ -123,7 +123,7 @@ def plot_compute(rows: Sequence[dict[str, Any]], path: str | Path, title: str) -
 
 def plot_weights(runs_by_set: dict[str, list[dict[str, Any]]], path: str | Path, title: str) -> Path | None:
     """Every learned method's task weights over training (bench.reproduce_plot.plot_task_weights), a panel per
-    (method, aux set)."""
+    (method, aux-task set)."""
     from auxray.bench.reproduce_plot import plot_task_weights
 
     runs = [dict(r, method=f"{r['method']} ({s})") for s, rs in runs_by_set.items() for r in rs]

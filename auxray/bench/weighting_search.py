@@ -98,6 +98,6 @@ def parse_search_results(items: list[str], sets: tuple[str, ...]) -> dict[str, P
         if sep and name not in sets and not Path(item).exists():
             raise UserError(f"--search-result {item}: {name} is not one of the sets asked for ({', '.join(sets)})")
         if aux_set in out:
-            raise UserError(f"--search-result given twice for aux set {aux_set}")
+            raise UserError(f"--search-result given twice for aux-task set {aux_set}")
         out[aux_set] = Path(text)
     return out

@@ -64,11 +64,11 @@ def parse_sets(names: Sequence[str]) -> tuple[str, ...]:
     """The sets asked for, in order, each once; an unknown name or a set without a config folder is a UserError."""
     unknown = [n for n in names if n not in AUX_SETS]
     if unknown or not names:
-        raise UserError(f"unknown aux set(s) {unknown or '(none given)'}; choose from {', '.join(AUX_SETS)}")
+        raise UserError(f"unknown aux-task set(s) {unknown or '(none given)'}; choose from {', '.join(AUX_SETS)}")
     missing = [n for n in names if not AUX_SETS[n].is_dir()]
     if missing:
         shown = ", ".join(f"{n} ({AUX_SETS[n].relative_to(CONFIGS.parent)})" for n in missing)
-        raise UserError(f"aux set(s) without a config folder yet: {shown}")
+        raise UserError(f"aux-task set(s) without a config folder yet: {shown}")
     return tuple(dict.fromkeys(names))
 
 
@@ -86,7 +86,7 @@ def set_plan(aux_set: str, config_dir: Path, methods: Sequence[str] | None) -> S
     unknown = [m for m in chosen if m not in known]
     if unknown or not chosen:
         raise UserError(
-            f"unknown method(s) {unknown or '(none given)'} for aux set {aux_set}; choose from {', '.join(known)}"
+            f"unknown method(s) {unknown or '(none given)'} for aux-task set {aux_set}; choose from {', '.join(known)}"
         )
     twins: dict[str, Twin] = {}
     for stem in chosen:
@@ -96,6 +96,6 @@ def set_plan(aux_set: str, config_dir: Path, methods: Sequence[str] | None) -> S
             continue
         twin = fixed_twin(stem, method, TWIN_SUFFIX)
         if twin.config not in known:
-            raise UserError(f"{stem}'s fixed twin needs {twin.config}.yaml in {config_dir} (aux set {aux_set})")
+            raise UserError(f"{stem}'s fixed twin needs {twin.config}.yaml in {config_dir} (aux-task set {aux_set})")
         twins[stem] = twin
     return SetPlan(aux_set, config_dir, chosen, twins)

@@ -44,7 +44,7 @@ class DataBundle:
     """The four splits of a run and what the model needs to know about them."""
 
     train: TensorData
-    aux: TensorData
+    outer: TensorData  # held out: the outer loss is the main-task loss on it
     val: TensorData
     test: TensorData
     num_classes: int
@@ -70,7 +70,7 @@ def _splits(cfg: DataConfig, pool: TensorData, test: TensorData) -> SplitIndices
         len(test),
         labeled_fraction=cfg.labeled_fraction,
         labeled_per_class=cfg.labeled_per_class,
-        aux_fraction=cfg.aux_fraction,
+        outer_fraction=cfg.outer_fraction,
         val_fraction=cfg.val_fraction,
         test_limit=cfg.test_limit,
         seed=cfg.seed,
@@ -94,13 +94,13 @@ def _bundle(
     unlabeled = None
     if cfg.unlabeled == "rest":
         rest = torch.ones(len(pool), dtype=torch.bool)
-        rest[torch.cat([idx.train, idx.aux, idx.val])] = False
+        rest[torch.cat([idx.train, idx.outer, idx.val])] = False
         unlabeled = full.subset(torch.nonzero(rest).flatten()).without_main_labels()
     elif len(full) > len(pool):  # a pool from data.unlabeled: PATH, appended after the labelled images
         unlabeled = full.subset(torch.arange(len(pool), len(full)))
     return DataBundle(
         train=labeled_rows.subset(idx.train),
-        aux=labeled_rows.subset(idx.aux),
+        outer=labeled_rows.subset(idx.outer),
         val=labeled_rows.subset(idx.val),
         test=test.subset(idx.test),
         num_classes=0 if regression else len(classes),
@@ -198,7 +198,7 @@ def _with_aux_columns(
 
 def build_data(cfg: DataConfig, aux_tasks: Sequence[str] = (), table: TableColumns | None = None) -> DataBundle:
     """Load the configured data set, attach the per-image auxiliary columns `aux_tasks` read (method.aux_task; the
-    table's from `table`, check_source's result, when given), and carve the train / aux / val / test splits and the
+    table's from `table`, check_source's result, when given), and carve the train / outer / val / test splits and the
     unlabelled pool."""
     if cfg.dataset == "synthetic":
         full = make_synthetic(SYNTHETIC_POOL + SYNTHETIC_TEST, SYNTHETIC_DIM, seed=cfg.seed)

@@ -1,4 +1,4 @@
-"""Seeded, stratified few-label splits: labelled subset -> train / aux / val, plus an optional test subset."""
+"""Seeded, stratified few-label splits: labelled subset -> train / outer / val, plus an optional test subset."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from torch import Tensor
 
 @dataclass
 class SplitIndices:
-    """Row indices (sorted int64) into the training pool (train, aux, val) and into the test set (test)."""
+    """Row indices (sorted int64) into the training pool (train, outer, val) and into the test set (test)."""
 
     train: Tensor
-    aux: Tensor
+    outer: Tensor
     val: Tensor
     test: Tensor
 
@@ -40,23 +40,24 @@ def few_label_splits(
     *,
     labeled_fraction: float | None,
     labeled_per_class: int | None,
-    aux_fraction: float,
+    outer_fraction: float,
     val_fraction: float,
     seed: int,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """(train, aux, val) indices: a stratified labelled subset, with aux and val carved out of it per class."""
+    """(train, outer, val) indices: a stratified labelled subset, with the outer set and val carved out of it per
+    class."""
     gen = torch.Generator().manual_seed(seed)
     parts: list[list[Tensor]] = [[], [], []]
     for idx in _groups(labels, n):
         idx = idx[torch.randperm(len(idx), generator=gen)]
         k = labeled_count(len(idx), labeled_fraction, labeled_per_class)
-        n_aux = min(round(aux_fraction * k), max(k - 1, 0))
-        n_val = min(round(val_fraction * k), max(k - 1 - n_aux, 0))
-        parts[1].append(idx[:n_aux])
-        parts[2].append(idx[n_aux : n_aux + n_val])
-        parts[0].append(idx[n_aux + n_val : k])
-    train, aux, val = (torch.cat(p).sort().values if p else torch.empty(0, dtype=torch.long) for p in parts)
-    return train, aux, val
+        n_outer = min(round(outer_fraction * k), max(k - 1, 0))
+        n_val = min(round(val_fraction * k), max(k - 1 - n_outer, 0))
+        parts[1].append(idx[:n_outer])
+        parts[2].append(idx[n_outer : n_outer + n_val])
+        parts[0].append(idx[n_outer + n_val : k])
+    train, outer, val = (torch.cat(p).sort().values if p else torch.empty(0, dtype=torch.long) for p in parts)
+    return train, outer, val
 
 
 def limit_test_set(labels: Tensor | None, n: int, limit: int | None) -> Tensor:
@@ -84,22 +85,22 @@ def make_splits(
     *,
     labeled_fraction: float | None,
     labeled_per_class: int | None,
-    aux_fraction: float,
+    outer_fraction: float,
     val_fraction: float,
     test_limit: int | None,
     seed: int,
 ) -> SplitIndices:
     """All four index sets; the same seed always gives the same indices."""
-    train, aux, val = few_label_splits(
+    train, outer, val = few_label_splits(
         train_labels,
         n_train,
         labeled_fraction=labeled_fraction,
         labeled_per_class=labeled_per_class,
-        aux_fraction=aux_fraction,
+        outer_fraction=outer_fraction,
         val_fraction=val_fraction,
         seed=seed,
     )
-    return SplitIndices(train, aux, val, limit_test_set(test_labels, n_test, test_limit))
+    return SplitIndices(train, outer, val, limit_test_set(test_labels, n_test, test_limit))
 
 
 def stratified_holdout(labels: Tensor, fraction: float, seed: int = 0) -> tuple[Tensor, Tensor]:

@@ -13,7 +13,7 @@ def batch_stats_only(*modules: nn.Module) -> Iterator[None]:
     """Inside, every BatchNorm layer of ``modules`` in training mode normalises with the batch's own statistics
     and neither reads nor updates its running ones (``track_running_stats`` is off, and restored on exit).
 
-    Why: the hypergradient re-evaluates the training loss (and the aux-set loss) at the same W; those passes must
+    Why: the hypergradient re-evaluates the training loss (and the outer-set loss) at the same W; those passes must
     not move the running statistics a plain training step maintains, and a forward that mutates no buffer stays
     pure for torch.func transforms. Normalisation is unchanged: a training-mode forward uses batch statistics
     either way. (In eval mode the running statistics are still read, as usual, but never updated.)

@@ -143,7 +143,7 @@ class Implicit:
         reduce: Reduce | None,
         phases: Phases,
     ) -> Vec:
-        with phases("aux_gradient"):
+        with phases("outer_gradient"):
             v = outer_gradient(outer(sub), sub, reduce)
         with phases("solve_and_mixed_term"):
             return implicit_from_graph(
@@ -197,7 +197,7 @@ class Unrolled:
         reduce: Reduce | None,
         phases: Phases,
     ) -> Vec:
-        with phases("aux_gradient"):
+        with phases("outer_gradient"):
             res = unrolled_from_graph(grads, outer, sub, phi, lr=lr, direct=direct)
         return _reduced(res, reduce)
 
@@ -230,7 +230,7 @@ class FiniteDifference:
         reduce: Reduce | None,
         phases: Phases,
     ) -> Vec:
-        with phases("aux_gradient"):
+        with phases("outer_gradient"):
             res = plus(
                 finite_difference_from_grad(grads, inner, outer, sub, phi, lr=lr, eps=self.eps, reduce=reduce),
                 direct_gradient(direct, phi),

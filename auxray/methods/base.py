@@ -54,7 +54,7 @@ class Objective(Protocol):
     # A learned aux net is trained by the loop's outer steps (hypergradients); False: its gradient rule sets the
     # weights itself inside W's backward (ARML), and the loop takes no outer steps.
     hypergradient_steps: bool
-    outer_on_train: bool  # the outer loss is on another training batch, not the held-out aux split (Auto-lambda)
+    outer_on_train: bool  # the outer loss is on another training batch, not the held-out outer set (Auto-lambda)
     # An unrolled or finite-difference look-ahead steps along the inner optimizer's own direction (momentum and
     # weight decay included: Auto-lambda), not along the plain gradient (MAXL).
     optimizer_look_ahead: bool

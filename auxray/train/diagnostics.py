@@ -62,13 +62,13 @@ def _norm(grads: tuple[Tensor, ...]) -> Tensor:
     return torch.stack([g.pow(2).sum() for g in grads]).sum().sqrt()
 
 
-def hypergrad_cosine(trainer: BilevelTrainer, train_batch: Batch, aux_batch: Batch) -> float:
+def hypergrad_cosine(trainer: BilevelTrainer, train_batch: Batch, outer_batch: Batch) -> float:
     """Cosine between the configured (possibly cheapened) hypergradient and the full-cost one (every primary
     parameter, whole batches) at the current W; changes nothing."""
     lr = trainer.opt_w.param_groups[0]["lr"]
     full = build_hypergradient(trainer.cfg.hypergrad.model_copy(update={"params": "all", "batch_size": None}))
     auxnet, _ = trainer.phi_parts()
-    args = (trainer.objective, trainer.model, auxnet, train_batch, aux_batch)
+    args = (trainer.objective, trainer.model, auxnet, train_batch, outer_batch)
     cheap = compute_hypergrad(*args, trainer.hypergradient, inner_lr=lr, reduce=trainer.reduce_hook())
     return float(cosine(cheap, compute_hypergrad(*args, full, inner_lr=lr, reduce=trainer.reduce_hook())))
 

@@ -190,7 +190,7 @@ class ForkMerge:
 
         def score(coeffs: Tensor) -> Score:
             host.model.load_state_dict(combine(models, coeffs))
-            result = host.evaluate(host.data.aux)
+            result = host.evaluate(host.data.outer)
             if m.merge_metric == "accuracy" and "accuracy" in result:
                 return (result["accuracy"], -result["loss"])
             return (-result["loss"],)

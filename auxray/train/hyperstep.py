@@ -125,10 +125,10 @@ class _Problem:
         model: nn.Module,
         auxnet: nn.Module,
         train_batch: Batch,
-        aux_batch: Batch,
+        outer_batch: Batch,
         mask: list[bool],
     ) -> None:
-        self.objective, self.train_batch, self.aux_batch = objective, train_batch, aux_batch
+        self.objective, self.train_batch, self.outer_batch = objective, train_batch, outer_batch
         w_names, w = trainable(model)
         phi_names, phi = trainable(auxnet)
         self.model_at, self.aux_at = functional(model, w_names), functional(auxnet, phi_names)
@@ -152,7 +152,7 @@ class _Problem:
         return lambda sub, phi: self.inner_result(base)(sub, phi).loss
 
     def outer_fn(self, base: Vec) -> Callable[[Vec], Tensor]:
-        return lambda sub: self.objective.outer(self.model_at(self.full(sub, base)), self.aux_batch)
+        return lambda sub: self.objective.outer(self.model_at(self.full(sub, base)), self.outer_batch)
 
 
 def _reduced(reduce: Reduce | None, phases: Phases) -> Reduce | None:
@@ -177,7 +177,7 @@ def compute_hypergrad(
     model: nn.Module,
     auxnet: nn.Module,
     train_batch: Batch,
-    aux_batch: Batch,
+    outer_batch: Batch,
     hg: Hypergradient,
     *,
     inner_lr: float,
@@ -194,7 +194,7 @@ def compute_hypergrad(
         model,
         auxnet,
         first_rows(train_batch, hg.batch_size),
-        first_rows(aux_batch, hg.batch_size),
+        first_rows(outer_batch, hg.batch_size),
         _mask(hg, model),
     )
     reduce = _reduced(reduce, phases)
@@ -231,7 +231,7 @@ def fused_hyperstep(
     model: nn.Module,
     auxnet: nn.Module,
     train_batch: Batch,
-    aux_batch: Batch,
+    outer_batch: Batch,
     hg: Hypergradient,
     *,
     inner_lr: float,
@@ -246,7 +246,7 @@ def fused_hyperstep(
     rule differentiates it; the rest a plain one. Not for a batch_size (a sub-batch needs a forward of its own: use
     compute_hypergrad) or fwdrev HVPs. ``direction`` as in compute_hypergrad (at the W before this step's update).
     """
-    p = _Problem(objective, model, auxnet, train_batch, aux_batch, _mask(hg, model))
+    p = _Problem(objective, model, auxnet, train_batch, outer_batch, _mask(hg, model))
     reduce = _reduced(reduce, phases)
     w, phi = leaves(p.w), leaves(p.phi)
     sub, rest = tuple(w[i] for i in p.sub), tuple(w[i] for i in p.rest)

@@ -49,7 +49,7 @@ def train_local(
         log(f"resumed {path} at epoch {trainer.epoch} (step {trainer.step})")
     data = trainer.data
     log(
-        f"{cfg.method.name}: {len(data.train)} train / {len(data.aux)} aux / {len(data.val)} val / "
+        f"{cfg.method.name}: {len(data.train)} train / {len(data.outer)} outer / {len(data.val)} val / "
         f"{len(data.test)} test, {trainer.steps_per_epoch} steps per epoch, run dir {path}"
     )
     return run_session(

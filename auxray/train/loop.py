@@ -87,7 +87,7 @@ class BilevelTrainer:
         self.train_model = self.collective.wrap_model(self.model)
 
     def _sharded(self, data: TensorData, batch_size: int, seed: int, augment: bool) -> BatchIterator:
-        """A shuffled stream of full batches of this worker's shard of `data` (training, pool and aux batches)."""
+        """A shuffled stream of full batches of this worker's shard of `data` (training, pool and outer batches)."""
         return BatchIterator(
             data,
             batch_size,
@@ -122,7 +122,7 @@ class BilevelTrainer:
         self.sched_w = make_scheduler(self.opt_w, cfg, t.epochs * self.steps_per_epoch)
 
     def _build_outer_loop(self, phi_updater: Callable[[nn.Module], PhiUpdater] | None) -> None:
-        """The hypergradient (built once), and for a run that learns phi its updater and the aux-set stream."""
+        """The hypergradient (built once), and for a run that learns phi its updater and the outer-set stream."""
         cfg, data, t = self.cfg, self.data, self.cfg.trainer
         self.phi: PhiUpdater | None = None
         self.hyper_mask = hypergrad_mask(trainable(self.model)[0], cfg.hypergrad.params, cfg.model.backbone)
@@ -139,9 +139,9 @@ class BilevelTrainer:
             raise ValueError(f"{self.objective.name} is a learned method but built no auxiliary network")
         self.phi = phi_updater(self.auxnet) if phi_updater else PhiOptimizer(self.auxnet, cfg.outer)
         self.outer = OuterSteps(cfg, self.phi, t.epochs * self.steps_per_epoch // cfg.hypergrad.every)
-        outer_data = data.train if self.objective.outer_on_train else data.aux
-        aux_bs = min(t.batch_size, max(1, len(outer_data) // self.collective.world_size))
-        self.aux_iter = self._sharded(outer_data, aux_bs, t.seed + 1, augment=False)
+        outer_data = data.train if self.objective.outer_on_train else data.outer
+        outer_bs = min(t.batch_size, max(1, len(outer_data) // self.collective.world_size))
+        self.outer_iter = self._sharded(outer_data, outer_bs, t.seed + 1, augment=False)
 
     def _build_fork(self, branches: Callable[[BilevelTrainer], BranchRunner] | None) -> None:
         """A forking method's fork/merge driver, its branches trained by `branches` (default: in this process)."""
@@ -219,24 +219,26 @@ class BilevelTrainer:
             raise RuntimeError(f"{self.objective.name} with hypergrad.enabled={self.learns_phi} takes no outer steps")
         return self.auxnet, self.outer
 
-    def outer_step(self, train_batch: Batch, aux_batch: Batch, phases: Phases = no_phases) -> float:
-        """Hypergradient of the main loss on an aux batch w.r.t. phi at the current W, applied through the phi
+    def outer_step(self, train_batch: Batch, outer_batch: Batch, phases: Phases = no_phases) -> float:
+        """Hypergradient of the main loss on an outer batch w.r.t. phi at the current W, applied through the phi
         updater (the path when the inner step has already run: a sub-batch, or reuse_graph off)."""
         auxnet, phi = self.phi_parts()
         grads = compute_hypergrad(
-            self.objective, self.model, auxnet, train_batch, aux_batch, **self._hyperstep_options(phases)
+            self.objective, self.model, auxnet, train_batch, outer_batch, **self._hyperstep_options(phases)
         )
         with phases("optimizer"):
             phi.add(grads, self.step)
         return _norm(grads)
 
-    def fused_step(self, batch: Batch, aux_batch: Batch, phases: Phases = no_phases) -> tuple[dict[str, float], float]:
+    def fused_step(
+        self, batch: Batch, outer_batch: Batch, phases: Phases = no_phases
+    ) -> tuple[dict[str, float], float]:
         """One inner step and one outer step on a single forward/backward of the training batch: the gradient
         updates W, its graph gives the hypergradient (at the W before the update), which updates phi."""
         auxnet, phi = self.phi_parts()
         self.model.train()
         self.opt_w.zero_grad(set_to_none=True)
-        out = fused_hyperstep(self.objective, self.model, auxnet, batch, aux_batch, **self._hyperstep_options(phases))
+        out = fused_hyperstep(self.objective, self.model, auxnet, batch, outer_batch, **self._hyperstep_options(phases))
         with phases("optimizer"):
             for p, g in zip(trainable(self.model)[1], out.w_grads, strict=True):
                 p.grad = g
@@ -246,31 +248,31 @@ class BilevelTrainer:
         return self._step_stats(out.inner, batch), _norm(out.hypergrad)
 
     def train_step(
-        self, batch: Batch, aux_batch: Batch | None = None, phases: Phases = no_phases
+        self, batch: Batch, outer_batch: Batch | None = None, phases: Phases = no_phases
     ) -> tuple[dict[str, float], float | None]:
-        """One inner step, and with an aux batch one outer step too (fused with it when the hypergradient allows);
+        """One inner step, and with an outer batch one outer step too (fused with it when the hypergradient allows);
         counts the step. Returns the inner step's stats and the hypergradient's norm (None without an outer step)."""
         self.step += 1
-        if aux_batch is None and self.fork is not None:
+        if outer_batch is None and self.fork is not None:
             self.fork.record(self, batch)  # before the step: a period starts from the state before its first step
             stats = self.inner_step(batch)
             if self.fork.due:
                 self.fork.merge(self)
             return stats, None
-        if aux_batch is None:
+        if outer_batch is None:
             return self.inner_step(batch), None
         if self.hypergradient.fused:
-            return self.fused_step(batch, aux_batch, phases)
+            return self.fused_step(batch, outer_batch, phases)
         with phases("inner_forward_backward"):
             stats = self.inner_step(batch)
-        return stats, self.outer_step(batch, aux_batch, phases)
+        return stats, self.outer_step(batch, outer_batch, phases)
 
-    def _aux_batches(self, epoch: int, generator: torch.Generator):
-        """An endless stream of aux-set batches whose order depends only on (seed, epoch)."""
+    def _outer_batches(self, epoch: int, generator: torch.Generator):
+        """An endless stream of outer-set batches whose order depends only on (seed, epoch)."""
         k = 0
         while True:
-            self.aux_iter.set_epoch(epoch * 1000 + k)
-            for x, y in self.aux_iter:
+            self.outer_iter.set_epoch(epoch * 1000 + k)
+            for x, y in self.outer_iter:
                 yield self.prepare(x, y, generator)
             k += 1
 
@@ -282,10 +284,10 @@ class BilevelTrainer:
             self.cfg.trainer.seed * 1_000_003 + self.epoch * 101 + self.collective.rank
         )
         self.train_iter.set_epoch(self.epoch)
-        # The aux stream draws from its own generator, so a learned method and its fixed twin (no aux stream)
+        # The outer stream draws from its own generator, so a learned method and its fixed twin (no outer stream)
         # see the very same training batches, rotations included.
-        aux_gen = torch.Generator(device="cpu").manual_seed(gen.initial_seed() + 7_919)
-        aux_stream = self._aux_batches(self.epoch, aux_gen) if self.learns_phi else None
+        outer_gen = torch.Generator(device="cpu").manual_seed(gen.initial_seed() + 7_919)
+        outer_stream = self._outer_batches(self.epoch, outer_gen) if self.learns_phi else None
         sums: dict[str, float] = {}
         norms: list[float] = []
         last_outer: tuple[Batch, Batch] | None = None
@@ -296,16 +298,16 @@ class BilevelTrainer:
             if i >= self.steps_per_epoch:
                 break
             batch = self.prepare(*self.with_unlabeled(x, y), gen)
-            outer = aux_stream is not None and (self.step + 1) % every == 0
-            aux_batch = next(aux_stream) if outer and aux_stream is not None else None
+            outer = outer_stream is not None and (self.step + 1) % every == 0
+            outer_batch = next(outer_stream) if outer and outer_stream is not None else None
             sent, t_outer = self.collective.bytes_sent, time.perf_counter()
-            stats, norm = self.train_step(batch, aux_batch)
-            if aux_batch is not None and norm is not None:
+            stats, norm = self.train_step(batch, outer_batch)
+            if outer_batch is not None and norm is not None:
                 outer_seconds += time.perf_counter() - t_outer
                 outer_bytes += self.collective.bytes_sent - sent
                 norms.append(norm)
                 self.hypergrad_norms.append((self.step, norm))
-                last_outer = (batch, aux_batch)
+                last_outer = (batch, outer_batch)
             for k, v in stats.items():
                 sums[k] = sums.get(k, 0.0) + v
             bar.update(loss=stats["loss"])

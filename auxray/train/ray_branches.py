@@ -45,7 +45,7 @@ def shapes_only(data: DataBundle, rows: int) -> DataBundle:
     return dataclasses.replace(
         data,
         train=head(data.train),
-        aux=head(data.aux),
+        outer=head(data.outer),
         val=head(data.val),
         test=head(data.test),
         unlabeled=head(data.unlabeled),

@@ -40,7 +40,7 @@ class RunView:
     best_score: float  # best validation accuracy so far (negated MSE for regression)
     best_epoch: int
     classes: list[str]
-    sizes: dict[str, int]  # images per split: train, aux, val, test
+    sizes: dict[str, int]  # images per split: train, outer, val, test
     device: str
     state: Callable[[], dict[str, Any]]  # the full resumable state (checkpoint contents)
     best: Callable[[], dict[str, Any]]  # the best-on-validation weights, as best.pt holds them
@@ -105,7 +105,7 @@ def view_of(trainer: BilevelTrainer) -> RunView:
         best_score=float(trainer.best["val_accuracy"]),
         best_epoch=int(trainer.best["epoch"]),
         classes=list(data.classes or [str(c) for c in range(max(data.num_classes, 1))]),
-        sizes={"train": len(data.train), "aux": len(data.aux), "val": len(data.val), "test": len(data.test)},
+        sizes={"train": len(data.train), "outer": len(data.outer), "val": len(data.val), "test": len(data.test)},
         device=str(trainer.device),
         state=trainer.state_dict,
         best=best,
