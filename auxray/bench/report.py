@@ -124,6 +124,51 @@ def render_sweep(data: dict[str, Any]) -> str:
     )
 
 
+def render_trial_cost(data: dict[str, Any]) -> str:
+    """Median seconds of each phase of a sweep trial per epoch budget, and the fixed share against the target."""
+    rows = [
+        [
+            epochs,
+            *(r["median"][k] for k in ("startup", "tracking", "setup", "train", "loop", "fixed", "total")),
+            r["fixed_share_of_median"],
+            r["first_trial_startup"],
+            f"{r['trials_in_a_reused_process']} of {len(r['per_trial'])}",
+        ]
+        for epochs, r in data["runs"].items()
+    ]
+    target = data["target"]
+    head = (
+        f"`{Path(data['config']).name}` swept over {data['trials']} seeds per epoch budget, {data['concurrency']} "
+        f"trial at a time; median seconds per trial (startup counts only in a process the trial started).\n\n"
+    )
+    tail = (
+        f"\n\nFixed share of the 5-epoch trial: {target['measured']} against the target of "
+        f"{target['fixed_share_of_5_epoch_trial']} ({'met' if target['met'] else 'not met'})."
+        if target.get("measured") is not None
+        else ""
+    )
+    return (
+        head
+        + _table(
+            [
+                "epochs",
+                "startup",
+                "tracking",
+                "setup",
+                "train",
+                "loop",
+                "fixed",
+                "total",
+                "fixed share",
+                "first trial's startup",
+                "trials in a reused process",
+            ],
+            rows,
+        )
+        + tail
+    )
+
+
 def _pct(mean: float, std: float) -> str:
     """A fraction's mean ± std as percentages."""
     return f"{100 * mean:.1f} ± {100 * std:.1f}"
@@ -324,6 +369,7 @@ RENDERERS: dict[str, tuple[str, Callable[..., str]]] = {
     "hypergrad": ("bench_hypergrad_cpu.json", render_hypergrad),
     "distributed": ("bench_distributed_cpu.json", render_distributed),
     "sweep": ("bench_sweep_cpu.json", render_sweep),
+    "trial_cost": ("bench_trial_cost_cpu.json", render_trial_cost),
     "reproduce": ("reproduce_cifar10_5pct_convnet4.json", render_reproduce),
     "semisup": ("reproduce_cifar10_5pct_semisup_convnet4.json", render_semisup),
     "semisup_noise": ("reproduce_cifar10_5pct_semisup_noise_convnet4.json", render_semisup),
