@@ -40,7 +40,7 @@ from auxray.bench.outer_breakdown import (
     hypergrad_settings,
     run_breakdown,
 )
-from auxray.bench.plan import CONFIG_DIR, Plan, fingerprint, parse_list, shared_settings
+from auxray.bench.plan import CONFIG_DIR, Plan, fingerprint, parse_list, parse_seeds, shared_settings
 from auxray.bench.table_runs import (
     GridSetup,
     Wanted,
@@ -280,16 +280,6 @@ def add_arguments(p: Any) -> None:
     p.add_argument("--fresh", action="store_true", help="forget finished runs and start over")
     p.add_argument("--no-breakdown", dest="breakdown", action="store_false", help="skip the outer-step breakdown")
     p.add_argument("--verbose", action="store_true", help="also print one line per trial as it ends")
-
-
-def parse_seeds(text: str | None) -> tuple[int, ...] | None:
-    """`--seeds 0,1` as integers (None when not given); anything else is a UserError."""
-    if text is None:
-        return None
-    try:
-        return tuple(int(s) for s in parse_list(text))
-    except ValueError:
-        raise UserError(f"--seeds expects comma-separated integers, got {text!r}") from None
 
 
 def run_from_args(args: Any) -> list[dict[str, Any]]:

@@ -47,6 +47,16 @@ def parse_list(text: str | None) -> list[str]:
     return [t.strip() for t in (text or "").split(",") if t.strip()]
 
 
+def parse_seeds(text: str | None) -> tuple[int, ...] | None:
+    """`--seeds 0,1` as integers (None when not given); anything else is a UserError."""
+    if text is None:
+        return None
+    try:
+        return tuple(int(s) for s in parse_list(text))
+    except ValueError:
+        raise UserError(f"--seeds expects comma-separated integers, got {text!r}") from None
+
+
 def config_entries(config_dir: Path) -> tuple[str, ...]:
     """The table's possible rows: the config files of `config_dir` by stem, in the usual method order (a stem
     names a method, or a variant such as auxilearn_linear), others after them alphabetically."""

@@ -41,6 +41,7 @@ from auxray.bench.plan import (
     fingerprint,
     method_settings,
     parse_list,
+    parse_seeds,
     resolve_configs,
     shared_settings,
     table_order,
@@ -49,8 +50,10 @@ from auxray.bench.table import build_table, data_note, render_markdown
 from auxray.bench.table_runs import (
     GridSetup,
     Wanted,
+    add_run_options,
     failed_error,
     gather_runs,
+    run_options_parts,
     tracking_uri,
 )
 from auxray.errors import UserError
@@ -266,13 +269,7 @@ def canonical_command(
         parts += ["--runs-dir", str(runs_dir)]
     if tag is not None:
         parts += ["--tag", tag]
-    if track is not None:
-        parts += ["--track", track] if track else ["--track"]
-    if jobs != 1:
-        parts += ["--jobs", str(jobs)]
-    for o in extra_overrides:
-        parts += ["--set", o]
-    return shlex.join(parts)
+    return shlex.join(parts + run_options_parts(track, jobs, extra_overrides))
 
 
 def add_arguments(p: Any) -> None:
@@ -305,45 +302,12 @@ def add_arguments(p: Any) -> None:
         "(default runs/reproduce/<tag>)",
     )
     p.add_argument("--tag", default=None, help="file tag (default cifar10_5pct_<backbone>, --quick: quick_<backbone>)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="extra config override applied to every method (repeatable)",
-    )
-    p.add_argument(
-        "--fresh",
-        action="store_true",
-        help="forget finished runs (the run record file and the runs folder) and start over",
-    )
-    p.add_argument(
-        "--track",
-        nargs="?",
-        const="",
-        default=None,
-        metavar="URI",
-        help="where the MLflow runs go (every trial is a child run of its grid sweep's parent run): without --track "
-        "the runs folder's own store (<runs-dir>/mlflow.db); --track alone the configured store "
-        "(MLFLOW_TRACKING_URI, else ./mlflow.db); --track URI that tracking server or SQLite file",
-    )
-    p.add_argument("--verbose", action="store_true", help="also print one line per trial as it ends")
-    p.add_argument(
-        "--jobs",
-        type=int,
-        default=1,
-        help="trials run at once (the grid sweep's concurrency), the usable CPUs split between them as each "
-        "trial's CPUs and torch threads (default 1)",
-    )
+    add_run_options(p, "extra config override applied to every method (repeatable)")
 
 
 def run_from_args(args: Any) -> list[dict[str, Any]]:
     """run_reproduce from parsed add_arguments options."""
-    try:
-        seeds = tuple(int(s) for s in parse_list(args.seeds)) if args.seeds else DEFAULT_SEEDS
-    except ValueError:
-        raise UserError(f"--seeds expects comma-separated integers, got {args.seeds!r}") from None
+    seeds = parse_seeds(args.seeds or None) or DEFAULT_SEEDS
     config_dir = Path(args.config_dir)
     if not config_dir.is_dir():
         raise UserError(f"--config-dir {config_dir} is not a folder of configs")

@@ -305,3 +305,38 @@ def failed_error(failed: Sequence[Wanted], runs_root: Path) -> UserError:
     """The one-line error naming the runs that did not finish."""
     shown = ", ".join(f"{w.method} seed {w.seed}" for w in failed)
     return UserError(f"{len(failed)} run(s) failed ({shown}); see the trials under {runs_root}")
+
+
+def add_run_options(p: Any, overrides_help: str) -> None:
+    """The options every table command (reproduce, weighting) shares: overrides, a fresh start, where the MLflow
+    runs go, per-trial lines and the trials run at once."""
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=overrides_help)
+    p.add_argument("--fresh", action="store_true", help="forget finished runs (run records, runs folder), start over")
+    p.add_argument(
+        "--track",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="URI",
+        help="where the MLflow runs go (every trial is a child run of its grid sweep's parent run): without --track "
+        "the runs folder's own store (<runs-dir>/mlflow.db); --track alone the configured store "
+        "(MLFLOW_TRACKING_URI, else ./mlflow.db); --track URI that tracking server or SQLite file",
+    )
+    p.add_argument("--verbose", action="store_true", help="also print one line per trial as it ends")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="trials run at once (the grid sweep's concurrency), the usable CPUs split between them as each "
+        "trial's CPUs and torch threads (default 1)",
+    )
+
+
+def run_options_parts(track: str | None, jobs: int, extra_overrides: Sequence[str]) -> list[str]:
+    """The shared options' part of the command line that repeats an invocation (add_run_options' keys)."""
+    parts = (["--track", track] if track else ["--track"]) if track is not None else []
+    if jobs != 1:
+        parts += ["--jobs", str(jobs)]
+    for o in extra_overrides:
+        parts += ["--set", o]
+    return parts

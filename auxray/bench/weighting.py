@@ -27,15 +27,25 @@ from pathlib import Path
 from typing import Any
 
 from auxray.bench.machine import log, machine_info, usable_cpus
-from auxray.bench.plan import DEFAULT_SEEDS, Plan, fingerprint, method_settings, parse_list, resolve_configs
+from auxray.bench.plan import (
+    DEFAULT_SEEDS,
+    Plan,
+    fingerprint,
+    method_settings,
+    parse_list,
+    parse_seeds,
+    resolve_configs,
+)
 from auxray.bench.table_runs import (
     GridSetup,
     RunKey,
     Wanted,
+    add_run_options,
     failed_error,
     finished_rows,
     gather_runs,
     read_runs_file,
+    run_options_parts,
     tracking_uri,
 )
 from auxray.bench.twins import write_run_configs
@@ -284,13 +294,7 @@ def canonical_command(
         parts += ["--runs-dir", str(runs_dir)]
     for item in search_results:
         parts += ["--search-result", item]
-    if track is not None:
-        parts += ["--track", track] if track else ["--track"]
-    if jobs != 1:
-        parts += ["--jobs", str(jobs)]
-    for o in extra_overrides:
-        parts += ["--set", o]
-    return shlex.join(parts)
+    return shlex.join(parts + run_options_parts(track, jobs, extra_overrides))
 
 
 def add_arguments(p: Any) -> None:
@@ -311,7 +315,6 @@ def add_arguments(p: Any) -> None:
         action="store_true",
         help="1 seed, 1 epoch, 40 labelled images per class, 1,000 test images (files tagged quick)",
     )
-    p.add_argument("--jobs", type=int, default=1, help="trials run at once, the CPUs split between them (default 1)")
     p.add_argument("--out-dir", default="benchmarks/results", help="where the table, page and run records go")
     p.add_argument(
         "--runs-dir",
@@ -328,33 +331,12 @@ def add_arguments(p: Any) -> None:
         help="a finished weight-search sweep (its Tune experiment folder or `auxray sweep --json` output) as the "
         "set's weight_search row (a bare PATH: the first set's; repeatable)",
     )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="config override applied to every run (repeatable)",
-    )
-    p.add_argument(
-        "--track",
-        nargs="?",
-        const="",
-        default=None,
-        metavar="URI",
-        help="where the MLflow runs go: without --track the runs folder's own store; --track alone the configured "
-        "store; --track URI that server or SQLite file",
-    )
-    p.add_argument("--fresh", action="store_true", help="forget the sets' finished runs and start over")
-    p.add_argument("--verbose", action="store_true", help="also print one line per trial as it ends")
+    add_run_options(p, "config override applied to every run (repeatable)")
 
 
 def run_from_args(args: Any) -> list[dict[str, Any]]:
     """run_weighting from parsed add_arguments options."""
-    try:
-        seeds = tuple(int(s) for s in parse_list(args.seeds)) if args.seeds else None
-    except ValueError:
-        raise UserError(f"--seeds expects comma-separated integers, got {args.seeds!r}") from None
+    seeds = parse_seeds(args.seeds or None)
     return run_weighting(
         sets=tuple(parse_list(args.sets)),
         methods=tuple(parse_list(args.methods)) if args.methods is not None else None,
