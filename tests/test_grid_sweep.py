@@ -13,7 +13,7 @@ import yaml
 from auxray.cli import run as cli_run
 from auxray.errors import UserError
 from auxray.tune.config import load_sweep
-from tests.conftest import CACHE_DIR, tiny_cifar_raw
+from tests.conftest import CACHE_DIR, REPO, tiny_cifar_raw
 
 
 def write_grid(tmp_path: Path, cifar_zip: Path, name: str = "grid", **extra: Any) -> Path:
@@ -181,3 +181,22 @@ def test_trial_phases_split_a_trial_and_count_a_reused_process_once(tmp_path: Pa
     assert summary["trial_seconds_over_concurrency"] == round(13.5 + 6.5 + 5.5, 1)
     with pytest.raises(ValueError, match="no timing line"):
         trial_phases(tmp_path, pids, since=0.0)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--epochs", "a"], "--epochs takes comma-separated integers, got 'a'"),
+        (["--trials", "0", "--config", str(REPO / "configs" / "demo.yaml")], "--trials, --concurrency and every"),
+        (["--config", "nope.yaml"], "config file not found"),
+        (["--set", "trainer.epochs"], "--set expects key=value"),
+    ],
+)
+def test_trial_cost_bad_input_is_one_line_before_any_trial(
+    argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    code = cli_run(["bench", "trial-cost", "--storage", str(tmp_path / "runs"), *argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "runs").exists()
