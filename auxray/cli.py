@@ -111,14 +111,18 @@ def _add_bench_reproduce(bsub: argparse._SubParsersAction) -> None:
 
 
 def _add_bench_sweep(bsub: argparse._SubParsersAction) -> None:
-    s = bsub.add_parser("sweep", help="TPE+ASHA against random search without early stopping, same trial budget")
-    s.add_argument("sweep", help="sweep YAML whose base run and space are compared")
-    s.add_argument("--trials", type=int, default=None, help="trials per strategy (default: the sweep's)")
+    s = bsub.add_parser(
+        "sweep",
+        help="TPE+ASHA, random search to the end and PBT on several search seeds: best found against compute",
+    )
+    s.add_argument("sweep", help="sweep YAML whose base run and space are searched")
+    s.add_argument("--trials", type=int, default=None, help="trials per search (default: the sweep's)")
     s.add_argument("--concurrency", type=int, default=None)
-    s.add_argument("--storage", default="runs/bench-sweep", help="folder for both Tune experiments")
-    s.add_argument("--tracking-uri", default=None)
-    s.add_argument("--seed", type=int, default=None)
-    s.add_argument("--out", default=None, help="also write the JSON to this file")
+    s.add_argument("--seeds", default="0,1,2", help="comma-separated search seeds, one search per strategy each")
+    s.add_argument("--strategies", default="tpe_asha,random_full,pbt", help="comma-separated, of these three")
+    s.add_argument("--storage", default="runs/bench-sweep", help="folder for the Tune experiments and MLflow store")
+    s.add_argument("--tracking-uri", default=None, help="default: a new SQLite store in the storage folder")
+    s.add_argument("--out", default=None, help="also write the JSON to this file (and its plot beside it, .png)")
     s.set_defaults(func=cmd_bench_sweep)
 
 
@@ -288,6 +292,7 @@ def cmd_tracking_replay(args: argparse.Namespace) -> int:
 
 def cmd_bench_sweep(args: argparse.Namespace) -> int:
     """`auxray bench sweep`: see auxray.bench.sweep."""
+    from auxray.bench.plan import parse_list, parse_seeds
     from auxray.bench.sweep import bench_sweep_command
 
     return bench_sweep_command(
@@ -296,7 +301,8 @@ def cmd_bench_sweep(args: argparse.Namespace) -> int:
         concurrency=args.concurrency,
         storage=args.storage,
         tracking_uri=args.tracking_uri,
-        seed=args.seed,
+        seeds=parse_seeds(args.seeds) or (),
+        strategies=parse_list(args.strategies),
         out=args.out,
     )
 

@@ -15,6 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from auxray.bench.sweep_page import render_sweep
+
 RESULTS = Path("benchmarks/results")
 
 
@@ -89,37 +91,6 @@ def render_distributed(data: dict[str, Any]) -> str:
     )
     return head + _table(
         ["mode", "workers", "steps/s", "s per outer step", "all-reduced bytes per outer step", "phi round-trip bytes"],
-        rows,
-    )
-
-
-def render_sweep(data: dict[str, Any]) -> str:
-    rows = [
-        [
-            name,
-            r.get("best_val_accuracy"),
-            r.get("best_test_accuracy"),
-            r.get("trial_epochs"),
-            r.get("budget_epochs"),
-            r.get("stopped_early"),
-            r.get("seconds"),
-        ]
-        for name, r in data["strategies"].items()
-    ]
-    head = (
-        f"Sweep `{data['sweep']}`: {data['trials']} trials per strategy, {data['concurrency']} at a time, "
-        f"{data['epochs_per_trial']} epochs per trial, over {', '.join(data['space'])}.\n\n"
-    )
-    return head + _table(
-        [
-            "strategy",
-            "best val accuracy",
-            "its test accuracy",
-            "trial-epochs spent",
-            "trial-epoch budget",
-            "stopped early",
-            "seconds",
-        ],
         rows,
     )
 
@@ -368,7 +339,7 @@ def render_overhead(rows: list[dict[str, Any]], breakdown: dict[str, Any] | None
 RENDERERS: dict[str, tuple[str, Callable[..., str]]] = {
     "hypergrad": ("bench_hypergrad_cpu.json", render_hypergrad),
     "distributed": ("bench_distributed_cpu.json", render_distributed),
-    "sweep": ("bench_sweep_cpu.json", render_sweep),
+    "sweep": ("bench_sweep_scale_cpu.json", render_sweep),
     "trial_cost": ("bench_trial_cost_cpu.json", render_trial_cost),
     "reproduce": ("reproduce_cifar10_5pct_convnet4.json", render_reproduce),
     "semisup": ("reproduce_cifar10_5pct_semisup_convnet4.json", render_semisup),

@@ -120,6 +120,7 @@ class TrialRow(TypedDict):
     val_accuracy: float | None
     test_accuracy: float | None
     error: bool
+    ended: float | None  # Unix time of its last result (Tune's `timestamp`): the order trials finished in
 
 
 def summarise_grid(grid: Any, sweep: SweepConfig, epochs: int) -> dict[str, Any]:
@@ -137,6 +138,7 @@ def summarise_grid(grid: Any, sweep: SweepConfig, epochs: int) -> dict[str, Any]
                 "val_accuracy": finite(metrics.get("best_val_accuracy", metrics.get("val_accuracy"))),
                 "test_accuracy": finite(metrics.get("test_accuracy")),
                 "error": result.error is not None,
+                "ended": finite(metrics.get("timestamp")),
             }
         )
     sign = 1 if sweep.mode == "max" else -1
@@ -161,7 +163,8 @@ def summarise_grid(grid: Any, sweep: SweepConfig, epochs: int) -> dict[str, Any]
         if best is None
         else {k: best[k] for k in ("trial_id", "params", "val_accuracy", "test_accuracy", "epochs")},
         "per_trial": [
-            {k: r[k] for k in ("trial_id", "params", "epochs", "val_accuracy", "test_accuracy", "error")} for r in rows
+            {k: r[k] for k in ("trial_id", "params", "epochs", "val_accuracy", "test_accuracy", "error", "ended")}
+            for r in rows
         ],
     }
 
