@@ -15,9 +15,14 @@ def _default(value: Any) -> Any:
         return str(value)
 
 
+def write_json(result: Any, out: str | Path) -> None:
+    """Write `result` indented to the file `out` (its folder created)."""
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(result, indent=2, default=_default) + "\n")
+
+
 def print_json(result: Any, out: str | Path | None = None) -> None:
     """Print `result` as one JSON line (flushed); with `out`, also write it indented to that file."""
     if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(result, indent=2, default=_default) + "\n")
+        write_json(result, out)
     print(json.dumps(result, default=_default), flush=True)

@@ -95,6 +95,34 @@ def render_distributed(data: dict[str, Any]) -> str:
     )
 
 
+START_PHASES = ("startup", "tracking", "setup")  # what the issue counts as a trial's fixed cost
+
+
+def _trial_cost_shares(data: dict[str, Any]) -> str:
+    """The 5-epoch trial's fixed share two ways: the start-up costs the target names (process and imports, child
+    run, data and model), and everything but training (which adds validation, checkpoints and the final test)."""
+    target = data["target"]
+    demo = data["runs"]["5"]
+    start = sum(demo["median"][k] for k in START_PHASES)
+    share = start / demo["median"]["total"]
+    fresh = [t for r in data["runs"].values() for t in r["per_trial"] if not t["reused_process"]]
+    first = ""
+    if fresh:
+        first_start = sum(fresh[0][k] for k in START_PHASES)
+        first_share = first_start / (demo["median"]["total"] - start + first_start)
+        first = (
+            f" The first trial of each process pays {first_start:.1f} s instead ({fresh[0]['startup']:.1f} s of it the "
+            f"process's start and imports): {100 * first_share:.0f}% of a 5-epoch trial, once per process."
+        )
+    met = "met" if share <= target["fixed_share_of_5_epoch_trial"] else "not met"
+    return (
+        f"\n\nStart-up, child run and set-up in the median 5-epoch trial: {start:.2f} s, {100 * share:.1f}% of it "
+        f"(target {100 * target['fixed_share_of_5_epoch_trial']:.0f}%: {met})."
+        f"{first} Everything but training (adding per-epoch validation, checkpoints and the final test evaluation): "
+        f"{100 * target['measured']:.1f}%."
+    )
+
+
 def render_trial_cost(data: dict[str, Any]) -> str:
     """Median seconds of each phase of a sweep trial per epoch budget, and the fixed share against the target."""
     rows = [
@@ -112,12 +140,7 @@ def render_trial_cost(data: dict[str, Any]) -> str:
         f"`{Path(data['config']).name}` swept over {data['trials']} seeds per epoch budget, {data['concurrency']} "
         f"trial at a time; median seconds per trial (startup counts only in a process the trial started).\n\n"
     )
-    tail = (
-        f"\n\nFixed share of the 5-epoch trial: {target['measured']} against the target of "
-        f"{target['fixed_share_of_5_epoch_trial']} ({'met' if target['met'] else 'not met'})."
-        if target.get("measured") is not None
-        else ""
-    )
+    tail = _trial_cost_shares(data) if target.get("measured") is not None else ""
     return (
         head
         + _table(

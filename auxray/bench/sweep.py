@@ -10,14 +10,14 @@ import resource
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from auxray.bench.machine import log
 from auxray.errors import UserError
-from auxray.jsonout import print_json
+from auxray.jsonout import print_json, write_json
 from auxray.tune.config import PBT_KEYS, SchedulerConfig, SweepConfig, load_sweep
 
 STRATEGIES = {
@@ -152,10 +152,12 @@ def run_sweep_bench(
     tracking_uri: str | None = None,
     seeds: Sequence[int] = DEFAULT_SEEDS,
     strategies: Sequence[str] = tuple(STRATEGIES),
-    progress: bool = False,
+    progress: bool = True,
+    after_each: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Run every strategy of the sweep in `base` (a sweep file or SweepConfig) on every search seed with the same
-    number of trials, one sweep after another on one Ray instance, and compare them."""
+    number of trials, one sweep after another on one Ray instance, and compare them. `after_each` gets the result
+    so far after every sweep (`complete` false until the last)."""
     sweep = base if isinstance(base, SweepConfig) else load_sweep(base)
     check_strategies(sweep, strategies)
     if not seeds:
@@ -169,26 +171,7 @@ def run_sweep_bench(
     concurrency = concurrency or sweep.concurrency
     root = Path(storage).expanduser().resolve() / datetime.now().strftime("%Y%m%d-%H%M%S")
     uri = resolve_uri(tracking_uri or f"sqlite:///{root / 'mlflow.db'}")
-    started = start_ray()
-    runs: list[dict[str, Any]] = []
-    plan = [(seed, label) for seed in seeds for label in strategies]
-    try:
-        for i, (seed, label) in enumerate(plan, 1):
-            variant = _variant(sweep, label, trials=trials, concurrency=concurrency, seed=seed, storage=root)
-            log(f"bench sweep [{i}/{len(plan)}]: {label}, search seed {seed}, {trials} trials")
-            result = run_sweep(variant, tracking_uri=uri, progress=progress)
-            runs.append({"strategy": label, "seed": seed, **_outcome(result, sweep.epochs, uri)})
-            r = runs[-1]
-            log(
-                f"bench sweep [{i}/{len(plan)}]: best val {r['best_val_accuracy']} (test {r['best_test_accuracy']}), "
-                f"{r['trial_epochs']} trial-epochs, {r['seconds']} s, {r['trials_per_hour']} trials/h"
-            )
-    finally:
-        if started:
-            import ray
-
-            ray.shutdown()
-    return {
+    result: dict[str, Any] = {
         "sweep": sweep.name,
         "trials": trials,
         "concurrency": concurrency,
@@ -199,10 +182,34 @@ def run_sweep_bench(
         "strategies": list(strategies),
         "storage": str(root),
         "tracking_uri": uri,
-        "runs": runs,
-        "summary": summarise(runs, strategies),
-        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "complete": False,
+        "runs": [],
+        "summary": {},
     }
+    runs: list[dict[str, Any]] = result["runs"]
+    plan = [(seed, label) for seed in seeds for label in strategies]
+    started = start_ray()
+    try:
+        for i, (seed, label) in enumerate(plan, 1):
+            variant = _variant(sweep, label, trials=trials, concurrency=concurrency, seed=seed, storage=root)
+            log(f"bench sweep [{i}/{len(plan)}]: {label}, search seed {seed}, {trials} trials")
+            outcome = run_sweep(variant, tracking_uri=uri, progress=progress)
+            runs.append({"strategy": label, "seed": seed, **_outcome(outcome, sweep.epochs, uri)})
+            result.update(summary=summarise(runs, strategies), complete=i == len(plan))
+            result["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+            r = runs[-1]
+            log(
+                f"bench sweep [{i}/{len(plan)}]: best val {r['best_val_accuracy']} (test {r['best_test_accuracy']}), "
+                f"{r['trial_epochs']} trial-epochs, {r['seconds']} s, {r['trials_per_hour']} trials/h"
+            )
+            if after_each is not None:
+                after_each(result)
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+    return result
 
 
 def bench_sweep_command(
@@ -219,6 +226,12 @@ def bench_sweep_command(
     """`auxray bench sweep` (its parser lives in auxray.cli): a progress line per sweep and the comparison on
     stderr, the JSON on stdout and in `out`, and a plot of the search's progress beside `out`. Returns the exit
     code."""
+
+    def keep(partial: dict[str, Any]) -> None:
+        """The sweeps finished so far, written over `out`: a stopped bench loses none of them."""
+        if out is not None:
+            write_json(partial, out)
+
     result = run_sweep_bench(
         base,
         trials=trials,
@@ -227,6 +240,7 @@ def bench_sweep_command(
         tracking_uri=tracking_uri,
         seeds=seeds,
         strategies=strategies,
+        after_each=keep,
     )
     print(f"bench sweep: {json.dumps(result['summary'])}", file=sys.stderr, flush=True)
     print_json(result, out)
