@@ -1,6 +1,7 @@
 """Every shipped config validates and plans, and trains as it promises: each run config for one short epoch through
 `auxray train`, and each sweep config's trials at both ends of its search space. The noise family differs from the
-semi-supervised one only by its noise_labels task (checked), so one of its configs trains for all. Short: one epoch
+semi-supervised one only by its noise_labels task, the side-label family only by its table tasks in place of the
+built-in ones (both checked), so one config of each trains for its family. Short: one epoch
 of `hypergrad.every` steps for a learned method (so it takes exactly one outer step), two for a fixed one, and 200
 test images, in this process (torch is imported once for all of them)."""
 
@@ -31,8 +32,11 @@ SHIPPED = sorted(CONFIGS.rglob("*.yaml"))
 SWEEPS = [p for p in SHIPPED if "space" in yaml.safe_load(p.read_text())]
 RUNS = [p for p in SHIPPED if p not in SWEEPS]
 SEMISUP, NOISE = CONFIGS / "cifar10_5pct_semisup", CONFIGS / "cifar10_5pct_semisup_noise"
+SIDE = CONFIGS / "cifar10_5pct_semisup_side"
 NOISE_TRAINED = NOISE / "auxilearn_linear.yaml"  # learns a weight for each task, the noise task included
-TRAINED = [p for p in RUNS if p.parent != NOISE or p == NOISE_TRAINED]
+SIDE_TRAINED = SIDE / "auxilearn_linear.yaml"  # learns a weight for each table task, the random one included
+FAMILY_TRAINED = {NOISE: NOISE_TRAINED, SIDE: SIDE_TRAINED}
+TRAINED = [p for p in RUNS if FAMILY_TRAINED.get(p.parent, p) == p]
 WEIGHING = ("auxilearn_combine", "jtds", "uncertainty", "forkmerge", "arml", "autolambda")  # log a weight per task
 OWN_RULE = ("arml",)  # learned methods whose gradient rule sets their weights: no outer steps
 SYNTHETIC_TASKS = ("helpful", "harmful")  # the synthetic data set's auxiliary targets (aux_task: targets)
@@ -69,7 +73,7 @@ def task_names(cfg: RunConfig) -> tuple[str, ...]:
     """The auxiliary tasks cfg trains, by the names its history logs them under."""
     if SPECS[cfg.method.name].learns_labels:
         return ("labels",)
-    expand = {"none": (), "targets": SYNTHETIC_TASKS}
+    expand = {"none": (), "targets": SYNTHETIC_TASKS, "table": tuple(t.name for t in cfg.data.aux_columns)}
     return tuple(name for task in cfg.method.aux_tasks for name in expand.get(task, (task,)))
 
 
@@ -182,6 +186,23 @@ def test_the_noise_configs_add_only_the_noise_task_to_their_semisup_twins() -> N
         if "aux_task" in twin["method"]:
             twin["method"]["aux_task"] = [*twin["method"]["aux_task"], "noise_labels"]
         assert yaml.safe_load(path.read_text()) == twin, path.name
+
+
+def test_the_side_configs_swap_only_the_tasks_of_their_semisup_twins_for_the_table() -> None:
+    """One side-label config trains for all: each is its semi-supervised twin with the built-in auxiliary tasks
+    replaced by the table's, one table and its tasks shared by all (STL, which trains none, unchanged), and the family
+    holds the noise family's methods."""
+    side = sorted(SIDE.glob("*.yaml"))
+    assert SIDE_TRAINED in side and [p.name for p in side] == sorted(p.name for p in NOISE.glob("*.yaml"))
+    tables = []
+    for path in side:
+        raw, twin = yaml.safe_load(path.read_text()), yaml.safe_load((SEMISUP / path.name).read_text())
+        if "aux_task" in twin["method"]:
+            twin["method"]["aux_task"] = ["table"]
+            tables.append({key: raw["data"].pop(key) for key in ("aux_table", "aux_columns")})
+        assert raw == twin, path.name
+    assert len(tables) == len(side) - 1 and all(table == tables[0] for table in tables)
+    assert (REPO / tables[0]["aux_table"]).is_file()  # relative to the repository, as data.root is
 
 
 @pytest.mark.slow

@@ -53,15 +53,17 @@ def test_final_weights_and_completeness() -> None:
     assert missing == ["jtds (harmful): missing seed(s) 0, 2", "equal (harmful): missing seed(s) 0, 1, 2"]
 
 
-def _record(tmp_path: Path, aux_set: str, methods: list[str], seeds: tuple[int, ...], acc: dict[str, float]) -> None:
-    """Finished runs of a set as its run record file holds them, under the fingerprints the command will want."""
+def _record(tmp_path: Path, aux_set: str, methods: list[str], seeds: tuple[int, ...], acc: dict[str, float],
+            tasks: tuple[str, ...] = ("rotation", "noise_labels")) -> None:
+    """Finished runs of a set as its run record file holds them, under the fingerprints the command will want; arml's
+    runs end with a weight per task of `tasks`."""
     runs_root = (tmp_path / "runs").resolve()
     plan = set_plan(aux_set, AUX_SETS[aux_set], methods)
     grid = Plan(1, "convnet4", None, True, (), runs_root / aux_set / "configs")
     write_run_configs(plan.sources(), plan.config_dir, grid.config_dir)
     rows = {}
     for (key, seed), w in _wanted(plan, grid, seeds).items():
-        weights = {f"task_weight/{t}": 0.5 + seed for t in ("rotation", "noise_labels")} if key == "arml" else {}
+        weights = {f"task_weight/{t}": 0.5 + seed for t in tasks} if key == "arml" else {}
         rows[w.key] = {
             "method": key, "seed": seed, "fingerprint": w.fingerprint, "test_accuracy": acc[key] + 0.01 * seed,
             "final_test_accuracy": acc[key] - 0.01, "seconds": 100.0 + seed, "finished_at": f"2026-01-0{seed + 1}",
@@ -112,6 +114,22 @@ def test_rows_from_finished_runs_with_twins_and_the_helpful_subset(tmp_path: Pat
     assert f"--search-result helpful={tmp_path / 'search'}" in page
 
 
+def test_the_side_label_set_plans_as_the_harmful_set_and_its_rows_name_the_table_tasks(tmp_path: Path) -> None:
+    """The side-label folder has the harmful folder's methods and twins; its rows carry a final weight per table task
+    (no equal_helpful_subset row: no other set is its helpful subset) and the page names the table's tasks."""
+    side, harmful = (set_plan(s, AUX_SETS[s], None) for s in ("side_labels", "harmful"))
+    assert side.keys == harmful.keys and side.twins == harmful.twins
+    tasks = ("animal", "flies", "road_vehicle", "brightness", "random")
+    seeds = (0, 1)
+    _record(tmp_path, "side_labels", ["arml", "equal"], seeds, {"arml": 0.6, "equal": 0.59}, tasks)
+    rows = run_weighting(sets=("side_labels",), methods=("arml",), seeds=seeds, quick=True, out_dir=tmp_path / "out",
+                         runs_dir=tmp_path / "runs")
+    assert [(r["method"], r["aux_set"]) for r in rows] == [("arml", "side_labels"), ("equal", "side_labels")]
+    assert rows[0]["final_weights"] == {t: pytest.approx(1.0) for t in tasks}
+    page = (tmp_path / "out" / "weighting_quick.md").read_text()
+    assert f"## Aux set: side_labels (table ({', '.join(tasks)}))" in page
+
+
 def _trial(folder: Path, name: str, results: list[dict]) -> None:
     (folder / name).mkdir(parents=True)
     (folder / name / "result.json").write_text("".join(json.dumps(r) + "\n" for r in results) + '{"torn')
@@ -141,12 +159,22 @@ def test_weight_search_row_from_a_finished_sweep(tmp_path: Path) -> None:
         search_row(tmp_path / "running", "helpful")
 
 
+def test_a_set_without_its_config_folder_is_one_line_exit_2(tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.setitem(AUX_SETS, "side_labels", AUX_SETS["side_labels"].with_name("cifar10_5pct_semisup_nowhere"))
+    out = tmp_path / "out"
+    argv = ["--sets", "side_labels", "--out-dir", str(out), "--runs-dir", str(tmp_path / "r")]
+    assert cli_run(["bench", "weighting", "--quick", *argv]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "auxray: error: aux-task set(s) without a config folder yet: side_labels (configs/cifar10_5pct_semisup_nowhere)"
+    ]
+    assert not out.exists()
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
         (["--sets", "helpful,unlabelled"], "unknown aux-task set(s) ['unlabelled']; choose from helpful, harmful"),
         (["--methods", "stl,nope"], "unknown method(s) ['nope'] for aux-task set helpful; choose from stl, equal"),
-        (["--sets", "side_labels"], "aux-task set(s) without a config folder yet: side_labels"),
         (
             ["--methods", "jtds_learned_confidence"],
             "unknown method(s) ['jtds_learned_confidence'] for aux-task set harmful",

@@ -239,11 +239,12 @@ def _subset_runs(
 
 
 def _aux_tasks(plan: Plan, sp: SetPlan, seed: int) -> str:
-    """The set's auxiliary tasks, from its first method that weighs any."""
+    """The set's auxiliary tasks, from its first method that weighs any (the table's by their names)."""
     for k in sp.keys:
-        tasks = plan.config(k, seed).method.aux_tasks
-        if tasks:
-            return ", ".join(tasks)
+        cfg = plan.config(k, seed)
+        if cfg.method.aux_tasks:
+            table = f"table ({', '.join(t.name for t in cfg.data.aux_columns)})"
+            return ", ".join(table if t == "table" else t for t in cfg.method.aux_tasks)
     return ""
 
 

@@ -3,8 +3,9 @@ fixed twin of each learned or forking one (``bench.twins``), every run key once,
 
 A set is one config folder of semi-supervised CIFAR-10 (5% labels) whose configs differ only in their method:
 ``helpful`` (rotation, consistency, pseudo-labels), ``harmful`` (the same plus noise_labels) and ``side_labels``
-(a table of attribute columns, one of them random; its folder does not exist yet). A twin that is a fixed method's
-config (``equal``) is one key, however many methods it serves; a frozen twin is ``<stem>_twin``.
+(data.aux_table's side labels: class attributes given on half the images, brightness, and a random column). A twin
+that is a fixed method's config (``equal``) is one key, however many methods it serves; a frozen twin is
+``<stem>_twin``.
 """
 
 from __future__ import annotations
