@@ -89,7 +89,9 @@ def test_page_and_plot_come_from_the_json(tmp_path: Path) -> None:
         ("sweeps/missing.yaml", [], "missing.yaml"),
     ],
 )
-def test_bad_input_is_one_line_before_anything_starts(tmp_path: Path, sweep: str, args: list[str], message: str) -> None:
+def test_bad_input_is_one_line_before_anything_starts(
+    tmp_path: Path, sweep: str, args: list[str], message: str
+) -> None:
     storage = tmp_path / "bench"
     proc = subprocess.run(
         [sys.executable, "-m", "auxray.cli", "bench", "sweep", f"configs/{sweep}", "--storage", str(storage), *args],
