@@ -120,6 +120,7 @@ def _add_bench_sweep(bsub: argparse._SubParsersAction) -> None:
     s.add_argument("--concurrency", type=int, default=None)
     s.add_argument("--seeds", default="0,1,2", help="comma-separated search seeds, one search per strategy each")
     s.add_argument("--strategies", default="tpe_asha,random_full,pbt", help="comma-separated, of these three")
+    s.add_argument("--gpus-per-trial", type=float, default=None, help="each trial's GPU share (default: the sweep's)")
     s.add_argument("--storage", default="runs/bench-sweep", help="folder for the Tune experiments and MLflow store")
     s.add_argument("--tracking-uri", default=None, help="default: a new SQLite store in the storage folder")
     s.add_argument("--out", default=None, help="also write the JSON to this file (and its plot beside it, .png)")
@@ -303,6 +304,7 @@ def cmd_bench_sweep(args: argparse.Namespace) -> int:
         tracking_uri=args.tracking_uri,
         seeds=parse_seeds(args.seeds) or (),
         strategies=parse_list(args.strategies),
+        gpus_per_trial=args.gpus_per_trial,
         out=args.out,
     )
 

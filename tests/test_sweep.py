@@ -226,6 +226,21 @@ def test_bad_sweep_input_is_one_line(
     assert MlflowClient(tracking_uri=uri).get_experiment_by_name("sweep-nodata") is None
 
 
+def test_trials_ask_ray_for_their_gpu_share_and_a_missing_gpu_is_one_line(tmp_path: Path, cifar_zip: Path) -> None:
+    from auxray.tune.sweep import check_gpus, trial_resources
+
+    cpu_only = load_sweep(write_sweep(tmp_path, cifar_zip, cpus_per_trial=0.5))
+    assert trial_resources(cpu_only) == {"cpu": 0.5}
+    check_gpus(cpu_only, have=0.0)
+    shared = load_sweep(write_sweep(tmp_path, cifar_zip, name="gpu", cpus_per_trial=2, gpus_per_trial=0.25))
+    assert trial_resources(shared) == {"cpu": 2.0, "gpu": 0.25}
+    check_gpus(shared, have=1.0)
+    with pytest.raises(UserError, match=r"^gpus_per_trial is 0.25 but the Ray cluster has 0 GPUs$"):
+        check_gpus(shared, have=0.0)
+    with pytest.raises(UserError, match="gpus_per_trial"):
+        load_sweep(write_sweep(tmp_path, cifar_zip, name="negative", gpus_per_trial=-1))
+
+
 def test_search_spaces_match_the_sweep() -> None:
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 

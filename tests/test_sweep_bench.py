@@ -86,10 +86,13 @@ def test_page_and_plot_come_from_the_json(tmp_path: Path) -> None:
         ("sweeps/scale_weights.yaml", ["--seeds", "0,x"], "--seeds expects comma-separated integers"),
         ("sweeps/scale_weights.yaml", ["--seeds", ","], "--seeds is empty"),
         ("sweeps/scale_weights.yaml", ["--trials", "0"], "--trials must be at least 1"),
+        ("sweeps/scale_weights.yaml", ["--gpus-per-trial", "-1"], "--gpus-per-trial must be at least 0"),
         ("sweeps/missing.yaml", [], "missing.yaml"),
     ],
 )
-def test_bad_input_is_one_line_before_anything_starts(tmp_path: Path, sweep: str, args: list[str], message: str) -> None:
+def test_bad_input_is_one_line_before_anything_starts(
+    tmp_path: Path, sweep: str, args: list[str], message: str
+) -> None:
     storage = tmp_path / "bench"
     proc = subprocess.run(
         [sys.executable, "-m", "auxray.cli", "bench", "sweep", f"configs/{sweep}", "--storage", str(storage), *args],

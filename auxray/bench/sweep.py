@@ -43,8 +43,10 @@ def check_strategies(sweep: SweepConfig, strategies: Sequence[str]) -> None:
         )
 
 
-def _variant(sweep: SweepConfig, label: str, *, trials: int, concurrency: int, seed: int, storage: Path) -> SweepConfig:
-    """A copy of the sweep with one strategy and search seed, its own name and storage."""
+def _variant(
+    sweep: SweepConfig, label: str, *, trials: int, concurrency: int, seed: int, storage: Path, gpus: float
+) -> SweepConfig:
+    """A copy of the sweep with one strategy and search seed, its own name and storage, and the GPU share asked."""
     strategy = STRATEGIES[label]
     scheduler = SchedulerConfig(**{**sweep.scheduler.model_dump(), "type": strategy["scheduler"]})
     variant = sweep.model_copy(
@@ -56,6 +58,7 @@ def _variant(sweep: SweepConfig, label: str, *, trials: int, concurrency: int, s
             "concurrency": concurrency,
             "seed": seed,
             "storage": str(storage),
+            "gpus_per_trial": gpus,
         }
     )
     variant._source_dir, variant._cwd = sweep._source_dir, sweep._cwd
@@ -152,6 +155,7 @@ def run_sweep_bench(
     tracking_uri: str | None = None,
     seeds: Sequence[int] = DEFAULT_SEEDS,
     strategies: Sequence[str] = tuple(STRATEGIES),
+    gpus_per_trial: float | None = None,
     progress: bool = True,
     after_each: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
@@ -164,11 +168,14 @@ def run_sweep_bench(
         raise UserError("--seeds is empty")
     if trials is not None and trials < 1:
         raise UserError(f"--trials must be at least 1, got {trials}")
+    if gpus_per_trial is not None and gpus_per_trial < 0:
+        raise UserError(f"--gpus-per-trial must be at least 0, got {gpus_per_trial}")
     from auxray.tracking import resolve_uri
     from auxray.tune.sweep import run_sweep, start_ray
 
     trials = trials or sweep.trials
     concurrency = concurrency or sweep.concurrency
+    gpus = sweep.gpus_per_trial if gpus_per_trial is None else gpus_per_trial
     root = Path(storage).expanduser().resolve() / datetime.now().strftime("%Y%m%d-%H%M%S")
     uri = resolve_uri(tracking_uri or f"sqlite:///{root / 'mlflow.db'}")
     result: dict[str, Any] = {
@@ -176,6 +183,7 @@ def run_sweep_bench(
         "trials": trials,
         "concurrency": concurrency,
         "cpus_per_trial": sweep.cpus_per_trial,
+        "gpus_per_trial": gpus,
         "epochs_per_trial": sweep.epochs,
         "space": sorted(sweep.space),
         "search_seeds": list(seeds),
@@ -191,7 +199,7 @@ def run_sweep_bench(
     started = start_ray()
     try:
         for i, (seed, label) in enumerate(plan, 1):
-            variant = _variant(sweep, label, trials=trials, concurrency=concurrency, seed=seed, storage=root)
+            variant = _variant(sweep, label, trials=trials, concurrency=concurrency, seed=seed, storage=root, gpus=gpus)
             log(f"bench sweep [{i}/{len(plan)}]: {label}, search seed {seed}, {trials} trials")
             outcome = run_sweep(variant, tracking_uri=uri, progress=progress)
             runs.append({"strategy": label, "seed": seed, **_outcome(outcome, sweep.epochs, uri)})
@@ -221,6 +229,7 @@ def bench_sweep_command(
     tracking_uri: str | None,
     seeds: Sequence[int],
     strategies: Sequence[str],
+    gpus_per_trial: float | None,
     out: str | None,
 ) -> int:
     """`auxray bench sweep` (its parser lives in auxray.cli): a progress line per sweep and the comparison on
@@ -240,6 +249,7 @@ def bench_sweep_command(
         tracking_uri=tracking_uri,
         seeds=seeds,
         strategies=strategies,
+        gpus_per_trial=gpus_per_trial,
         after_each=keep,
     )
     print(f"bench sweep: {json.dumps(result['summary'])}", file=sys.stderr, flush=True)

@@ -14,12 +14,18 @@ def _pm(stat: dict[str, Any], digits: int = 3) -> str:
     return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
 
 
+def _gpu_share(data: dict[str, Any]) -> str:
+    """` and 0.25 GPU` when the trials asked for GPUs, else nothing."""
+    gpus = data.get("gpus_per_trial") or 0
+    return f" and {gpus:g} GPU" if gpus else ""
+
+
 def render_sweep(data: dict[str, Any]) -> str:
     """One row per strategy over its search seeds, and the driver's memory and the store's size at the end."""
     budget = data["trials"] * data["epochs_per_trial"]
     lines = [
         f"Sweep `{data['sweep']}`: {data['trials']} trials per search, {data['concurrency']} at a time on "
-        f"{data['cpus_per_trial']} CPU each, {data['epochs_per_trial']} epochs per trial "
+        f"{data['cpus_per_trial']} CPU{_gpu_share(data)} each, {data['epochs_per_trial']} epochs per trial "
         f"(budget {budget} trial-epochs), over {', '.join(data['space'])}; each strategy on search seeds "
         f"{', '.join(str(s) for s in data['search_seeds'])} (mean ± standard deviation over seeds).",
         "",

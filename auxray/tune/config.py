@@ -118,6 +118,9 @@ class SweepConfig(_Strict):
     metric: str = "val_accuracy"
     mode: Literal["max", "min"] = "max"
     cpus_per_trial: float = Field(1, gt=0)
+    # A single-process trial's share of a GPU (0.25: four trials per GPU); Ray then shows the trial only the GPU it
+    # was given. 0 asks for none (a trial still sees the node's GPUs, unaccounted).
+    gpus_per_trial: float = Field(0, ge=0)
     storage: str = "runs/sweeps"
     tracking: SweepTracking = Field(default_factory=SweepTracking)
     _source_dir: str = PrivateAttr(".")

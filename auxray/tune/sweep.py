@@ -34,11 +34,22 @@ def start_ray() -> bool:
     return ensure_ray(None, log_to_driver=False)
 
 
-def _trial_resources(sweep: SweepConfig) -> dict[str, float]:
-    """A single-process trial takes cpus_per_trial; a data-parallel one only hosts the Ray Train driver."""
+def trial_resources(sweep: SweepConfig) -> dict[str, float]:
+    """A single-process trial takes cpus_per_trial and gpus_per_trial; a data-parallel one only hosts the Ray
+    Train driver (its workers ask for their own)."""
     if sweep.base_config().scaling.workers > 1:
         return {"cpu": 0.01}
+    if sweep.gpus_per_trial > 0:
+        return {"cpu": sweep.cpus_per_trial, "gpu": sweep.gpus_per_trial}
     return {"cpu": sweep.cpus_per_trial}
+
+
+def check_gpus(sweep: SweepConfig, have: float) -> None:
+    """A sweep whose trials ask for more GPUs than the Ray cluster's `have` would wait for them forever: one line
+    instead."""
+    wanted = trial_resources(sweep).get("gpu", 0.0)
+    if wanted > have:
+        raise UserError(f"gpus_per_trial is {wanted} but the Ray cluster has {have:g} GPUs")
 
 
 def _tuner(ctx: TrialContext, resume: bool) -> Any:
@@ -46,7 +57,7 @@ def _tuner(ctx: TrialContext, resume: bool) -> Any:
     from ray import tune
 
     sweep = ctx.sweep
-    trainable = tune.with_resources(make_trainable(ctx), _trial_resources(sweep))
+    trainable = tune.with_resources(make_trainable(ctx), trial_resources(sweep))
     path = str(sweep.experiment_dir)
     if resume:
         repaired = repair_state(sweep.experiment_dir, sweep.state_backup_dir)
@@ -247,6 +258,9 @@ def run_sweep(
     started = False
     try:
         started = start_ray()
+        import ray
+
+        check_gpus(sweep, ray.cluster_resources().get("GPU", 0.0))
         activate(
             ActiveSweep(
                 uri=uri,

@@ -12,22 +12,7 @@ mkdir -p "$RESULTS"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || echo "no GPU"
 # Decode CIFAR-10 once into the tensor cache, and take one inner and outer step of every configuration on this
 # device, so a setup error stops the job in seconds instead of failing its runs later.
-python3 - "$EXTRA" <<'PY' || exit 1
-import sys, time
-from pathlib import Path
-from auxray.config import load_config
-from auxray.data import build_data
-from auxray.train.loop import BilevelTrainer
-t0 = time.perf_counter()
-data = None
-for path in sorted(Path("configs/cifar10_5pct_semisup_noise").glob("*.yaml"), key=lambda p: p.stem == "stl"):
-    cfg = load_config(path, ["trainer.epochs=1", "trainer.max_steps_per_epoch=2", "hypergrad.every=1",
-                             "tracking.enabled=false", "trainer.checkpoint_dir=/tmp/smoke", *sys.argv[1].split()])
-    data = data or build_data(cfg.data, cfg.method.aux_tasks)  # the same data for every method of the folder
-    trainer = BilevelTrainer(cfg, data, progress=False)
-    trainer.train_epoch()
-    print(f"smoke {path}: ok on {trainer.device} at {time.perf_counter() - t0:.0f}s", flush=True)
-PY
+python3 benchmarks/device/smoke.py "$EXTRA" configs/cifar10_5pct_semisup_noise || exit 1
 set_args=()
 for o in $EXTRA; do set_args+=(--set "$o"); done
 for dir in cifar10_5pct_semisup cifar10_5pct_semisup_noise; do
