@@ -22,6 +22,7 @@ from mlflow import MlflowClient
 from PIL import Image
 from torch import nn
 
+from auxray.bench.mlflow_server import free_port, kill_group, start_server, wait_healthy
 from auxray.cli import run as cli_run
 from auxray.config import RunConfig, TrackingConfig
 from auxray.errors import UserError
@@ -40,18 +41,12 @@ from auxray.tracking import (
     start_parent,
     tracked_run,
 )
-from auxray.tracking.ui import ui_command, ui_env
+from auxray.tracking.ui import ui_command
 from auxray.train.diagnostics import LabelAssignment, label_assignment
 from auxray.train.session import RunView
 from tests.conftest import chromium
 
 CLASSES = ["cat", "dog", "ship"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_cfg() -> RunConfig:
@@ -372,60 +367,6 @@ def test_ui_command(capsys: pytest.CaptureFixture) -> None:
 
 
 # ---- a real server, killed mid-run ---------------------------------------------------------------------
-def wait_healthy(port: int, proc: subprocess.Popen, log: Path, seconds: float = 120) -> None:
-    """Poll /health until it answers 200 (bounded); fail with the log when the process dies or never answers."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited: {log.read_text()[-2000:]}")
-        try:
-            if requests.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"server did not come up: {log.read_text()[-2000:]}")
-
-
-def start_server(db: Path, artifacts: Path, port: int, log: Path) -> subprocess.Popen:
-    """`mlflow server` in its own process group (its web workers are children), up when /health answers."""
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--backend-store-uri",
-            f"sqlite:///{db}",
-            "--artifacts-destination",
-            str(artifacts),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
-        stdout=open(log, "a"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        env=ui_env(),
-    )
-    try:
-        wait_healthy(port, proc, log)
-    except AssertionError:
-        kill_server(proc)
-        raise
-    return proc
-
-
-def kill_server(proc: subprocess.Popen) -> None:
-    """SIGKILL the server's process group (the server and its workers)."""
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
-
-
 @pytest.mark.cluster
 @pytest.mark.timeout(600)
 def test_server_killed_mid_run_spools_then_resends_when_it_is_back(
@@ -446,7 +387,7 @@ def test_server_killed_mid_run_spools_then_resends_when_it_is_back(
         client = MlflowClient(tracking_uri=uri)
         assert steps_of(client, run_id, "val_accuracy") == [1, 2]
 
-        kill_server(server)
+        kill_group(server)
         with pytest.raises(UserError, match=f"MLflow tracking server at {uri} is unreachable"):
             check_reachable(uri, timeout=2)
         for epoch in (3, 4):
@@ -484,7 +425,7 @@ def test_server_killed_mid_run_spools_then_resends_when_it_is_back(
         assert replay_spool(tracker.spool_path)["sent"] == 0  # nothing was left to replay by hand
         assert steps_of(client, run_id, "val_accuracy") == [1, 2, 3, 4, 5]
     finally:
-        kill_server(server)
+        kill_group(server)
 
 
 def test_tracker_resends_the_spool_when_the_store_comes_back(
