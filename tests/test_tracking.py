@@ -283,6 +283,31 @@ def test_offline_run_spools_and_replays_to_a_new_run(tmp_path: Path, capsys: pyt
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
 
 
+def test_a_sweeps_spool_folder_is_replayed_whole_once(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """replay_folder (a sweep's end) sends every spool of a folder that has unsent records, once; a spool it cannot
+    send is one warning line and counted, never an exception."""
+    from auxray.tracking.spool import replay_folder
+
+    dead = f"http://127.0.0.1:{free_port()}"
+    spools = tmp_path / "spool"
+    ids = []
+    for name in ("a", "b"):
+        with tracked_run(dead, "sweep", name, spool_dir=spools) as tracker:
+            tracker.log_metrics({"val_accuracy": 0.5}, step=1)
+        ids.append(tracker.run_id)
+    (spools / "broken.jsonl").write_text("not a spool\n")
+    store = f"sqlite:///{tmp_path}/m.db"
+    assert replay_folder(spools, store) == {"spools": 3, "sent": 4, "failed": 1}
+    assert "could not replay" in capsys.readouterr().err
+    client = MlflowClient(tracking_uri=store)
+    runs = client.search_runs([client.get_experiment_by_name("sweep").experiment_id])
+    assert sorted(r.data.tags["auxray.replayed_from"] for r in runs) == sorted(ids)
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    assert replay_folder(spools, store) == {"spools": 3, "sent": 0, "failed": 1}
+    assert len(client.search_runs([runs[0].info.experiment_id])) == 2
+    assert replay_folder(tmp_path / "none", store) == {"spools": 0, "sent": 0, "failed": 0}
+
+
 # ---- plots --------------------------------------------------------------------------------------------
 class Flat(nn.Module):
     """A trunk whose single feature is the image's mean intensity."""
