@@ -4,6 +4,7 @@ MLflow server being killed with no run lost or duplicated."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -126,3 +127,23 @@ def test_driver_and_server_killed_mid_sweep_lose_and_duplicate_nothing(tmp_path:
         assert row["finished"] == 6 and row["child_runs"] == 6 + row["orphaned"], row
     assert rows["driver_killed"]["exit_codes"][0] == -9 and rows["driver_killed"]["exit_codes"][1] == 0
     assert result["all_ok"]
+
+
+def test_the_fault_table_is_rendered_from_its_json_and_pending_without_it(tmp_path: Path) -> None:
+    from auxray.bench.report import PENDING, RENDERERS, render_section
+
+    assert render_section("sweep_faults", tmp_path) == PENDING
+    row = {
+        "scenario": "server_killed", "trials": 8, "faults_injected": 1, "completed": 6, "stopped_early": 2,
+        "errored": 0, "child_runs": 8, "finished": 8, "running_left": 0, "duplicated": 0, "missing_metrics": 0,
+        "runs_lost": 0, "parent_summary_ok": True, "seconds": 101.5, "faults": ["server SIGKILLed at 2/8"],
+    }
+    data = {
+        "sweep_name": "s", "trials": 8, "epochs": 4, "concurrency": 4, "search": "tpe", "scheduler": "asha",
+        "kill_driver_at": 1 / 3, "kill_server_at": 0.25, "outage_seconds": 30.0, "scenarios": [row],
+    }
+    (tmp_path / RENDERERS["sweep_faults"][0]).write_text(json.dumps(data))
+    text = render_section("sweep_faults", tmp_path)
+    assert text is not None and "kept down 30 s" in text and "once 25% finished" in text
+    assert "| server_killed | 8 | 1 | 6 | 2 | 0 | 8 | 8 | 0 | 0 | 0 | 0 | yes | 102 |" in text
+    assert text.endswith("- server_killed: server SIGKILLed at 2/8")

@@ -121,6 +121,15 @@ def ray_session_processes(driver_pid: int) -> list[int]:
     return pids
 
 
+def trial_errors(storage: Path) -> list[dict[str, str]]:
+    """Each error Tune recorded for a trial (its folder's error.txt): the folder and the error's last line."""
+    found = []
+    for path in sorted(storage.glob("*/*/error.txt")):
+        lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
+        found.append({"trial": path.parent.name, "error": (lines[-1] if lines else "")[:300]})
+    return found
+
+
 class Scenario:
     """One scenario's server, driver runs and records, all under its own folder."""
 
@@ -319,6 +328,7 @@ def run_scenario(plan: FaultPlan, name: str) -> dict[str, Any]:
         "stale_runs_failed": result.get("stale_runs_failed") if result else None,
         "orphaned_runs_tagged": result.get("orphaned_runs") if result else None,
         "spools_replayed": result.get("spools_replayed") if result else None,
+        "trial_errors": trial_errors(sc.folder / "tune"),
         "folder": str(sc.folder),
     }
     if result is None:
