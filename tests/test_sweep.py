@@ -20,6 +20,7 @@ import yaml
 from mlflow import MlflowClient
 
 from auxray.bench.mlflow_server import free_port, kill_group, start_server
+from auxray.bench.sweep_faults import ray_session_processes
 from auxray.cli import run as cli_run
 from auxray.errors import UserError
 from auxray.tune.config import SweepConfig, load_sweep
@@ -100,20 +101,6 @@ def last_json_line(text: str) -> dict:
     lines = [line for line in text.splitlines() if line.startswith("{")]
     assert lines, f"no JSON line in output:\n{text[-3000:]}"
     return json.loads(lines[-1])
-
-
-def ray_session_processes(driver_pid: int) -> list[int]:
-    """PIDs of the Ray instance a driver started (their command lines name the session ``session_…_<pid>``)."""
-    pattern = re.compile(rf"session_[\d_-]+_{driver_pid}\b")
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                if pattern.search((proc / "cmdline").read_bytes().decode(errors="replace")):
-                    pids.append(int(proc.name))
-            except OSError:
-                continue
-    return pids
 
 
 # ---- fast: validation, spaces, summaries --------------------------------------------------------
