@@ -69,6 +69,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     d.set_defaults(func=cmd_bench_distributed)
     _add_bench_sweep(bsub)
     _add_bench_trial_cost(bsub)
+    _add_bench_sweep_faults(bsub)
     _add_bench_reproduce(bsub)
     _add_bench_overhead(bsub)
     _add_bench_weighting(bsub)
@@ -138,6 +139,25 @@ def _add_bench_trial_cost(bsub: argparse._SubParsersAction) -> None:
     t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     t.add_argument("--out", default=None, help="also write the JSON to this file")
     t.set_defaults(func=cmd_bench_trial_cost)
+
+
+def _add_bench_sweep_faults(bsub: argparse._SubParsersAction) -> None:
+    f = bsub.add_parser(
+        "sweep-faults",
+        help="a sweep against a real MLflow server, clean, with its driver killed and resumed, and with the server "
+        "killed for a while; checks that no trial's run is lost or duplicated",
+    )
+    f.add_argument("sweep", help="sweep YAML (e.g. configs/sweeps/scale_weights.yaml)")
+    f.add_argument("--trials", type=int, default=None, help="trials per scenario (default: the sweep's)")
+    f.add_argument(
+        "--scenarios", default="clean,driver_killed,server_killed", help="comma-separated subset of the scenarios"
+    )
+    f.add_argument("--outage", type=float, default=30.0, help="seconds the server stays down (server_killed)")
+    f.add_argument(
+        "--storage", default=None, help="folder for every scenario (default: runs/bench-sweep-faults/<timestamp>)"
+    )
+    f.add_argument("--out", default=None, help="also write the JSON to this file")
+    f.set_defaults(func=cmd_bench_sweep_faults)
 
 
 def _add_sweep(sub: argparse._SubParsersAction) -> None:
@@ -332,6 +352,20 @@ def cmd_bench_trial_cost(args: argparse.Namespace) -> int:
     )
     print_json(result, args.out)
     return 0
+
+
+def cmd_bench_sweep_faults(args: argparse.Namespace) -> int:
+    """`auxray bench sweep-faults`: see auxray.bench.sweep_faults."""
+    from auxray.bench.sweep_faults import bench_sweep_faults_command
+
+    return bench_sweep_faults_command(
+        args.sweep,
+        trials=args.trials,
+        scenarios=args.scenarios,
+        storage=args.storage,
+        outage=args.outage,
+        out=args.out,
+    )
 
 
 def run(argv: Sequence[str] | None, parser_factory: Callable[[], argparse.ArgumentParser] = build_parser) -> int:

@@ -8,7 +8,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,11 +19,12 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
+from auxray.bench.mlflow_server import free_port, kill_group, start_server
+from auxray.bench.sweep_faults import ray_session_processes
 from auxray.cli import run as cli_run
 from auxray.errors import UserError
 from auxray.tune.config import SweepConfig, load_sweep
 from tests.conftest import CACHE_DIR, REPO, chromium, tiny_cifar_raw
-from tests.test_tracking import start_server
 
 ARTIFACTS = REPO / "test-artifacts"
 
@@ -71,27 +71,11 @@ def write_sweep(
     return path
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_mlflow(tmp: Path) -> tuple[subprocess.Popen, str]:
     """`mlflow server` on a SQLite backend in tmp, on a free loopback port; returns it once /health answers."""
     port = free_port()
     proc = start_server(tmp / "m.db", tmp / "artifacts", port, tmp / "mlflow.log")
     return proc, f"http://127.0.0.1:{port}"
-
-
-def stop_group(proc: subprocess.Popen) -> None:
-    """SIGKILL a process group this test started."""
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    proc.wait(timeout=60)
 
 
 def sweep_cmd(path: Path, *args: str) -> list[str]:
@@ -117,20 +101,6 @@ def last_json_line(text: str) -> dict:
     lines = [line for line in text.splitlines() if line.startswith("{")]
     assert lines, f"no JSON line in output:\n{text[-3000:]}"
     return json.loads(lines[-1])
-
-
-def ray_session_processes(driver_pid: int) -> list[int]:
-    """PIDs of the Ray instance a driver started (their command lines name the session ``session_…_<pid>``)."""
-    pattern = re.compile(rf"session_[\d_-]+_{driver_pid}\b")
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                if pattern.search((proc / "cmdline").read_bytes().decode(errors="replace")):
-                    pids.append(int(proc.name))
-            except OSError:
-                continue
-    return pids
 
 
 # ---- fast: validation, spaces, summaries --------------------------------------------------------
@@ -354,7 +324,7 @@ def server(tmp_path_factory: pytest.TempPathFactory):
     tmp = tmp_path_factory.mktemp("mlflow")
     proc, uri = start_mlflow(tmp)
     yield SimpleNamespace(uri=uri, tmp=tmp)
-    stop_group(proc)
+    kill_group(proc)
 
 
 @pytest.fixture(scope="module")
@@ -500,7 +470,7 @@ def test_kill_driver_then_resume(server: SimpleNamespace, cifar_zip: Path, tmp_p
             time.sleep(1)
         assert not ray_session_processes(driver.pid), "Ray processes outlived the killed driver"
     finally:
-        stop_group(driver)
+        kill_group(driver)
     _, kids = sweep_runs(server.uri, experiment)
     assert any(k.info.status == "RUNNING" for k in kids), "the killed driver left no in-flight trial"
 

@@ -22,6 +22,7 @@ from mlflow import MlflowClient
 from PIL import Image
 from torch import nn
 
+from auxray.bench.mlflow_server import free_port, kill_group, start_server, wait_healthy
 from auxray.cli import run as cli_run
 from auxray.config import RunConfig, TrackingConfig
 from auxray.errors import UserError
@@ -40,18 +41,12 @@ from auxray.tracking import (
     start_parent,
     tracked_run,
 )
-from auxray.tracking.ui import ui_command, ui_env
+from auxray.tracking.ui import ui_command
 from auxray.train.diagnostics import LabelAssignment, label_assignment
 from auxray.train.session import RunView
 from tests.conftest import chromium
 
 CLASSES = ["cat", "dog", "ship"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_cfg() -> RunConfig:
@@ -288,6 +283,31 @@ def test_offline_run_spools_and_replays_to_a_new_run(tmp_path: Path, capsys: pyt
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
 
 
+def test_a_sweeps_spool_folder_is_replayed_whole_once(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """replay_folder (a sweep's end) sends every spool of a folder that has unsent records, once; a spool it cannot
+    send is one warning line and counted, never an exception."""
+    from auxray.tracking.spool import replay_folder
+
+    dead = f"http://127.0.0.1:{free_port()}"
+    spools = tmp_path / "spool"
+    ids = []
+    for name in ("a", "b"):
+        with tracked_run(dead, "sweep", name, spool_dir=spools) as tracker:
+            tracker.log_metrics({"val_accuracy": 0.5}, step=1)
+        ids.append(tracker.run_id)
+    (spools / "broken.jsonl").write_text("not a spool\n")
+    store = f"sqlite:///{tmp_path}/m.db"
+    assert replay_folder(spools, store) == {"spools": 3, "sent": 4, "failed": 1}
+    assert "could not replay" in capsys.readouterr().err
+    client = MlflowClient(tracking_uri=store)
+    runs = client.search_runs([client.get_experiment_by_name("sweep").experiment_id])
+    assert sorted(r.data.tags["auxray.replayed_from"] for r in runs) == sorted(ids)
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    assert replay_folder(spools, store) == {"spools": 3, "sent": 0, "failed": 1}
+    assert len(client.search_runs([runs[0].info.experiment_id])) == 2
+    assert replay_folder(tmp_path / "none", store) == {"spools": 0, "sent": 0, "failed": 0}
+
+
 # ---- plots --------------------------------------------------------------------------------------------
 class Flat(nn.Module):
     """A trunk whose single feature is the image's mean intensity."""
@@ -372,60 +392,6 @@ def test_ui_command(capsys: pytest.CaptureFixture) -> None:
 
 
 # ---- a real server, killed mid-run ---------------------------------------------------------------------
-def wait_healthy(port: int, proc: subprocess.Popen, log: Path, seconds: float = 120) -> None:
-    """Poll /health until it answers 200 (bounded); fail with the log when the process dies or never answers."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited: {log.read_text()[-2000:]}")
-        try:
-            if requests.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"server did not come up: {log.read_text()[-2000:]}")
-
-
-def start_server(db: Path, artifacts: Path, port: int, log: Path) -> subprocess.Popen:
-    """`mlflow server` in its own process group (its web workers are children), up when /health answers."""
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--backend-store-uri",
-            f"sqlite:///{db}",
-            "--artifacts-destination",
-            str(artifacts),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
-        stdout=open(log, "a"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        env=ui_env(),
-    )
-    try:
-        wait_healthy(port, proc, log)
-    except AssertionError:
-        kill_server(proc)
-        raise
-    return proc
-
-
-def kill_server(proc: subprocess.Popen) -> None:
-    """SIGKILL the server's process group (the server and its workers)."""
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
-
-
 @pytest.mark.cluster
 @pytest.mark.timeout(600)
 def test_server_killed_mid_run_spools_then_resends_when_it_is_back(
@@ -446,7 +412,7 @@ def test_server_killed_mid_run_spools_then_resends_when_it_is_back(
         client = MlflowClient(tracking_uri=uri)
         assert steps_of(client, run_id, "val_accuracy") == [1, 2]
 
-        kill_server(server)
+        kill_group(server)
         with pytest.raises(UserError, match=f"MLflow tracking server at {uri} is unreachable"):
             check_reachable(uri, timeout=2)
         for epoch in (3, 4):
@@ -484,7 +450,7 @@ def test_server_killed_mid_run_spools_then_resends_when_it_is_back(
         assert replay_spool(tracker.spool_path)["sent"] == 0  # nothing was left to replay by hand
         assert steps_of(client, run_id, "val_accuracy") == [1, 2, 3, 4, 5]
     finally:
-        kill_server(server)
+        kill_group(server)
 
 
 def test_tracker_resends_the_spool_when_the_store_comes_back(

@@ -230,3 +230,18 @@ def _recreate(client: MlflowClient, uri: str, header: dict[str, Any]) -> str:
         run_name=header.get("run_name"),
     )
     return run.info.run_id
+
+
+def replay_folder(folder: str | Path, uri: str | None = None, *, timeout: float = 10.0) -> dict[str, int]:
+    """Replay every spool in `folder` (a sweep's trials write theirs there) whose records were not all delivered: a
+    trial that ended while the store was down leaves its last records there. Never raises; a spool that could not
+    be sent is counted in `failed` with one warning line. Returns {spools, sent, failed}."""
+    spools = sorted(Path(folder).glob("*.jsonl")) if Path(folder).is_dir() else []
+    sent = failed = 0
+    for path in spools:
+        try:
+            sent += replay_spool(path, uri, timeout=timeout)["sent"]
+        except Exception as exc:
+            failed += 1
+            print(f"auxray: could not replay {path}: {first_line(exc)}", file=sys.stderr, flush=True)
+    return {"spools": len(spools), "sent": sent, "failed": failed}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -108,6 +109,19 @@ def server_healthy(uri: str, timeout: float = 1.0) -> bool:
         return requests.get(f"{uri.rstrip('/')}/health", timeout=timeout).status_code == 200
     except requests.RequestException:
         return False
+
+
+def wait_reachable(uri: str, seconds: float, poll: float = 2.0) -> bool:
+    """Wait up to `seconds` for the store to pass check_reachable; True once it does, False if it never did."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            check_reachable(uri, timeout=min(poll, 5.0))
+            return True
+        except UserError:
+            if time.monotonic() >= deadline:
+                return False
+        time.sleep(poll)
 
 
 def check_reachable(uri: str, timeout: float = 5.0) -> None:

@@ -12,7 +12,9 @@ from typing import Any, TypedDict
 from auxray.data import check_source
 from auxray.errors import UserError
 from auxray.tracking import check_reachable, end_parent, resolve_uri
+from auxray.tracking.spool import replay_folder
 from auxray.tracking.tracker import Status
+from auxray.tracking.uri import wait_reachable
 from auxray.train.ray_cluster import ensure_ray
 from auxray.tune.callbacks import ActiveSweep, TrialCloser, activate
 from auxray.tune.config import SweepConfig, finite
@@ -200,6 +202,27 @@ def _log_parent_summary(uri: str, parent_id: str, summary: dict[str, Any]) -> No
                 client.set_tag(parent_id, f"best.{key}", str(value))
 
 
+STORE_WAIT_S = 600.0  # how long a sweep's end waits for a tracking server that went away
+
+
+def _await_store(uri: str, spool_dir: str) -> None:
+    """At the sweep's end, wait (bounded) for a tracking store that went away: the summary and the trials' spooled
+    records go there. UserError when it does not come back."""
+    if wait_reachable(uri, 0):
+        return
+    print(
+        f"auxray: MLflow tracking store {uri} unreachable at the end of the sweep; waiting up to {STORE_WAIT_S:.0f}s "
+        "to send the sweep's summary and its trials' spooled records",
+        file=sys.stderr,
+        flush=True,
+    )
+    if not wait_reachable(uri, STORE_WAIT_S):
+        raise UserError(
+            f"MLflow tracking store {uri} still unreachable after {STORE_WAIT_S:.0f}s: the sweep's summary was not "
+            f"logged; its trials' unsent records are in {spool_dir} (`auxray tracking replay FILE` sends one)"
+        )
+
+
 def _close_leftovers(uri: str, parent_id: str, status: str) -> None:
     """Child runs still RUNNING once the driver stops (interrupted or failed): give them `status`."""
     from mlflow import MlflowClient
@@ -273,7 +296,11 @@ def run_sweep(
             )
         )
         grid = _tuner(ctx, resume).fit()
+        # Trials that ended while the store was down left their last records in their spools: send them now.
+        _await_store(uri, ctx.spool_dir)
+        replayed = replay_folder(ctx.spool_dir, uri)
         summary = summarise_grid(grid, sweep, epochs)
+        summary["spools_replayed"] = replayed
         if summary["best"] is None:
             raise UserError(
                 f"sweep {sweep.name}: no trial reported {sweep.metric} "
