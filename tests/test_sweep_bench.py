@@ -19,6 +19,14 @@ def trial(epochs: int, val: float | None, ended: float, error: bool = False) -> 
     return {"params": {}, "epochs": epochs, "val_accuracy": val, "test_accuracy": val, "error": error, "ended": ended}
 
 
+def test_pbt_exploits_are_counted_from_tunes_log(tmp_path: Path) -> None:
+    from auxray.bench.sweep import pbt_exploits
+
+    assert pbt_exploits(tmp_path) is None
+    (tmp_path / "pbt_global.txt").write_text('["a", "b", 0, 1, {}]\n["c", "d", 1, 2, {}]\n')
+    assert pbt_exploits(tmp_path) == 2
+
+
 def test_best_so_far_follows_the_order_trials_ended_and_counts_only_complete_trials() -> None:
     trials = [
         trial(4, 0.30, ended=30.0),
@@ -44,6 +52,7 @@ def run_record(strategy: str, seed: int, val: float, seconds: float) -> dict[str
         "driver": {"rss_mb": 900.0, "peak_rss_mb": 950.0 + seed},
         "store_mb": 3.5,
         "curve": [[4, val - 0.05], [12, val]],
+        "exploits": 3 + seed if strategy == "pbt" else None,
     }
 
 
@@ -73,6 +82,7 @@ def test_page_and_plot_come_from_the_json(tmp_path: Path) -> None:
     page = render_sweep(data)
     assert "| tpe_asha | 0.325 ± 0.025 | 0.315 ± 0.025 | 20 ± 0 |" in page
     assert "| pbt |" in page and "budget 32 trial-epochs" in page
+    assert "checkpoint 3, 4 times (per seed)" in page
     assert "4 sweeps, 32 trials in all" in page and "peak 951 MiB" in page and "3.5 MiB" in page
     png = plot_search_progress(data, tmp_path / "progress.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000

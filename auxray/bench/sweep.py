@@ -101,6 +101,15 @@ def _driver_memory_mb() -> dict[str, float]:
     }
 
 
+def pbt_exploits(experiment_dir: str | Path) -> int | None:
+    """How many times a PBT trial copied another's checkpoint: Tune writes one line per exploit to pbt_global.txt
+    (None for a sweep without PBT)."""
+    log_file = Path(experiment_dir) / "pbt_global.txt"
+    if not log_file.is_file():
+        return None
+    return sum(1 for line in log_file.read_text().splitlines() if line.strip())
+
+
 def _outcome(result: dict[str, Any], epochs: int, uri: str) -> dict[str, Any]:
     best = result.get("best") or {}
     seconds = result["seconds"]
@@ -115,6 +124,7 @@ def _outcome(result: dict[str, Any], epochs: int, uri: str) -> dict[str, Any]:
         "completed": result["completed"],
         "stopped_early": result["stopped_early"],
         "errored": result["errored"],
+        "exploits": pbt_exploits(result["experiment_dir"]),
         "seconds": round(seconds, 1),
         "trials_per_hour": round(3600 * result["trials"] / seconds, 1),
         "driver": _driver_memory_mb(),

@@ -40,6 +40,12 @@ def render_sweep(data: dict[str, Any]) -> str:
             f"| {_pm(s['errored'], 1)} |"
         )
     runs = data["runs"]
+    exploits = [r["exploits"] for r in runs if r.get("exploits") is not None]
+    if exploits:
+        lines += [
+            "",
+            f"PBT trials copied a better trial's checkpoint {', '.join(map(str, exploits))} times (per seed).",
+        ]
     if runs:
         last = runs[-1]
         peak = max(r["driver"]["peak_rss_mb"] for r in runs)
