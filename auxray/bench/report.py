@@ -407,9 +407,6 @@ RENDERERS: dict[str, tuple[str, Callable[..., str]]] = {
 }
 # A second JSON a section's renderer takes when it exists (passed as its second argument).
 COMPANIONS: dict[str, str] = {"overhead": "bench_overhead_cpu_breakdown.json"}
-# Sections whose page and renderer exist but whose JSON is not committed yet: they show PENDING until it is.
-AWAITING = {"sweep_faults"}
-PENDING = "*Not measured yet: the command above writes the JSON this table is rendered from.*"
 
 
 MARKER = re.compile(r"<!-- bench:(\w+) -->")
@@ -430,7 +427,7 @@ def render_section(name: str, results: Path = RESULTS) -> str | None:
     filename, render = RENDERERS[name]
     path = results / filename
     if not path.is_file():
-        return PENDING if name in AWAITING else None
+        return None
     companion = results / COMPANIONS[name] if name in COMPANIONS else None
     extra = [json.loads(companion.read_text())] if companion is not None and companion.is_file() else []
     return render(json.loads(path.read_text()), *extra)
