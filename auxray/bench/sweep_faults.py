@@ -259,11 +259,19 @@ def _run_clean(sc: Scenario) -> dict[str, Any] | None:
     return sc.wait_driver()
 
 
-def _run_driver_killed(sc: Scenario) -> dict[str, Any] | None:
+def _start_until(sc: Scenario, fraction: float) -> int | None:
+    """Start the driver and wait until `fraction` of the trials finished: how many did, or None (noted in the
+    scenario's faults) when the sweep ended first."""
     sc.start_driver()
-    done = sc.wait_finished(KILL_DRIVER_AT)
+    done = sc.wait_finished(fraction)
     if done is None:
         sc.faults.append("the driver ended before the kill point: no fault injected")
+    return done
+
+
+def _run_driver_killed(sc: Scenario) -> dict[str, Any] | None:
+    done = _start_until(sc, KILL_DRIVER_AT)
+    if done is None:
         return sc.wait_driver()
     left = sc.kill_driver()
     sc.injected += 1
@@ -275,10 +283,8 @@ def _run_driver_killed(sc: Scenario) -> dict[str, Any] | None:
 
 
 def _run_server_killed(sc: Scenario) -> dict[str, Any] | None:
-    sc.start_driver()
-    done = sc.wait_finished(KILL_SERVER_AT)
+    done = _start_until(sc, KILL_SERVER_AT)
     if done is None:
-        sc.faults.append("the driver ended before the kill point: no fault injected")
         return sc.wait_driver()
     sc.kill_server()
     sc.injected += 1
