@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import resource
-import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -16,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from auxray.bench.machine import log
+from auxray.bench.table import mean_std
 from auxray.errors import UserError
 from auxray.jsonout import print_json, write_json
-from auxray.tune.config import PBT_KEYS, SchedulerConfig, SweepConfig, load_sweep
+from auxray.tune.config import PBT_KEYS, SchedulerConfig, SweepConfig, load_sweep, unperturbable
 
 STRATEGIES = {
     "tpe_asha": {"search": "tpe", "scheduler": "asha"},
@@ -35,7 +35,7 @@ def check_strategies(sweep: SweepConfig, strategies: Sequence[str]) -> None:
         raise UserError(f"unknown strategy {unknown[0]!r}; choose from {', '.join(STRATEGIES)}")
     if not strategies:
         raise UserError("--strategies is empty")
-    fixed = sorted(k for k in sweep.space if not k.startswith(PBT_KEYS))
+    fixed = unperturbable(sweep.space)
     if "pbt" in strategies and fixed:
         raise UserError(
             f"strategy pbt cannot perturb {', '.join(fixed)} (only {', '.join(p + '*' for p in PBT_KEYS)}); "
@@ -138,12 +138,13 @@ def _outcome(result: dict[str, Any], epochs: int, uri: str) -> dict[str, Any]:
     }
 
 
-def _mean_std(values: Sequence[float | None]) -> dict[str, float | None]:
-    """Mean and population standard deviation of the values that exist (over search seeds)."""
+def _over_seeds(values: Sequence[float | None]) -> dict[str, float | None]:
+    """Mean and spread (bench.table's) over search seeds of the values that exist."""
     have = [float(v) for v in values if v is not None]
     if not have:
         return {"mean": None, "std": None}
-    return {"mean": round(statistics.fmean(have), 4), "std": round(statistics.pstdev(have), 4)}
+    mean, std = mean_std(have)
+    return {"mean": round(mean, 4), "std": round(std, 4)}
 
 
 def summarise(runs: Sequence[dict[str, Any]], strategies: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -152,7 +153,7 @@ def summarise(runs: Sequence[dict[str, Any]], strategies: Sequence[str]) -> dict
     out: dict[str, dict[str, Any]] = {}
     for label in strategies:
         mine = [r for r in runs if r["strategy"] == label]
-        out[label] = {"seeds": [r["seed"] for r in mine], **{k: _mean_std([r[k] for r in mine]) for k in keys}}
+        out[label] = {"seeds": [r["seed"] for r in mine], **{k: _over_seeds([r[k] for r in mine]) for k in keys}}
     return out
 
 

@@ -27,7 +27,8 @@ def is_baseline(method: str) -> bool:
     return method in SPECS and SPECS[method].baseline
 
 
-def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and standard deviation (ddof STD_DDOF: the population's) of a table's values over seeds."""
     n = len(values)
     mean = sum(values) / n
     var = sum((v - mean) ** 2 for v in values) / max(n - STD_DDOF, 1)
@@ -49,9 +50,9 @@ def build_table(runs: Iterable[dict[str, Any]], methods: Sequence[str]) -> list[
         if not rs:
             continue
         accs = [float(r["test_accuracy"]) for r in rs]
-        mean, std = _mean_std(accs)
+        mean, std = mean_std(accs)
         finals = [float(r["final_test_accuracy"]) for r in rs]
-        final_mean, final_std = _mean_std(finals)
+        final_mean, final_std = mean_std(finals)
         table.append(
             {
                 "method": m,

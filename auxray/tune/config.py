@@ -10,6 +10,7 @@ import math
 import os
 import types
 import typing
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -98,6 +99,13 @@ class SweepTracking(_Strict):
 # What a population-based sweep may perturb: settings read when a trial restarts from a copied checkpoint (the inner
 # schedule, the data and the model come from the checkpoint or the split, so trainer.*, data.* and model.* do not).
 PBT_KEYS = ("method.", "outer.", "hypergrad.")
+
+
+def unperturbable(space: Mapping[str, Any]) -> list[str]:
+    """The searched keys population-based training cannot perturb (outside PBT_KEYS), sorted."""
+    return sorted(k for k in space if not k.startswith(PBT_KEYS))
+
+
 CONFIG_AXIS = "config"  # grid axis of run config files (relative to the sweep file): each trial's base
 SEED_AXIS = "seed"  # grid axis setting data.seed and trainer.seed together
 
@@ -134,7 +142,7 @@ class SweepConfig(_Strict):
                     "scheduler: pbt mutates each trial's settings as it trains; use search: random (its first "
                     "settings), not tpe's model or a grid's fixed combinations"
                 )
-            fixed = sorted(k for k in self.space if not k.startswith(PBT_KEYS))
+            fixed = unperturbable(self.space)
             if fixed:
                 raise ValueError(
                     f"scheduler: pbt perturbs settings a run reads again after copying a checkpoint "
