@@ -72,6 +72,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     _add_bench_sweep_faults(bsub)
     _add_bench_reproduce(bsub)
     _add_bench_overhead(bsub)
+    _add_bench_harmful(bsub)
     _add_bench_weighting(bsub)
 
 
@@ -85,6 +86,16 @@ def _add_bench_overhead(bsub: argparse._SubParsersAction) -> None:
     )
     add_arguments(o)
     o.set_defaults(func=cmd_bench_overhead)
+
+
+def _add_bench_harmful(bsub: argparse._SubParsersAction) -> None:
+    h = bsub.add_parser(
+        "harmful", help="each learned weighting on a synthetic task with a helpful and a harmful auxiliary (seconds)"
+    )
+    h.add_argument("--variants", default=None, help="comma-separated variants (default: all; the fixed twin always)")
+    h.add_argument("--seeds", default="0,1,2,3,4", help="comma-separated seeds (default 0,1,2,3,4)")
+    h.add_argument("--out", default=None, help="also write the JSON to this file")
+    h.set_defaults(func=cmd_bench_harmful)
 
 
 def _add_bench_weighting(bsub: argparse._SubParsersAction) -> None:
@@ -273,6 +284,16 @@ def cmd_bench_overhead(args: argparse.Namespace) -> int:
     from auxray.bench.overhead import run_from_args
 
     print(json.dumps(run_from_args(args), default=float), flush=True)
+    return 0
+
+
+def cmd_bench_harmful(args: argparse.Namespace) -> int:
+    """`auxray bench harmful`: see auxray.bench.harmful; the JSON on stdout and in --out."""
+    from auxray.bench.harmful import harmful_check, parse_variants
+    from auxray.bench.plan import parse_seeds
+
+    variants, seeds = parse_variants(args.variants), parse_seeds(args.seeds)
+    print_json(harmful_check(variants, seeds), args.out)
     return 0
 
 

@@ -20,7 +20,7 @@ from auxray.bench.overhead import (
     run_overhead,
 )
 from auxray.bench.plan import CONFIG_DIR
-from auxray.bench.report import render_harmful, render_overhead, update_page
+from auxray.bench.report import render_overhead, update_page
 from auxray.errors import UserError
 from tests.conftest import CACHE_DIR, REPO
 
@@ -294,14 +294,3 @@ def test_quick_overhead_breakdown_rows_and_reuse(cifar_zip: Path, tmp_path: Path
         assert mine["inner_steps"] == twin["inner_steps"] > 0
     assert (tmp_path / "ov_breakdown.json").read_text() == breakdown
 
-
-def test_render_harmful_counts_the_seeds_where_the_harmful_task_is_lowest() -> None:
-    rows = [
-        {"variant": "full", "seed": 0, "weights": {"helpful": 2.0, "harmful": 0.5}, "val_mse": 1.0},
-        {"variant": "full", "seed": 1, "weights": {"helpful": 0.4, "harmful": 0.6}, "val_mse": 3.0},
-        {"variant": "cheap", "seed": 0, "weights": {"helpful": 1.0, "harmful": 0.9}, "val_mse": 2.0},
-    ]
-    text = render_harmful(rows)
-    lines = [line for line in text.splitlines() if line.startswith("| full") or line.startswith("| cheap")]
-    assert lines[0].split(" | ")[1:3] == ["2", "1/2"] and "| 2 |" in lines[0]
-    assert lines[1].split(" | ")[1:3] == ["1", "1/1"]

@@ -1,5 +1,5 @@
 """Where one outer step's time goes, per learned method and hypergradient variant, against a plain inner step,
-and the harmful-auxiliary check (cheap settings must not learn less); both for `auxray bench overhead`.
+for `auxray bench overhead`.
 
 torch and the trainer are imported inside the functions that use them: the CLI imports this module (through
 auxray.bench.overhead) to build its parser."""
@@ -115,54 +115,6 @@ def run_breakdown(
             )
         out.append({"method": m, "variants": variants})
     return {"machine": machine_info(device), "warmup": WARMUP, "repeats": REPEATS, "quick": quick, "methods": out}
-
-
-HARMFUL_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "synthetic_combine.yaml"
-HARMFUL_VARIANTS: dict[str, tuple[str, ...]] = {
-    "full (recompute, all params)": ("hypergrad.reuse_graph=false", "hypergrad.params=all"),
-    "cheap (reuse_graph, last_block)": ("hypergrad.reuse_graph=true", "hypergrad.params=last_block"),
-    "cheap, every x3": ("hypergrad.reuse_graph=true", "hypergrad.params=last_block", "hypergrad.every=6"),
-}
-
-
-def harmful_check(seeds: Sequence[int] = (0, 1, 2)) -> list[dict[str, Any]]:
-    """The synthetic task with one helpful and one harmful auxiliary (configs/synthetic_combine.yaml), at full
-    cost and at the cheap settings: the learned weight of each task and the validation error, per seed. Cheapness
-    must not come from learning less: the harmful task should end with the lowest weight either way."""
-    # torch and the trainer take seconds to import; the CLI imports this module to build its parser.
-    from auxray.config import load_config
-    from auxray.data import build_data
-    from auxray.train.loop import BilevelTrainer
-
-    rows = []
-    for name, overrides in HARMFUL_VARIANTS.items():
-        for seed in seeds:
-            cfg = load_config(
-                HARMFUL_CONFIG,
-                [
-                    *overrides,
-                    f"trainer.seed={seed}",
-                    f"data.seed={seed}",
-                    "tracking.enabled=false",
-                    "trainer.threads=1",
-                ],
-            )
-            trainer = BilevelTrainer(cfg, build_data(cfg.data, cfg.method.aux_tasks), progress=False)
-            t0 = time.perf_counter()
-            trainer.fit()
-            last = trainer.history[-1]
-            rows.append(
-                {
-                    "variant": name,
-                    "seed": seed,
-                    "overrides": list(overrides),
-                    "weights": {k.split("/", 1)[1]: v for k, v in last.items() if k.startswith("task_weight/")},
-                    "val_mse": last["val_mse"],
-                    "seconds": time.perf_counter() - t0,
-                }
-            )
-    log(f"[overhead] harmful-auxiliary check: {len(rows)} synthetic runs")
-    return rows
 
 
 def breakdown_path(out: Path) -> Path:

@@ -36,7 +36,6 @@ from auxray.bench.outer_breakdown import (
     BACKBONE,
     BREAKDOWN_METHODS,
     breakdown_path,
-    harmful_check,
     hypergrad_settings,
     run_breakdown,
 )
@@ -238,7 +237,6 @@ def run_overhead(
         log(f"[overhead] no breakdown: it covers {', '.join(BREAKDOWN_METHODS)}, none of which was asked for")
     if breakdown and chosen:
         result = run_breakdown(chosen, epochs, quick, extra_overrides, runs_root / "breakdown", Path(config_dir))
-        result["harmful_auxiliary"] = harmful_check((0,) if quick else (0, 1, 2))
         breakdown_path(out).write_text(json.dumps(result, indent=2, default=float) + "\n")
         log(f"[overhead] wrote {breakdown_path(out)}")
     return rows

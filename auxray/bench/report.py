@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from auxray.bench.harmful_page import render_harmful
 from auxray.bench.sweep_page import render_sweep
 
 RESULTS = Path("benchmarks/results")
@@ -296,28 +297,6 @@ def render_breakdown(data: dict[str, Any]) -> str:
     return "\n\n".join(parts)
 
 
-def render_harmful(rows: list[dict[str, Any]]) -> str:
-    """The synthetic helpful/harmful task at full cost and at the cheap settings: learned weights, validation MSE."""
-    table = []
-    for variant in dict.fromkeys(r["variant"] for r in rows):
-        mine = [r for r in rows if r["variant"] == variant]
-        lowest = sum(min(r["weights"], key=r["weights"].get) == "harmful" for r in mine)
-        table.append(
-            [
-                variant,
-                len(mine),
-                f"{lowest}/{len(mine)}",
-                *(sum(r["weights"][k] for r in mine) / len(mine) for k in ("helpful", "harmful")),
-                sum(r["val_mse"] for r in mine) / len(mine),
-            ]
-        )
-    return (
-        "Synthetic task with one helpful and one harmful auxiliary (`configs/synthetic_combine.yaml`), learned "
-        "weights after the last epoch, means over seeds:\n\n"
-        + _table(["variant", "seeds", "harmful weight lowest", "helpful weight", "harmful weight", "val MSE"], table)
-    )
-
-
 def render_overhead(rows: list[dict[str, Any]], breakdown: dict[str, Any] | None = None) -> str:
     """Each learned method against its fixed-weight twin: time per inner step and accuracy; then, when the
     breakdown JSON exists, where an outer step's time goes."""
@@ -354,8 +333,6 @@ def render_overhead(rows: list[dict[str, Any]], breakdown: dict[str, Any] | None
     extra = ""
     if breakdown:
         extra = f"\n\n{render_breakdown(breakdown)}"
-        if breakdown.get("harmful_auxiliary"):
-            extra += f"\n\n{render_harmful(breakdown['harmful_auxiliary'])}"
     return head + table + extra
 
 
@@ -404,6 +381,7 @@ RENDERERS: dict[str, tuple[str, Callable[..., str]]] = {
     "semisup": ("reproduce_cifar10_5pct_semisup_convnet4.json", render_semisup),
     "semisup_noise": ("reproduce_cifar10_5pct_semisup_noise_convnet4.json", render_semisup),
     "overhead": ("bench_overhead_cpu.json", render_overhead),
+    "harmful": ("bench_harmful_cpu.json", render_harmful),
 }
 # A second JSON a section's renderer takes when it exists (passed as its second argument).
 COMPANIONS: dict[str, str] = {"overhead": "bench_overhead_cpu_breakdown.json"}

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from auxray.data import BatchIterator, TensorData
 from auxray.hypergrad import batch_stats_only
-from auxray.methods import Batch
+from auxray.methods import Batch, InnerResult
 from auxray.methods.gradient_rules import cosine
 from auxray.train.hypergradient import build_hypergradient
 from auxray.train.hyperstep import compute_hypergrad
@@ -29,12 +29,7 @@ def epoch_diagnostics(trainer: BilevelTrainer) -> dict[str, float]:
     objective, model = trainer.objective, trainer.model
     if not objective.heads.keys() - {"main"}:
         return {}
-    trainer.train_iter.set_epoch(trainer.epoch)
-    x, y = next(iter(trainer.train_iter))
-    batch = trainer.prepare(x, y, torch.Generator().manual_seed(trainer.epoch))
-    model.train()
-    with batch_stats_only(model):
-        res = objective.inner(model, trainer.auxnet, batch)
+    res = _inner_on_one_batch(trainer)
     current = objective.task_weights(trainer.auxnet, res)
     weights = {f"task_weight/{k}": float(v) for k, v in current.items()}
     if current and trainer.initial_auxnet is not None:
@@ -55,6 +50,24 @@ def epoch_diagnostics(trainer: BilevelTrainer) -> dict[str, float]:
         out[f"grad_norm_ratio/{name}"] = float(_norm(g_aux) / _norm(g_main).clamp(min=1e-30))
     model.zero_grad(set_to_none=True)
     return out
+
+
+def task_weights_now(trainer: BilevelTrainer) -> dict[str, float]:
+    """Every task weight the objective has at the current state on one training batch, learned or a by-product of
+    the inner loss (JTDS's mean per-sample weights), without training: e.g. a run's initial weights."""
+    res = _inner_on_one_batch(trainer)
+    both = {**res.task_weights, **trainer.objective.task_weights(trainer.auxnet, res)}
+    return {k: float(v) for k, v in both.items()}
+
+
+def _inner_on_one_batch(trainer: BilevelTrainer) -> InnerResult:
+    """The objective's inner result on the epoch's first training batch, batch statistics left unchanged."""
+    trainer.train_iter.set_epoch(trainer.epoch)
+    x, y = next(iter(trainer.train_iter))
+    batch = trainer.prepare(x, y, torch.Generator().manual_seed(trainer.epoch))
+    trainer.model.train()
+    with batch_stats_only(trainer.model):
+        return trainer.objective.inner(trainer.model, trainer.auxnet, batch)
 
 
 def _norm(grads: tuple[Tensor, ...]) -> Tensor:

@@ -1,0 +1,84 @@
+"""`auxray bench harmful`: every learned weighting on the synthetic helpful/harmful task beside its fixed twin, the
+summary the page shows, and bad input as one line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from auxray.bench.harmful import TWIN, VARIANTS, harmful_check, variant_config
+from auxray.bench.harmful_page import render_harmful, summarise
+from tests.test_cli import assert_one_line_error, in_process
+
+
+def _row(variant: str, seed: int, helpful: float, harmful: float, mse: float, start: float = 1.0) -> dict:
+    return {
+        "variant": variant,
+        "seed": seed,
+        "initial_weights": {"helpful": start, "harmful": start},
+        "weights": {"helpful": helpful, "harmful": harmful},
+        "val_mse": mse,
+    }
+
+
+def test_the_summary_counts_seeds_and_compares_with_the_twin_on_the_same_seed() -> None:
+    data = {
+        "config": "configs/synthetic_combine.yaml",
+        "twin": TWIN,
+        "seeds": [0, 1],
+        "rows": [
+            _row("arml", 0, 1.9, 0.1, 1.0),  # harmful lowest and below a quarter of the largest
+            _row("arml", 1, 1.2, 0.8, 3.0),  # lowest, not below a quarter
+            _row("autolambda", 0, 0.1, 0.3, 0.5, start=0.1),  # harmful above helpful
+            _row(TWIN, 0, 1.0, 1.0, 2.0),
+            _row(TWIN, 1, 1.0, 1.0, 2.5),
+        ],
+    }
+    by = {s["variant"]: s for s in summarise(data)}
+    arml, auto = by["arml"], by["autolambda"]
+    assert (arml["harmful_lowest"], arml["harmful_below_quarter"], arml["seeds"]) == (2, 1, 2)
+    assert arml["moved"] == pytest.approx(((0.9 + 0.9) / 2 + (0.2 + 0.2) / 2) / 2)
+    assert arml["mse_vs_twin"] == pytest.approx(((1.0 - 2.0) + (3.0 - 2.5)) / 2) and arml["better_than_twin"] == 1
+    assert auto["harmful_lowest"] == 0 and auto["moved"] == pytest.approx((0.0 + 2.0) / 2)
+    assert auto["mse_vs_twin"] == pytest.approx(0.5 - 2.0) and auto["better_than_twin"] == 1
+    lines = {line.split(" | ")[0].strip("| "): line for line in render_harmful(data).splitlines()}
+    assert "| 2/2 | 1/2 |" in lines["arml"] and "| 0/1 | 0/1 |" in lines["autolambda"]
+    assert lines[TWIN].count("–") == 5  # the twin learns nothing: its learning columns are blank
+
+
+def test_arml_weighs_the_harmful_task_lowest_and_the_twin_keeps_equal_weights() -> None:
+    """A real run of two variants: the twin is added unasked; every weight starts where its method starts (JTDS's
+    by-product weights included), and ARML ends with the harmful task lowest and a lower error than its twin."""
+    result = harmful_check(("arml", "jtds_sum_to_k"), seeds=(0,))
+    rows = {r["variant"]: r for r in result["rows"]}
+    assert list(rows) == ["arml", "jtds_sum_to_k", TWIN] and result["seeds"] == [0]
+    arml, jtds, twin = rows["arml"], rows["jtds_sum_to_k"], rows[TWIN]
+    assert arml["initial_weights"] == {"helpful": 1.0, "harmful": 1.0}
+    assert arml["weights"]["harmful"] < 0.25 * arml["weights"]["helpful"], arml["weights"]
+    assert arml["val_mse"] < twin["val_mse"]
+    assert twin["weights"] == twin["initial_weights"] == {"helpful": 1.0, "harmful": 1.0}
+    assert jtds["initial_weights"] == pytest.approx({"helpful": 1.0, "harmful": 1.0}, abs=0.01)
+    assert jtds["weights"]["harmful"] < jtds["weights"]["helpful"]
+    json.dumps(result)  # the CLI prints it
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_every_variant_is_a_valid_config_of_its_method(name: str) -> None:
+    cfg = variant_config(name, 3)
+    assert cfg.method.name == VARIANTS[name]["method"]["name"]
+    assert cfg.trainer.seed == cfg.data.seed == 3 and not cfg.tracking.enabled
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--variants", "arml,nope"], "unknown variant(s) ['nope']"),
+        (["--seeds", "0,x"], "--seeds expects comma-separated integers"),
+        (["--seeds", "1,1"], "--seeds must name distinct seeds"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(args: list[str], needle: str, capsys, tmp_path) -> None:
+    out = tmp_path / "h.json"
+    assert_one_line_error(in_process(capsys, "bench", "harmful", *args, "--out", str(out)), needle)
+    assert not out.exists()
