@@ -292,8 +292,8 @@ def cmd_bench_harmful(args: argparse.Namespace) -> int:
     from auxray.bench.harmful import harmful_check, parse_variants
     from auxray.bench.plan import parse_seeds
 
-    variants, seeds = parse_variants(args.variants), parse_seeds(args.seeds)
-    print_json(harmful_check(variants, seeds), args.out)
+    seeds = parse_seeds(args.seeds) or ()  # --seeds always has a value (its default); () is refused as no seeds
+    print_json(harmful_check(parse_variants(args.variants), seeds), args.out)
     return 0
 
 

@@ -35,8 +35,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"reproduce: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("reproduce: interrupted; finished trials are kept (run the same command again to resume)",
-              file=sys.stderr)
+        print(
+            "reproduce: interrupted; finished trials are kept (run the same command again to resume)", file=sys.stderr
+        )
         return 130
     print(json.dumps(table, default=float), flush=True)
     return 0

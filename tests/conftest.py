@@ -67,13 +67,28 @@ def cifar_zip() -> Path:
 def tiny_cifar_raw(cifar_zip: Path, tmp_path: Path, **method: object) -> dict:
     """A raw config for a seconds-long real-CIFAR run: 20 labelled images per class, a narrow ConvNet."""
     return {
-        "data": {"dataset": "cifar10", "root": str(cifar_zip), "cache_dir": str(CACHE_DIR),
-                 "labeled_per_class": 20, "labeled_fraction": None, "outer_fraction": 0.2, "val_fraction": 0.2,
-                 "test_limit": 200, "seed": 0},
+        "data": {
+            "dataset": "cifar10",
+            "root": str(cifar_zip),
+            "cache_dir": str(CACHE_DIR),
+            "labeled_per_class": 20,
+            "labeled_fraction": None,
+            "outer_fraction": 0.2,
+            "val_fraction": 0.2,
+            "test_limit": 200,
+            "seed": 0,
+        },
         "model": {"backbone": "convnet4", "width": 8},
         "method": {"name": "stl", **method},
-        "trainer": {"epochs": 2, "batch_size": 16, "lr": 0.05, "seed": 0, "checkpoint_dir": str(tmp_path / "runs"),
-                    "threads": 2, "device": "cpu"},
+        "trainer": {
+            "epochs": 2,
+            "batch_size": 16,
+            "lr": 0.05,
+            "seed": 0,
+            "checkpoint_dir": str(tmp_path / "runs"),
+            "threads": 2,
+            "device": "cpu",
+        },
         "hypergrad": {"method": "neumann", "steps": 2, "alpha": 0.01, "every": 2},
         "tracking": {"enabled": False},
     }

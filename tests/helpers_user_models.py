@@ -17,8 +17,9 @@ def tiny_trunk(*, in_channels: int, width: int, in_features: int | None) -> tupl
     CALLS.append({"in_channels": in_channels, "width": width, "in_features": in_features})
     if in_features is not None:
         return nn.Sequential(nn.Flatten(), nn.Linear(in_features, width), nn.Tanh()), width
-    return nn.Sequential(nn.Conv2d(in_channels, width, 3, stride=2), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-                         nn.Flatten()), width
+    return nn.Sequential(
+        nn.Conv2d(in_channels, width, 3, stride=2), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()
+    ), width
 
 
 def _helpful_loss(outputs: dict[str, Tensor], batch: Batch) -> Tensor:

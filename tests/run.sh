@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The project's test command (README, .ci/run): installs what the tests need on a machine that has
-# only Python, checks the package with ruff and mypy, then runs every test: the fast default set plus those
-# marked slow and cluster.
+# The project's test command (README, .ci/run): installs what the tests need on a machine that has only Python,
+# checks the code with ruff and the package with mypy, then runs every test: the fast default set plus those marked
+# slow and cluster.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v uv >/dev/null 2>&1 || python3 -m pip install --quiet uv
@@ -15,8 +15,9 @@ fi
 # torch, Ray and MLflow from source again (imports 3x slower).
 uv sync --frozen --compile-bytecode
 uv run --frozen python -m compileall -q auxray
-# Lint, format and types on the package first (seconds): a failure here fails the run.
-uv run --frozen ruff check auxray
-uv run --frozen ruff format --check auxray
+# Lint and format on the package, its tests and scripts, and types on the package, first (seconds): a failure here
+# fails the run.
+uv run --frozen ruff check auxray tests jobs benchmarks
+uv run --frozen ruff format --check auxray tests jobs benchmarks
 uv run --frozen mypy
 exec uv run --frozen pytest -m "" --durations=15 "$@"

@@ -17,7 +17,7 @@ from tests.conftest import CACHE_DIR, REPO
 def readme_python_block(heading: str, nth: int = 0) -> str:
     """The nth ```python block after a README heading, as written."""
     text = (REPO / "README.md").read_text()
-    after = text[text.index(heading):]
+    after = text[text.index(heading) :]
     blocks = re.findall(r"```python\n(.*?)\n```", after, flags=re.S)
     return blocks[nth]
 
@@ -34,8 +34,7 @@ def run_example(code: str, tmp_path: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "AUXRAY_STORAGE": str(tmp_path / "storage"), "XDG_CACHE_HOME": str(xdg)}
     for key in ("MLFLOW_TRACKING_URI", "AUXRAY_DATA"):
         env.pop(key, None)
-    return subprocess.run([sys.executable, str(script)], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=900)
+    return subprocess.run([sys.executable, str(script)], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
 
 
 def test_readme_fit_example_trains_a_user_trunk_and_task_and_tracks_it(tmp_path: Path) -> None:

@@ -19,9 +19,11 @@ from auxray.data import build_data
 from auxray.train.loop import BilevelTrainer
 from tests.conftest import REPO, tiny_cifar_raw
 
+
 def auxray(*args: str, cwd: Path = REPO, timeout: float = 900) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "auxray.cli", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "auxray.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def write_config(tmp_path: Path, raw: dict, name: str = "run.yaml") -> Path:
@@ -100,10 +102,14 @@ def test_a_gpu_this_machine_lacks_is_one_line(tmp_path, cifar_zip, capsys):
     path = write_config(tmp_path, tiny_cifar_raw(cifar_zip, tmp_path))
     gpus = torch.cuda.device_count()
     device = "cuda" if gpus == 0 else f"cuda:{gpus}"
-    assert_one_line_error(in_process(capsys, "train", str(path), "--set", f"trainer.device={device}"),
-                          "trainer.device", "GPU")
-    assert_one_line_error(in_process(capsys, "train", str(path), "--workers", "2", "--gpus-per-worker", str(gpus + 1)),
-                          "--gpus-per-worker", f"this machine has {gpus}")
+    assert_one_line_error(
+        in_process(capsys, "train", str(path), "--set", f"trainer.device={device}"), "trainer.device", "GPU"
+    )
+    assert_one_line_error(
+        in_process(capsys, "train", str(path), "--workers", "2", "--gpus-per-worker", str(gpus + 1)),
+        "--gpus-per-worker",
+        f"this machine has {gpus}",
+    )
     assert not (tmp_path / "runs").exists()
 
 
@@ -113,7 +119,9 @@ def test_resume_with_nothing_to_resume_writes_nothing_with_tracking_on(tmp_path,
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)
-    assert_one_line_error(in_process(capsys, "train", str(write_config(tmp_path, raw)), "--resume"), "nothing to resume")
+    assert_one_line_error(
+        in_process(capsys, "train", str(write_config(tmp_path, raw)), "--resume"), "nothing to resume"
+    )
     assert not any(work.iterdir()) and not (tmp_path / "runs").exists()
 
 
@@ -147,8 +155,12 @@ def leaves(obj: object) -> list:
 def kill_once_checkpointed(args: tuple[str, ...], killed_at: Path, cwd: Path) -> tuple[Path, int]:
     """Start `auxray ARGS` writing under killed_at, SIGKILL it once its first latest.pt exists; its run folder and
     the epoch that checkpoint holds (the run must not have ended first)."""
-    proc = subprocess.Popen([sys.executable, "-m", "auxray.cli", *args, "--set", f"trainer.checkpoint_dir={killed_at}"],
-                            cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "auxray.cli", *args, "--set", f"trainer.checkpoint_dir={killed_at}"],
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 300
     while not list(killed_at.glob("*/*/latest.pt")) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -203,8 +215,9 @@ def test_killed_run_resumes_to_the_uninterrupted_result_bit_for_bit(tmp_path, ci
     assert resumed["run_dir"] == str(run_dir) and resumed["resumed_from"] == [epoch_at_kill]
     for key in ("test_accuracy", "final_test_accuracy", "best_val_accuracy", "best_epoch", "steps"):
         assert resumed[key] == full[key], key
-    assert_same_state(torch.load(run_dir / "latest.pt", weights_only=True),
-                      torch.load(full_dir / "latest.pt", weights_only=True))
+    assert_same_state(
+        torch.load(run_dir / "latest.pt", weights_only=True), torch.load(full_dir / "latest.pt", weights_only=True)
+    )
     logged = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in logged] == [1, 2, 3, 4, 5, 6]
     assert untimed(logged) == untimed(history)

@@ -15,9 +15,9 @@ import subprocess
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Iterator, Sequence
 
 import pytest
 
@@ -62,20 +62,37 @@ def readme_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleN
     (home / ".cache" / "auxray").symlink_to(REPO / ".auxray_cache", target_is_directory=True)  # decoded CIFAR-10
     # Short path under /tmp: Ray's Unix sockets live under it and must stay < 108 bytes.
     state_dir = Path(tempfile.mkdtemp(prefix="auxray-rm-", dir="/tmp"))
-    env = {**os.environ, "HOME": str(home), "AUXRAY_CLUSTER_DIR": str(state_dir), "RAY_OBJECT_STORE_MB": "150",
-           "RAY_START_TIMEOUT": "180"}
+    env = {
+        **os.environ,
+        "HOME": str(home),
+        "AUXRAY_CLUSTER_DIR": str(state_dir),
+        "RAY_OBJECT_STORE_MB": "150",
+        "RAY_START_TIMEOUT": "180",
+    }
     for key in ("RAY_ADDRESS", "AUXRAY_STORAGE", "MLFLOW_TRACKING_URI", "XDG_CACHE_HOME"):
         env.pop(key, None)
     try:
-        proc = subprocess.run(["bash", "-euo", "pipefail", "-c", "\n".join(run_lines)], cwd=REPO, env=env,
-                              capture_output=True, text=True, timeout=900)
+        proc = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", "\n".join(run_lines)],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
         info = dict(ln.split("=", 1) for ln in (state_dir / "cluster.env").read_text().splitlines() if "=" in ln)
         address = ClusterAddress(info.get("RAY_ADDRESS", ""))
         address.gcs_address, address.state_dir = info.get("RAY_GCS_ADDRESS", ""), state_dir
         yield SimpleNamespace(proc=proc, home=home, address=address)
     finally:
-        stop = subprocess.run(["bash", "-euo", "pipefail", "-c", stop_line], cwd=REPO, env=env, capture_output=True,
-                              text=True, timeout=180)
+        stop = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", stop_line],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
         shutil.rmtree(state_dir, ignore_errors=True)
         assert stop.returncode == 0, f"{stop_line} failed:\n{stop.stdout}\n{stop.stderr}"
 
@@ -87,8 +104,9 @@ def local_cluster(readme_cluster: SimpleNamespace) -> ClusterAddress:
     return readme_cluster.address
 
 
-def submit_job(address: str, entrypoint: Sequence[str] | str, working_dir: Path | str,
-               timeout: float = 180.0) -> tuple[str, str]:
+def submit_job(
+    address: str, entrypoint: Sequence[str] | str, working_dir: Path | str, timeout: float = 180.0
+) -> tuple[str, str]:
     """`ray job submit --no-wait` ENTRYPOINT with WORKING_DIR uploaded, then wait (bounded) for a
     terminal state. Returns (status, logs); a job still running at the deadline is stopped and
     reported with its last status."""
@@ -99,9 +117,24 @@ def submit_job(address: str, entrypoint: Sequence[str] | str, working_dir: Path 
     env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}
     env.pop("RAY_ADDRESS", None)
     proc = subprocess.run(
-        [ray_cli(), "job", "submit", "--address", address, "--working-dir", str(working_dir),
-         "--submission-id", submission_id, "--no-wait", "--", *argv],
-        env=env, capture_output=True, text=True, timeout=min(timeout, 300),
+        [
+            ray_cli(),
+            "job",
+            "submit",
+            "--address",
+            address,
+            "--working-dir",
+            str(working_dir),
+            "--submission-id",
+            submission_id,
+            "--no-wait",
+            "--",
+            *argv,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=min(timeout, 300),
     )
     assert proc.returncode == 0, f"ray job submit failed:\n{proc.stdout}\n{proc.stderr}"
 
@@ -119,8 +152,8 @@ def submit_job(address: str, entrypoint: Sequence[str] | str, working_dir: Path 
 def readme_block(heading: str) -> str:
     """The first ```bash block after a README heading, as written."""
     text = (REPO / "README.md").read_text()
-    after = text[text.index(heading):]
-    return after[after.index("```bash\n") + len("```bash\n"):after.index("\n```", after.index("```bash"))]
+    after = text[text.index(heading) :]
+    return after[after.index("```bash\n") + len("```bash\n") : after.index("\n```", after.index("```bash"))]
 
 
 def test_readme_cluster_block_runs_verbatim_and_keeps_its_results(readme_cluster: SimpleNamespace) -> None:
@@ -160,8 +193,13 @@ def test_cluster_has_two_alive_nodes(local_cluster: str) -> None:
 
 def test_ray_status_lists_both_nodes(local_cluster: ClusterAddress) -> None:
     env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}
-    proc = subprocess.run([ray_cli(), "status", "--address", local_cluster.gcs_address],
-                          capture_output=True, text=True, timeout=120, env=env)
+    proc = subprocess.run(
+        [ray_cli(), "status", "--address", local_cluster.gcs_address],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr
     active = proc.stdout.split("Active:", 1)[1].split("Pending:", 1)[0]
     assert len([ln for ln in active.splitlines() if ln.strip().startswith("1 node_")]) == 2, proc.stdout

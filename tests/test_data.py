@@ -221,8 +221,18 @@ def _cifar_like_labels() -> torch.Tensor:
 def test_the_outer_set_rename_keeps_the_split(seed: int, digest: str) -> None:
     """data.outer_fraction carves the very images data.aux_fraction did (the digests are of the train / held-out /
     val indices computed at 9dbb6bd, before the rename), so the committed tables' runs stay reproducible."""
-    s = make_splits(_cifar_like_labels(), 50_000, None, 10, labeled_fraction=0.05, labeled_per_class=None,
-                    outer_fraction=0.1, val_fraction=0.1, test_limit=None, seed=seed)
+    s = make_splits(
+        _cifar_like_labels(),
+        50_000,
+        None,
+        10,
+        labeled_fraction=0.05,
+        labeled_per_class=None,
+        outer_fraction=0.1,
+        val_fraction=0.1,
+        test_limit=None,
+        seed=seed,
+    )
     got = hashlib.sha256(b"".join(t.numpy().tobytes() for t in (s.train, s.outer, s.val))).hexdigest()[:16]
     assert got == digest
 

@@ -53,8 +53,7 @@ def untimed(history: list[dict]) -> list[dict]:
     return [{k: v for k, v in h.items() if k not in skip} for h in history]
 
 
-def test_two_worker_cli_runs_as_a_user_runs_them_record_and_resume(ray_local, cifar_zip, tmp_path, capsys,
-                                                                    monkeypatch):
+def test_two_worker_cli_runs_as_a_user_runs_them_record_and_resume(ray_local, cifar_zip, tmp_path, capsys, monkeypatch):
     """`auxray train --workers 2` with tracking on in the default store ./mlflow.db: the summary has a
     single-process run's keys and its MLflow run the same artifacts and metric keys, logged per epoch. Run as a
     user runs it (`uv run` in a user's environment: no RAY_AUTH_MODE, Ray's uv-run hook not switched off), killed
@@ -74,8 +73,23 @@ def test_two_worker_cli_runs_as_a_user_runs_them_record_and_resume(ray_local, ci
     work.mkdir()
 
     def cmd(workers: str, folder: str, *extra: str) -> list[str]:
-        return ["uv", "run", "--frozen", "--project", str(REPO), "auxray", "train", str(path), "--workers", workers,
-                "--json", "--no-progress", "--set", f"trainer.checkpoint_dir={tmp_path / folder}", *extra]
+        return [
+            "uv",
+            "run",
+            "--frozen",
+            "--project",
+            str(REPO),
+            "auxray",
+            "train",
+            str(path),
+            "--workers",
+            workers,
+            "--json",
+            "--no-progress",
+            "--set",
+            f"trainer.checkpoint_dir={tmp_path / folder}",
+            *extra,
+        ]
 
     def train(*args: str) -> dict:
         proc = subprocess.run(cmd(*args), cwd=work, capture_output=True, text=True, timeout=900, env=user_env())
@@ -104,16 +118,31 @@ def test_two_worker_cli_runs_as_a_user_runs_them_record_and_resume(ray_local, ci
 
     (run_1, art_1), (run_2, art_2) = record(single), record(dist)
     assert run_1.info.status == run_2.info.status == "FINISHED"
-    assert art_1 == art_2 and {"checkpoints/best.pt", "metrics.jsonl", "config.yaml",
-                               "plots/task_weights.png", "plots/hypergrad_norms.png"} <= art_2
+    assert (
+        art_1 == art_2
+        and {
+            "checkpoints/best.pt",
+            "metrics.jsonl",
+            "config.yaml",
+            "plots/task_weights.png",
+            "plots/hypergrad_norms.png",
+        }
+        <= art_2
+    )
     traffic = {"allreduce_bytes", "phi_bytes_sent", "outer_step_allreduce_bytes"}
     assert set(run_1.data.metrics) - traffic == set(run_2.data.metrics) - traffic
     assert [m.step for m in client.get_metric_history(run_2.info.run_id, "val_accuracy")] == [1, 2, 3]
     assert run_2.data.metrics["test_accuracy"] == pytest.approx(dist["test_accuracy"])
 
     killed = tmp_path / "killed"
-    driver = subprocess.Popen(cmd("2", "killed"), cwd=work, env=user_env(), start_new_session=True,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    driver = subprocess.Popen(
+        cmd("2", "killed"),
+        cwd=work,
+        env=user_env(),
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 600
     # Kill once Ray Train has registered a checkpoint (its snapshot lists it), not when its folder appears: Ray
     # restores only from registered checkpoints, and registers one when it next polls the workers.
@@ -151,8 +180,9 @@ def test_two_worker_cli_runs_as_a_user_runs_them_record_and_resume(ray_local, ci
 
 def fixed_batches(trainer: BilevelTrainer, start: int, size: int):
     """Deterministic train and outer batches: rows [start, start+size) of each split."""
+
     def rows(data):
-        return trainer.prepare(data.x[start:start + size], data.y[start:start + size], None)
+        return trainer.prepare(data.x[start : start + size], data.y[start : start + size], None)
 
     return rows(trainer.data.train), rows(trainer.data.outer)
 
@@ -173,8 +203,16 @@ def _equivalence_worker(config: dict) -> None:
         for mode in ("global", "local"):
             cfg.hypergrad.mode = mode
             hg = build_hypergradient(cfg.hypergrad)  # built after the mode is set: it decides the HVP's all-reduce
-            grads = compute_hypergrad(trainer.objective, trainer.model, trainer.auxnet, batch, aux, hg,
-                                      inner_lr=cfg.trainer.lr, reduce=collective.all_reduce_mean)
+            grads = compute_hypergrad(
+                trainer.objective,
+                trainer.model,
+                trainer.auxnet,
+                batch,
+                aux,
+                hg,
+                inner_lr=cfg.trainer.lr,
+                reduce=collective.all_reduce_mean,
+            )
             out[f"{dtype}/{mode}"] = [g.detach().cpu() for g in grads]
     torch.save(out, Path(config["out"]) / f"rank{collective.rank}.pt")
     ray.train.report({"done": 1})
@@ -191,8 +229,9 @@ def test_two_worker_outer_step_equals_single_process(ray_local, tmp_path):
     from ray.train import ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    raw = synthetic_raw(hypergrad={"method": "neumann", "steps": 5, "alpha": 0.01},
-                        trainer={"dtype": "float64", "threads": 1})
+    raw = synthetic_raw(
+        hypergrad={"method": "neumann", "steps": 5, "alpha": 0.01}, trainer={"dtype": "float64", "threads": 1}
+    )
     TorchTrainer(
         _equivalence_worker,
         train_loop_config={"cfg": raw, "out": str(tmp_path)},
@@ -205,8 +244,9 @@ def test_two_worker_outer_step_equals_single_process(ray_local, tmp_path):
         cfg.trainer.dtype = dtype
         single = BilevelTrainer(cfg, build_data(cfg.data, cfg.method.aux_tasks), progress=False)
         batch, aux = fixed_batches(single, 0, 2 * PER_WORKER)
-        expected = compute_hypergrad(single.objective, single.model, single.auxnet, batch, aux, single.hypergradient,
-                                     inner_lr=cfg.trainer.lr)
+        expected = compute_hypergrad(
+            single.objective, single.model, single.auxnet, batch, aux, single.hypergradient, inner_lr=cfg.trainer.lr
+        )
         got = ranks[0][f"{dtype}/global"]
         assert relative_difference(got, list(expected)) < tol, dtype
         assert relative_difference(ranks[1][f"{dtype}/global"], got) == 0.0  # every worker holds the same result
@@ -253,8 +293,10 @@ def test_run_recovers_from_a_dead_worker_and_a_dead_coordinator(ray_local, cifar
 
     cfg = tiny_distributed_cfg(cifar_zip, tmp_path)
     markers = {target: tmp_path / f"{target}-fault-fired" for target in ("worker", "coordinator")}
-    faults = [{"target": "worker", "after_epoch": 1, "rank": 1, "marker": str(markers["worker"])},
-              {"target": "coordinator", "after_epoch": 2, "rank": 0, "marker": str(markers["coordinator"])}]
+    faults = [
+        {"target": "worker", "after_epoch": 1, "rank": 1, "marker": str(markers["worker"])},
+        {"target": "coordinator", "after_epoch": 2, "rank": 0, "marker": str(markers["coordinator"])},
+    ]
     result = run_distributed(RunPlan(cfg, "faults", Path(cfg.trainer.checkpoint_dir), "faults/0"), faults=faults)
     assert {t: m.read_text() for t, m in markers.items()} == {"worker": "fired", "coordinator": "fired"}
     # Restored twice, from the checkpoints of epochs 1 and 2 (a run that started afresh would say []).

@@ -90,12 +90,16 @@ def _parse(argv: list[str]) -> list[str]:
     if argv[:2] == ["uv", "run"]:
         argv = argv[2:]
     if argv[:3] == ["ray", "job", "submit"] and "--" in argv:
-        argv = argv[argv.index("--") + 1:]
+        argv = argv[argv.index("--") + 1 :]
     if argv[:1] == ["python"]:
         argv = argv[1:]
     program, args = argv[0], argv[1:]
-    cli_prefix = {"auxray": [], "jobs/train.py": ["train"], "jobs/sweep.py": ["sweep"],
-                  "jobs/weighting.py": ["bench", "weighting"]}
+    cli_prefix = {
+        "auxray": [],
+        "jobs/train.py": ["train"],
+        "jobs/sweep.py": ["sweep"],
+        "jobs/weighting.py": ["bench", "weighting"],
+    }
     try:
         if program in cli_prefix:
             build_parser().parse_args([*cli_prefix[program], *args])

@@ -141,9 +141,13 @@ def test_equal_weighs_each_task_by_method_task_weights() -> None:
     batch = trainer.prepare(data.train.x[:16], data.train.y[:16], torch.Generator())
     result = trainer.objective.inner(trainer.model, None, batch)
     out = trainer.model(batch["x"])
-    per_task = [(out[name].squeeze(-1) - batch["y"][:, col]).pow(2).mean() for col, name in ((1, "helpful"), (2, "harmful"))]
+    per_task = [
+        (out[name].squeeze(-1) - batch["y"][:, col]).pow(2).mean() for col, name in ((1, "helpful"), (2, "harmful"))
+    ]
     main = (out["main"].squeeze(-1) - batch["y"][:, 0]).pow(2).mean()
-    assert float(result.loss.detach()) == pytest.approx(float((main + per_task[0] + 0.25 * per_task[1]).detach()), rel=1e-6)
+    assert float(result.loss.detach()) == pytest.approx(
+        float((main + per_task[0] + 0.25 * per_task[1]).detach()), rel=1e-6
+    )
 
 
 def test_task_weights_naming_no_task_of_the_run_or_negative_are_one_line(tmp_path, capsys) -> None:

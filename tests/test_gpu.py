@@ -58,8 +58,15 @@ def test_a_cuda_run_resumed_from_disk_ends_where_the_uninterrupted_one_does(tmp_
     """Stopped after epoch 1 and resumed with --resume semantics, a float64 GPU run (no nondeterministic cuDNN
     kernels: an MLP) ends bit for bit where the uninterrupted run ends; its checkpoint holds the CUDA RNG state."""
     cfg = config_from_dict(
-        synthetic_raw(trainer={"epochs": 2, "max_steps_per_epoch": 20, "device": "cuda", "dtype": "float64",
-                               "checkpoint_dir": str(tmp_path)})
+        synthetic_raw(
+            trainer={
+                "epochs": 2,
+                "max_steps_per_epoch": 20,
+                "device": "cuda",
+                "dtype": "float64",
+                "checkpoint_dir": str(tmp_path),
+            }
+        )
     )
     whole = Path(train(plan_run(cfg, name="whole"), **QUIET)["run_dir"])
     train(plan_run(cfg, name="split"), until_epoch=1, **QUIET)

@@ -161,16 +161,34 @@ def test_trial_phases_split_a_trial_and_count_a_reused_process_once(tmp_path: Pa
     def trial(name: str, pid: int, process_start: float, entered: float, epoch_seconds: list[float]) -> Path:
         folder = tmp_path / name
         folder.mkdir()
-        line = {"pid": pid, "process_start": process_start, "entered": entered, "child_run": entered + 0.5,
-                "trainer": entered + 2.5, "trained": entered + 2.5 + sum(epoch_seconds) + 1.0, "start_epoch": 0}
+        line = {
+            "pid": pid,
+            "process_start": process_start,
+            "entered": entered,
+            "child_run": entered + 0.5,
+            "trainer": entered + 2.5,
+            "trained": entered + 2.5 + sum(epoch_seconds) + 1.0,
+            "start_epoch": 0,
+        }
         (folder / TIMING_FILE).write_text(json.dumps(line) + "\n")
         (folder / "metrics.jsonl").write_text("".join(json.dumps({"epoch_seconds": s}) + "\n" for s in epoch_seconds))
         return folder
 
     pids: set[int] = set()
     first = trial_phases(trial("a", 7, 100.0, 104.0, [3.0, 3.0]), pids, since=99.0)
-    assert first == {"startup": 4.0, "tracking": 0.5, "setup": 2.0, "train": 6.0, "loop": 1.0, "total": 13.5,
-                     "fixed": 7.5, "fixed_share": round(7.5 / 13.5, 4), "reused_process": False, "epochs": 2, "pid": 7}
+    assert first == {
+        "startup": 4.0,
+        "tracking": 0.5,
+        "setup": 2.0,
+        "train": 6.0,
+        "loop": 1.0,
+        "total": 13.5,
+        "fixed": 7.5,
+        "fixed_share": round(7.5 / 13.5, 4),
+        "reused_process": False,
+        "epochs": 2,
+        "pid": 7,
+    }
     again = trial_phases(trial("b", 7, 100.0, 120.0, [3.0]), pids, since=99.0)
     assert again["reused_process"] and again["startup"] == 0.0 and again["fixed"] == 3.5
     old = trial_phases(trial("c", 8, 50.0, 130.0, [2.0]), pids, since=99.0)  # a process from before the sweep

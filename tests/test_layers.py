@@ -28,11 +28,28 @@ from tests.conftest import REPO
 
 PACKAGE = REPO / "auxray"
 BASE = {
-    "auxray", "auxray.config", "auxray.errors", "auxray.importpath", "auxray.jsonout", "auxray.method_settings",
-    "auxray.method_specs", "auxray.paths",
+    "auxray",
+    "auxray.config",
+    "auxray.errors",
+    "auxray.importpath",
+    "auxray.jsonout",
+    "auxray.method_settings",
+    "auxray.method_specs",
+    "auxray.paths",
 }
-LEVEL = {"hypergrad": 1, "models": 2, "auxnets": 2, "data": 3, "methods": 4, "train": 5,
-         "tune": 6, "tracking": 6, "bench": 6, "cli": 7, "api": 7}
+LEVEL = {
+    "hypergrad": 1,
+    "models": 2,
+    "auxnets": 2,
+    "data": 3,
+    "methods": 4,
+    "train": 5,
+    "tune": 6,
+    "tracking": 6,
+    "bench": 6,
+    "cli": 7,
+    "api": 7,
+}
 SAME_LEVEL_ALLOWED = {("tune", "tracking"), ("bench", "tracking"), ("bench", "tune")}
 # (importing module, imported module) pairs that break the order today and are to be removed.
 KNOWN_EXCEPTIONS: set[tuple[str, str]] = set()

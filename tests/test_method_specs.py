@@ -36,7 +36,9 @@ def test_every_spec_builds_an_objective_that_agrees_with_it(name: str) -> None:
     assert type(cfg.method) is method.settings and cfg.method.name == name
     # The methods that take outer (hypergradient) steps read every outer.* key; a fixed method reads none.
     assert set(method.outer_keys) <= set(OuterOptimizer.model_fields)
-    assert (set(method.outer_keys) == set(OuterOptimizer.model_fields)) is (method.learns and method.hypergradient_steps)
+    assert (set(method.outer_keys) == set(OuterOptimizer.model_fields)) is (
+        method.learns and method.hypergradient_steps
+    )
     assert bool(method.outer_keys) is method.learns
     if method.twin is not None:  # a learned or forking method's fixed twin is trained from a shipped config
         assert method.learns or method.forks

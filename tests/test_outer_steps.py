@@ -11,9 +11,9 @@ from torch import nn
 
 from auxray.auxnets import LinearCombiner, TaskDataScheduler
 from auxray.config import config_from_dict
-from auxray.method_settings import OuterOptimizer
 from auxray.data import build_data
 from auxray.errors import UserError
+from auxray.method_settings import OuterOptimizer
 from auxray.train.coordinator import Coordinator
 from auxray.train.loop import BilevelTrainer
 from auxray.train.outer_steps import OuterSteps
@@ -182,8 +182,14 @@ BAD = [
     ({"hypergrad": {"accumulate": 0}}, r"hypergrad\.accumulate: Input should be greater than or equal to 1"),
     ({"method": {**NORMALISED, "combiner": "nonlinear"}}, r"normalises the linear combiner's weights only"),
     ({"method": {**NORMALISED, "monotone": False}}, r"keeps every weight positive; drop monotone"),
-    ({"method": {"init_weight": 0.5}}, r"^invalid config <dict>: method\.init_weight: not a setting of method 'auxilearn_combine'$"),
-    ({"method": {"name": "equal", **NORMALISED}}, r"^invalid config <dict>: method\.weight_norm: not a setting of method 'equal'$"),
+    (
+        {"method": {"init_weight": 0.5}},
+        r"^invalid config <dict>: method\.init_weight: not a setting of method 'auxilearn_combine'$",
+    ),
+    (
+        {"method": {"name": "equal", **NORMALISED}},
+        r"^invalid config <dict>: method\.weight_norm: not a setting of method 'equal'$",
+    ),
     ({"method": {"name": "arml"}, "outer": {"lr_per": "run"}}, r"outer\.lr_per does nothing for method 'arml'"),
     ({"method": {"name": "equal"}, "outer": {"lr": 0.1}}, r"outer\.lr does nothing for method 'equal'"),
     ({"method": {"aux_lr": 0.1}}, r"^invalid config <dict>: method\.aux_lr moved to outer\.lr$"),

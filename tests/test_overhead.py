@@ -293,4 +293,3 @@ def test_quick_overhead_breakdown_rows_and_reuse(cifar_zip: Path, tmp_path: Path
         assert mine["outer_steps"] > 0 and twin["outer_steps"] == 0 and row["outer_steps"] == [mine["outer_steps"]]
         assert mine["inner_steps"] == twin["inner_steps"] > 0
     assert (tmp_path / "ov_breakdown.json").read_text() == breakdown
-

@@ -11,15 +11,25 @@ from auxray.bench.report import MARKER, RENDERERS, pages, stale_sections, update
 from auxray.bench.reproduce_plot import plot_reproduce
 from tests.conftest import REPO
 
-ROW = {"method": "stl", "mean": 0.5123, "std": 0.0047, "accuracies": [0.51, 0.5146], "final_mean": 0.5301,
-       "final_std": 0.0012, "seconds": 61.0, "relative_time": 1.0, "paper": {"mean": 0.508, "std": 0.008}}
+ROW = {
+    "method": "stl",
+    "mean": 0.5123,
+    "std": 0.0047,
+    "accuracies": [0.51, 0.5146],
+    "final_mean": 0.5301,
+    "final_std": 0.0012,
+    "seconds": 61.0,
+    "relative_time": 1.0,
+    "paper": {"mean": 0.508, "std": 0.008},
+}
 
 
 def test_marked_section_is_replaced_from_json(tmp_path: Path) -> None:
     results = tmp_path / "results"
     results.mkdir()
-    (results / RENDERERS["reproduce"][0]).write_text(json.dumps([ROW, {**ROW, "method": "jtds", "paper": None,
-                                                                       "relative_time": 2.5}]))
+    (results / RENDERERS["reproduce"][0]).write_text(
+        json.dumps([ROW, {**ROW, "method": "jtds", "paper": None, "relative_time": 2.5}])
+    )
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- bench:reproduce -->\nold numbers\n<!-- /bench:reproduce -->\noutro\n")
     assert update_page(readme, results) == ["reproduce"]

@@ -32,8 +32,13 @@ SMALL = ("--width", "8", "--set", "trainer.threads=1", "--set", "trainer.device=
 
 
 def test_bad_jobs_is_one_line(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "jobs/reproduce.py", "--quick", "--jobs", "0", "--out-dir", str(tmp_path)],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "jobs/reproduce.py", "--quick", "--jobs", "0", "--out-dir", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == ["reproduce: error: --jobs must be at least 1, got 0"], proc.stderr
     assert not any(tmp_path.iterdir())
@@ -43,10 +48,22 @@ def test_table_statistics_and_torn_record_file(tmp_path: Path) -> None:
     """Fast: mean/std (ddof=0) over seeds of the best-on-validation and the last epoch's test accuracies, time
     relative to STL, and a torn last line of a run record ignored."""
     runs_file = tmp_path / "r.runs.jsonl"
-    rows = {(m, s, "fp"): {"method": m, "seed": s, "test_accuracy": acc, "final_test_accuracy": final,
-                           "seconds": sec, "finished_at": str(s), "fingerprint": "fp"}
-            for m, s, acc, final, sec in [("stl", 0, 0.5, 0.7, 10.0), ("stl", 1, 0.6, 0.6, 12.0),
-                                          ("maxl", 0, 0.55, 0.4, 33.0)]}
+    rows = {
+        (m, s, "fp"): {
+            "method": m,
+            "seed": s,
+            "test_accuracy": acc,
+            "final_test_accuracy": final,
+            "seconds": sec,
+            "finished_at": str(s),
+            "fingerprint": "fp",
+        }
+        for m, s, acc, final, sec in [
+            ("stl", 0, 0.5, 0.7, 10.0),
+            ("stl", 1, 0.6, 0.6, 12.0),
+            ("maxl", 0, 0.55, 0.4, 33.0),
+        ]
+    }
     write_runs_file(runs_file, rows)
     with open(runs_file, "a") as f:
         f.write('{"method": "maxl", "seed": 1, "test_acc')  # a hand-edited or copied file cut short
@@ -63,9 +80,16 @@ def test_table_statistics_and_torn_record_file(tmp_path: Path) -> None:
 
 
 def _setup(tmp_path: Path) -> GridSetup:
-    return GridSetup(tag="t", runs_root=tmp_path / "runs", config_dir=REPO / "configs" / "cifar10_5pct",
-                     overrides={"trainer.epochs": 1}, jobs=2, cpus_per_trial=1.0, tracking_uri="sqlite:///x.db",
-                     experiment="reproduce-t")
+    return GridSetup(
+        tag="t",
+        runs_root=tmp_path / "runs",
+        config_dir=REPO / "configs" / "cifar10_5pct",
+        overrides={"trainer.epochs": 1},
+        jobs=2,
+        cpus_per_trial=1.0,
+        tracking_uri="sqlite:///x.db",
+        experiment="reproduce-t",
+    )
 
 
 def _wanted(method: str, seed: int, fp: str = "fp0") -> Wanted:
@@ -77,8 +101,13 @@ def _finish(sweep, trial: str, method: str, seed: int, acc: float, at: str) -> N
     trial_dir = sweep.trial_files_dir(trial)
     trial_dir.mkdir(parents=True)
     summary = {"test_accuracy": acc, "seconds": 2.0, "best_val_accuracy": 0.3, "epochs": 1, "best_epoch": 1}
-    record = {"params": {"config": f"{method}.yaml", "seed": seed}, "summary": summary, "diagnostics": {},
-              "resumed_from_epoch": None, "finished_at": at}
+    record = {
+        "params": {"config": f"{method}.yaml", "seed": seed},
+        "summary": summary,
+        "diagnostics": {},
+        "resumed_from_epoch": None,
+        "finished_at": at,
+    }
     (trial_dir / RECORD_FILE).write_text(json.dumps(record))
 
 
@@ -124,9 +153,23 @@ def test_missing_runs_become_grid_sweeps_and_trials_merge_by_fingerprint(tmp_pat
 
 def test_bad_override_is_one_line(tmp_path: Path) -> None:
     for bad, message in [("trainer.lrr=0.1", "trainer.lrr"), ("trainer.lr", "--set expects key=value")]:
-        proc = subprocess.run([sys.executable, "jobs/reproduce.py", "--quick", "--set", bad, "--out-dir",
-                               str(tmp_path), "--runs-dir", str(tmp_path / "runs")],
-                              cwd=REPO, capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "jobs/reproduce.py",
+                "--quick",
+                "--set",
+                bad,
+                "--out-dir",
+                str(tmp_path),
+                "--runs-dir",
+                str(tmp_path / "runs"),
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         lines = proc.stderr.strip().splitlines()
         assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], proc.stderr
         assert not any(tmp_path.iterdir())
@@ -151,10 +194,23 @@ def test_interrupted_table_resumes_and_later_seeds_extend_it(cifar_zip: Path, tm
     --seeds 0,1 --jobs 2 trains only seed 1, two at a time; the same command again trains nothing; then --epochs 2
     (a changed setting) trains again."""
     out = tmp_path / "results"
-    base = [sys.executable, "jobs/reproduce.py", "--quick", "--methods", "stl,gcs,maxl", "--out-dir", str(out),
-            "--runs-dir", str(out / "runs"), "--set", f"data.cache_dir={CACHE_DIR}", *SMALL]
-    driver = subprocess.Popen(base, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              start_new_session=True)
+    base = [
+        sys.executable,
+        "jobs/reproduce.py",
+        "--quick",
+        "--methods",
+        "stl,gcs,maxl",
+        "--out-dir",
+        str(out),
+        "--runs-dir",
+        str(out / "runs"),
+        "--set",
+        f"data.cache_dir={CACHE_DIR}",
+        *SMALL,
+    ]
+    driver = subprocess.Popen(
+        base, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     try:
         deadline = time.monotonic() + 900
         while time.monotonic() < deadline and driver.poll() is None:
@@ -220,8 +276,9 @@ def test_interrupted_table_resumes_and_later_seeds_extend_it(cifar_zip: Path, tm
     assert again.stderr.count("(skipped)") == 6 and "grid sweep" not in again.stderr, again.stderr
     assert json.loads(table_file.read_text()) == table and len(runs_file.read_text().splitlines()) == 6
 
-    changed = subprocess.run([*base, "--methods", "stl", "--epochs", "2"], cwd=REPO, capture_output=True,
-                             text=True, timeout=900)
+    changed = subprocess.run(
+        [*base, "--methods", "stl", "--epochs", "2"], cwd=REPO, capture_output=True, text=True, timeout=900
+    )
     assert changed.returncode == 0, changed.stderr[-3000:]
     assert "(skipped)" not in changed.stderr and "1 runs as the grid sweep" in changed.stderr
     table = json.loads((out / "reproduce_quick_convnet4.json").read_text())

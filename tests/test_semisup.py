@@ -286,7 +286,9 @@ def test_a_table_column_earns_more_weight_than_noise_labels(cifar_zip, tmp_path)
     function of the main class) and noise labels, on the labelled images and the pool (too many to memorise). The
     linear combiner's hypergradient raises the helpful weight well above the harmful one. One Neumann term: the
     test checks the hypergradient's direction, which three terms (three times the cost) do not change."""
-    raw = tiny_cifar_raw(cifar_zip, tmp_path, name="auxilearn_combine", combiner="linear", aux_task=["table", "noise_labels"])
+    raw = tiny_cifar_raw(
+        cifar_zip, tmp_path, name="auxilearn_combine", combiner="linear", aux_task=["table", "noise_labels"]
+    )
     raw["outer"] = {"lr": 0.1}
     raw["data"].update(
         labeled_per_class=60,

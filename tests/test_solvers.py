@@ -15,13 +15,15 @@ def problem() -> TinyMLP:
     return TinyMLP()
 
 
-@pytest.mark.parametrize("name,solver", [("neumann", neumann_solver(7, 0.05)), ("cg", cg_solver(7, 1e-10)),
-                                         ("exact", exact_solver())])
+@pytest.mark.parametrize(
+    "name,solver", [("neumann", neumann_solver(7, 0.05)), ("cg", cg_solver(7, 1e-10)), ("exact", exact_solver())]
+)
 def test_a_solver_value_equals_the_named_solver(problem, name, solver):
     (want,) = _tensor_api(problem, method=name, steps=7, alpha=0.05, tol=1e-10)
     (got,) = _tensor_api(problem, method=solver)
-    (functional,) = functional_implicit_hypergrad(problem.inner, problem.outer, problem.w, problem.phi,
-                                                  method=solver, hvp="fwdrev")
+    (functional,) = functional_implicit_hypergrad(
+        problem.inner, problem.outer, problem.w, problem.phi, method=solver, hvp="fwdrev"
+    )
     torch.testing.assert_close(got, want, rtol=1e-12, atol=0)
     torch.testing.assert_close(functional, want, rtol=1e-9, atol=1e-12)
 

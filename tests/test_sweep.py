@@ -133,7 +133,9 @@ def test_sweep_config_validates_keys_and_values(
     )
     with pytest.raises(UserError, match="hypergrad.stepz"):
         load_sweep(bad_key)
-    old_key = write_sweep(tmp_path, cifar_zip, name="oldkey", space={"method.aux_lr": {"type": "choice", "values": [0.1]}})
+    old_key = write_sweep(
+        tmp_path, cifar_zip, name="oldkey", space={"method.aux_lr": {"type": "choice", "values": [0.1]}}
+    )
     with pytest.raises(UserError, match=r"^sweep oldkey: space key method\.aux_lr moved to outer\.lr$"):
         load_sweep(old_key)
     old_data_key = write_sweep(

@@ -133,13 +133,33 @@ def test_the_fault_table_is_rendered_from_its_json(tmp_path: Path) -> None:
 
     assert render_section("sweep_faults", tmp_path) is None
     row = {
-        "scenario": "server_killed", "trials": 8, "faults_injected": 1, "completed": 6, "stopped_early": 2,
-        "errored": 0, "child_runs": 8, "finished": 8, "running_left": 0, "duplicated": 0, "missing_metrics": 0,
-        "runs_lost": 0, "parent_summary_ok": True, "seconds": 101.5, "faults": ["server SIGKILLed at 2/8"],
+        "scenario": "server_killed",
+        "trials": 8,
+        "faults_injected": 1,
+        "completed": 6,
+        "stopped_early": 2,
+        "errored": 0,
+        "child_runs": 8,
+        "finished": 8,
+        "running_left": 0,
+        "duplicated": 0,
+        "missing_metrics": 0,
+        "runs_lost": 0,
+        "parent_summary_ok": True,
+        "seconds": 101.5,
+        "faults": ["server SIGKILLed at 2/8"],
     }
     data = {
-        "sweep_name": "s", "trials": 8, "epochs": 4, "concurrency": 4, "search": "tpe", "scheduler": "asha",
-        "kill_driver_at": 1 / 3, "kill_server_at": 0.25, "outage_seconds": 30.0, "scenarios": [row],
+        "sweep_name": "s",
+        "trials": 8,
+        "epochs": 4,
+        "concurrency": 4,
+        "search": "tpe",
+        "scheduler": "asha",
+        "kill_driver_at": 1 / 3,
+        "kill_server_at": 0.25,
+        "outage_seconds": 30.0,
+        "scenarios": [row],
     }
     (tmp_path / RENDERERS["sweep_faults"][0]).write_text(json.dumps(data))
     text = render_section("sweep_faults", tmp_path)

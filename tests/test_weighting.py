@@ -9,11 +9,11 @@ import pytest
 import torch
 from torch.func import functional_call
 
+from auxray.bench.outer_timing import example_batches
 from auxray.config import config_from_dict
 from auxray.data import build_data
 from auxray.errors import UserError
 from auxray.hypergrad.weighting import gram, matching_gradient, project_scaled_simplex, sgd_direction
-from auxray.bench.outer_timing import example_batches
 from auxray.train.hyperstep import compute_hypergrad, fused_hyperstep, trainable
 from auxray.train.loop import BilevelTrainer
 from tests.test_cli import assert_one_line_error, in_process, write_config

@@ -53,8 +53,14 @@ def test_final_weights_and_completeness() -> None:
     assert missing == ["jtds (harmful): missing seed(s) 0, 2", "equal (harmful): missing seed(s) 0, 1, 2"]
 
 
-def _record(tmp_path: Path, aux_set: str, methods: list[str], seeds: tuple[int, ...], acc: dict[str, float],
-            tasks: tuple[str, ...] = ("rotation", "noise_labels")) -> None:
+def _record(
+    tmp_path: Path,
+    aux_set: str,
+    methods: list[str],
+    seeds: tuple[int, ...],
+    acc: dict[str, float],
+    tasks: tuple[str, ...] = ("rotation", "noise_labels"),
+) -> None:
     """Finished runs of a set as its run record file holds them, under the fingerprints the command will want; arml's
     runs end with a weight per task of `tasks`."""
     runs_root = (tmp_path / "runs").resolve()
@@ -65,9 +71,15 @@ def _record(tmp_path: Path, aux_set: str, methods: list[str], seeds: tuple[int, 
     for (key, seed), w in _wanted(plan, grid, seeds).items():
         weights = {f"task_weight/{t}": 0.5 + seed for t in tasks} if key == "arml" else {}
         rows[w.key] = {
-            "method": key, "seed": seed, "fingerprint": w.fingerprint, "test_accuracy": acc[key] + 0.01 * seed,
-            "final_test_accuracy": acc[key] - 0.01, "seconds": 100.0 + seed, "finished_at": f"2026-01-0{seed + 1}",
-            "settings": w.settings, "diagnostics": {"device": "cpu", **weights},
+            "method": key,
+            "seed": seed,
+            "fingerprint": w.fingerprint,
+            "test_accuracy": acc[key] + 0.01 * seed,
+            "final_test_accuracy": acc[key] - 0.01,
+            "seconds": 100.0 + seed,
+            "finished_at": f"2026-01-0{seed + 1}",
+            "settings": w.settings,
+            "diagnostics": {"device": "cpu", **weights},
         }
     write_runs_file(tmp_path / "out" / f"weighting_quick.{aux_set}.runs.jsonl", rows)
 
@@ -83,8 +95,12 @@ def test_rows_from_finished_runs_with_twins_and_the_helpful_subset(tmp_path: Pat
 
     rows = run_weighting(sets=("harmful",), methods=("arml",), **common)
     assert [(r["method"], r["aux_set"]) for r in rows] == [
-        ("stl", "helpful"), ("equal", "helpful"), ("arml", "helpful"),  # on record: read, in the folder's order
-        ("arml", "harmful"), ("equal", "harmful"), ("equal_helpful_subset", "harmful"),
+        ("stl", "helpful"),
+        ("equal", "helpful"),
+        ("arml", "helpful"),  # on record: read, in the folder's order
+        ("arml", "harmful"),
+        ("equal", "harmful"),
+        ("equal_helpful_subset", "harmful"),
     ]
     arml, equal, subset = rows[3:]
     assert arml["twin"] == "equal" and "twin" not in equal
@@ -95,20 +111,48 @@ def test_rows_from_finished_runs_with_twins_and_the_helpful_subset(tmp_path: Pat
 
     # The helpful set asked for: its methods in the order asked, the shared twin once; the harmful rows stay.
     # A finished weight search given as the helpful set's: its row follows that set's.
-    _trial(tmp_path / "search", "t0", [{"best_val_accuracy": 0.6, "test_accuracy": 0.64, "time_total_s": 40.0,
-                                        "config": {"method.task_weights.rotation": 2.0}}])
+    _trial(
+        tmp_path / "search",
+        "t0",
+        [
+            {
+                "best_val_accuracy": 0.6,
+                "test_accuracy": 0.64,
+                "time_total_s": 40.0,
+                "config": {"method.task_weights.rotation": 2.0},
+            }
+        ],
+    )
     _trial(tmp_path / "search", "t1", [{"best_val_accuracy": 0.5, "time_total_s": 10.0}])
-    rows = run_weighting(sets=("helpful",), methods=("arml", "stl"), search_results=(f"helpful={tmp_path / 'search'}",),
-                         **common)
+    rows = run_weighting(
+        sets=("helpful",), methods=("arml", "stl"), search_results=(f"helpful={tmp_path / 'search'}",), **common
+    )
     assert [(r["method"], r["aux_set"]) for r in rows] == [
-        ("arml", "helpful"), ("equal", "helpful"), ("stl", "helpful"), ("weight_search", "helpful"),
-        ("equal", "harmful"), ("equal_helpful_subset", "harmful"), ("arml", "harmful"),  # read: the folder's order
+        ("arml", "helpful"),
+        ("equal", "helpful"),
+        ("stl", "helpful"),
+        ("weight_search", "helpful"),
+        ("equal", "harmful"),
+        ("equal_helpful_subset", "harmful"),
+        ("arml", "harmful"),  # read: the folder's order
     ]
     assert rows[3]["mean"] == 0.64 and rows[3]["compute"] == 50.0 and rows[3]["final_weights"] == {"rotation": 2.0}
     written = json.loads((tmp_path / "out" / "weighting_quick.json").read_text())
     assert written == json.loads(json.dumps(rows))
-    assert set(written[0]) >= {"method", "aux_set", "mean", "std", "final_mean", "final_std", "accuracies",
-                               "final_accuracies", "seeds", "seconds", "compute", "final_weights"}
+    assert set(written[0]) >= {
+        "method",
+        "aux_set",
+        "mean",
+        "std",
+        "final_mean",
+        "final_std",
+        "accuracies",
+        "final_accuracies",
+        "seeds",
+        "seconds",
+        "compute",
+        "final_weights",
+    }
     page = (tmp_path / "out" / "weighting_quick.md").read_text()
     assert "| arml | equal | -2.0 | -2.0 | 1.00 |" in page and "python jobs/weighting.py --quick" in page
     assert f"--search-result helpful={tmp_path / 'search'}" in page
@@ -122,8 +166,14 @@ def test_the_side_label_set_plans_as_the_harmful_set_and_its_rows_name_the_table
     tasks = ("animal", "flies", "road_vehicle", "brightness", "random")
     seeds = (0, 1)
     _record(tmp_path, "side_labels", ["arml", "equal"], seeds, {"arml": 0.6, "equal": 0.59}, tasks)
-    rows = run_weighting(sets=("side_labels",), methods=("arml",), seeds=seeds, quick=True, out_dir=tmp_path / "out",
-                         runs_dir=tmp_path / "runs")
+    rows = run_weighting(
+        sets=("side_labels",),
+        methods=("arml",),
+        seeds=seeds,
+        quick=True,
+        out_dir=tmp_path / "out",
+        runs_dir=tmp_path / "runs",
+    )
     assert [(r["method"], r["aux_set"]) for r in rows] == [("arml", "side_labels"), ("equal", "side_labels")]
     assert rows[0]["final_weights"] == {t: pytest.approx(1.0) for t in tasks}
     page = (tmp_path / "out" / "weighting_quick.md").read_text()
@@ -139,9 +189,20 @@ def test_weight_search_row_from_a_finished_sweep(tmp_path: Path) -> None:
     """The best trial on validation among those that ran every epoch, its test accuracy, every trial's seconds."""
     exp = tmp_path / "weight_search_semisup"
     params = {"method.task_weights.rotation": 0.5, "method.task_weights.consistency": 2.0}
-    _trial(exp, "t0", [{"best_val_accuracy": 0.5, "time_total_s": 5.0},
-                       {"best_val_accuracy": 0.6, "test_accuracy": 0.58, "final_test_accuracy": 0.57,
-                        "time_total_s": 10.0, "config": params}])
+    _trial(
+        exp,
+        "t0",
+        [
+            {"best_val_accuracy": 0.5, "time_total_s": 5.0},
+            {
+                "best_val_accuracy": 0.6,
+                "test_accuracy": 0.58,
+                "final_test_accuracy": 0.57,
+                "time_total_s": 10.0,
+                "config": params,
+            },
+        ],
+    )
     _trial(exp, "t1", [{"best_val_accuracy": 0.7, "time_total_s": 3.0}])  # stopped by ASHA: not chosen
     _trial(exp, "t2", [{"best_val_accuracy": 0.55, "test_accuracy": 0.6, "time_total_s": 9.0, "config": {}}])
     row = search_row(exp, "helpful")
