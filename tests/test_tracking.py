@@ -283,6 +283,50 @@ def test_offline_run_spools_and_replays_to_a_new_run(tmp_path: Path, capsys: pyt
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
 
 
+def test_a_run_resumed_while_the_store_is_down_replays_into_its_earlier_run(tmp_path: Path) -> None:
+    """`--resume` looks up the earlier run by its folder's tag; with the store down it cannot, so the spool keeps
+    the tag and the replay goes on in that run: one run with every epoch, not a duplicate."""
+    from auxray.tracking.spool import replay_spool
+
+    store, key = f"sqlite:///{tmp_path}/m.db", ("auxray.run_dir", "runs/r/20261203")
+    with tracked_run(store, "resumed", "r", reopen=key) as first:
+        first.log_metrics({"val_accuracy": 0.4}, step=1)
+    dead = f"http://127.0.0.1:{free_port()}"
+    with tracked_run(dead, "resumed", "r", reopen=key, spool_dir=tmp_path / "spool") as again:
+        again.log_metrics({"val_accuracy": 0.6}, step=2)
+    assert again.run_id.startswith("offline-") and again.find == {key[0]: key[1]}
+    assert replay_spool(again.spool_path, store)["run_id"] == first.run_id
+    client = MlflowClient(tracking_uri=store)
+    runs = client.search_runs([client.get_experiment_by_name("resumed").experiment_id])
+    assert [r.info.run_id for r in runs] == [first.run_id]
+    assert steps_of(client, first.run_id, "val_accuracy") == [1, 2]
+    run = client.get_run(first.run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["auxray.restored"] == "true"
+
+
+def test_a_trial_restored_while_the_store_is_down_replays_into_its_child_run(tmp_path: Path) -> None:
+    """A restored Tune trial looks up its child run under the sweep's parent; with the store down the spool keeps
+    (parent, trial), and the replay continues that child (the resume had marked it FAILED) instead of a second."""
+    from auxray.tracking.spool import replay_spool
+    from auxray.tune.runs import children, open_child
+
+    store = f"sqlite:///{tmp_path}/m.db"
+    parent = start_parent(store, "sweeps", "s", {})
+    child = open_child(store, "sweeps", sweep_name="s", parent_id=parent, trial_id="t1", spool_dir=str(tmp_path))
+    child.log_metrics({"val_accuracy": 0.5}, step=1)
+    child.end("FAILED")  # the driver died; the resumed sweep marked it
+    dead = f"http://127.0.0.1:{free_port()}"
+    restored = open_child(dead, "sweeps", sweep_name="s", parent_id=parent, trial_id="t1", spool_dir=str(tmp_path))
+    assert restored.offline and restored.run_id is not None and restored.run_id.startswith("offline-")
+    restored.log_metrics({"val_accuracy": 0.7}, step=2)
+    restored.end("FINISHED")
+    assert replay_spool(restored.spool_path, store)["run_id"] == child.run_id
+    assert [r.info.run_id for r in children(store, parent)] == [child.run_id]
+    client = MlflowClient(tracking_uri=store)
+    assert steps_of(client, child.run_id, "val_accuracy") == [1, 2]
+    assert client.get_run(child.run_id).info.status == "FINISHED"
+
+
 def test_a_sweeps_spool_folder_is_replayed_whole_once(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """replay_folder (a sweep's end) sends every spool of a folder that has unsent records, once; a spool it cannot
     send is one warning line and counted, never an exception."""

@@ -32,6 +32,11 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def quoted(text: str) -> str:
+    """`text` as a single-quoted string in an MLflow search filter."""
+    return "'" + text.replace("'", "\\'") + "'"
+
+
 def is_unavailable(exc: BaseException) -> bool:
     """True when an MLflow call failed because the store could not be reached or could not serve it
     (connection refused, timeout, 5xx, auth, rate limit), False for a rejected payload (4xx)."""
@@ -218,13 +223,23 @@ def _deliver(client: MlflowClient, run_id: str, record: dict[str, Any], timeout:
 
 
 def _recreate(client: MlflowClient, uri: str, header: dict[str, Any]) -> str:
-    """A new run standing in for one the store does not have."""
+    """The run standing in for one the store does not have: the earlier run the header's `find` tags name (a run
+    continued while the store was down), RUNNING again and tagged auxray.restored, else a new run."""
+    exp = experiment_id(client, uri, header["experiment"])
+    if header.get("find"):
+        query = " and ".join(f"tags.`{k}` = {quoted(v)}" for k, v in header["find"].items())
+        found = client.search_runs([exp], query, max_results=1)
+        if found:
+            run_id = found[0].info.run_id
+            client.update_run(run_id, status="RUNNING")
+            client.set_tag(run_id, "auxray.restored", "true")
+            return run_id
     tags = dict(header.get("tags") or {})
     if header.get("parent_run_id"):
         tags["mlflow.parentRunId"] = header["parent_run_id"]
     tags["auxray.replayed_from"] = header["run_id"]
     run = client.create_run(
-        experiment_id(client, uri, header["experiment"]),
+        exp,
         start_time=header.get("created"),
         tags=tags,
         run_name=header.get("run_name"),

@@ -27,6 +27,7 @@ from auxray.tracking.spool import (
     first_line,
     is_unavailable,
     now_ms,
+    quoted,
     record_timeout,
     replay_spool,
 )
@@ -44,11 +45,6 @@ RUN_DIR_TAG = "auxray.run_dir"  # a run's folder: `auxray train --resume` contin
 MAX_KEY_LENGTH = 250
 MAX_PARAM_LENGTH = 6000
 _BAD_KEY_CHARS = re.compile(r"[^/\w.\- :]")
-
-
-def quoted(text: str) -> str:
-    """`text` as a single-quoted string in an MLflow search filter."""
-    return "'" + text.replace("'", "\\'") + "'"
 
 
 def sanitize_key(key: Any) -> str:
@@ -114,6 +110,9 @@ class RunTracker:
         self.timeout, self.probe_interval = timeout, probe_interval
         self.client = MlflowClient(tracking_uri=self.uri)
         self.run_id: str | None = None
+        # Tags of an earlier run this one continues, which could not be looked up (the store was unreachable):
+        # kept in the spool's header, so that its replay goes on in that run instead of opening a duplicate.
+        self.find: dict[str, str] | None = None
         self.logged_through = 0  # the last epoch the run has logged (set when attaching to an existing run)
         self.offline = False
         self.status: str | None = None
@@ -145,13 +144,20 @@ class RunTracker:
             with http_limits(self.timeout):
                 exp = experiment_id(self.client, self.uri, self.experiment)
                 run = self.client.create_run(exp, start_time=self._created, tags=tags, run_name=self.run_name)
-            self.run_id = run.info.run_id
         except Exception as exc:
             if not is_unavailable(exc):
                 raise
-            self.run_id = f"offline-{uuid.uuid4().hex}"
-            self._go_offline(exc)
-            self._get_spool().open()
+            return self.start_offline(exc)
+        self.run_id = run.info.run_id
+        return self.run_id
+
+    def start_offline(self, exc: BaseException, find: dict[str, str] | None = None) -> str:
+        """Start buffering to a spool under an ``offline-…`` id, the store being unreachable (`exc` says why).
+        `find`: the tags of an earlier run this one continues, if the replay finds one (else it opens a new run)."""
+        self.find = find
+        self.run_id = f"offline-{uuid.uuid4().hex}"
+        self._go_offline(exc)
+        self._get_spool().open()
         return self.run_id
 
     def start_or_reopen(self, tag: str, value: str) -> str:
@@ -168,6 +174,7 @@ class RunTracker:
         except Exception as exc:
             if not is_unavailable(exc):
                 raise
+            return self.start_offline(exc, find={tag: value})
         if earlier is None:
             return self.start()
         self.reopen(earlier)
@@ -306,6 +313,7 @@ class RunTracker:
                     "tags": self.tags,
                     "parent_run_id": self.parent_run_id,
                     "created": self._created,
+                    "find": self.find,
                 },
             )
         return self._spool

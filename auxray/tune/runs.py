@@ -10,7 +10,7 @@ from typing import Any
 from mlflow import MlflowClient
 
 from auxray.tracking import RunTracker, find_parent, start_parent
-from auxray.tracking.spool import first_line
+from auxray.tracking.spool import first_line, is_unavailable
 from auxray.tracking.tracker import KIND_TAG, PARENT_TAG, SWEEP_TAG, quoted
 from auxray.tracking.uri import http_limits
 
@@ -77,6 +77,9 @@ def open_child(
     try:
         earlier = child_of_trial(uri, parent_id, trial_id)
     except Exception as exc:
+        if is_unavailable(exc):  # a restored trial's run may exist: the replay looks again, so no duplicate
+            tracker.start_offline(exc, find={PARENT_TAG: parent_id, TRIAL_TAG: trial_id})
+            return tracker
         print(f"auxray: could not look up the earlier run of trial {trial_id}: {first_line(exc)}", file=sys.stderr)
     if earlier is None:
         tracker.start()
