@@ -83,7 +83,7 @@ class BilevelTrainer:
         )
         # Conv weights channels-last, the layout oneDNN and cuDNN are fastest with: only how they are stored changes.
         net = MultiHeadNet(trunk, feat_dim, self.objective.heads)
-        self.model = net.to(self.device, self.dtype, memory_format=torch.channels_last)
+        self.model = net.to(self.device, self.dtype).to(memory_format=torch.channels_last)
         auxnet = self.objective.build_auxnet(self.model)
         self.auxnet = auxnet.to(self.device, self.dtype) if auxnet is not None else None
         self.train_model = self.collective.wrap_model(self.model)
