@@ -1,9 +1,10 @@
 """`auxray bench harmful`: does each learned weighting find the harmful auxiliary task? (issues #19 and #20)
 
 The synthetic regression of ``configs/synthetic_combine.yaml`` has one helpful auxiliary target (the main signal)
-and one harmful one (mostly noise). Every weighting variant (the loss combiner at full cost and at the cheap
-settings, the combiner and JTDS with weights that sum to the number of tasks, ARML, Auto-lambda, ForkMerge) trains
-it per seed beside ``equal``, the fixed twin of them all (every task at weight 1, nothing learned). A row is one
+and one harmful one (mostly noise). Every run config of ``configs/synthetic_weightings/`` (the loss combiner at full
+cost and at the cheap settings, the combiner and JTDS with weights that sum to the number of tasks, ARML,
+Auto-lambda, ForkMerge) trains it per seed beside the folder's one fixed method, the twin of them all (every task
+at weight 1, nothing learned). A row is one
 run: each task's initial and final weight and the validation MSE. It takes seconds, so it is its own bench, not a
 part of `auxray bench overhead`'s hours of timing runs: a learning check, not a cost measurement.
 
@@ -18,65 +19,34 @@ from pathlib import Path
 from typing import Any
 
 from auxray.bench.machine import log
+from auxray.bench.plan import config_entries
+from auxray.bench.weighting_sets import method_name
 from auxray.errors import UserError
+from auxray.method_specs import spec
 
-BASE_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "synthetic_combine.yaml"
-TWIN = "equal"
-_COMBINER = {"name": "auxilearn_combine", "aux_task": "targets", "combiner": "linear"}
-_NEUMANN = {"method": "neumann", "steps": 5, "alpha": 0.01, "every": 2}
-_PER_RUN = {"lr_per": "run", "lr": 2.0}  # the shipped normalised configs' budget: lr / the run's phi steps each
-# Each variant's method, outer and hypergrad sections, replacing the base config's (the rest is the base's).
-# Settings are the shipped configs' or the tests' starting values, not chosen for this check.
-VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
-    "combiner_full": {
-        "method": _COMBINER,
-        "outer": {"lr": 0.05},
-        "hypergrad": {**_NEUMANN, "reuse_graph": False, "params": "all"},
-    },
-    "combiner_cheap": {
-        "method": _COMBINER,
-        "outer": {"lr": 0.05},
-        "hypergrad": {**_NEUMANN, "reuse_graph": True, "params": "last_block"},
-    },
-    "combiner_cheap_every6": {
-        "method": _COMBINER,
-        "outer": {"lr": 0.05},
-        "hypergrad": {**_NEUMANN, "reuse_graph": True, "params": "last_block", "every": 6},
-    },
-    "combiner_sum_to_k": {
-        "method": {**_COMBINER, "weight_norm": "sum_to_tasks"},
-        "outer": _PER_RUN,
-        "hypergrad": _NEUMANN,
-    },
-    "jtds_sum_to_k": {
-        "method": {"name": "jtds", "aux_task": "targets", "weight_norm": "sum_to_tasks"},
-        "outer": _PER_RUN,
-        "hypergrad": _NEUMANN,
-    },
-    "arml": {"method": {"name": "arml", "aux_task": "targets"}, "outer": {"lr": 0.05}, "hypergrad": {"every": 2}},
-    "autolambda": {
-        "method": {"name": "autolambda", "aux_task": "targets"},
-        "outer": {"lr": 0.01},
-        "hypergrad": {"method": "fd", "every": 2},
-    },
-    "forkmerge": {"method": {"name": "forkmerge", "aux_task": "targets", "merge_every": 9}},  # a period an epoch
-    TWIN: {"method": {"name": "equal", "aux_task": "targets"}},
-}
+VARIANT_DIR = Path(__file__).resolve().parents[2] / "configs" / "synthetic_weightings"
+
+
+def variants() -> tuple[str, ...]:
+    """The check's variants: the config stems of configs/synthetic_weightings/ (one run config each)."""
+    return config_entries(VARIANT_DIR)
+
+
+def fixed_twin() -> str:
+    """The variant whose method neither learns nor forks: the fixed twin every other variant is compared with."""
+    methods = {v: spec(method_name(VARIANT_DIR, v)) for v in variants()}
+    fixed = [v for v, m in methods.items() if not (m.learns or m.forks)]
+    if len(fixed) != 1:
+        raise UserError(f"{VARIANT_DIR} needs exactly one config of a fixed method (the twin), has {fixed}")
+    return fixed[0]
 
 
 def variant_config(name: str, seed: int) -> Any:
-    """The run config of one variant and seed: the base config with the variant's sections, untracked, 1 thread."""
-    import yaml
+    """The run config of one variant and seed, untracked, on 1 thread."""
+    from auxray.config import load_config  # pydantic: only when a run is built
 
-    from auxray.config import config_from_dict  # pydantic: only when a run is built
-
-    base = yaml.safe_load(BASE_CONFIG.read_text())
-    raw = {k: v for k, v in base.items() if k not in ("method", "outer", "hypergrad")}
-    raw.update(VARIANTS[name])
-    raw["data"] = {**raw["data"], "seed": seed}
-    raw["trainer"] = {**raw["trainer"], "seed": seed, "threads": 1}
-    raw["tracking"] = {"enabled": False}
-    return config_from_dict(raw, source=f"harmful-check variant {name!r}")
+    overrides = [f"trainer.seed={seed}", f"data.seed={seed}", "trainer.threads=1", "tracking.enabled=false"]
+    return load_config(VARIANT_DIR / f"{name}.yaml", overrides)
 
 
 def run_variant(name: str, seed: int) -> dict[str, Any]:
@@ -114,22 +84,24 @@ def _weights(metrics: Mapping[str, float]) -> dict[str, float]:
 
 def parse_variants(text: str | None) -> tuple[str, ...]:
     """Comma-separated variant names (None: all); an unknown one is a UserError listing the known ones."""
-    names = tuple(VARIANTS) if text is None else tuple(n.strip() for n in text.split(",") if n.strip())
-    unknown = [n for n in names if n not in VARIANTS]
+    known = variants()
+    names = known if text is None else tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if n not in known]
     if unknown or not names:
-        raise UserError(f"unknown variant(s) {unknown or '(none given)'}; choose from {', '.join(VARIANTS)}")
+        raise UserError(f"unknown variant(s) {unknown or '(none given)'}; choose from {', '.join(known)}")
     return names
 
 
-def harmful_check(variants: Sequence[str] = tuple(VARIANTS), seeds: Sequence[int] = (0, 1, 2, 3, 4)) -> dict:
+def harmful_check(chosen: Sequence[str] | None = None, seeds: Sequence[int] = (0, 1, 2, 3, 4)) -> dict:
     """Every variant on every seed (the fixed twin always included, for the MSE comparison): the rows and seeds."""
     if not seeds or len(set(seeds)) != len(seeds):
         raise UserError(f"--seeds must name distinct seeds, got {list(seeds)}")
-    names = tuple(dict.fromkeys([*variants, TWIN]))
+    twin = fixed_twin()
+    names = (*(v for v in (chosen or variants()) if v != twin), twin)
     rows = []
     for name in names:
         for seed in seeds:
             rows.append(run_variant(name, seed))
         log(f"[harmful] {name}: {len(seeds)} seeds")
-    config = str(BASE_CONFIG.relative_to(BASE_CONFIG.parents[1]))
-    return {"config": config, "twin": TWIN, "seeds": list(seeds), "rows": rows}
+    config = str(VARIANT_DIR.relative_to(VARIANT_DIR.parents[1]))
+    return {"config": config, "twin": twin, "seeds": list(seeds), "rows": rows}
