@@ -4,9 +4,9 @@ The synthetic regression of ``configs/synthetic_combine.yaml`` has one helpful a
 and one harmful one (mostly noise). Every run config of ``configs/synthetic_weightings/`` (the loss combiner at full
 cost and at the cheap settings, the combiner and JTDS with weights that sum to the number of tasks, ARML,
 Auto-lambda, ForkMerge) trains it per seed beside the folder's one fixed method, the twin of them all (every task
-at weight 1, nothing learned). A row is one
-run: each task's initial and final weight and the validation MSE. It takes seconds, so it is its own bench, not a
-part of `auxray bench overhead`'s hours of timing runs: a learning check, not a cost measurement.
+at weight 1, nothing learned). A row is one run: each task's initial and final weight and the validation MSE. It
+takes seconds, so it is its own bench, not a part of `auxray bench overhead`'s hours of timing runs: a learning
+check, not a cost measurement.
 
     auxray bench harmful --out benchmarks/results/bench_harmful_cpu.json
 """
