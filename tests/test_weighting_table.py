@@ -145,6 +145,8 @@ def test_rows_from_finished_runs_with_twins_and_the_helpful_subset(tmp_path: Pat
     page = (tmp_path / "out" / "weighting_quick.md").read_text()
     assert "| arml | equal | -2.0 | -2.0 | 1.00 |" in page and "python jobs/weighting.py --quick" in page
     assert f"--search-result helpful={tmp_path / 'search'}" in page
+    # The carried set (harmful, not asked for) is headed by its tasks, though its first config (stl) weighs none.
+    assert "## Aux set: harmful (rotation, consistency, pseudo_labels, noise_labels)" in page
 
 
 def test_the_side_label_set_plans_as_the_harmful_set_and_its_rows_name_the_table_tasks(tmp_path: Path) -> None:

@@ -62,6 +62,7 @@ from auxray.bench.weighting_sets import (
     set_plan,
 )
 from auxray.errors import UserError
+from auxray.method_specs import spec
 
 BACKBONE = "convnet4"
 TAG = "cifar10_5pct_semisup"
@@ -239,10 +240,10 @@ def _subset_runs(
 
 
 def _aux_tasks(plan: Plan, sp: SetPlan, seed: int) -> str:
-    """The set's auxiliary tasks, from its first method that weighs any (the table's by their names)."""
+    """The set's auxiliary tasks, from its first method that weighs given ones (the table's by their names)."""
     for k in sp.keys:
         cfg = plan.config(k, seed)
-        if cfg.method.aux_tasks:
+        if spec(cfg.method.name).needs_aux_task:
             table = f"table ({', '.join(t.name for t in cfg.data.aux_columns)})"
             return ", ".join(table if t == "table" else t for t in cfg.method.aux_tasks)
     return ""
