@@ -248,3 +248,8 @@ class GradientMatchingSettings(GivenTasks, MethodSettings):
     weight_noise * sqrt(2 * outer.lr) * N(0, 1) before the projection)."""
 
     weight_noise: float = Field(0.0, ge=0)
+
+
+class ForkedGradientMatchingSettings(Forking, GradientMatchingSettings):
+    """ARML's weights as the starting point of every fork: the run's own branch moves alpha by gradient matching,
+    and every merge_every inner steps the branches around alpha now (fork_branches) are trained and merged."""

@@ -13,6 +13,7 @@ from typing import Literal
 from auxray.method_settings import (
     CombinerSettings,
     FixedWeightSettings,
+    ForkedGradientMatchingSettings,
     ForkMergeSettings,
     GivenTaskSettings,
     GradientMatchingSettings,
@@ -97,13 +98,20 @@ def _given(
 
 
 def _weighting(
-    name: str, settings: type[MethodSettings], twin: str, hypergradients: tuple[HypergradMethod, ...] = ()
+    name: str,
+    settings: type[MethodSettings],
+    twin: str,
+    hypergradients: tuple[HypergradMethod, ...] = (),
+    *,
+    factory: str | None = None,
+    forks: bool = False,
 ) -> MethodSpec:
-    """A cheap single-run task weighting (ARML, Auto-lambda): its own objective module, no held-out set, moved by a
-    finite-difference hypergradient or else by its gradient rule; not a row of the AuxiLearn reproduction."""
+    """A cheap single-run task weighting (ARML, Auto-lambda): its own objective module (factory: another method's
+    there, default its name), no held-out set, moved by a finite-difference hypergradient or else by its gradient
+    rule, forking around its weights if `forks`; not a row of the AuxiLearn reproduction."""
     return MethodSpec(
         name,
-        f"auxray.methods.learned_weights:{name}",
+        f"auxray.methods.learned_weights:{factory or name}",
         settings,
         learns=True,
         needs_aux_task=True,
@@ -114,6 +122,7 @@ def _weighting(
         hypergradient_steps=bool(hypergradients),
         outer_keys=OUTER_KEYS if hypergradients else ("lr",),  # a gradient rule's own step size on the weights
         in_table=False,
+        forks=forks,
     )
 
 
@@ -189,6 +198,9 @@ SPECS: dict[str, MethodSpec] = {
         # at method.init_weight (hypergrad.enabled: false).
         _weighting("arml", GradientMatchingSettings, "equal"),
         _weighting("autolambda", LookAheadSettings, "autolambda", ("fd",)),
+        # ForkMerge around ARML's weights (issue #19's "forkmerge wraps a learned weighting"): ARML's objective,
+        # forked every merge_every steps; learning nothing and merging nothing it is equal weights, its fixed twin.
+        _weighting("forkmerge_arml", ForkedGradientMatchingSettings, "equal", factory="arml", forks=True),
     )
 }
 METHOD_NAMES = tuple(SPECS)

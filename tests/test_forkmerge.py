@@ -111,6 +111,55 @@ def test_a_resumed_forkmerge_run_matches_the_uninterrupted_one() -> None:
     assert resumed.fork is not None and resumed.fork.merges == sum(h["fork_merges"] for h in resumed.history)
 
 
+def forkmerge_arml_raw(**method: object) -> dict:
+    """The harmful-auxiliary problem under ARML forked once an epoch (9 inner steps), alpha moving every 2 steps."""
+    raw = forkmerge_raw(name="forkmerge_arml", aux_task="tests.helpers_user_models:helpful_and_misleading", **method)
+    raw["hypergrad"] = {"every": 2}
+    return raw
+
+
+def test_forkmerge_around_arml_forks_around_alpha_now_and_a_branch_leaves_alpha_as_it_was() -> None:
+    """Wrapping a learned weighting: each period's branches are main-only and each task dropped from alpha at the
+    period's start; training them moves neither alpha nor its step count; the merge's effective weights are its
+    coefficients over (alpha at the period's end, those branches)."""
+    cfg = config_from_dict(forkmerge_arml_raw())
+    trainer = BilevelTrainer(cfg, build_data(cfg.data, cfg.method.aux_tasks), progress=False)
+    fork, objective = trainer.fork, trainer.objective
+    assert fork is not None
+    starts, merges = [], []
+    record, merge = fork.record, fork.merge
+
+    def spy_record(host, batch):
+        if not fork.pending:
+            starts.append(objective.current_weights())
+        record(host, batch)
+
+    def spy_merge(host):
+        alpha = objective.current_weights()
+        steps = int(trainer.auxnet.steps)
+        coeffs = merge(host)
+        assert torch.equal(objective.current_weights(), alpha) and int(trainer.auxnet.steps) == steps
+        merges.append((alpha, dict(fork.branches), coeffs, fork.weights.clone()))
+        return coeffs
+
+    fork.record, fork.merge = spy_record, spy_merge
+    trainer.fit(until_epoch=3)
+    assert len(starts) == len(merges) == 3
+    for start, (end, branches, coeffs, effective) in zip(starts, merges, strict=True):
+        assert not torch.equal(start, end)  # ARML moved alpha in the run's own branch during the period
+        assert torch.equal(branches["drop_helper"], start * torch.tensor([0.0, 1.0], dtype=torch.float64))
+        assert torch.equal(branches["drop_misleading"], start * torch.tensor([1.0, 0.0], dtype=torch.float64))
+        assert torch.equal(branches["main_only"], torch.zeros(2, dtype=torch.float64))
+        vectors = torch.stack([end, branches["main_only"], branches["drop_helper"], branches["drop_misleading"]])
+        assert torch.allclose(effective, vectors.T @ coeffs)
+    assert abs(float(starts[-1].sum()) - 2.0) < 1e-5  # alpha stays on ARML's simplex (sum K)
+
+
+def test_a_resumed_forkmerge_arml_run_matches_the_uninterrupted_one() -> None:
+    resumed = assert_resume_matches(config_from_dict(forkmerge_arml_raw(merge_every=4)), stop_after=3)
+    assert resumed.fork is not None and resumed.fork.merges == sum(h["fork_merges"] for h in resumed.history)
+
+
 @pytest.mark.parametrize(
     ("method", "scaling", "needle"),
     [

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -69,6 +70,23 @@ class Objective(Protocol):
 
     def task_weights(self, auxnet: nn.Module | None, result: InnerResult) -> dict[str, Tensor]:
         """Learned task weights that are not a by-product of the inner loss (read once an epoch, for logs)."""
+        ...
+
+
+@runtime_checkable
+class ForkableWeights(Protocol):
+    """What a fork/merge driver (auxray.train.forkmerge) asks of an objective that weighs its auxiliary tasks by one
+    vector: that vector now, and a scope in which the inner steps train at another vector with nothing learned
+    (a branch), the objective's own state restored when it ends."""
+
+    aux_names: tuple[str, ...]
+
+    def current_weights(self) -> Tensor:
+        """The task-weight vector (float64, one per auxiliary task) the run's own inner steps train with now."""
+        ...
+
+    def pinned(self, weights: Tensor) -> AbstractContextManager[None]:
+        """Train at `weights` (non-negative, one per task) inside the scope, learning nothing; then restore."""
         ...
 
 

@@ -24,7 +24,8 @@ compute what one process would on all their batches.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
@@ -117,10 +118,31 @@ class ArmlObjective(LinearWeightsObjective):
 
     def __init__(self, method: MethodSpec, aux_task: AuxiliaryTask, num_outputs: int, rule: GradientMatchingRule):
         super().__init__(method, aux_task, num_outputs, rule=rule)
-        self.weights = rule.weights
+        self.rule = rule
 
     def build_auxnet(self, model: nn.Module) -> nn.Module:
-        return self.weights
+        return self.rule.weights
+
+    def current_weights(self) -> Tensor:
+        """alpha now (ForkableWeights: a fork/merge driver forks its branches around it)."""
+        return self.rule.weights.weights.detach().to(torch.float64).clone()
+
+    @contextmanager
+    def pinned(self, weights: Tensor) -> Iterator[None]:
+        """Inner steps at alpha = `weights`, alpha not moving and its step count not advancing, inside the scope
+        (a fork/merge branch); then alpha, the count and learning as they were."""
+        w = self.rule.weights
+        if weights.shape != w.weights.shape or bool((weights < 0).any()):
+            raise ValueError(f"need {len(self.aux_names)} non-negative task weights, got {weights.tolist()}")
+        alpha, steps, learns = w.weights.clone(), w.steps.clone(), self.rule.learns
+        w.weights.copy_(weights)
+        self.rule.learns = False
+        try:
+            yield
+        finally:
+            w.weights.copy_(alpha)
+            w.steps.copy_(steps)
+            self.rule.learns = learns
 
 
 AUTOLAMBDA_START = 0.1  # every task's initial weight in Auto-lambda (method.init_weight unset)

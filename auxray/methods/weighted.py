@@ -1,11 +1,12 @@
 """Fixed per-task weights: the main loss plus the given auxiliary losses under a weight vector that nothing
 differentiates (method.task_weights, 1 for a task not named). Equal weights keep it; ForkMerge (Jiang et al.,
-NeurIPS 2023) starts from it, and its fork/merge driver (auxray.train.forkmerge) sets the vector of each branch it
+NeurIPS 2023) starts from it, and its fork/merge driver (auxray.train.forkmerge) pins the vector of each branch it
 trains and logs the merge's effective weights itself (a branch's vector is not them)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor
@@ -21,7 +22,7 @@ from auxray.methods.registry import ObjectiveInputs
 
 class WeightedObjective(GivenAuxObjective):
     """L_T = mean(l_main) + sum_k w_k mean(l_k), with w a plain tensor (the given weights; the fork/merge driver
-    sets each branch's)."""
+    pins each branch's)."""
 
     def __init__(
         self, method: MethodSpec, aux_task: AuxiliaryTask, num_outputs: int, given: Mapping[str, float]
@@ -35,11 +36,20 @@ class WeightedObjective(GivenAuxObjective):
             )
         self.weights = torch.tensor([float(given.get(n, 1.0)) for n in aux_task.names], dtype=torch.float64)
 
-    def set_weights(self, weights: Tensor) -> None:
-        """Use `weights` (one per auxiliary task, non-negative) from the next inner step on."""
+    def current_weights(self) -> Tensor:
+        """The given weights (ForkableWeights): what the run's own steps train with."""
+        return self.weights.clone()
+
+    @contextmanager
+    def pinned(self, weights: Tensor) -> Iterator[None]:
+        """Inner steps at `weights` (one per auxiliary task, non-negative) inside the scope; then the given ones."""
         if weights.shape != self.weights.shape or bool((weights < 0).any()):
             raise ValueError(f"need {len(self.aux_names)} non-negative task weights, got {weights.tolist()}")
-        self.weights = weights.detach().to(torch.float64).clone()
+        given, self.weights = self.weights, weights.detach().to(torch.float64).clone()
+        try:
+            yield
+        finally:
+            self.weights = given
 
     def inner(self, forward: ForwardFn, aux: AuxFn | None, batch: Batch) -> InnerResult:
         t = self.aux_task.losses(forward, batch)

@@ -11,6 +11,10 @@ branches ranked by their own score, best first, each next one offered the shares
 next period forks from the merged net. As in the paper the branches' vectors stay fixed; the merge's coefficients
 applied to them are the effective task weights of the period, which the run logs as its task weights.
 
+A learned weighting can be forked the same way (``forkmerge_arml``): any objective that declares ForkableWeights.
+Each period's branches are built around its weights at the period's start, each branch trains with the weights
+pinned (nothing learned), and the run's own branch keeps learning; the merge picks parameters, not weights.
+
 BatchNorm running statistics and the inner optimizer's state (momentum, Adam moments) are merged with the same
 coefficients as the parameters; the learning-rate schedule is the same in every branch.
 """
@@ -28,7 +32,7 @@ from torch import Tensor, nn
 from auxray.data import DataBundle, TensorData
 from auxray.method_settings import Forking
 from auxray.methods import Batch
-from auxray.methods.weighted import WeightedObjective
+from auxray.methods.base import ForkableWeights
 
 Score = tuple[float, ...]  # higher is better, compared left to right
 
@@ -132,18 +136,19 @@ def greedy_merge(n: int, score: Callable[[Tensor], Score], grid: Sequence[float]
 
 
 class InProcessBranches:
-    """Trains branches one after another on the trainer itself (its net, optimizer, schedule and inner step)."""
+    """Trains branches one after another on the trainer itself (its net, optimizer, schedule and inner step), each
+    with the objective pinned at the branch's weights."""
 
-    def __init__(self, host: BranchHost, objective: WeightedObjective) -> None:
+    def __init__(self, host: BranchHost, objective: ForkableWeights) -> None:
         self.host, self.objective = host, objective
 
     def train(self, start: Snapshot, weights: Sequence[Tensor], batches: Sequence[Batch]) -> list[Snapshot]:
         out = []
         for w in weights:
             restore(self.host, start)
-            self.objective.set_weights(w)
-            for batch in batches:
-                self.host.inner_step(batch)
+            with self.objective.pinned(w):
+                for batch in batches:
+                    self.host.inner_step(batch)
             out.append(snapshot(self.host))
         return out
 
@@ -152,14 +157,12 @@ class ForkMerge:
     """The fork/merge driver a forking method's trainer holds: records each period's batches, then has the other
     branches trained on them (by `runner`) and merges."""
 
-    def __init__(self, objective: WeightedObjective, settings: Forking, runner: BranchRunner) -> None:
+    def __init__(self, objective: ForkableWeights, settings: Forking, runner: BranchRunner) -> None:
         self.objective, self.settings, self.runner = objective, settings, runner
-        self.branches = branch_weights(
-            objective.weights, objective.aux_names, settings.fork_branches, settings.fork_raise
-        )
+        self.branches = self._fork()
         if len(self.branches) < 2:
             raise ValueError("forkmerge needs at least two distinct branches; add a kind to method.fork_branches")
-        self.weights = objective.weights.clone()  # the effective task weights of the last merge
+        self.weights = objective.current_weights()  # the effective task weights of the last merge
         self.pending: list[Batch] = []
         self._start: dict[str, Any] | None = None
         self.merges = 0  # since the run began
@@ -172,10 +175,17 @@ class ForkMerge:
         """Whether the current period has run its merge_every steps."""
         return len(self.pending) >= self.settings.merge_every
 
+    def _fork(self) -> list[tuple[str, Tensor]]:
+        """The branches around the objective's weights now (fixed for a fixed weighting; a learned one's move)."""
+        s = self.settings
+        return branch_weights(self.objective.current_weights(), self.objective.aux_names, s.fork_branches, s.fork_raise)
+
     def record(self, host: BranchHost, batch: Batch) -> None:
-        """Keep a batch of the period, first snapshotting the state the period starts from; call before the step."""
+        """Keep a batch of the period, first snapshotting the state the period starts from and forking around the
+        weights it starts with; call before the step."""
         if not self.pending:
             self._start = snapshot(host)
+            self.branches = self._fork()
         self.pending.append(batch)
 
     def merge(self, host: BranchHost) -> Tensor:
@@ -198,8 +208,9 @@ class ForkMerge:
         coeffs, _ = greedy_merge(len(states), score, m.merge_grid)
         merged = combine(states, coeffs)
         restore(host, {**merged, "sched": states[0]["sched"]})
-        self.objective.set_weights(branches[0][1])  # the run's own steps train the given branch again
-        self.weights = torch.stack([w for _, w in branches]).T @ coeffs
+        # The run's own branch ends at the objective's weights now (a learned weighting moved them in the period).
+        vectors = [self.objective.current_weights(), *(w for _, w in branches[1:])]
+        self.weights = torch.stack(vectors).T @ coeffs
         self._epoch_weights += self.weights
         steps = len(self.pending) * (len(branches) - 1)
         self.merges += 1

@@ -17,7 +17,7 @@ from auxray.data import BatchIterator, DataBundle, TensorData
 from auxray.method_settings import Forking, settings_as
 from auxray.method_specs import spec
 from auxray.methods import Batch, InnerResult, Objective, accuracy, build_objective, main_loss, main_target
-from auxray.methods.weighted import WeightedObjective
+from auxray.methods.base import ForkableWeights
 from auxray.models import MultiHeadNet, build_trunk
 from auxray.train.checkpoint import rng_state, set_rng_state
 from auxray.train.collective import Collective, PhiUpdater
@@ -150,7 +150,7 @@ class BilevelTrainer:
         self.fork: ForkMerge | None = None
         if not spec(self.cfg.method.name).forks:
             return
-        if not isinstance(self.objective, WeightedObjective):
+        if not isinstance(self.objective, ForkableWeights):
             raise ValueError(f"{self.objective.name} forks branches but its objective has no task-weight vector")
         runner = branches(self) if branches else InProcessBranches(self, self.objective)
         self.fork = ForkMerge(self.objective, settings_as(self.cfg.method, Forking), runner)

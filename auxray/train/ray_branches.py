@@ -13,7 +13,7 @@ from torch import Tensor
 from auxray.config import RunConfig
 from auxray.data import DataBundle
 from auxray.methods import Batch
-from auxray.methods.weighted import WeightedObjective
+from auxray.methods.base import ForkableWeights
 from auxray.train.forkmerge import InProcessBranches, Snapshot
 from auxray.train.loop import BilevelTrainer
 from auxray.train.ray_cluster import ensure_ray
@@ -27,7 +27,7 @@ class BranchActor:
         run.scaling.branch_actors = 0  # the actor trains its branches itself
         self.trainer = BilevelTrainer(run, data, progress=False)
         objective = self.trainer.objective
-        if not isinstance(objective, WeightedObjective):
+        if not isinstance(objective, ForkableWeights):
             raise ValueError(f"{objective.name} forks branches but its objective has no task-weight vector")
         self.runner = InProcessBranches(self.trainer, objective)
 
