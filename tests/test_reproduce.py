@@ -132,7 +132,7 @@ def test_missing_runs_become_grid_sweeps_and_trials_merge_by_fingerprint(tmp_pat
     grids = sorted((s.grid["config"], s.grid["seed"]) for s, _ in later)
     assert grids == [(["jtds.yaml"], [0, 1]), (["stl.yaml", "maxl.yaml"], [1])]
     more, runs2 = next((s, r) for s, r in later if s.grid["seed"] == [1])
-    write_manifest(more, runs2, threads=1)
+    write_manifest(more, runs2, threads=1, command="python jobs/reproduce.py --seeds 1")
     _finish(more, "c", "stl", 1, 0.7, "2026-01-01T00:00:02")  # maxl seed 1 unfinished (interrupted)
     # A run of stl seed 0 under changed settings: another fingerprint, another row.
     changed, runs3 = plan_sweeps(setup, [_wanted("stl", 0, "fp1")])[0]
@@ -145,6 +145,8 @@ def test_missing_runs_become_grid_sweeps_and_trials_merge_by_fingerprint(tmp_pat
     row = rows["stl", 1, "fp0"]
     assert row["run_dir"] == str(more.trial_files_dir("c")) and row["jobs"] == 2 and row["threads"] == 1
     assert row["settings"] == {"aux_lr": 0.01} and row["backbone"] == "convnet4" and row["seconds"] == 2.0
+    # Each run keeps the command that started its experiment (none was given to the first one).
+    assert row["command"] == "python jobs/reproduce.py --seeds 1" and rows["stl", 0, "fp0"]["command"] is None
 
     runs_file = tmp_path / "out" / "r.runs.jsonl"
     write_runs_file(runs_file, rows)

@@ -80,6 +80,7 @@ def _record(
             "finished_at": f"2026-01-0{seed + 1}",
             "settings": w.settings,
             "diagnostics": {"device": "cpu", **weights},
+            "command": f"python jobs/weighting.py --sets {aux_set}",
         }
     write_runs_file(tmp_path / "out" / f"weighting_quick.{aux_set}.runs.jsonl", rows)
 
@@ -144,6 +145,9 @@ def test_rows_from_finished_runs_with_twins_and_the_helpful_subset(tmp_path: Pat
     assert set(written[0]) >= {*issue.split(), "final_mean", "final_std", "final_accuracies", "seeds"}
     page = (tmp_path / "out" / "weighting_quick.md").read_text()
     assert "| arml | equal | -2.0 | -2.0 | 1.00 |" in page and "python jobs/weighting.py --quick" in page
+    # The commands that trained the runs shown, each once, in the order their runs first finished.
+    trained = "```\npython jobs/weighting.py --sets helpful\npython jobs/weighting.py --sets harmful\n```"
+    assert trained in page
     assert f"--search-result helpful={tmp_path / 'search'}" in page
     # The carried set (harmful, not asked for) is headed by its tasks, though its first config (stl) weighs none.
     assert "## Aux set: harmful (rotation, consistency, pseudo_labels, noise_labels)" in page

@@ -142,6 +142,7 @@ def run_reproduce(
         cpus_per_trial=float(threads),
         tracking_uri=tracking_uri(track, runs_root),
         experiment=f"reproduce-{tag}",
+        command=command,
     )
     known, done_before, failed = gather_runs(setup, [wanted[k] for k in todo], runs_file, threads, verbose)
     results = {k: known[wanted[k].key] for k in todo if wanted[k].key in known}

@@ -66,6 +66,7 @@ class GridSetup:
     cpus_per_trial: float
     tracking_uri: str
     experiment: str  # the MLflow experiment, also the prefix of progress lines
+    command: str = ""  # the invocation that trains the missing runs, kept with each run it trains
 
 
 def _sweep(setup: GridSetup, name: str, methods: Sequence[str], seeds: Sequence[int]) -> SweepConfig:
@@ -100,12 +101,14 @@ def plan_sweeps(setup: GridSetup, pending: Sequence[Wanted]) -> list[tuple[Sweep
     return out
 
 
-def write_manifest(sweep: SweepConfig, runs: Sequence[Wanted], threads: int) -> None:
-    """The experiment's manifest: the sweep (to resume it) and what each of its (config, seed) trials is."""
+def write_manifest(sweep: SweepConfig, runs: Sequence[Wanted], threads: int, command: str = "") -> None:
+    """The experiment's manifest: the sweep (to resume it), the command that started it and what each of its
+    (config, seed) trials is."""
     sweep.storage_path.mkdir(parents=True, exist_ok=True)
     manifest = {
         "sweep": sweep.model_dump(mode="json", exclude={"trials"}),
         "threads": threads,
+        "command": command,
         "runs": [
             {
                 "method": w.method,
@@ -174,6 +177,7 @@ def finished_rows(runs_root: Path) -> dict[RunKey, dict[str, Any]]:
             if run is None:
                 continue
             row = run_row(run, record, trial_dir, manifest["sweep"]["concurrency"], manifest.get("threads"))
+            row["command"] = manifest.get("command") or None  # None: an experiment started before it was kept
             key = (row["method"], row["seed"], row["fingerprint"])
             if key not in rows or rows[key]["finished_at"] <= row["finished_at"]:
                 rows[key] = row
@@ -258,7 +262,7 @@ def run_missing(setup: GridSetup, pending: list[Wanted], threads: int, verbose: 
         for sweep, runs in plan_sweeps(setup, left):
             log(f"[{setup.experiment}] {len(runs)} runs as the grid sweep {sweep.experiment_dir}, {setup.jobs} at once")
             clear_unrestorable(sweep)
-            write_manifest(sweep, runs, threads)
+            write_manifest(sweep, runs, threads, setup.command)
             _run(run_sweep, sweep, False, setup, verbose)
     finally:
         if started:

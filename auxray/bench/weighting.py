@@ -147,6 +147,7 @@ def run_weighting(
             cpus_per_trial=float(threads),
             tracking_uri=uri,
             experiment=f"weighting-{tag}-{s}",
+            command=command,
         )
         todo = [wanted[s][k, seed] for seed in seeds for k in plans[s].keys]
         known[s], _, lost = gather_runs(setup, todo, _runs_file(out, tag, s), threads, verbose)
@@ -185,6 +186,7 @@ def run_weighting(
             "epochs": budget,
             "config_dirs": {s: f"configs/{AUX_SETS[s].name}" for s in shown},
             "command": command,
+            "commands": _commands(known, wanted),
             "machine": machine_info(next((d for d in devices if d), None)),
             "complete": complete,
             "incomplete": incomplete,
@@ -237,6 +239,18 @@ def _subset_runs(
         if key in runs:
             found.append(runs[key])
     return found
+
+
+def _commands(
+    known: dict[str, dict[RunKey, dict[str, Any]]], wanted: dict[str, dict[tuple[str, int], Wanted]]
+) -> list[str]:
+    """The commands that trained the runs the table shows, each once, in the order their first run finished."""
+    behind = [known[s][w.key] for s, ws in wanted.items() for w in ws.values() if w.key in known.get(s, {})]
+    behind.sort(key=lambda r: r["finished_at"])
+    return list(dict.fromkeys(r.get("command") or UNRECORDED for r in behind))
+
+
+UNRECORDED = "(runs from before commands were recorded)"
 
 
 def _aux_tasks(plan: Plan, sp: SetPlan, seed: int) -> str:

@@ -1,6 +1,6 @@
 """The weighting table's Markdown page and pictures: per auxiliary set the rows (best-on-validation and last-epoch
 test accuracy side by side, compute), each learned method beside its fixed twin with the difference, the final task
-weights, the command and settings; the learned weights over training and test accuracy against compute (PNG)."""
+weights, the commands and settings; the learned weights over training and test accuracy against compute (PNG)."""
 
 from __future__ import annotations
 
@@ -76,13 +76,9 @@ def render_markdown(rows: Sequence[dict[str, Any]], meta: dict[str, Any]) -> str
     lines += ["## Status", ""]
     lines += [f"- complete: {', '.join(meta['complete']) or 'none'}"]
     lines += [f"- incomplete: {'; '.join(meta['incomplete']) or 'none'}", ""]
+    lines += ["## Commands and settings", "", "The runs shown were trained by, in the order they first finished:", ""]
+    lines += ["```", *meta["commands"], "```", "", "This page was written by:", "", "```", meta["command"], "```", ""]
     lines += [
-        "## Command and settings",
-        "",
-        "```",
-        meta["command"],
-        "```",
-        "",
         f"Seeds {', '.join(map(str, meta['seeds']))}; {meta['epochs']} epochs; config folders: "
         + ", ".join(f"{s}: {d}" for s, d in meta["config_dirs"].items())
         + ". Fixed twins: a frozen one is its method's config with `hypergrad.enabled: false`; another is that "
