@@ -61,7 +61,7 @@ def _twin(method: MethodSpec) -> Twin:
 
 
 # The outer step's cost is what this bench measures: methods that take one (forking methods cost B x by design).
-TWINS: dict[str, Twin] = {s.name: _twin(s) for s in SPECS.values() if s.learns and s.twin is not None}
+TWINS: dict[str, Twin] = {s.name: _twin(s) for s in SPECS.values() if s.learns and not s.forks and s.twin is not None}
 DEFAULT_METHODS = tuple(TWINS)
 
 
