@@ -154,6 +154,9 @@ class OuterOptimizer(_Part):
     10x further. run: lr is the run's movement budget, each phi step taking lr / (the run's phi steps: epochs x
     steps_per_epoch / hypergrad.every / hypergrad.accumulate); Adam moves a coordinate of phi by about its learning
     rate at most per step, so about lr at most over the run.
+    lower_bound: after every step phi is projected onto phi >= lower_bound (projected gradient descent), for a
+    method whose phi is its task weights (Auto-lambda: 0 keeps every weight non-negative, so the inner step never
+    climbs an auxiliary loss); unset: no projection.
     """
 
     lr: float = Field(1e-3, gt=0)
@@ -161,6 +164,7 @@ class OuterOptimizer(_Part):
     weight_decay: float = Field(1e-5, ge=0)
     optimizer: Literal["adam", "sgd"] = "adam"
     grad_clip: float | None = Field(None, gt=0)
+    lower_bound: float | None = None
 
 
 class WeightNorm(_Part):

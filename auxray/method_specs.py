@@ -25,7 +25,10 @@ from auxray.method_settings import (
 )
 
 HypergradMethod = Literal["neumann", "cg", "exact", "unroll", "fd"]
-OUTER_KEYS = tuple(OuterOptimizer.model_fields)  # the outer: section's, the optimizer of phi's outer steps
+# The outer: section's keys, the optimizer of phi's outer steps, that every learned method reads; lower_bound only
+# a method whose phi is its task weights (a bound on a network's parameters would mean nothing).
+BOUND_KEY = "lower_bound"
+OUTER_KEYS = tuple(k for k in OuterOptimizer.model_fields if k != BOUND_KEY)
 
 
 @dataclass(frozen=True)
@@ -120,7 +123,8 @@ def _weighting(
         twin=twin,
         inner_sgd=bool(hypergradients),
         hypergradient_steps=bool(hypergradients),
-        outer_keys=OUTER_KEYS if hypergradients else ("lr",),  # a gradient rule's own step size on the weights
+        # phi is the weight vector: a hypergradient's optimizer may bound it; a gradient rule reads its own step size
+        outer_keys=(*OUTER_KEYS, BOUND_KEY) if hypergradients else ("lr",),
         in_table=False,
         forks=forks,
     )

@@ -192,6 +192,7 @@ BAD = [
     ),
     ({"method": {"name": "arml"}, "outer": {"lr_per": "run"}}, r"outer\.lr_per does nothing for method 'arml'"),
     ({"method": {"name": "equal"}, "outer": {"lr": 0.1}}, r"outer\.lr does nothing for method 'equal'"),
+    ({"outer": {"lower_bound": 0.0}}, r"outer\.lower_bound does nothing for method 'auxilearn_combine'"),
     ({"method": {"aux_lr": 0.1}}, r"^invalid config <dict>: method\.aux_lr moved to outer\.lr$"),
     ({"method": {"name": "gcs"}, "hypergrad": {"accumulate": 2}}, r"hypergrad\.accumulate groups outer steps"),
     ({"method": {"name": "jtds", **NORMALISED, "init_weight": 0.5}}, r"starts every weight at 1; drop init_weight"),

@@ -287,3 +287,23 @@ def test_interrupted_table_resumes_and_later_seeds_extend_it(cifar_zip: Path, tm
     assert [row["method"] for row in table] == ["stl"]  # the others ran 1 epoch: not comparable, not carried
     runs = [json.loads(line) for line in (out / "reproduce_quick_convnet4.runs.jsonl").read_text().splitlines()]
     assert sorted(r["epochs"] for r in runs if r["method"] == "stl") == [1, 1, 2]
+
+
+def test_a_key_added_later_leaves_the_fingerprint_alone_at_its_default() -> None:
+    """A recorded run stays the wanted run when a config key is added (ADDED_KEYS) and left at its default: the hash
+    is the one of the dump without that key; set to anything else, it is another run."""
+    import hashlib
+
+    from auxray.bench.plan import ADDED_KEYS, fingerprint
+    from auxray.config import load_config
+
+    cfg = load_config(REPO / "configs" / "cifar10_5pct_semisup_noise" / "autolambda.yaml", [])
+    d = cfg.model_dump()
+    d["trainer"].pop("checkpoint_dir", None)
+    d.pop("tracking", None)
+    for section, key in ADDED_KEYS:
+        del d[section][key]  # the dump before the key existed
+    before = hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    assert fingerprint(cfg) == before
+    bounded = load_config(REPO / "configs" / "cifar10_5pct_semisup_noise" / "autolambda.yaml", ["outer.lower_bound=0"])
+    assert fingerprint(bounded) != before

@@ -208,6 +208,31 @@ def test_a_resumed_run_ends_with_the_uninterrupted_weights(name: str) -> None:
     assert resumed.history[-1]["task_weight_change/harmful"] > 0  # the weights moved (and match)
 
 
+def test_autolambda_with_a_lower_bound_keeps_its_weights_non_negative_where_it_diverged_without() -> None:
+    """outer.lower_bound: 0 projects lambda onto lambda >= 0 after every step. Without it, seed 3 of the harmful check
+    (configs/synthetic_weightings) takes both weights negative and the inner step climbs the losses; with it every
+    weight of every outer step stays >= 0 and the error stays that of a trained net."""
+    from auxray.bench.harmful import variant_config
+
+    runs = {}
+    for variant in ("autolambda", "autolambda_nonnegative"):
+        cfg = variant_config(variant, 3)
+        trainer = BilevelTrainer(cfg, build_data(cfg.data, cfg.method.aux_tasks), progress=False)
+        lowest: list[float] = []
+        apply = trainer.phi.apply
+
+        def spy(grads, step, lr=None, apply=apply, lowest=lowest, trainer=trainer):
+            applied = apply(grads, step, lr)
+            lowest.append(float(trainer.auxnet.weights.min()))
+            return applied
+
+        trainer.phi.apply = spy
+        trainer.fit()
+        runs[variant] = (min(lowest), trainer.history[-1]["val_mse"])
+    assert runs["autolambda"][0] < 0 and runs["autolambda"][1] > 1e3, runs
+    assert runs["autolambda_nonnegative"][0] >= 0 and runs["autolambda_nonnegative"][1] < 2, runs
+
+
 # ---- bad settings -----------------------------------------------------------------------------------------------
 BAD = [
     ("arml", {"outer": {"lr": -0.1}}, "outer.lr: Input should be greater than 0"),
@@ -220,6 +245,7 @@ BAD = [
     ("autolambda", {"hypergrad": {"method": "unroll"}}, "autolambda learns task weights by a finite-difference"),
     ("arml", {"method": {"weight_noise": -1}}, "method.weight_noise: Input should be greater than or equal to 0"),
     ("autolambda", {"method": {"init_weight": 0}}, "method.init_weight: Input should be greater than 0"),
+    ("arml", {"outer": {"lower_bound": 0.0}}, "outer.lower_bound does nothing for method 'arml'"),
 ]
 
 

@@ -105,11 +105,20 @@ def method_settings(cfg: Any) -> dict[str, Any]:
     return out
 
 
+# Config keys added after tables were recorded, with their defaults: left out of the hash while at the default, so a
+# new key does not make every recorded run stale (at its default a run is the one trained before the key existed).
+ADDED_KEYS: dict[tuple[str, str], Any] = {("outer", "lower_bound"): None}
+
+
 def fingerprint(cfg: Any) -> str:
-    """A hash of the resolved config, bar where checkpoints go and tracking: equal fingerprints, same run."""
+    """A hash of the resolved config, bar where checkpoints go, tracking, and keys added later while at their
+    defaults: equal fingerprints, same run."""
     d = cfg.model_dump()
     d["trainer"].pop("checkpoint_dir", None)
     d.pop("tracking", None)
+    for (section, key), default in ADDED_KEYS.items():
+        if d[section].get(key, default) == default:
+            d[section].pop(key, None)
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -28,13 +28,13 @@ class PhiOptimizer:
         self.params = [p for p in auxnet.parameters() if p.requires_grad]
         self.optimizer = make_phi_optimizer(self.params, cfg)
         self.lr, self.weight_decay = cfg.lr, cfg.weight_decay
-        self.clip = cfg.grad_clip
+        self.clip, self.lower_bound = cfg.grad_clip, cfg.lower_bound
         self.version = 0
         self.last_step = -1
 
     def apply(self, grads: Sequence[Tensor], step: int, lr: float | None = None) -> bool:
-        """Set phi's gradients, clip, take one optimizer step (at learning rate ``lr`` when given, which it keeps);
-        False when `step` was applied before."""
+        """Set phi's gradients, clip, take one optimizer step (at learning rate ``lr`` when given, which it keeps)
+        and project onto phi >= outer.lower_bound when set; False when `step` was applied before."""
         if step <= self.last_step:
             return False
         if lr is not None:
@@ -45,6 +45,10 @@ class PhiOptimizer:
         if self.clip is not None:
             torch.nn.utils.clip_grad_norm_(self.params, self.clip)
         self.optimizer.step()
+        if self.lower_bound is not None:  # the projection onto phi >= lower_bound
+            with torch.no_grad():
+                for p in self.params:
+                    p.clamp_(min=self.lower_bound)
         self.optimizer.zero_grad(set_to_none=True)
         self.version += 1
         self.last_step = step
