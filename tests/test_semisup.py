@@ -253,7 +253,7 @@ def test_semisupervised_run_with_every_view_task_resumes_both_streams(cifar_zip,
     assert weights == {f"task_weight/{t}" for t in ("rotation", "consistency", "pseudo_labels", "noise_labels")}
     assert trainer.pool_iter is not None and trainer.pool_iter.state_dict()["position"] == 3
     state = copy.deepcopy(trainer.state_dict())
-    expected = next(trainer._pool_stream)
+    expected = next(trainer.pool_stream)
     restored = _trainer(raw)
     restored.load_state_dict(state)
     got = restored.with_unlabeled(torch.zeros(0, 3, 32, 32), torch.zeros(0, 2))

@@ -16,12 +16,12 @@ from auxray.config import RunConfig
 from auxray.data import BatchIterator, DataBundle, TensorData
 from auxray.method_settings import Forking, settings_as
 from auxray.method_specs import spec
-from auxray.methods import Batch, InnerResult, Objective, accuracy, build_objective, main_loss, main_target
+from auxray.methods import Batch, InnerResult, Objective, accuracy, build_objective, main_target
 from auxray.methods.base import ForkableWeights
 from auxray.models import MultiHeadNet, build_trunk
-from auxray.train.checkpoint import rng_state, set_rng_state
 from auxray.train.collective import Collective, PhiUpdater
 from auxray.train.diagnostics import epoch_diagnostics, hypergrad_cosine
+from auxray.train.evaluation import evaluate_split
 from auxray.train.forkmerge import BranchRunner, ForkMerge, InProcessBranches
 from auxray.train.hypergradient import build_hypergradient
 from auxray.train.hyperstep import Phases, compute_hypergrad, fused_hyperstep, hypergrad_mask, no_phases, trainable
@@ -30,6 +30,7 @@ from auxray.train.outer_steps import OuterSteps
 from auxray.train.phi_optimizer import PhiOptimizer
 from auxray.train.progress import Progress
 from auxray.train.setup import make_inner_optimizer, make_scheduler, resolve_device, seed_everything
+from auxray.train.trainer_state import restore_trainer_state, trainer_state
 
 
 class BilevelTrainer:
@@ -114,7 +115,7 @@ class BilevelTrainer:
         # Unlabelled images join every inner step of a method whose auxiliary losses use them: a batch of the pool
         # after the labelled batch, from its own endless stream (sharded like the labelled one, resumed exactly).
         self.pool_iter: BatchIterator | None = None
-        self._pool_stream: Iterator[tuple[Tensor, Tensor]] | None = None
+        self.pool_stream: Iterator[tuple[Tensor, Tensor]] | None = None
         if data.unlabeled is not None and self.objective.uses_unlabeled:
             pool_batch = cfg.data.unlabeled_batch_size or t.batch_size
             self.pool_iter = self._sharded(data.unlabeled, pool_batch, t.seed + 2, cfg.data.augment)
@@ -165,9 +166,9 @@ class BilevelTrainer:
         """The labelled batch followed by the next batch of the unlabelled pool (unchanged without a pool)."""
         if self.pool_iter is None:
             return x, y
-        if self._pool_stream is None:
-            self._pool_stream = self.pool_iter.infinite()
-        xu, yu = next(self._pool_stream)
+        if self.pool_stream is None:
+            self.pool_stream = self.pool_iter.infinite()
+        xu, yu = next(self.pool_stream)
         return torch.cat([x, xu]), torch.cat([y, yu])
 
     def inner_step(self, batch: Batch) -> dict[str, float]:
@@ -336,39 +337,17 @@ class BilevelTrainer:
         metrics["steps_per_second"] = n / metrics["epoch_seconds"]
         return metrics
 
-    @torch.no_grad()
     def evaluate(self, data: TensorData, *, model: nn.Module | None = None) -> dict[str, float]:
-        """Main-task loss and accuracy (or MSE) on a split, summed across data-parallel workers."""
-        net = model or self.model
-        net.eval()
-        it = BatchIterator(
+        """Main-task loss and accuracy (or MSE) of the net (or `model`) on a split, summed across workers."""
+        return evaluate_split(
+            model or self.model,
             data,
-            self.cfg.trainer.eval_batch_size,
-            shuffle=False,
-            seed=0,
-            rank=self.collective.rank,
-            world_size=self.collective.world_size,
-            drop_last=False,
-            augment=False,
+            task=self.data.task,
+            batch_size=self.cfg.trainer.eval_batch_size,
+            collective=self.collective,
             device=self.device,
+            dtype=self.dtype,
         )
-        total = torch.zeros(3, dtype=torch.float64, device=self.device)
-        for x, y in it:
-            x = x.to(self.device, self.dtype)
-            y = y.to(self.device, self.dtype) if y.is_floating_point() else y.to(self.device)
-            logits = net(x)["main"]
-            target = main_target(y, self.data.task)
-            loss = main_loss(logits, target, self.data.task)
-            correct = (logits.argmax(-1) == target).sum() if self.data.task == "classification" else 0
-            total += torch.tensor(
-                [float(loss.sum()), float(correct), len(target)], dtype=torch.float64, device=self.device
-            )
-        total = self.collective.all_reduce_sum(total)
-        n = max(float(total[2]), 1.0)
-        net.train()
-        if self.data.task == "regression":
-            return {"loss": float(total[0]) / n, "mse": float(total[0]) / n}
-        return {"loss": float(total[0]) / n, "accuracy": float(total[1]) / n}
 
     def fit_epoch(self) -> dict[str, Any]:
         """Train one epoch, evaluate on val, keep the best weights; returns the epoch's metrics (also in history)."""
@@ -407,47 +386,11 @@ class BilevelTrainer:
     # ---- checkpoints ------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Everything a resumed run needs: W, phi, both optimizers, the scheduler, counters, RNG, history."""
-        return {
-            "model": self.model.state_dict(),
-            "auxnet": self.auxnet.state_dict() if self.auxnet is not None else None,
-            "opt_w": self.opt_w.state_dict(),
-            "sched_w": self.sched_w.state_dict(),
-            "phi": self.phi.state_dict() if self.phi is not None else None,
-            "pool": self.pool_iter.state_dict() if self.pool_iter is not None else None,
-            "fork": self.fork.state_dict() if self.fork is not None else None,
-            "outer": self.outer.state_dict() if self.outer is not None else None,
-            "epoch": self.epoch,
-            "step": self.step,
-            "history": self.history,
-            "hypergrad_norms": self.hypergrad_norms,
-            "resumed_from": self.resumed_from,
-            "best": self.best,
-            "rng": rng_state(),
-            "config": self.cfg.model_dump(mode="json"),
-        }
+        return trainer_state(self)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a state written by state_dict."""
-        self.model.load_state_dict(state["model"])
-        if self.auxnet is not None and state["auxnet"] is not None:
-            self.auxnet.load_state_dict(state["auxnet"])
-        self.opt_w.load_state_dict(state["opt_w"])
-        self.sched_w.load_state_dict(state["sched_w"])
-        if self.phi is not None and state["phi"] is not None:
-            self.phi.load_state_dict(state["phi"])
-        if self.pool_iter is not None and state.get("pool") is not None:  # absent in older checkpoints
-            self.pool_iter.load_state_dict(state["pool"])
-            self._pool_stream = None
-        if self.fork is not None:
-            self.fork.load_state_dict(state["fork"])
-        if self.outer is not None and state.get("outer") is not None:  # absent in older checkpoints
-            self.outer.load_state_dict(state["outer"])
-        self.epoch, self.step = state["epoch"], state["step"]
-        self.history = list(state["history"])
-        self.hypergrad_norms = list(state["hypergrad_norms"])
-        self.resumed_from = [*state.get("resumed_from", []), int(state["epoch"])]  # absent in older checkpoints
-        self.best = state["best"]
-        set_rng_state(state["rng"])
+        restore_trainer_state(self, state)
 
 
 def _norm(grads: Sequence[Tensor]) -> float:
