@@ -237,6 +237,7 @@ def test_a_set_without_its_config_folder_is_one_line_exit_2(tmp_path: Path, caps
         ),
         (["--search-result", "harmful=/nonexistent"], "--search-result /nonexistent: no such file or folder"),
         (["--seeds", "0,x"], "--seeds expects comma-separated integers"),
+        (["--gpus-per-trial", "-1"], "--gpus-per-trial must be at least 0, got -1"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(tmp_path: Path, capsys, argv: list[str], message: str) -> None:
@@ -245,3 +246,14 @@ def test_bad_input_is_one_line_exit_2(tmp_path: Path, capsys, argv: list[str], m
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith(f"auxray: error: {message}"), err
     assert not out.exists()
+
+
+@pytest.mark.slow
+def test_more_gpus_per_trial_than_the_cluster_has_is_one_line_before_any_training(tmp_path: Path, capsys) -> None:
+    """On a machine without GPUs the trials could never start: one line and exit 2 once Ray is up, nothing trained."""
+    out, runs = tmp_path / "out", tmp_path / "r"
+    argv = ["--methods", "stl", "--gpus-per-trial", "0.5", "--out-dir", str(out), "--runs-dir", str(runs)]
+    code = cli_run(["bench", "weighting", "--quick", "--sets", "helpful", *argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1] == "auxray: error: --gpus-per-trial is 0.5 but the Ray cluster has 0 GPUs", err
+    assert not out.exists() and not list(runs.glob("helpful/*/trials"))

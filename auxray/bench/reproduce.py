@@ -51,6 +51,7 @@ from auxray.bench.table_runs import (
     GridSetup,
     Wanted,
     add_run_options,
+    check_jobs,
     failed_error,
     gather_runs,
     run_options_parts,
@@ -81,13 +82,15 @@ def run_reproduce(
     config_dir: str | Path = CONFIG_DIR,
     command: str | None = None,
     jobs: int = 1,
+    gpus_per_trial: float = 0.0,
 ) -> list[dict[str, Any]]:
     """Train every (method, seed) not finished yet as Tune grid trials, then write the JSON and Markdown tables.
 
     quick: 1 seed (unless `seeds` is given), 1 epoch (unless `epochs`), 40 labelled images per class and 1,000
-    test images. jobs: trials at once, the usable CPUs split between them. track: None logs to the runs folder's
-    own MLflow store, "" to the configured one (MLFLOW_TRACKING_URI, else ./mlflow.db), else that URI. methods:
-    config stems of config_dir (default: default_methods). Returns the JSON table (one dict per method)."""
+    test images. jobs: trials at once, the usable CPUs split between them (and gpus_per_trial GPUs each). track:
+    None logs to the runs folder's own MLflow store, "" to the configured one (MLFLOW_TRACKING_URI, else
+    ./mlflow.db), else that URI. methods: config stems of config_dir (default: default_methods). Returns the JSON
+    table (one dict per method)."""
     t_start = time.perf_counter()
     config_dir = Path(config_dir)
     methods = tuple(methods) if methods is not None else default_methods(config_dir)
@@ -105,6 +108,7 @@ def run_reproduce(
         track,
         jobs,
         config_dir,
+        gpus_per_trial,
     )
     check_methods(methods, config_dir)
     if quick and seeds is DEFAULT_SEEDS:  # the default, not seeds asked for explicitly
@@ -114,8 +118,7 @@ def run_reproduce(
         raise UserError("no seeds given")
     if quick and epochs is None:
         epochs = 1
-    if jobs < 1:
-        raise UserError(f"--jobs must be at least 1, got {jobs}")
+    check_jobs(jobs, gpus_per_trial)
     tag = tag or default_tag(backbone, quick, config_dir)
     out = Path(out_dir)
     runs_file = out / f"reproduce_{tag}.runs.jsonl"
@@ -143,6 +146,7 @@ def run_reproduce(
         tracking_uri=tracking_uri(track, runs_root),
         experiment=f"reproduce-{tag}",
         command=command,
+        gpus_per_trial=gpus_per_trial,
     )
     known, done_before, failed = gather_runs(setup, [wanted[k] for k in todo], runs_file, threads, verbose)
     results = {k: known[wanted[k].key] for k in todo if wanted[k].key in known}
@@ -247,6 +251,7 @@ def canonical_command(
     track: str | None,
     jobs: int = 1,
     config_dir: Path = CONFIG_DIR,
+    gpus_per_trial: float = 0.0,
 ) -> str:
     """The `python jobs/reproduce.py ...` line that repeats this invocation."""
     parts = ["python", "jobs/reproduce.py"]
@@ -270,7 +275,7 @@ def canonical_command(
         parts += ["--runs-dir", str(runs_dir)]
     if tag is not None:
         parts += ["--tag", tag]
-    return shlex.join(parts + run_options_parts(track, jobs, extra_overrides))
+    return shlex.join(parts + run_options_parts(track, jobs, extra_overrides, gpus_per_trial))
 
 
 def add_arguments(p: Any) -> None:
@@ -328,4 +333,5 @@ def run_from_args(args: Any) -> list[dict[str, Any]]:
         track=args.track,
         verbose=args.verbose,
         jobs=args.jobs,
+        gpus_per_trial=args.gpus_per_trial,
     )

@@ -67,6 +67,7 @@ class GridSetup:
     tracking_uri: str
     experiment: str  # the MLflow experiment, also the prefix of progress lines
     command: str = ""  # the invocation that trains the missing runs, kept with each run it trains
+    gpus_per_trial: float = 0.0  # GPUs each trial takes (a fraction shares one GPU between trials)
 
 
 def _sweep(setup: GridSetup, name: str, methods: Sequence[str], seeds: Sequence[int]) -> SweepConfig:
@@ -77,6 +78,7 @@ def _sweep(setup: GridSetup, name: str, methods: Sequence[str], seeds: Sequence[
         overrides=setup.overrides,
         concurrency=setup.jobs,
         cpus_per_trial=setup.cpus_per_trial,
+        gpus_per_trial=setup.gpus_per_trial,
         storage=str(setup.runs_root),
         tracking=SweepTracking(uri=setup.tracking_uri, experiment=setup.experiment),
     )
@@ -254,6 +256,7 @@ def run_missing(setup: GridSetup, pending: list[Wanted], threads: int, verbose: 
     check_reachable(setup.tracking_uri)  # an unreachable store is one line, before Ray starts
     started = start_ray()
     try:
+        _check_gpus(setup)
         for sweep in resumable_sweeps(setup, pending):
             log(f"[{setup.experiment}] resuming the interrupted experiment {sweep.experiment_dir}")
             _run(run_sweep, sweep, True, setup, verbose)
@@ -270,6 +273,15 @@ def run_missing(setup: GridSetup, pending: list[Wanted], threads: int, verbose: 
 
             ray.shutdown()
     return finished_rows(setup.runs_root)
+
+
+def _check_gpus(setup: GridSetup) -> None:
+    """Trials asking for more GPUs than the Ray cluster has would wait forever: one line, before any trains."""
+    import ray
+
+    have = ray.cluster_resources().get("GPU", 0.0)
+    if setup.gpus_per_trial > have:
+        raise UserError(f"--gpus-per-trial is {setup.gpus_per_trial:g} but the Ray cluster has {have:g} GPUs")
 
 
 def _run(run_sweep: Any, sweep: SweepConfig, resume: bool, setup: GridSetup, verbose: bool) -> None:
@@ -305,6 +317,14 @@ def gather_runs(
     return known, done_before, [w for w in pending if w.key not in known]
 
 
+def check_jobs(jobs: int, gpus_per_trial: float) -> None:
+    """--jobs and --gpus-per-trial as a table command takes them, or one line."""
+    if jobs < 1:
+        raise UserError(f"--jobs must be at least 1, got {jobs}")
+    if gpus_per_trial < 0:
+        raise UserError(f"--gpus-per-trial must be at least 0, got {gpus_per_trial:g}")
+
+
 def failed_error(failed: Sequence[Wanted], runs_root: Path) -> UserError:
     """The one-line error naming the runs that did not finish."""
     shown = ", ".join(f"{w.method} seed {w.seed}" for w in failed)
@@ -334,13 +354,24 @@ def add_run_options(p: Any, overrides_help: str) -> None:
         help="trials run at once (the grid sweep's concurrency), the usable CPUs split between them as each "
         "trial's CPUs and torch threads (default 1)",
     )
+    p.add_argument(
+        "--gpus-per-trial",
+        type=float,
+        default=0.0,
+        help="GPUs each trial takes, on which it trains (a fraction shares a GPU: 0.25 puts 4 trials on one; "
+        "default 0, the CPUs)",
+    )
 
 
-def run_options_parts(track: str | None, jobs: int, extra_overrides: Sequence[str]) -> list[str]:
+def run_options_parts(
+    track: str | None, jobs: int, extra_overrides: Sequence[str], gpus_per_trial: float = 0.0
+) -> list[str]:
     """The shared options' part of the command line that repeats an invocation (add_run_options' keys)."""
     parts = (["--track", track] if track else ["--track"]) if track is not None else []
     if jobs != 1:
         parts += ["--jobs", str(jobs)]
+    if gpus_per_trial:
+        parts += ["--gpus-per-trial", f"{gpus_per_trial:g}"]
     for o in extra_overrides:
         parts += ["--set", o]
     return parts

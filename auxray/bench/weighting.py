@@ -41,6 +41,7 @@ from auxray.bench.table_runs import (
     RunKey,
     Wanted,
     add_run_options,
+    check_jobs,
     failed_error,
     finished_rows,
     gather_runs,
@@ -96,6 +97,7 @@ def run_weighting(
     search_results: Sequence[str] = (),
     track: str | None = None,
     jobs: int = 1,
+    gpus_per_trial: float = 0.0,
     fresh: bool = False,
     verbose: bool = False,
 ) -> list[dict[str, Any]]:
@@ -105,7 +107,18 @@ def run_weighting(
     "quick". methods: config stems, each present in every set's folder (None: every config of each folder)."""
     t_start = time.perf_counter()
     command = canonical_command(
-        sets, methods, seeds, epochs, quick, extra_overrides, out_dir, runs_dir, search_results, track, jobs
+        sets,
+        methods,
+        seeds,
+        epochs,
+        quick,
+        extra_overrides,
+        out_dir,
+        runs_dir,
+        search_results,
+        track,
+        jobs,
+        gpus_per_trial,
     )
     sets = parse_sets(tuple(sets))
     # Read before any training: a path that is not a finished sweep is bad input, one line, nothing trained.
@@ -113,8 +126,7 @@ def run_weighting(
     seeds = tuple(seeds) if seeds is not None else ((0,) if quick else DEFAULT_SEEDS)
     if not seeds or len(set(seeds)) != len(seeds):
         raise UserError(f"--seeds must name distinct seeds, got {list(seeds)}")
-    if jobs < 1:
-        raise UserError(f"--jobs must be at least 1, got {jobs}")
+    check_jobs(jobs, gpus_per_trial)
     if quick and epochs is None:
         epochs = 1
     tag = "quick" if quick else TAG
@@ -148,6 +160,7 @@ def run_weighting(
             tracking_uri=uri,
             experiment=f"weighting-{tag}-{s}",
             command=command,
+            gpus_per_trial=gpus_per_trial,
         )
         todo = [wanted[s][k, seed] for seed in seeds for k in plans[s].keys]
         known[s], _, lost = gather_runs(setup, todo, _runs_file(out, tag, s), threads, verbose)
@@ -291,6 +304,7 @@ def canonical_command(
     search_results: Sequence[str],
     track: str | None,
     jobs: int,
+    gpus_per_trial: float = 0.0,
 ) -> str:
     """The `python jobs/weighting.py ...` line that repeats this invocation."""
     parts = ["python", "jobs/weighting.py"]
@@ -310,7 +324,7 @@ def canonical_command(
         parts += ["--runs-dir", str(runs_dir)]
     for item in search_results:
         parts += ["--search-result", item]
-    return shlex.join(parts + run_options_parts(track, jobs, extra_overrides))
+    return shlex.join(parts + run_options_parts(track, jobs, extra_overrides, gpus_per_trial))
 
 
 def add_arguments(p: Any) -> None:
@@ -365,6 +379,7 @@ def run_from_args(args: Any) -> list[dict[str, Any]]:
         search_results=tuple(args.search_results),
         track=args.track,
         jobs=args.jobs,
+        gpus_per_trial=args.gpus_per_trial,
         fresh=args.fresh,
         verbose=args.verbose,
     )
