@@ -250,15 +250,20 @@ def test_a_killed_forkmerge_run_resumes_to_the_uninterrupted_result(tmp_path, ci
 
 
 @pytest.mark.slow
-def test_branches_on_ray_actors_give_the_in_process_parameters() -> None:
+@pytest.mark.parametrize("name", ["forkmerge", "forkmerge_arml"])
+def test_branches_on_ray_actors_give_the_in_process_parameters(name: str) -> None:
     """scaling.branch_actors: 2 trains the branches on two Ray actors at once; the run ends bit for bit where the
-    in-process one does (one torch thread each), merges and effective weights included."""
+    in-process one does (one torch thread each), merges and effective weights included, also when the branches fork
+    around a learned weighting (each actor's objective pinned at its branch's weights)."""
     import ray
 
     from auxray.train.ray_branches import RayBranches
     from auxray.train.ray_cluster import ensure_ray
 
-    raw = forkmerge_raw(aux_task="tests.helpers_user_models:helpful_and_misleading", merge_every=4)
+    if name == "forkmerge":
+        raw = forkmerge_raw(aux_task="tests.helpers_user_models:helpful_and_misleading", merge_every=4)
+    else:
+        raw = forkmerge_arml_raw(merge_every=4)
     raw["trainer"]["epochs"] = 3
     local_cfg = config_from_dict(raw)
     raw["scaling"] = {"branch_actors": 2}
