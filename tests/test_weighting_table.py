@@ -60,12 +60,16 @@ def _record(
     seeds: tuple[int, ...],
     acc: dict[str, float],
     tasks: tuple[str, ...] = ("rotation", "noise_labels"),
+    *,
+    epochs: int = 1,
+    tag: str = "quick",
 ) -> None:
-    """Finished runs of a set as its run record file holds them, under the fingerprints the command will want; arml's
-    runs end with a weight per task of `tasks`."""
+    """Finished runs of a set as its run record file holds them, under the fingerprints the command will want
+    (--quick, or another budget's table when `tag` is not "quick"); arml's runs end with a weight per task of
+    `tasks`."""
     runs_root = (tmp_path / "runs").resolve()
     plan = set_plan(aux_set, AUX_SETS[aux_set], methods)
-    grid = Plan(1, "convnet4", None, True, (), runs_root / aux_set / "configs")
+    grid = Plan(epochs, "convnet4", None, tag == "quick", (), runs_root / aux_set / "configs")
     write_run_configs(plan.sources(), plan.config_dir, grid.config_dir)
     rows = {}
     for (key, seed), w in _wanted(plan, grid, seeds).items():
@@ -82,7 +86,7 @@ def _record(
             "diagnostics": {"device": "cpu", **weights},
             "command": f"python jobs/weighting.py --sets {aux_set}",
         }
-    write_runs_file(tmp_path / "out" / f"weighting_quick.{aux_set}.runs.jsonl", rows)
+    write_runs_file(tmp_path / "out" / f"weighting_{tag}.{aux_set}.runs.jsonl", rows)
 
 
 def test_rows_from_finished_runs_with_twins_and_the_helpful_subset(tmp_path: Path) -> None:
@@ -151,6 +155,23 @@ def test_rows_from_finished_runs_with_twins_and_the_helpful_subset(tmp_path: Pat
     assert f"--search-result helpful={tmp_path / 'search'}" in page
     # The carried set (harmful, not asked for) is headed by its tasks, though its first config (stl) weighs none.
     assert "## Aux set: harmful (rotation, consistency, pseudo_labels, noise_labels)" in page
+
+
+def test_another_budget_is_a_table_of_its_own(tmp_path: Path) -> None:
+    """--epochs other than the configs' 30 writes weighting_<tag>_<N>ep.* and leaves the shipped table's files
+    alone; the page says the budget."""
+    seeds = (0,)
+    _record(tmp_path, "helpful", ["stl"], seeds, {"stl": 0.7}, epochs=300, tag="cifar10_5pct_semisup_300ep")
+    common = {"seeds": seeds, "out_dir": tmp_path / "out", "runs_dir": tmp_path / "runs"}
+    rows = run_weighting(sets=("helpful",), methods=("stl",), epochs=300, **common)
+    assert [(r["method"], r["mean"]) for r in rows] == [("stl", pytest.approx(0.7))]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "weighting_cifar10_5pct_semisup_300ep.helpful.runs.jsonl",
+        "weighting_cifar10_5pct_semisup_300ep.json",
+        "weighting_cifar10_5pct_semisup_300ep.md",
+        "weighting_cifar10_5pct_semisup_300ep_compute.png",
+    ]
+    assert "convnet4, 300 epochs" in (tmp_path / "out" / "weighting_cifar10_5pct_semisup_300ep.md").read_text()
 
 
 def test_the_side_label_set_plans_as_the_harmful_set_and_its_rows_name_the_table_tasks(tmp_path: Path) -> None:

@@ -104,7 +104,9 @@ def run_weighting(
     """Train what is missing of each set in order, then write the rows and the page; return the rows.
 
     quick: 1 seed unless `seeds`, 1 epoch unless `epochs`, 40 labelled images per class, 1,000 test images, tag
-    "quick". methods: config stems, each present in every set's folder (None: every config of each folder)."""
+    "quick". epochs: every run's budget (None: the configs'); another budget than the configs' is a table of its own,
+    tagged `<TAG>_<epochs>ep`. methods: config stems, each present in every set's folder (None: every config of
+    each folder)."""
     t_start = time.perf_counter()
     command = canonical_command(
         sets,
@@ -129,7 +131,8 @@ def run_weighting(
     check_jobs(jobs, gpus_per_trial)
     if quick and epochs is None:
         epochs = 1
-    tag = "quick" if quick else TAG
+    # Another budget is another table (its own runs folder, records and page), never mixed into the shipped one's.
+    tag = "quick" if quick else TAG if epochs in (None, _shipped_epochs(sets[0])) else f"{TAG}_{epochs}ep"
     out = Path(out_dir)
     runs_root = (Path(runs_dir) if runs_dir is not None else Path("runs") / "weighting" / tag).resolve()
     # Sets not asked for this time but with runs on record stay in the table (read, not trained), all their methods.
@@ -209,6 +212,13 @@ def run_weighting(
     if failed:
         raise failed_error(failed, runs_root)
     return rows
+
+
+def _shipped_epochs(aux_set: str) -> int:
+    """The epoch budget of a set's shipped configs (its equal.yaml's, which every set has)."""
+    from auxray.config import load_config  # pydantic: see auxray.bench.plan
+
+    return load_config(AUX_SETS[aux_set] / f"{SUBSET_METHOD}.yaml", []).trainer.epochs
 
 
 def _set_table(
