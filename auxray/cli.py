@@ -99,7 +99,7 @@ def _add_bench_harmful(bsub: argparse._SubParsersAction) -> None:
 
 
 def _add_bench_weighting(bsub: argparse._SubParsersAction) -> None:
-    from auxray.bench.weighting import add_arguments
+    from auxray.bench.weighting_command import add_arguments
 
     w = bsub.add_parser(
         "weighting",

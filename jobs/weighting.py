@@ -23,7 +23,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from auxray.bench.weighting import add_arguments, run_from_args  # noqa: E402  (needs the sys.path entry above)
+from auxray.bench.weighting import run_from_args  # noqa: E402  (needs the sys.path entry above)
+from auxray.bench.weighting_command import add_arguments  # noqa: E402
 from auxray.errors import UserError  # noqa: E402
 
 

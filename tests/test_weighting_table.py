@@ -157,6 +157,25 @@ def test_rows_from_finished_runs_with_twins_and_the_helpful_subset(tmp_path: Pat
     assert "## Aux set: harmful (rotation, consistency, pseudo_labels, noise_labels)" in page
 
 
+def test_status_reports_what_is_finished_and_left_without_training_or_writing(tmp_path: Path, capsys) -> None:
+    """--status: the rows of the finished runs (arml and equal on seed 0), and per set the runs still to train
+    (seed 1 of both), with nothing trained and no table written (the record file as it was)."""
+    _record(tmp_path, "helpful", ["arml", "equal"], (0,), {"arml": 0.6, "equal": 0.62})
+    record = tmp_path / "out" / "weighting_quick.helpful.runs.jsonl"
+    before = record.read_text()
+    rows = run_weighting(
+        sets=("helpful",), methods=("arml",), seeds=(0, 1), quick=True, status=True,
+        out_dir=tmp_path / "out", runs_dir=tmp_path / "runs",
+    )  # fmt: skip
+    assert [(r["method"], r["seeds"]) for r in rows] == [("arml", [0]), ("equal", [0])]
+    err = capsys.readouterr().err
+    assert "[weighting] helpful: 2 of 4 runs finished; to train: arml seed 1, equal seed 1" in err
+    assert "[weighting] incomplete: arml (helpful): missing seed(s) 1" in err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [record.name] and record.read_text() == before
+    assert cli_run(["bench", "weighting", "--quick", "--status", "--fresh", "--out-dir", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err.strip() == "auxray: error: --status trains nothing and forgets nothing; drop --fresh"
+
+
 def test_another_budget_is_a_table_of_its_own(tmp_path: Path) -> None:
     """--epochs other than the configs' 30 writes weighting_<tag>_<N>ep.* and leaves the shipped table's files
     alone; the page says the budget."""

@@ -19,7 +19,6 @@ the others miss. The harmful set's ``equal_helpful_subset`` row is the helpful s
 from __future__ import annotations
 
 import json
-import shlex
 import shutil
 import time
 from collections.abc import Sequence
@@ -40,16 +39,15 @@ from auxray.bench.table_runs import (
     GridSetup,
     RunKey,
     Wanted,
-    add_run_options,
     check_jobs,
     failed_error,
     finished_rows,
     gather_runs,
     read_runs_file,
-    run_options_parts,
     tracking_uri,
 )
 from auxray.bench.twins import write_run_configs
+from auxray.bench.weighting_command import canonical_command
 from auxray.bench.weighting_rows import completeness, set_rows
 from auxray.bench.weighting_search import parse_search_results, search_row
 from auxray.bench.weighting_sets import (
@@ -100,13 +98,14 @@ def run_weighting(
     gpus_per_trial: float = 0.0,
     fresh: bool = False,
     verbose: bool = False,
+    status: bool = False,
 ) -> list[dict[str, Any]]:
     """Train what is missing of each set in order, then write the rows and the page; return the rows.
 
     quick: 1 seed unless `seeds`, 1 epoch unless `epochs`, 40 labelled images per class, 1,000 test images, tag
     "quick". epochs: every run's budget (None: the configs'); another budget than the configs' is a table of its own,
     tagged `<TAG>_<epochs>ep`. methods: config stems, each present in every set's folder (None: every config of
-    each folder)."""
+    each folder). status: train nothing and write no table; report the rows of the finished runs and what is left."""
     t_start = time.perf_counter()
     command = canonical_command(
         sets,
@@ -129,6 +128,8 @@ def run_weighting(
     if not seeds or len(set(seeds)) != len(seeds):
         raise UserError(f"--seeds must name distinct seeds, got {list(seeds)}")
     check_jobs(jobs, gpus_per_trial)
+    if status and fresh:
+        raise UserError("--status trains nothing and forgets nothing; drop --fresh")
     if quick and epochs is None:
         epochs = 1
     # Another budget is another table (its own runs folder, records and page), never mixed into the shipped one's.
@@ -166,6 +167,12 @@ def run_weighting(
             gpus_per_trial=gpus_per_trial,
         )
         todo = [wanted[s][k, seed] for seed in seeds for k in plans[s].keys]
+        if status:
+            known[s] = _known(_runs_file(out, tag, s), runs_root / s)
+            left = [f"{w.method} seed {w.seed}" for w in todo if w.key not in known[s]]
+            done = len(todo) - len(left)
+            log(f"[weighting] {s}: {done} of {len(todo)} runs finished; to train: {', '.join(left) or 'none'}")
+            continue
         known[s], _, lost = gather_runs(setup, todo, _runs_file(out, tag, s), threads, verbose)
         failed += lost
 
@@ -190,7 +197,7 @@ def run_weighting(
         log(f"[weighting] complete: {line}")
     for line in incomplete:
         log(f"[weighting] incomplete: {line}")
-    if rows:
+    if rows and not status:
         budget = grids[sets[0]].config(plans[sets[0]].keys[0], seeds[0]).trainer.epochs
         devices = [r["diagnostics"].get("device") for rs in known.values() for r in rs.values() if "diagnostics" in r]
         meta = {
@@ -302,78 +309,6 @@ def _write(
     log(f"[weighting] wrote {out / f'weighting_{tag}.json'} and {out / f'weighting_{tag}.md'}")
 
 
-def canonical_command(
-    sets: Sequence[str],
-    methods: Sequence[str] | None,
-    seeds: Sequence[int] | None,
-    epochs: int | None,
-    quick: bool,
-    extra_overrides: Sequence[str],
-    out_dir: str | Path,
-    runs_dir: str | Path | None,
-    search_results: Sequence[str],
-    track: str | None,
-    jobs: int,
-    gpus_per_trial: float = 0.0,
-) -> str:
-    """The `python jobs/weighting.py ...` line that repeats this invocation."""
-    parts = ["python", "jobs/weighting.py"]
-    if quick:
-        parts.append("--quick")
-    if tuple(sets) != DEFAULT_SETS:
-        parts += ["--sets", ",".join(sets)]
-    if methods is not None:
-        parts += ["--methods", ",".join(methods)]
-    if seeds is not None:
-        parts += ["--seeds", ",".join(map(str, seeds))]
-    if epochs is not None:
-        parts += ["--epochs", str(epochs)]
-    if str(out_dir) != "benchmarks/results":
-        parts += ["--out-dir", str(out_dir)]
-    if runs_dir is not None:
-        parts += ["--runs-dir", str(runs_dir)]
-    for item in search_results:
-        parts += ["--search-result", item]
-    return shlex.join(parts + run_options_parts(track, jobs, extra_overrides, gpus_per_trial))
-
-
-def add_arguments(p: Any) -> None:
-    """The options shared by `python jobs/weighting.py` and `auxray bench weighting`."""
-    p.add_argument(
-        "--sets",
-        default=",".join(DEFAULT_SETS),
-        help=f"comma-separated aux-task sets, in the order they train (default {','.join(DEFAULT_SETS)}; "
-        f"known: {', '.join(AUX_SETS)})",
-    )
-    p.add_argument(
-        "--methods", default=None, help="comma-separated config names, in every set's folder (default: all of each)"
-    )
-    p.add_argument("--seeds", default=None, help="comma-separated seeds (default 0,1,2; --quick: 0)")
-    p.add_argument("--epochs", type=int, default=None, help="epoch budget of every run (default: the configs')")
-    p.add_argument(
-        "--quick",
-        action="store_true",
-        help="1 seed, 1 epoch, 40 labelled images per class, 1,000 test images (files tagged quick)",
-    )
-    p.add_argument("--out-dir", default="benchmarks/results", help="where the table, page and run records go")
-    p.add_argument(
-        "--runs-dir",
-        default=None,
-        help="folder of the Tune experiments (one subfolder per set), run configs and MLflow store "
-        "(default runs/weighting/<tag>)",
-    )
-    p.add_argument(
-        "--search-result",
-        dest="search_results",
-        action="append",
-        default=[],
-        metavar="[SET=]PATH",
-        help="a finished weight-search sweep (its Tune experiment folder or `auxray sweep --json` output) as the "
-        "set's weight_search row (a bare PATH: the first set's; repeatable)",
-    )
-    add_run_options(p, "config override applied to every run (repeatable)")
-
-
 def run_from_args(args: Any) -> list[dict[str, Any]]:
     """run_weighting from parsed add_arguments options."""
     seeds = parse_seeds(args.seeds or None)
@@ -392,4 +327,5 @@ def run_from_args(args: Any) -> list[dict[str, Any]]:
         gpus_per_trial=args.gpus_per_trial,
         fresh=args.fresh,
         verbose=args.verbose,
+        status=args.status,
     )
