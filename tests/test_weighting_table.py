@@ -172,6 +172,7 @@ def test_status_reports_what_is_finished_and_left_without_training_or_writing(tm
     assert "[weighting] helpful: 2 of 4 runs finished; to train: arml seed 1, equal seed 1" in err
     assert "[weighting] incomplete: arml (helpful): missing seed(s) 1" in err
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [record.name] and record.read_text() == before
+    assert not (tmp_path / "runs" / "helpful" / "configs" / "arml_twin.yaml").exists()  # no run config written
     assert cli_run(["bench", "weighting", "--quick", "--status", "--fresh", "--out-dir", str(tmp_path / "o")]) == 2
     assert capsys.readouterr().err.strip() == "auxray: error: --status trains nothing and forgets nothing; drop --fresh"
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -140,7 +141,11 @@ def run_weighting(
     carried = tuple(s for s in AUX_SETS if s not in sets and AUX_SETS[s].is_dir() and _runs_file(out, tag, s).is_file())
     shown = tuple(s for s in AUX_SETS if s in sets or s in carried)
     plans = {s: set_plan(s, AUX_SETS[s], methods if s in sets else None) for s in shown}
-    grids = {s: Plan(epochs, BACKBONE, None, quick, tuple(extra_overrides), runs_root / s / "configs") for s in shown}
+    # The run config files go under the runs folder; a status report writes them to a scratch folder (removed when
+    # it is collected) and nothing to the runs folder.
+    scratch = tempfile.TemporaryDirectory(prefix="auxray-weighting-") if status else None
+    config_root = Path(scratch.name) if scratch is not None else runs_root
+    grids = {s: Plan(epochs, BACKBONE, None, quick, tuple(extra_overrides), config_root / s / "configs") for s in shown}
     if fresh:
         for s in sets:
             _runs_file(out, tag, s).unlink(missing_ok=True)
