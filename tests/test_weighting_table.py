@@ -6,6 +6,7 @@ Tune folder, the complete/incomplete report, and bad input one line with exit 2 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -16,11 +17,11 @@ from auxray.bench.table_runs import write_runs_file
 from auxray.bench.twins import FROZEN, Twin, fixed_twin, write_run_configs
 from auxray.bench.weighting import _wanted, run_weighting
 from auxray.bench.weighting_rows import completeness, final_weights
-from auxray.bench.weighting_search import search_row
-from auxray.bench.weighting_sets import AUX_SETS, set_plan
+from auxray.bench.weighting_search import SearchResult, read_search
+from auxray.bench.weighting_sets import AUX_SETS, SEARCH_ROW, set_plan
 from auxray.cli import run as cli_run
 from auxray.errors import UserError
-from auxray.method_specs import SPECS
+from auxray.method_specs import EQUAL_WEIGHTS, SPECS
 
 
 def test_twins_come_from_the_specs_and_a_shared_twin_is_one_key(tmp_path: Path) -> None:
@@ -63,12 +64,16 @@ def _record(
     *,
     epochs: int = 1,
     tag: str = "quick",
+    search: dict[str, float] | None = None,
 ) -> None:
     """Finished runs of a set as its run record file holds them, under the fingerprints the command will want
     (--quick, or another budget's table when `tag` is not "quick"); arml's runs end with a weight per task of
-    `tasks`."""
+    `tasks`; with `search`, the weight_search runs of those weights too."""
     runs_root = (tmp_path / "runs").resolve()
     plan = set_plan(aux_set, AUX_SETS[aux_set], methods)
+    if search is not None:
+        found = SearchResult(search, 0.0, 1, 1, 0.0, 0.0, "")
+        plan = replace(plan, extra={SEARCH_ROW: (EQUAL_WEIGHTS, found.overrides())})
     grid = Plan(epochs, "convnet4", None, tag == "quick", (), runs_root / aux_set / "configs")
     write_run_configs(plan.sources(), plan.config_dir, grid.config_dir)
     rows = {}
@@ -94,7 +99,8 @@ def test_rows_from_finished_runs_with_twins_and_the_helpful_subset(tmp_path: Pat
     compute summed over seeds, final weights averaged, the harmful set's equal_helpful_subset from the helpful set's
     equal runs even when only the harmful set is asked for."""
     seeds = (0, 1)
-    _record(tmp_path, "helpful", ["arml", "equal", "stl"], seeds, {"arml": 0.6, "equal": 0.62, "stl": 0.58})
+    helpful = {"arml": 0.6, "equal": 0.62, "stl": 0.58, "weight_search": 0.65}
+    _record(tmp_path, "helpful", ["arml", "equal", "stl"], seeds, helpful, search={"rotation": 2.0})
     _record(tmp_path, "harmful", ["arml", "equal"], seeds, {"arml": 0.61, "equal": 0.55})
     common = {"seeds": seeds, "quick": True, "out_dir": tmp_path / "out", "runs_dir": tmp_path / "runs"}
 
@@ -115,7 +121,8 @@ def test_rows_from_finished_runs_with_twins_and_the_helpful_subset(tmp_path: Pat
     assert equal["mean"] == pytest.approx(0.555) and equal["final_mean"] == pytest.approx(0.54)
 
     # The helpful set asked for: its methods in the order asked, the shared twin once; the harmful rows stay.
-    # A finished weight search given as the helpful set's: its row follows that set's.
+    # A finished weight search given as the helpful set's: its best weights (rotation 2) run on the table's seeds
+    # (here on record already), a row after the set's, with the search's compute added to its runs'.
     _trial(
         tmp_path / "search",
         "t0",
@@ -141,7 +148,10 @@ def test_rows_from_finished_runs_with_twins_and_the_helpful_subset(tmp_path: Pat
         ("equal_helpful_subset", "harmful"),
         ("arml", "harmful"),  # read: the folder's order
     ]
-    assert rows[3]["mean"] == 0.64 and rows[3]["compute"] == 50.0 and rows[3]["final_weights"] == {"rotation": 2.0}
+    search = rows[3]
+    assert search["accuracies"] == pytest.approx([0.65, 0.66]) and search["final_mean"] == pytest.approx(0.64)
+    assert search["compute"] == pytest.approx(201.0 + 50.0) and search["final_weights"] == {"rotation": 2.0}
+    assert search["search"]["trials"] == 2 and search["search"]["test_accuracy"] == 0.64
     written = json.loads((tmp_path / "out" / "weighting_quick.json").read_text())
     assert written == json.loads(json.dumps(rows))
     # The issue's row format, and both model selections (best on validation, last epoch) with their spreads.
@@ -155,6 +165,9 @@ def test_rows_from_finished_runs_with_twins_and_the_helpful_subset(tmp_path: Pat
     assert f"--search-result helpful={tmp_path / 'search'}" in page
     # The carried set (harmful, not asked for) is headed by its tasks, though its first config (stl) weighs none.
     assert "## Aux set: harmful (rotation, consistency, pseudo_labels, noise_labels)" in page
+    # The search is kept: a later invocation that carries the helpful set shows its weight_search row unasked.
+    again = run_weighting(sets=("harmful",), methods=("arml",), **common)
+    assert [r for r in again if r["method"] == "weight_search"] == [search]
 
 
 def test_status_reports_what_is_finished_and_left_without_training_or_writing(tmp_path: Path, capsys) -> None:
@@ -221,8 +234,9 @@ def _trial(folder: Path, name: str, results: list[dict]) -> None:
     (folder / name / "result.json").write_text("".join(json.dumps(r) + "\n" for r in results) + '{"torn')
 
 
-def test_weight_search_row_from_a_finished_sweep(tmp_path: Path) -> None:
-    """The best trial on validation among those that ran every epoch, its test accuracy, every trial's seconds."""
+def test_a_weight_search_is_read_from_its_sweep_folder_or_json(tmp_path: Path) -> None:
+    """The best trial on validation among those that ran every epoch gives the weights; compute is every trial's
+    seconds; a sweep with no finished trial, none at all, or no weights searched is one line."""
     exp = tmp_path / "weight_search_semisup"
     params = {"method.task_weights.rotation": 0.5, "method.task_weights.consistency": 2.0}
     _trial(
@@ -230,30 +244,29 @@ def test_weight_search_row_from_a_finished_sweep(tmp_path: Path) -> None:
         "t0",
         [
             {"best_val_accuracy": 0.5, "time_total_s": 5.0},
-            {
-                "best_val_accuracy": 0.6,
-                "test_accuracy": 0.58,
-                "final_test_accuracy": 0.57,
-                "time_total_s": 10.0,
-                "config": params,
-            },
+            {"best_val_accuracy": 0.6, "test_accuracy": 0.58, "time_total_s": 10.0, "config": params},
         ],
     )
     _trial(exp, "t1", [{"best_val_accuracy": 0.7, "time_total_s": 3.0}])  # stopped by ASHA: not chosen
     _trial(exp, "t2", [{"best_val_accuracy": 0.55, "test_accuracy": 0.6, "time_total_s": 9.0, "config": {}}])
-    row = search_row(exp, "helpful")
-    assert row["method"] == "weight_search" and row["aux_set"] == "helpful" and row["mean"] == 0.58
-    assert row["final_mean"] == 0.57 and row["compute"] == pytest.approx(22.0) and row["seconds"] == 10.0
-    assert row["final_weights"] == {"rotation": 0.5, "consistency": 2.0} and row["trials"] == 3
+    found = read_search(exp)
+    assert found.weights == {"rotation": 0.5, "consistency": 2.0} and found.compute == pytest.approx(22.0)
+    assert (found.trials, found.trials_complete, found.test_accuracy) == (3, 2, 0.58)
+    assert found.overrides() == ("method.task_weights.consistency=2.0", "method.task_weights.rotation=0.5")
+    found.save(tmp_path / "kept.json")
+    assert SearchResult.load(tmp_path / "kept.json") == found and SearchResult.load(tmp_path / "none.json") is None
     summary = tmp_path / "sweep.json"
     summary.write_text(json.dumps({"experiment_dir": str(exp), "best": {}}) + "\n")
-    assert search_row(summary, "harmful")["compute"] == pytest.approx(22.0)
+    assert read_search(summary) == found
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="no trial results"):
-        search_row(tmp_path / "empty", "helpful")
+        read_search(tmp_path / "empty")
     _trial(tmp_path / "running", "t0", [{"best_val_accuracy": 0.5, "time_total_s": 5.0}])
     with pytest.raises(UserError, match="no trial ran every epoch yet"):
-        search_row(tmp_path / "running", "helpful")
+        read_search(tmp_path / "running")
+    _trial(tmp_path / "other", "t0", [{"best_val_accuracy": 0.5, "test_accuracy": 0.5, "config": {"trainer.lr": 1}}])
+    with pytest.raises(UserError, match="sets no method.task_weights.<task>; not a weight search"):
+        read_search(tmp_path / "other")
 
 
 def test_a_set_without_its_config_folder_is_one_line_exit_2(tmp_path: Path, capsys, monkeypatch) -> None:

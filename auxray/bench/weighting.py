@@ -10,7 +10,8 @@ The run config files (a frozen twin's with ``hypergrad.enabled: false``) are wri
 Rows (``bench.weighting_rows``) go to ``<out>/weighting_<tag>.json`` and ``.md`` with two pictures; a row is
 written only for a method with finished runs, and stderr lists the complete (method, aux_set) rows and the seeds
 the others miss. The harmful set's ``equal_helpful_subset`` row is the helpful set's ``equal`` runs, and
-``--search-result`` adds a set's ``weight_search`` row from a finished weight-search sweep.
+``--search-result`` adds a set's ``weight_search`` row: a finished weight-search sweep's best weights trained on the
+table's seeds (``bench.weighting_search``).
 
     auxray bench weighting --quick --methods stl,equal       # minutes: a smoke check
     auxray bench weighting --jobs 4                          # the table: helpful then harmful, 3 seeds each
@@ -23,6 +24,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,11 +52,12 @@ from auxray.bench.table_runs import (
 from auxray.bench.twins import write_run_configs
 from auxray.bench.weighting_command import canonical_command
 from auxray.bench.weighting_rows import completeness, set_rows
-from auxray.bench.weighting_search import parse_search_results, search_row
+from auxray.bench.weighting_search import SearchResult, parse_search_results, read_search
 from auxray.bench.weighting_sets import (
     AUX_SETS,
     DEFAULT_SETS,
     HELPFUL_SUBSET,
+    SEARCH_ROW,
     SUBSET_METHOD,
     SUBSET_ROW,
     SetPlan,
@@ -124,7 +127,7 @@ def run_weighting(
     )
     sets = parse_sets(tuple(sets))
     # Read before any training: a path that is not a finished sweep is bad input, one line, nothing trained.
-    searches = {s: search_row(path, s) for s, path in parse_search_results(list(search_results), sets).items()}
+    given = {s: read_search(path) for s, path in parse_search_results(list(search_results), sets).items()}
     seeds = tuple(seeds) if seeds is not None else ((0,) if quick else DEFAULT_SEEDS)
     if not seeds or len(set(seeds)) != len(seeds):
         raise UserError(f"--seeds must name distinct seeds, got {list(seeds)}")
@@ -140,7 +143,17 @@ def run_weighting(
     # Sets not asked for this time but with runs on record stay in the table (read, not trained), all their methods.
     carried = tuple(s for s in AUX_SETS if s not in sets and AUX_SETS[s].is_dir() and _runs_file(out, tag, s).is_file())
     shown = tuple(s for s in AUX_SETS if s in sets or s in carried)
+    if fresh:
+        for s in sets:
+            _search_file(out, tag, s).unlink(missing_ok=True)
+    # A set's weight search: given now (then its row's runs train, and it is kept for later invocations) or kept.
+    searches = {s: found for s in shown if (found := given.get(s) or SearchResult.load(_search_file(out, tag, s)))}
     plans = {s: set_plan(s, AUX_SETS[s], methods if s in sets else None) for s in shown}
+    for s, search in searches.items():
+        plans[s] = replace(plans[s], extra={SEARCH_ROW: (SUBSET_METHOD, search.overrides())})
+    if not status:
+        for s, search in given.items():
+            search.save(_search_file(out, tag, s))
     # The run config files go under the runs folder; a status report writes them to a scratch folder (removed when
     # it is collected) and nothing to the runs folder.
     scratch = tempfile.TemporaryDirectory(prefix="auxray-weighting-") if status else None
@@ -171,7 +184,9 @@ def run_weighting(
             command=command,
             gpus_per_trial=gpus_per_trial,
         )
-        todo = [wanted[s][k, seed] for seed in seeds for k in plans[s].keys]
+        # The weight search's runs train when its result is given now; a kept one's row shows the runs it has.
+        keys = [k for k in plans[s].keys if k != SEARCH_ROW or s in given]
+        todo = [wanted[s][k, seed] for seed in seeds for k in keys]
         if status:
             known[s] = _known(_runs_file(out, tag, s), runs_root / s)
             left = [f"{w.method} seed {w.seed}" for w in todo if w.key not in known[s]]
@@ -192,9 +207,10 @@ def run_weighting(
         if HELPFUL_SUBSET.get(s) and SUBSET_METHOD in plans[s].keys:
             subset = _subset_runs(HELPFUL_SUBSET[s], grids[s], runs_root, out, tag, seeds, known.get(HELPFUL_SUBSET[s]))
         mine, ok, missing, by_set[s] = _set_table(plans[s], wanted[s], known[s], seeds, subset, s in carried)
-        if s in searches:  # a finished search is one row, or an error
-            mine.append(searches[s])
-            ok.append(f"weight_search ({s})")
+        if s in searches:
+            for row in mine:
+                if row["method"] == SEARCH_ROW:
+                    with_search(row, searches[s])
         rows += mine
         complete += ok
         incomplete += missing
@@ -224,6 +240,18 @@ def run_weighting(
     if failed:
         raise failed_error(failed, runs_root)
     return rows
+
+
+def _search_file(out: Path, tag: str, aux_set: str) -> Path:
+    return out / f"weighting_{tag}.{aux_set}.search.json"
+
+
+def with_search(row: dict[str, Any], search: SearchResult) -> None:
+    """The weight_search row's search part: its compute (every trial's seconds) added to its runs', its weights
+    (fixed: the runs report none), and what the search was."""
+    row["compute"] += search.compute
+    row["final_weights"] = dict(search.weights)
+    row["search"] = {k: v for k, v in asdict(search).items() if k != "weights"}
 
 
 def _shipped_epochs(aux_set: str) -> int:
@@ -264,8 +292,6 @@ def _subset_runs(
     known: dict[RunKey, dict[str, Any]] | None,
 ) -> list[dict[str, Any]]:
     """The helpful set's equal runs under the same plan (no training: read from its records when not run now)."""
-    from dataclasses import replace
-
     source = AUX_SETS[helpful]
     runs = known if known is not None else _known(_runs_file(out, tag, helpful), runs_root / helpful)
     found = []

@@ -78,8 +78,9 @@ def add_arguments(p: Any) -> None:
         action="append",
         default=[],
         metavar="[SET=]PATH",
-        help="a finished weight-search sweep (its Tune experiment folder or `auxray sweep --json` output) as the "
-        "set's weight_search row (a bare PATH: the first set's; repeatable)",
+        help="a finished weight-search sweep (its Tune experiment folder or `auxray sweep --json` output): its best "
+        "weights on validation train on the table's seeds as the set's weight_search row (a bare PATH: the first "
+        "set's; repeatable)",
     )
     p.add_argument(
         "--status",

@@ -32,7 +32,9 @@ def render_markdown(rows: Sequence[dict[str, Any]], meta: dict[str, Any]) -> str
         "",
         "Test accuracy (%) of the best-on-validation weights and of the last epoch's, mean ± std over seeds "
         "(population std); compute: total wall seconds of the runs behind a row (every seed; for weight_search "
-        "every trial of the search); final weights: each task's weight after the last epoch, mean over seeds.",
+        "every trial of the search too); final weights: each task's weight after the last epoch, mean over seeds. "
+        "weight_search is the best trial of a search over equal's fixed weights (chosen on validation), its weights "
+        "trained again on the table's seeds.",
         "",
     ]
     for aux_set in meta["sets"]:

@@ -2,7 +2,8 @@
 the best-on-validation and of the last epoch's weights, ``bench.table.build_table``), its compute and its tasks'
 final weights; the harmful set's ``equal_helpful_subset`` row; and which rows still miss seeds.
 
-compute: the total wall seconds of the runs behind a row (every seed's run; for ``weight_search`` every trial's).
+compute: the total wall seconds of the runs behind a row (every seed's run; for ``weight_search`` also every trial
+of the search, added by ``bench.weighting.with_search``).
 final_weights: per task, the mean over seeds of its weight after the last epoch (the runs' ``task_weight/<task>``
 diagnostics); ``{}`` for a method that reports none.
 """

@@ -1,6 +1,7 @@
 """The weighting table's ``weight_search`` row, from a finished weight-search sweep (``auxray sweep
-configs/sweeps/weight_search_semisup*.yaml``): its best trial chosen on validation, that trial's test accuracy,
-and the search's compute, every trial's seconds summed (ASHA-stopped trials included).
+configs/sweeps/weight_search_semisup*.yaml``): its best trial's weights, chosen on validation, are trained again on
+the table's seeds (equal's config at those weights), so the row has both selections and a spread like every other
+row; its compute is the search's, every trial's seconds summed (ASHA-stopped trials included), plus those runs'.
 
 The sweep is read from its Tune experiment folder (``<storage>/<name>``: one folder per trial with Tune's
 ``result.json``, a JSON line per epoch report, the last with the trial's ``time_total_s``, its wall seconds in Tune
@@ -12,13 +13,13 @@ trials that ran every epoch, as the sweep's own summary picks it.
 from __future__ import annotations
 
 import json
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from auxray.errors import UserError
 
 WEIGHT_KEY = "method.task_weights."
-SEED_KEYS = ("trainer.seed", "seed")  # a searched seed, or a grid's seed axis
 
 
 def _last_result(path: Path) -> dict[str, Any] | None:
@@ -56,8 +57,37 @@ def trial_results(folder: Path) -> list[dict[str, Any]]:
     return results
 
 
-def search_row(path: str | Path, aux_set: str) -> dict[str, Any]:
-    """The weight_search row of `aux_set` from a finished sweep at `path` (see the module docstring)."""
+@dataclass(frozen=True)
+class SearchResult:
+    """What the table keeps of a finished weight search: its best trial's weights (chosen on validation), that
+    trial's own test accuracy (one seed, for reference), and the search's size and compute."""
+
+    weights: dict[str, float]
+    compute: float
+    trials: int
+    trials_complete: int
+    best_val_accuracy: float
+    test_accuracy: float
+    source: str
+
+    def overrides(self) -> tuple[str, ...]:
+        """The weights as config overrides of equal's config: the row's runs, one per table seed."""
+        return tuple(f"{WEIGHT_KEY}{task}={w!r}" for task, w in sorted(self.weights.items()))
+
+    def save(self, path: Path) -> None:
+        """Keep it beside the set's run records, so a later invocation shows the row without the sweep folder."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> SearchResult | None:
+        """What save wrote, or None when there is no such file."""
+        return cls(**json.loads(path.read_text())) if path.is_file() else None
+
+
+def read_search(path: str | Path) -> SearchResult:
+    """A finished sweep at `path` (see the module docstring); one without a trial that ran every epoch is a
+    UserError."""
     folder = experiment_dir(Path(path))
     results = trial_results(folder)
     complete = [r for r in results if r.get("test_accuracy") is not None and r.get("best_val_accuracy") is not None]
@@ -65,27 +95,18 @@ def search_row(path: str | Path, aux_set: str) -> dict[str, Any]:
         raise UserError(f"--search-result {folder}: no trial ran every epoch yet ({len(results)} trial(s) so far)")
     best = max(complete, key=lambda r: float(r["best_val_accuracy"]))
     params = best.get("config", {})
-    test = float(best["test_accuracy"])
-    final = best.get("final_test_accuracy")
-    return {
-        "method": "weight_search",
-        "aux_set": aux_set,
-        "mean": test,
-        "std": 0.0,
-        "final_mean": None if final is None else float(final),
-        "final_std": None if final is None else 0.0,
-        "accuracies": [test],
-        "final_accuracies": [] if final is None else [float(final)],
-        "seeds": [params[k] for k in SEED_KEYS if k in params][:1],
-        "seconds": float(best.get("time_total_s", 0.0)),
-        "compute": sum(float(r.get("time_total_s", 0.0)) for r in results),
-        "final_weights": {k.removeprefix(WEIGHT_KEY): float(v) for k, v in params.items() if k.startswith(WEIGHT_KEY)},
-        "trials": len(results),
-        "trials_complete": len(complete),
-        "best_val_accuracy": float(best["best_val_accuracy"]),
-        "params": params,
-        "source": str(folder),
-    }
+    weights = {k.removeprefix(WEIGHT_KEY): float(v) for k, v in params.items() if k.startswith(WEIGHT_KEY)}
+    if not weights:
+        raise UserError(f"--search-result {folder}: its best trial sets no {WEIGHT_KEY}<task>; not a weight search")
+    return SearchResult(
+        weights=weights,
+        compute=sum(float(r.get("time_total_s", 0.0)) for r in results),
+        trials=len(results),
+        trials_complete=len(complete),
+        best_val_accuracy=float(best["best_val_accuracy"]),
+        test_accuracy=float(best["test_accuracy"]),
+        source=str(folder),
+    )
 
 
 def parse_search_results(items: list[str], sets: tuple[str, ...]) -> dict[str, Path]:

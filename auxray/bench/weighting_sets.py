@@ -11,7 +11,7 @@ that is a fixed method's config (``equal``) is one key, however many methods it 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -34,31 +34,35 @@ HELPFUL_SUBSET = {"harmful": "helpful"}
 SUBSET_ROW = "equal_helpful_subset"
 SUBSET_METHOD = EQUAL_WEIGHTS
 TWIN_SUFFIX = "_twin"
+SEARCH_ROW = "weight_search"  # the row of a weight search's best weights, trained again on the table's seeds
 
 
 @dataclass(frozen=True)
 class SetPlan:
-    """One auxiliary set's runs: the methods asked for and each one's fixed twin (stem -> Twin)."""
+    """One auxiliary set's runs: the methods asked for, each one's fixed twin (stem -> Twin), and extra keys, each a
+    config of the folder with overrides (key -> (stem, overrides): the weight search's best weights on equal)."""
 
     aux_set: str
     config_dir: Path
     methods: tuple[str, ...]
     twins: dict[str, Twin]
+    extra: dict[str, tuple[str, tuple[str, ...]]] = field(default_factory=dict)
 
     @property
     def keys(self) -> tuple[str, ...]:
-        """Every run key once: each method, then its twin."""
+        """Every run key once: each method, then its twin; the extra keys last."""
         out: list[str] = []
         for m in self.methods:
             for key in (m, self.twins[m].name) if m in self.twins else (m,):
                 if key not in out:
                     out.append(key)
-        return tuple(out)
+        return (*out, *(k for k in self.extra if k not in out))
 
     def sources(self) -> dict[str, tuple[str, tuple[str, ...]]]:
         """Each key's config stem in config_dir and the overrides its run config file gets."""
-        frozen = {t.name: t for t in self.twins.values()}
-        return {k: (frozen[k].config, frozen[k].overrides) if k in frozen else (k, ()) for k in self.keys}
+        frozen = {t.name: (t.config, t.overrides) for t in self.twins.values()}
+        given = {**frozen, **self.extra}
+        return {k: given.get(k, (k, ())) for k in self.keys}
 
 
 def parse_sets(names: Sequence[str]) -> tuple[str, ...]:
