@@ -37,8 +37,9 @@ NOISE_TRAINED = NOISE / "auxilearn_linear.yaml"  # learns a weight for each task
 SIDE_TRAINED = SIDE / "auxilearn_linear.yaml"  # learns a weight for each table task, the random one included
 FAMILY_TRAINED = {NOISE: NOISE_TRAINED, SIDE: SIDE_TRAINED}
 TRAINED = [p for p in RUNS if FAMILY_TRAINED.get(p.parent, p) == p]
-WEIGHING = ("auxilearn_combine", "jtds", "uncertainty", "forkmerge", "arml", "autolambda")  # log a weight per task
-OWN_RULE = ("arml",)  # learned methods whose gradient rule sets their weights: no outer steps
+# The methods that log a weight per task.
+WEIGHING = ("auxilearn_combine", "jtds", "uncertainty", "forkmerge", "arml", "autolambda", "forkmerge_arml")
+OWN_RULE = ("arml", "forkmerge_arml")  # learned methods whose gradient rule sets their weights: no outer steps
 SYNTHETIC_TASKS = ("helpful", "harmful")  # the synthetic data set's auxiliary targets (aux_task: targets)
 TEST_IMAGES = 200
 
