@@ -84,3 +84,21 @@ def test_reproduce_plot_written(tmp_path: Path) -> None:
     assert out is not None and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert plot_reproduce([], tmp_path / "empty.png", "title") is None
     assert not (tmp_path / "empty.png").exists()
+
+
+def test_table_task_weight_plot_keeps_one_colour_per_task_across_panels(tmp_path: Path, monkeypatch) -> None:
+    """Panels of different task sets (a helpful and a harmful set) draw a task in the same colour, and the legend
+    names every task once."""
+    from auxray.bench import reproduce_plot
+
+    figures = []
+    monkeypatch.setattr(reproduce_plot, "save_figure", lambda fig, path: figures.append(fig) or path)
+    runs = [
+        {"method": "a (helpful)", "diagnostics": {"task_weight_history": {"x": [1.0, 2.0], "y": [1.0, 1.0]}}},
+        {"method": "a (harmful)", "diagnostics": {"task_weight_history": {"y": [1.0, 0.5], "z": [1.0, 0.1]}}},
+    ]
+    reproduce_plot.plot_task_weights(runs, tmp_path / "w.png", "weights")
+    (fig,) = figures
+    colours = [{line.get_label(): line.get_color() for line in ax.get_lines()} for ax in fig.axes]
+    assert colours[0]["y"] == colours[1]["y"] and len({colours[0]["x"], colours[0]["y"], colours[1]["z"]}) == 3
+    assert [t.get_text() for t in fig.axes[-1].get_legend().get_texts()] == ["x", "y", "z"]

@@ -88,21 +88,25 @@ def plot_task_weights(runs: Sequence[dict[str, Any]], path: str | Path, title: s
     if not histories:
         return None
     fig, axes = plt.subplots(1, len(histories), figsize=(3.2 * len(histories), 3.0), squeeze=False)
+    # One colour per task in every panel (panels may hold different task sets), and one legend of them all.
+    tasks = sorted({task for seeds in histories.values() for task in seeds[0]})
+    colour = {task: f"C{i % 10}" for i, task in enumerate(tasks)}
     for ax, (method, seeds) in zip(axes[0], histories.items()):
         for task in sorted(seeds[0]):
             curves = [[float("nan") if v is None else v for v in h[task]] for h in seeds if task in h]
             epochs = range(1, min(len(c) for c in curves) + 1)
             columns = [[c[e - 1] for c in curves] for e in epochs]
             mean = [sum(col) / len(col) for col in columns]
-            (line,) = ax.plot(list(epochs), mean, label=task)
+            ax.plot(list(epochs), mean, label=task, color=colour[task])
             ax.fill_between(
-                list(epochs), [min(c) for c in columns], [max(c) for c in columns], alpha=0.2, color=line.get_color()
+                list(epochs), [min(c) for c in columns], [max(c) for c in columns], alpha=0.2, color=colour[task]
             )
         ax.set_title(method, fontsize=9)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("learned task weight")
-    axes[0][-1].legend(fontsize=7, loc="best")
+    handles = [plt.Line2D([], [], color=colour[task], label=task) for task in tasks]
+    axes[0][-1].legend(handles=handles, fontsize=7, loc="best")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return save_figure(fig, Path(path))
