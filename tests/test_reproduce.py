@@ -188,13 +188,24 @@ def _trained_again(runs_root: Path, trials: set[str]) -> list[str]:
     return again
 
 
+def _saved_after_a_finished_trial(runs_root: Path) -> bool:
+    """A trial of an experiment wrote its record and Tune saved the experiment's state since (its periodic
+    save): only then can a killed driver's experiment be restored (before it, the table starts a new one)."""
+    for record in runs_root.glob(f"*/trials/*/{RECORD_FILE}"):
+        experiment = record.parents[2]
+        saved = [p.stat().st_mtime for p in experiment.glob("experiment_state-*.json")]
+        if saved and max(saved) > record.stat().st_mtime:
+            return True
+    return False
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_interrupted_table_resumes_and_later_seeds_extend_it(cifar_zip: Path, tmp_path: Path) -> None:
-    """Kill the driver once a trial finished: the same command resumes that experiment without training the
-    finished trial again and writes the table (JSON, runs file, Markdown beside the paper's numbers); then
-    --seeds 0,1 --jobs 2 trains only seed 1, two at a time; the same command again trains nothing; then --epochs 2
-    (a changed setting) trains again."""
+    """Kill the driver once a trial finished and Tune saved the experiment: the same command resumes that
+    experiment without training the finished trial again and writes the table (JSON, runs file, Markdown beside
+    the paper's numbers); then --seeds 0,1 --jobs 2 trains only seed 1, two at a time; the same command again
+    trains nothing; then --epochs 2 (a changed setting) trains again."""
     out = tmp_path / "results"
     base = [
         sys.executable,
@@ -215,10 +226,7 @@ def test_interrupted_table_resumes_and_later_seeds_extend_it(cifar_zip: Path, tm
     )
     try:
         deadline = time.monotonic() + 900
-        while time.monotonic() < deadline and driver.poll() is None:
-            if list((out / "runs").glob(f"*/trials/*/{RECORD_FILE}")):
-                time.sleep(1.0)  # let Tune take the trial's final report (its checkpoint)
-                break
+        while time.monotonic() < deadline and driver.poll() is None and not _saved_after_a_finished_trial(out / "runs"):
             time.sleep(0.2)
         assert driver.poll() is None, "the driver ended before it could be interrupted"
         os.killpg(driver.pid, signal.SIGKILL)
