@@ -3,8 +3,10 @@
 The synthetic regression of ``configs/synthetic_combine.yaml`` has one helpful auxiliary target (the main signal)
 and one harmful one (mostly noise). Every run config of ``configs/synthetic_weightings/`` (the loss combiner at full
 cost and at the cheap settings, the combiner and JTDS with weights that sum to the number of tasks, ARML,
-Auto-lambda, ForkMerge) trains it per seed beside the folder's one fixed method, the twin of them all (every task
-at weight 1, nothing learned). A row is one run: each task's initial and final weight and the validation MSE. It
+Auto-lambda, ForkMerge) trains it per seed beside its own fixed twin, as its spec names it: the folder's fixed
+method (``equal``: every task at weight 1) for those that start there, the variant itself frozen
+(``<variant>_twin``: the same initial weights, no outer steps) for those that start elsewhere, as Auto-lambda at
+0.1. A row is one run: each task's initial and final weight and the validation MSE. It
 takes seconds, so it is its own bench, not a part of `auxray bench overhead`'s hours of timing runs: a learning
 check, not a cost measurement.
 
@@ -20,7 +22,8 @@ from typing import Any
 
 from auxray.bench.machine import log
 from auxray.bench.plan import config_entries
-from auxray.bench.weighting_sets import method_name
+from auxray.bench.twins import Twin, fixed_twin, has_twin
+from auxray.bench.weighting_sets import TWIN_SUFFIX, method_name
 from auxray.errors import UserError
 from auxray.method_specs import spec
 
@@ -32,31 +35,35 @@ def variants() -> tuple[str, ...]:
     return config_entries(VARIANT_DIR)
 
 
-def fixed_twin() -> str:
-    """The variant whose method neither learns nor forks: the fixed twin every other variant is compared with."""
-    methods = {v: spec(method_name(VARIANT_DIR, v)) for v in variants()}
-    fixed = [v for v, m in methods.items() if not (m.learns or m.forks)]
-    if len(fixed) != 1:
-        raise UserError(f"{VARIANT_DIR} needs exactly one config of a fixed method (the twin), has {fixed}")
-    return fixed[0]
+def twin_of(variant: str) -> Twin | None:
+    """A variant's fixed twin (None for a fixed variant): a fixed method's config of the folder, or the variant's
+    own config frozen, keyed `<variant>_twin`; a twin config missing from the folder is a UserError."""
+    method = spec(method_name(VARIANT_DIR, variant))
+    if not has_twin(method):
+        return None
+    twin = fixed_twin(variant, method, TWIN_SUFFIX)
+    if twin.config not in variants():
+        raise UserError(f"{variant}'s fixed twin {twin.config} has no config in {VARIANT_DIR}")
+    return twin
 
 
-def variant_config(name: str, seed: int) -> Any:
-    """The run config of one variant and seed, untracked, on 1 thread."""
+def variant_config(name: str, seed: int, overrides: Sequence[str] = ()) -> Any:
+    """The run config of one variant (with a twin's `overrides`) and seed, untracked, on 1 thread."""
     from auxray.config import load_config  # pydantic: only when a run is built
 
-    overrides = [f"trainer.seed={seed}", f"data.seed={seed}", "trainer.threads=1", "tracking.enabled=false"]
-    return load_config(VARIANT_DIR / f"{name}.yaml", overrides)
+    run = [f"trainer.seed={seed}", f"data.seed={seed}", "trainer.threads=1", "tracking.enabled=false"]
+    return load_config(VARIANT_DIR / f"{name}.yaml", [*overrides, *run])
 
 
-def run_variant(name: str, seed: int) -> dict[str, Any]:
-    """Train one variant on one seed; its task weights before and after training, and the validation MSE."""
+def run_variant(name: str, seed: int, twin: Twin | None = None) -> dict[str, Any]:
+    """Train one variant (or, given its `twin`, that twin, keyed by the twin's name) on one seed; its task weights
+    before and after training, and the validation MSE."""
     from auxray.data import build_data
     from auxray.methods.weighted import WeightedObjective
     from auxray.train.diagnostics import task_weights_now
     from auxray.train.loop import BilevelTrainer
 
-    cfg = variant_config(name, seed)
+    cfg = variant_config(twin.config, seed, twin.overrides) if twin else variant_config(name, seed)
     trainer = BilevelTrainer(cfg, build_data(cfg.data, cfg.method.aux_tasks), progress=False)
     objective = trainer.objective
     if isinstance(objective, WeightedObjective):  # given weights: fixed, or the start of a forking method's merges
@@ -67,7 +74,7 @@ def run_variant(name: str, seed: int) -> dict[str, Any]:
     trainer.fit()
     last = trainer.history[-1]
     return {
-        "variant": name,
+        "variant": twin.name if twin else name,
         "method": cfg.method.name,
         "seed": seed,
         "initial_weights": initial,
@@ -93,15 +100,18 @@ def parse_variants(text: str | None) -> tuple[str, ...]:
 
 
 def harmful_check(chosen: Sequence[str] | None = None, seeds: Sequence[int] = (0, 1, 2, 3, 4)) -> dict:
-    """Every variant on every seed (the fixed twin always included, for the MSE comparison): the rows and seeds."""
+    """Every variant on every seed, then each one's fixed twin (added unasked, trained once where variants share
+    it, for the MSE comparison): the rows, the seeds and each variant's twin."""
     if not seeds or len(set(seeds)) != len(seeds):
         raise UserError(f"--seeds must name distinct seeds, got {list(seeds)}")
-    twin = fixed_twin()
-    names = (*(v for v in (chosen or variants()) if v != twin), twin)
+    names = list(chosen or variants())
+    twins = {v: t for v in names if (t := twin_of(v)) is not None}
+    shared = {t.name: t for t in twins.values()}
+    runs: dict[str, Twin | None] = {**dict.fromkeys(twins), **dict.fromkeys(names), **shared}
     rows = []
-    for name in names:
+    for name, twin in runs.items():
         for seed in seeds:
-            rows.append(run_variant(name, seed))
+            rows.append(run_variant(name, seed, twin))
         log(f"[harmful] {name}: {len(seeds)} seeds")
     config = str(VARIANT_DIR.relative_to(VARIANT_DIR.parents[1]))
-    return {"config": config, "twin": twin, "seeds": list(seeds), "rows": rows}
+    return {"config": config, "twins": {v: t.name for v, t in twins.items()}, "seeds": list(seeds), "rows": rows}

@@ -25,16 +25,18 @@ def harmful_lowest(row: dict[str, Any]) -> bool:
 
 def summarise(data: dict[str, Any]) -> list[dict[str, Any]]:
     """One summary per variant, in the JSON's order; `mse_vs_twin` is the mean over seeds of its validation MSE
-    minus the twin's on the same seed (negative: learning helped)."""
+    minus its own fixed twin's on the same seed (negative: learning helped; a fixed variant has no twin)."""
     rows = data["rows"]
-    twin = {r["seed"]: r["val_mse"] for r in rows if r["variant"] == data["twin"]}
+    mse = {(r["variant"], r["seed"]): r["val_mse"] for r in rows}
     out = []
     for variant in dict.fromkeys(r["variant"] for r in rows):
         mine = [r for r in rows if r["variant"] == variant]
-        diffs = [r["val_mse"] - twin[r["seed"]] for r in mine if r["seed"] in twin]
+        twin = data["twins"].get(variant)
+        diffs = [r["val_mse"] - mse[twin, r["seed"]] for r in mine if (twin, r["seed"]) in mse]
         out.append(
             {
                 "variant": variant,
+                "twin": twin,
                 "seeds": len(mine),
                 "harmful_lowest": sum(harmful_lowest(r) for r in mine),
                 "harmful_below_quarter": sum(r["weights"][HARMFUL] < 0.25 * max(r["weights"].values()) for r in mine),
@@ -50,22 +52,25 @@ def summarise(data: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def render_harmful(data: dict[str, Any]) -> str:
-    """The check's table, one row per variant (the twin last, its learning columns blank)."""
+    """The check's table, one row per variant beside its twin's name (the twins last, their learning columns
+    blank)."""
     lines = [
         f"Synthetic task with one helpful and one harmful auxiliary (`{data['config']}`), seeds "
         f"{', '.join(map(str, data['seeds']))}: weights after the last epoch (means over seeds); *moved* is the mean "
-        f"over tasks of |final − initial| / initial weight; ΔMSE is the validation MSE minus the fixed twin's "
-        f"(`{data['twin']}`, every weight 1) on the same seed.",
+        f"over tasks of |final − initial| / initial weight; ΔMSE is the validation MSE minus the variant's fixed "
+        f"twin's on the same seed (the same initial weights, nothing learned: `equal` is every weight 1, "
+        f"`<variant>_twin` the variant frozen).",
         "",
-        "| variant | harmful weight lowest | harmful < ¼ largest | helpful weight | harmful weight | moved "
+        "| variant | twin | harmful weight lowest | harmful < ¼ largest | helpful weight | harmful weight | moved "
         "| val MSE | ΔMSE vs twin | better than twin |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in summarise(data):
         n = s["seeds"]
-        learned = s["variant"] != data["twin"]
+        learned = s["twin"] is not None
         cells = [
             s["variant"],
+            f"`{s['twin']}`" if learned else "–",
             f"{s['harmful_lowest']}/{n}" if learned else "–",
             f"{s['harmful_below_quarter']}/{n}" if learned else "–",
             f"{s['helpful_weight']:.2f}",
