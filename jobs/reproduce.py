@@ -12,8 +12,6 @@ The repository root is put first on sys.path, so the `auxray` package comes from
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -22,26 +20,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from auxray.bench.reproduce import add_arguments, run_from_args  # noqa: E402  (needs the sys.path entry above)
-from auxray.errors import UserError  # noqa: E402
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="jobs/reproduce.py", description=__doc__.split("\n\n")[0])
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        table = run_from_args(args)
-    except UserError as err:
-        print(f"reproduce: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(
-            "reproduce: interrupted; finished trials are kept (run the same command again to resume)", file=sys.stderr
-        )
-        return 130
-    print(json.dumps(table, default=float), flush=True)
-    return 0
-
+from auxray.bench.table_job import table_job  # noqa: E402
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(table_job("reproduce", __doc__, add_arguments, run_from_args))

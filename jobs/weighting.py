@@ -14,8 +14,6 @@ The repository root is put first on sys.path, so the `auxray` package comes from
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -23,28 +21,9 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from auxray.bench.table_job import table_job  # noqa: E402
 from auxray.bench.weighting import run_from_args  # noqa: E402  (needs the sys.path entry above)
 from auxray.bench.weighting_command import add_arguments  # noqa: E402
-from auxray.errors import UserError  # noqa: E402
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="jobs/weighting.py", description=__doc__.split("\n\n")[0])
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        rows = run_from_args(args)
-    except UserError as err:
-        print(f"weighting: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(
-            "weighting: interrupted; finished trials are kept (run the same command again to resume)", file=sys.stderr
-        )
-        return 130
-    print(json.dumps(rows, default=float), flush=True)
-    return 0
-
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(table_job("weighting", __doc__, add_arguments, run_from_args))

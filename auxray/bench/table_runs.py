@@ -227,6 +227,12 @@ def read_runs_file(path: Path) -> dict[RunKey, dict[str, Any]]:
     return rows
 
 
+def known_runs(runs_file: Path, runs_root: Path) -> dict[RunKey, dict[str, Any]]:
+    """Every finished run known without training any: the run record file's and the runs folder's (the folder's
+    win where both have one)."""
+    return {**read_runs_file(runs_file), **finished_rows(runs_root)}
+
+
 def write_runs_file(path: Path, rows: dict[RunKey, dict[str, Any]]) -> None:
     """Every known run row, one JSON line each, replacing the file at once."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -298,7 +304,7 @@ def gather_runs(
     """The one driver loop of a table: runs the record file or the runs folder has already are reused (logged
     as skipped), the others trained as grid sweeps; the record file is rewritten with every known run.
     Returns (every known row by key, the runs done before, the runs that failed)."""
-    known = {**read_runs_file(runs_file), **finished_rows(setup.runs_root)}
+    known = known_runs(runs_file, setup.runs_root)
     done_before = [w for w in todo if w.key in known]
     for i, w in enumerate(todo, 1):
         if w in done_before:

@@ -44,9 +44,8 @@ from auxray.bench.table_runs import (
     Wanted,
     check_jobs,
     failed_error,
-    finished_rows,
     gather_runs,
-    read_runs_file,
+    known_runs,
     tracking_uri,
 )
 from auxray.bench.twins import write_run_configs
@@ -79,11 +78,6 @@ def _wanted(sp: SetPlan, plan: Plan, seeds: Sequence[int]) -> dict[tuple[str, in
     """Every (key, seed) of a set resolved (a bad option fails before any training) as the runner's Wanted."""
     cfgs = resolve_configs(plan, sp.keys, seeds)
     return {(k, s): Wanted(k, s, fingerprint(c), c.model.backbone, method_settings(c)) for (k, s), c in cfgs.items()}
-
-
-def _known(runs_file: Path, runs_root: Path) -> dict[RunKey, dict[str, Any]]:
-    """A set's finished runs without training any: its run record file and its runs folder."""
-    return {**read_runs_file(runs_file), **finished_rows(runs_root)}
 
 
 def run_weighting(
@@ -188,7 +182,7 @@ def run_weighting(
         keys = [k for k in plans[s].keys if k != SEARCH_ROW or s in given]
         todo = [wanted[s][k, seed] for seed in seeds for k in keys]
         if status:
-            known[s] = _known(_runs_file(out, tag, s), runs_root / s)
+            known[s] = known_runs(_runs_file(out, tag, s), runs_root / s)
             left = [f"{w.method} seed {w.seed}" for w in todo if w.key not in known[s]]
             done = len(todo) - len(left)
             log(f"[weighting] {s}: {done} of {len(todo)} runs finished; to train: {', '.join(left) or 'none'}")
@@ -197,7 +191,7 @@ def run_weighting(
         failed += lost
 
     for s in carried:
-        known[s] = _known(_runs_file(out, tag, s), runs_root / s)
+        known[s] = known_runs(_runs_file(out, tag, s), runs_root / s)
     rows: list[dict[str, Any]] = []
     by_set: dict[str, list[dict[str, Any]]] = {}
     complete: list[str] = []
@@ -293,7 +287,7 @@ def _subset_runs(
 ) -> list[dict[str, Any]]:
     """The helpful set's equal runs under the same plan (no training: read from its records when not run now)."""
     source = AUX_SETS[helpful]
-    runs = known if known is not None else _known(_runs_file(out, tag, helpful), runs_root / helpful)
+    runs = known if known is not None else known_runs(_runs_file(out, tag, helpful), runs_root / helpful)
     found = []
     for s in seeds:
         key = (SUBSET_METHOD, s, fingerprint(replace(plan, config_dir=source).config(SUBSET_METHOD, s)))
