@@ -13,7 +13,7 @@ import pytest
 
 from auxray.bench.overhead import TWINS
 from auxray.bench.plan import Plan
-from auxray.bench.table_runs import write_runs_file
+from auxray.bench.table_runs import MANIFEST_SUFFIX, write_runs_file
 from auxray.bench.twins import FROZEN, Twin, fixed_twin, write_run_configs
 from auxray.bench.weighting import _wanted, run_weighting
 from auxray.bench.weighting_rows import completeness, final_weights
@@ -168,6 +168,26 @@ def test_rows_from_finished_runs_with_twins_and_the_helpful_subset(tmp_path: Pat
     # The search is kept: a later invocation that carries the helpful set shows its weight_search row unasked.
     again = run_weighting(sets=("harmful",), methods=("arml",), **common)
     assert [r for r in again if r["method"] == "weight_search"] == [search]
+
+
+def test_a_run_another_set_finished_with_the_same_config_is_not_trained_again(tmp_path: Path, capsys) -> None:
+    """STL weighs no auxiliary task, so its config is the same in every set: the harmful set's STL row is the
+    helpful set's runs (on record there only), nothing trains, and the harmful set's record file keeps them."""
+    _record(tmp_path, "helpful", ["stl"], (0,), {"stl": 0.58})
+    rows = run_weighting(
+        sets=("harmful",),
+        methods=("stl",),
+        seeds=(0,),
+        quick=True,
+        out_dir=tmp_path / "out",
+        runs_dir=tmp_path / "runs",
+    )
+    by_set = {r["aux_set"]: r for r in rows if r["method"] == "stl"}
+    assert by_set["harmful"]["accuracies"] == by_set["helpful"]["accuracies"] == [pytest.approx(0.58)]
+    assert "stl seed 0: done before, test acc 0.5800 (skipped)" in capsys.readouterr().err
+    record = tmp_path / "out" / "weighting_quick.harmful.runs.jsonl"
+    assert [json.loads(line)["method"] for line in record.read_text().splitlines()] == ["stl"]
+    assert not list((tmp_path / "runs").glob(f"*/*{MANIFEST_SUFFIX}"))  # no grid sweep planned
 
 
 def test_status_reports_what_is_finished_and_left_without_training_or_writing(tmp_path: Path, capsys) -> None:

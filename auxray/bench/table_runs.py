@@ -21,7 +21,7 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -299,12 +299,19 @@ def _run(run_sweep: Any, sweep: SweepConfig, resume: bool, setup: GridSetup, ver
 
 
 def gather_runs(
-    setup: GridSetup, todo: Sequence[Wanted], runs_file: Path, threads: int, verbose: bool
+    setup: GridSetup,
+    todo: Sequence[Wanted],
+    runs_file: Path,
+    threads: int,
+    verbose: bool,
+    elsewhere: Mapping[RunKey, dict[str, Any]] | None = None,
 ) -> tuple[dict[RunKey, dict[str, Any]], list[Wanted], list[Wanted]]:
-    """The one driver loop of a table: runs the record file or the runs folder has already are reused (logged
-    as skipped), the others trained as grid sweeps; the record file is rewritten with every known run.
+    """The one driver loop of a table: runs the record file or the runs folder has already, or `elsewhere` has
+    (another table's finished runs: the same key is the same run), are reused (logged as skipped), the others
+    trained as grid sweeps; the record file is rewritten with every known run.
     Returns (every known row by key, the runs done before, the runs that failed)."""
-    known = known_runs(runs_file, setup.runs_root)
+    wanted = {w.key for w in todo}
+    known = {**{k: r for k, r in (elsewhere or {}).items() if k in wanted}, **known_runs(runs_file, setup.runs_root)}
     done_before = [w for w in todo if w.key in known]
     for i, w in enumerate(todo, 1):
         if w in done_before:

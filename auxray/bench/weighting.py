@@ -23,7 +23,7 @@ import json
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -78,6 +78,22 @@ def _wanted(sp: SetPlan, plan: Plan, seeds: Sequence[int]) -> dict[tuple[str, in
     """Every (key, seed) of a set resolved (a bad option fails before any training) as the runner's Wanted."""
     cfgs = resolve_configs(plan, sp.keys, seeds)
     return {(k, s): Wanted(k, s, fingerprint(c), c.model.backbone, method_settings(c)) for (k, s), c in cfgs.items()}
+
+
+def _other_sets_runs(
+    aux_set: str,
+    shown: Sequence[str],
+    known: Mapping[str, dict[RunKey, dict[str, Any]]],
+    out: Path,
+    tag: str,
+    runs_root: Path,
+) -> dict[RunKey, dict[str, Any]]:
+    """The finished runs of every set but `aux_set`: as gathered in this invocation, else from their records."""
+    found: dict[RunKey, dict[str, Any]] = {}
+    for other in shown:
+        if other != aux_set:
+            found.update(known.get(other) or known_runs(_runs_file(out, tag, other), runs_root / other))
+    return found
 
 
 def run_weighting(
@@ -181,13 +197,15 @@ def run_weighting(
         # The weight search's runs train when its result is given now; a kept one's row shows the runs it has.
         keys = [k for k in plans[s].keys if k != SEARCH_ROW or s in given]
         todo = [wanted[s][k, seed] for seed in seeds for k in keys]
+        # A run of the same method, seed and config in another set (STL, which has no auxiliary task) is this run.
+        elsewhere = {} if fresh else _other_sets_runs(s, shown, known, out, tag, runs_root)
         if status:
-            known[s] = known_runs(_runs_file(out, tag, s), runs_root / s)
+            known[s] = {**elsewhere, **known_runs(_runs_file(out, tag, s), runs_root / s)}
             left = [f"{w.method} seed {w.seed}" for w in todo if w.key not in known[s]]
             done = len(todo) - len(left)
             log(f"[weighting] {s}: {done} of {len(todo)} runs finished; to train: {', '.join(left) or 'none'}")
             continue
-        known[s], _, lost = gather_runs(setup, todo, _runs_file(out, tag, s), threads, verbose)
+        known[s], _, lost = gather_runs(setup, todo, _runs_file(out, tag, s), threads, verbose, elsewhere)
         failed += lost
 
     for s in carried:
