@@ -102,3 +102,18 @@ def test_table_task_weight_plot_keeps_one_colour_per_task_across_panels(tmp_path
     colours = [{line.get_label(): line.get_color() for line in ax.get_lines()} for ax in fig.axes]
     assert colours[0]["y"] == colours[1]["y"] and len({colours[0]["x"], colours[0]["y"], colours[1]["z"]}) == 3
     assert [t.get_text() for t in fig.axes[-1].get_legend().get_texts()] == ["x", "y", "z"]
+
+
+def test_table_task_weight_plot_wraps_many_methods_into_rows(tmp_path: Path, monkeypatch) -> None:
+    """Six methods: two rows of at most four panels (the spare two hidden), the rows labelled, one legend."""
+    from auxray.bench import reproduce_plot
+
+    figures = []
+    monkeypatch.setattr(reproduce_plot, "save_figure", lambda fig, path: figures.append(fig) or path)
+    runs = [{"method": f"m{i}", "diagnostics": {"task_weight_history": {"x": [1.0, 0.5]}}} for i in range(6)]
+    reproduce_plot.plot_task_weights(runs, tmp_path / "w.png", "weights")
+    (fig,) = figures
+    shown = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(fig.axes) == 8 and [ax.get_title() for ax in shown] == [f"m{i}" for i in range(6)]
+    assert [ax.get_ylabel() != "" for ax in shown] == [True, False, False, False, True, False]
+    assert [ax.get_legend() is not None for ax in shown] == [False] * 5 + [True]

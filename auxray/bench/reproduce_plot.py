@@ -12,6 +12,8 @@ import matplotlib.pyplot as plt
 from auxray.bench.table import is_baseline
 from auxray.tracking.plots import save_figure  # also selects matplotlib's Agg backend
 
+PANELS_PER_ROW = 4
+
 
 def plot_reproduce(table: Sequence[dict[str, Any]], path: str | Path, title: str) -> Path | None:
     """Left: mean ± std test accuracy (%) per method, one dot per seed, the paper's mean ± std as a hollow
@@ -87,11 +89,17 @@ def plot_task_weights(runs: Sequence[dict[str, Any]], path: str | Path, title: s
             histories.setdefault(run["method"], []).append(history)
     if not histories:
         return None
-    fig, axes = plt.subplots(1, len(histories), figsize=(3.2 * len(histories), 3.0), squeeze=False)
+    # At most PANELS_PER_ROW panels a row, so a table of many methods stays readable on a page.
+    cols = min(len(histories), PANELS_PER_ROW)
+    rows = -(-len(histories) // cols)
+    fig, grid = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.0 * rows), squeeze=False)
+    panels = list(grid.flat)
+    for spare in panels[len(histories) :]:
+        spare.set_visible(False)
     # One colour per task in every panel (panels may hold different task sets), and one legend of them all.
     tasks = sorted({task for seeds in histories.values() for task in seeds[0]})
     colour = {task: f"C{i % 10}" for i, task in enumerate(tasks)}
-    for ax, (method, seeds) in zip(axes[0], histories.items()):
+    for ax, (method, seeds) in zip(panels, histories.items()):
         for task in sorted(seeds[0]):
             curves = [[float("nan") if v is None else v for v in h[task]] for h in seeds if task in h]
             epochs = range(1, min(len(c) for c in curves) + 1)
@@ -104,9 +112,10 @@ def plot_task_weights(runs: Sequence[dict[str, Any]], path: str | Path, title: s
         ax.set_title(method, fontsize=9)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("learned task weight")
+    for row in grid:
+        row[0].set_ylabel("task weight (learned or merged)")
     handles = [plt.Line2D([], [], color=colour[task], label=task) for task in tasks]
-    axes[0][-1].legend(handles=handles, fontsize=7, loc="best")
+    panels[len(histories) - 1].legend(handles=handles, fontsize=7, loc="best")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return save_figure(fig, Path(path))
