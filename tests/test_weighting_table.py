@@ -249,6 +249,21 @@ def test_the_side_label_set_plans_as_the_harmful_set_and_its_rows_name_the_table
     assert f"## Aux set: side_labels (table ({', '.join(tasks)}))" in page
 
 
+def test_every_method_of_the_side_label_folder_plans_beside_stl(tmp_path: Path) -> None:
+    """STL reads no side-label table, yet it is the side set's row like any other: the table names auxiliary tasks (as
+    method.aux_task does), so it is not a setting methods must share; data settings that are shared still are."""
+    side = set_plan("side_labels", AUX_SETS["side_labels"], None)
+    plan = Plan(None, "convnet4", None, False, (), tmp_path / "configs")
+    write_run_configs(side.sources(), side.config_dir, plan.config_dir)
+    wanted = _wanted(side, plan, (0,))
+    assert wanted["stl", 0].fingerprint != wanted["equal", 0].fingerprint
+    assert {k for k, _ in wanted} == set(side.keys) and "stl" in side.keys
+    stl = plan.config_dir / "stl.yaml"
+    stl.write_text(stl.read_text().replace("unlabeled_batch_size: 64", "unlabeled_batch_size: 32"))
+    with pytest.raises(UserError, match="data.unlabeled_batch_size: 32 \\(stl\\) vs 64"):
+        _wanted(side, plan, (0,))
+
+
 def _trial(folder: Path, name: str, results: list[dict]) -> None:
     (folder / name).mkdir(parents=True)
     (folder / name / "result.json").write_text("".join(json.dumps(r) + "\n" for r in results) + '{"torn')

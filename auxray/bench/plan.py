@@ -83,11 +83,16 @@ def default_tag(backbone: str, quick: bool, config_dir: Path = CONFIG_DIR) -> st
     return f"quick_{backbone}" if quick else f"{Path(config_dir).name}_{backbone}"
 
 
+# The data keys that say which auxiliary tasks a run has (the side-label table): part of a method's auxiliary set.
+AUX_SET_DATA_KEYS = ("aux_table", "aux_columns")
+
+
 def shared_settings(cfg: Any) -> dict[str, Any]:
-    """Everything that must be identical across methods for a fair table: data (bar the seed), model, trainer
-    (bar the seed and where checkpoints go)."""
+    """Everything that must be identical across methods for a fair table: data (bar the seed and the side-label
+    table, which names auxiliary tasks as method.aux_task does, so STL needs none), model, trainer (bar the seed and
+    where checkpoints go)."""
     d = cfg.model_dump()
-    data = {k: v for k, v in d["data"].items() if k != "seed"}
+    data = {k: v for k, v in d["data"].items() if k not in ("seed", *AUX_SET_DATA_KEYS)}
     trainer = {k: v for k, v in d["trainer"].items() if k not in ("seed", "checkpoint_dir")}
     return {"data": data, "model": d["model"], "trainer": trainer}
 
