@@ -24,6 +24,7 @@ from auxray.data.imagefolder import cache_path, imagefolder_train_keys, load_ima
 from auxray.data.tensors import TensorData
 from auxray.data.unlabeled import load_unlabeled, unlabeled_keys
 from auxray.errors import UserError
+from auxray.methods.view_tasks import ColumnLoss
 from tests.test_data import _write_cifar_batches, _write_folder
 
 COLOURS = {"ant": (250, 10, 10), "bee": (10, 250, 10), "cow": (10, 10, 250)}
@@ -405,3 +406,18 @@ def test_unlabeled_missing_or_empty_pool_is_a_user_error(tmp_path: Path) -> None
     with pytest.raises(UserError, match="no images") as err:
         load_unlabeled(tmp_path / "empty", 8, tmp_path / "cache")
     assert "\n" not in str(err.value)
+
+
+def test_a_regression_column_trains_with_a_bounded_gradient() -> None:
+    """A regression column's loss is Huber on the standardised values: squared error near the target, and beyond one
+    standard deviation a gradient of at most 1 per value, as a classification head's is (a far-off prediction at
+    the primary's learning rate does not blow the head up); a missing value adds nothing."""
+    loss = ColumnLoss(ColumnGroup("size", "regression", 0, 2, None))
+    pred = torch.tensor([[0.5, 1000.0], [-3.0, 0.2], [2.0, 7.0]], requires_grad=True)
+    target = torch.tensor([[0.0, 0.0], [0.0, float("nan")], [2.0, 7.0]])
+    y = torch.cat([torch.zeros(3, 1), target], dim=1)  # the main label first, then the table's columns
+    per = loss.loss({"x": {"size": pred}}, {"y": y})
+    torch.testing.assert_close(per.detach(), torch.tensor([(0.125 + 999.5) / 2, 2.5, 0.0]))
+    per.sum().backward()
+    assert pred.grad is not None
+    torch.testing.assert_close(pred.grad, torch.tensor([[0.25, 0.5], [-1.0, 0.0], [0.0, 0.0]]))

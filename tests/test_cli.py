@@ -96,6 +96,20 @@ def test_unreachable_tracking_server_is_one_line_before_training(tmp_path, cifar
     assert not (tmp_path / "runs").exists()
 
 
+def test_a_run_that_diverges_stops_with_one_line_and_keeps_what_it_wrote(tmp_path, cifar_zip, capsys):
+    """A learning rate that sends the loss to NaN or infinity stops the run at that step (exit 2, one line naming the
+    epoch, step and losses) rather than training on to a chance-level model; its run folder and config stay."""
+    raw = tiny_cifar_raw(cifar_zip, tmp_path)
+    raw["trainer"]["lr"] = 1e12
+    proc = in_process(capsys, "train", str(write_config(tmp_path, raw)), "--no-progress")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if "error" in line]
+    assert errors == [proc.stderr.splitlines()[-1]], proc.stderr
+    assert "training diverged at epoch 1, step " in errors[0] and "main_loss nan" in errors[0]
+    (run_dir,) = (tmp_path / "runs" / "run").iterdir()
+    assert (run_dir / "config.json").is_file()
+
+
 def test_a_gpu_this_machine_lacks_is_one_line(tmp_path, cifar_zip, capsys):
     """trainer.device or --gpus-per-worker naming more GPUs than the machine has (on a machine without one: any) is
     one line and exit 2, before a run folder exists (one index or GPU past the last, so it holds on any machine)."""

@@ -21,6 +21,7 @@ from auxray.methods.base import ForkableWeights
 from auxray.models import MultiHeadNet, build_trunk
 from auxray.train.collective import Collective, PhiUpdater
 from auxray.train.diagnostics import epoch_diagnostics, hypergrad_cosine
+from auxray.train.divergence import check_finite
 from auxray.train.evaluation import evaluate_split
 from auxray.train.forkmerge import BranchRunner, ForkMerge, InProcessBranches
 from auxray.train.hypergradient import build_hypergradient
@@ -305,6 +306,7 @@ class BilevelTrainer:
             outer_batch = next(outer_stream) if outer and outer_stream is not None else None
             sent, t_outer = self.collective.bytes_sent, time.perf_counter()
             stats, norm = self.train_step(batch, outer_batch)
+            check_finite(stats, self.epoch + 1, self.step)
             if outer_batch is not None and norm is not None:
                 outer_seconds += time.perf_counter() - t_outer
                 outer_bytes += self.collective.bytes_sent - sent
