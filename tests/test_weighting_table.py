@@ -190,6 +190,20 @@ def test_a_run_another_set_finished_with_the_same_config_is_not_trained_again(tm
     assert not list((tmp_path / "runs").glob(f"*/*{MANIFEST_SUFFIX}"))  # no grid sweep planned
 
 
+def test_the_table_shows_every_seed_on_record_not_only_the_invocations(tmp_path: Path) -> None:
+    """An invocation for some seeds (here seed 0, on record) still shows the rows' other recorded seeds (1 and 2), so a
+    partial run does not shrink the table; a record of a config that has since changed (seed 5's) is not shown."""
+    _record(tmp_path, "helpful", ["arml", "equal"], (0, 1, 2), {"arml": 0.6, "equal": 0.62})
+    record = tmp_path / "out" / "weighting_quick.helpful.runs.jsonl"
+    stale = json.loads(record.read_text().splitlines()[0]) | {"seed": 5, "fingerprint": "changed"}
+    record.write_text(record.read_text() + json.dumps(stale) + "\n")
+    common = {"quick": True, "out_dir": tmp_path / "out", "runs_dir": tmp_path / "runs"}
+    rows = run_weighting(sets=("helpful",), methods=("arml",), seeds=(0,), **common)
+    assert [(r["method"], r["seeds"]) for r in rows] == [("arml", [0, 1, 2]), ("equal", [0, 1, 2])]
+    assert rows[0]["accuracies"] == pytest.approx([0.6, 0.61, 0.62])
+    assert "Seeds 0, 1, 2;" in (tmp_path / "out" / "weighting_quick.md").read_text()
+
+
 def test_status_reports_what_is_finished_and_left_without_training_or_writing(tmp_path: Path, capsys) -> None:
     """--status: the rows of the finished runs (arml and equal on seed 0), and per set the runs still to train
     (seed 1 of both), with nothing trained and no table written (the record file as it was)."""

@@ -210,6 +210,9 @@ def run_weighting(
 
     for s in carried:
         known[s] = known_runs(_runs_file(out, tag, s), runs_root / s)
+    # The table shows every seed on record, not only this invocation's: training some seeds (--seeds 0,1) does not
+    # shrink the rows that others trained.
+    seeds, wanted = _seeds_on_record(seeds, wanted, known, plans, grids)
     rows: list[dict[str, Any]] = []
     by_set: dict[str, list[dict[str, Any]]] = {}
     complete: list[str] = []
@@ -252,6 +255,23 @@ def run_weighting(
     if failed:
         raise failed_error(failed, runs_root)
     return rows
+
+
+def _seeds_on_record(
+    seeds: Sequence[int],
+    wanted: dict[str, dict[tuple[str, int], Wanted]],
+    known: Mapping[str, dict[RunKey, dict[str, Any]]],
+    plans: Mapping[str, SetPlan],
+    grids: Mapping[str, Plan],
+) -> tuple[tuple[int, ...], dict[str, dict[tuple[str, int], Wanted]]]:
+    """The invocation's seeds and every other seed with a finished run of a shown row's config as planned now (a
+    record of a changed config does not count), and the wanted runs with those seeds' added."""
+    extra = sorted({key[1] for runs in known.values() for key in runs} - set(seeds))
+    if not extra:
+        return tuple(seeds), wanted
+    more = {s: {**ws, **_wanted(plans[s], grids[s], extra)} for s, ws in wanted.items()}
+    found = {x for s, ws in more.items() for (_, x), w in ws.items() if x in extra and w.key in known.get(s, {})}
+    return tuple(sorted({*seeds, *found})), more
 
 
 def _search_file(out: Path, tag: str, aux_set: str) -> Path:
