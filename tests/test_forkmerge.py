@@ -200,8 +200,12 @@ def test_equal_weighs_each_task_by_method_task_weights() -> None:
 
 
 def test_task_weights_naming_no_task_of_the_run_or_negative_are_one_line(tmp_path, capsys) -> None:
-    path = write_config(tmp_path, synthetic_raw(method={"name": "equal", "task_weights": {"rotation": 0.5}}))
+    """One line and exit 2, and no run folder made for the run that never started."""
+    raw = synthetic_raw(method={"name": "equal", "task_weights": {"rotation": 0.5}})
+    raw["trainer"]["checkpoint_dir"] = str(tmp_path / "runs")
+    path = write_config(tmp_path, raw)
     assert_one_line_error(in_process(capsys, "train", str(path)), "method.task_weights names rotation", "helpful")
+    assert not (tmp_path / "runs").exists()
     with pytest.raises(UserError, match="task_weights must be non-negative numbers; harmful is not"):
         config_from_dict(synthetic_raw(method={"name": "equal", "task_weights": {"harmful": -1}}))
 

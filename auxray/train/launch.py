@@ -42,9 +42,10 @@ def train_local(
 ) -> Summary:
     """One process, in the plan's run folder, resumed from its latest.pt when the plan resumes."""
     cfg, path = plan.cfg, plan.run_dir
-    run_dir, latest = RunDir(path, cfg), LatestCheckpoint(path, cfg)
     state = load_checkpoint(plan.restore) if plan.restore is not None else None
     trainer = build_trainer(plan, state=state, progress=progress)
+    # The run folder is made once the trainer is built: a setting only the objective can check leaves no folder.
+    run_dir, latest = RunDir(path, cfg), LatestCheckpoint(path, cfg)
     if state is not None:
         log(f"resumed {path} at epoch {trainer.epoch} (step {trainer.step})")
     data = trainer.data
