@@ -190,18 +190,29 @@ def test_a_run_another_set_finished_with_the_same_config_is_not_trained_again(tm
     assert not list((tmp_path / "runs").glob(f"*/*{MANIFEST_SUFFIX}"))  # no grid sweep planned
 
 
-def test_the_table_shows_every_seed_on_record_not_only_the_invocations(tmp_path: Path) -> None:
-    """An invocation for some seeds (here seed 0, on record) still shows the rows' other recorded seeds (1 and 2), so a
-    partial run does not shrink the table; a record of a config that has since changed (seed 5's) is not shown."""
+def test_the_table_shows_every_seed_on_record_not_only_the_invocations(tmp_path: Path, capsys) -> None:
+    """An invocation for some seeds (here seed 0, on record) still shows each set's other recorded seeds, per row
+    (arml's extra seed 3 joins its row only), so a partial run does not shrink the table; completeness is against the
+    invocation's seeds; a record of a config that has since changed (seed 5's) and another set's seeds do not count."""
     _record(tmp_path, "helpful", ["arml", "equal"], (0, 1, 2), {"arml": 0.6, "equal": 0.62})
+    _record(tmp_path, "harmful", ["arml", "equal"], (0,), {"arml": 0.5, "equal": 0.52})
     record = tmp_path / "out" / "weighting_quick.helpful.runs.jsonl"
-    stale = json.loads(record.read_text().splitlines()[0]) | {"seed": 5, "fingerprint": "changed"}
-    record.write_text(record.read_text() + json.dumps(stale) + "\n")
+    lines = record.read_text().splitlines()
+    stale = json.loads(lines[0]) | {"seed": 5, "fingerprint": "changed"}
+    _record(tmp_path, "helpful", ["arml"], (3,), {"arml": 0.6, "equal": 0.62})
+    seed3 = [line for line in record.read_text().splitlines() if json.loads(line)["method"] == "arml"]
+    record.write_text("\n".join([*lines, *seed3, json.dumps(stale)]) + "\n")
     common = {"quick": True, "out_dir": tmp_path / "out", "runs_dir": tmp_path / "runs"}
     rows = run_weighting(sets=("helpful",), methods=("arml",), seeds=(0,), **common)
-    assert [(r["method"], r["seeds"]) for r in rows] == [("arml", [0, 1, 2]), ("equal", [0, 1, 2])]
-    assert rows[0]["accuracies"] == pytest.approx([0.6, 0.61, 0.62])
-    assert "Seeds 0, 1, 2;" in (tmp_path / "out" / "weighting_quick.md").read_text()
+    assert [(r["method"], r["aux_set"], r["seeds"]) for r in rows] == [
+        ("arml", "helpful", [0, 1, 2, 3]),
+        ("equal", "helpful", [0, 1, 2]),
+        ("equal", "harmful", [0]),
+        ("equal_helpful_subset", "harmful", [0]),
+        ("arml", "harmful", [0]),
+    ]
+    assert rows[0]["accuracies"] == pytest.approx([0.6, 0.61, 0.62, 0.63])
+    assert "incomplete" not in capsys.readouterr().err
 
 
 def test_status_reports_what_is_finished_and_left_without_training_or_writing(tmp_path: Path, capsys) -> None:

@@ -210,9 +210,11 @@ def run_weighting(
 
     for s in carried:
         known[s] = known_runs(_runs_file(out, tag, s), runs_root / s)
-    # The table shows every seed on record, not only this invocation's: training some seeds (--seeds 0,1) does not
-    # shrink the rows that others trained.
-    seeds, wanted = _seeds_on_record(seeds, wanted, known, plans, grids)
+    # A set's rows show every seed on record, not only this invocation's: training some seeds (--seeds 0,1) does not
+    # shrink the rows that others trained, and extra seeds (3, 4) join the rows that have them. Completeness is
+    # reported against the invocation's seeds.
+    on_record = {s: _seeds_on_record(seeds, wanted[s], known[s], plans[s], grids[s]) for s in shown}
+    wanted = {s: ws for s, (_, ws) in on_record.items()}
     rows: list[dict[str, Any]] = []
     by_set: dict[str, list[dict[str, Any]]] = {}
     complete: list[str] = []
@@ -220,8 +222,12 @@ def run_weighting(
     for s in shown:
         subset = None
         if HELPFUL_SUBSET.get(s) and SUBSET_METHOD in plans[s].keys:
-            subset = _subset_runs(HELPFUL_SUBSET[s], grids[s], runs_root, out, tag, seeds, known.get(HELPFUL_SUBSET[s]))
-        mine, ok, missing, by_set[s] = _set_table(plans[s], wanted[s], known[s], seeds, subset, s in carried)
+            subset = _subset_runs(
+                HELPFUL_SUBSET[s], grids[s], runs_root, out, tag, on_record[s][0], known.get(HELPFUL_SUBSET[s])
+            )
+        mine, ok, missing, by_set[s] = _set_table(
+            plans[s], wanted[s], known[s], on_record[s][0], seeds, subset, s in carried
+        )
         if s in searches:
             for row in mine:
                 if row["method"] == SEARCH_ROW:
@@ -259,18 +265,18 @@ def run_weighting(
 
 def _seeds_on_record(
     seeds: Sequence[int],
-    wanted: dict[str, dict[tuple[str, int], Wanted]],
-    known: Mapping[str, dict[RunKey, dict[str, Any]]],
-    plans: Mapping[str, SetPlan],
-    grids: Mapping[str, Plan],
-) -> tuple[tuple[int, ...], dict[str, dict[tuple[str, int], Wanted]]]:
-    """The invocation's seeds and every other seed with a finished run of a shown row's config as planned now (a
-    record of a changed config does not count), and the wanted runs with those seeds' added."""
-    extra = sorted({key[1] for runs in known.values() for key in runs} - set(seeds))
+    wanted: dict[tuple[str, int], Wanted],
+    known: Mapping[RunKey, dict[str, Any]],
+    sp: SetPlan,
+    plan: Plan,
+) -> tuple[tuple[int, ...], dict[tuple[str, int], Wanted]]:
+    """A set's seeds to show: the invocation's and every other seed with a finished run of one of its rows' configs
+    as planned now (a record of a changed config does not count); and its wanted runs with those seeds' added."""
+    extra = sorted({key[1] for key in known} - set(seeds))
     if not extra:
         return tuple(seeds), wanted
-    more = {s: {**ws, **_wanted(plans[s], grids[s], extra)} for s, ws in wanted.items()}
-    found = {x for s, ws in more.items() for (_, x), w in ws.items() if x in extra and w.key in known.get(s, {})}
+    more = {**wanted, **_wanted(sp, plan, extra)}
+    found = {x for (_, x), w in more.items() if x in extra and w.key in known}
     return tuple(sorted({*seeds, *found})), more
 
 
@@ -297,13 +303,15 @@ def _set_table(
     sp: SetPlan,
     wanted: dict[tuple[str, int], Wanted],
     known: dict[RunKey, dict[str, Any]],
+    shown: Sequence[int],
     seeds: Sequence[int],
     subset: list[dict[str, Any]] | None,
     carried: bool,
 ) -> tuple[list[dict[str, Any]], list[str], list[str], list[dict[str, Any]]]:
-    """One set's rows, its complete and incomplete report lines (a carried set's only for rows it has) and its
-    learned or forking methods' runs (for the weights plot). subset: the equal_helpful_subset runs, if a row."""
-    runs = {k: [known[wanted[k, x].key] for x in seeds if wanted[k, x].key in known] for k in sp.keys}
+    """One set's rows over the `shown` seeds, its complete and incomplete report lines against the invocation's
+    `seeds` (a carried set's only for rows it has) and its learned or forking methods' runs (for the weights plot).
+    subset: the equal_helpful_subset runs, if a row."""
+    runs = {k: [known[wanted[k, x].key] for x in shown if wanted[k, x].key in known] for k in sp.keys}
     twins = {m: t.name for m, t in sp.twins.items()}
     rows = set_rows(sp.aux_set, sp.keys, runs, twins, subset or (), SUBSET_ROW, SUBSET_METHOD)
     keys = [*sp.keys, SUBSET_ROW] if subset is not None else list(sp.keys)
