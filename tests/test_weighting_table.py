@@ -42,6 +42,16 @@ def test_twins_come_from_the_specs_and_a_shared_twin_is_one_key(tmp_path: Path) 
     assert twin.model_dump(exclude={"hypergrad"}) == method.model_dump(exclude={"hypergrad"})
 
 
+def test_a_method_that_starts_its_weights_elsewhere_than_equal_is_twinned_with_itself_frozen() -> None:
+    """JTDS at its published start (1/8) has its own frozen twin, so learning is not credited with what the small
+    start gives; at weight 1 (normalised) its twin is still equal weights, shared with ARML."""
+    plan = set_plan("side_labels", AUX_SETS["side_labels"], ["jtds", "jtds_normalised", "arml"])
+    assert plan.twins["jtds"] == Twin("jtds_twin", "jtds", FROZEN)
+    assert plan.twins["jtds_normalised"] == plan.twins["arml"] == Twin("equal", "equal")
+    assert plan.keys == ("jtds", "jtds_twin", "jtds_normalised", "equal", "arml")
+    assert fixed_twin("jtds", SPECS["jtds"], "_twin", 1.0) == Twin("equal", "equal")
+
+
 def test_final_weights_and_completeness() -> None:
     runs = [
         {"diagnostics": {"task_weight/rotation": 1.0, "task_weight/noise_labels": 0.2, "train_seconds": 3.0}},

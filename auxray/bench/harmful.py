@@ -22,7 +22,7 @@ from typing import Any
 
 from auxray.bench.machine import log
 from auxray.bench.plan import config_entries
-from auxray.bench.twins import Twin, fixed_twin, has_twin
+from auxray.bench.twins import Twin, config_init_weight, fixed_twin, has_twin
 from auxray.bench.weighting_sets import TWIN_SUFFIX, method_name
 from auxray.errors import UserError
 from auxray.method_specs import spec
@@ -41,7 +41,7 @@ def twin_of(variant: str) -> Twin | None:
     method = spec(method_name(VARIANT_DIR, variant))
     if not has_twin(method):
         return None
-    twin = fixed_twin(variant, method, TWIN_SUFFIX)
+    twin = fixed_twin(variant, method, TWIN_SUFFIX, config_init_weight(VARIANT_DIR, variant))
     if twin.config not in variants():
         raise UserError(f"{variant}'s fixed twin {twin.config} has no config in {VARIANT_DIR}")
     return twin

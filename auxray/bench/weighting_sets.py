@@ -14,10 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from auxray.bench.plan import config_entries
-from auxray.bench.twins import Twin, fixed_twin, has_twin
+from auxray.bench.twins import Twin, config_init_weight, fixed_twin, has_twin, method_section
 from auxray.errors import UserError
 from auxray.method_specs import DEFAULT_METHOD, EQUAL_WEIGHTS, SPECS
 
@@ -79,8 +77,7 @@ def parse_sets(names: Sequence[str]) -> tuple[str, ...]:
 
 def method_name(config_dir: Path, stem: str) -> str:
     """The method.name of a config file (the default method when it names none)."""
-    raw = yaml.safe_load((config_dir / f"{stem}.yaml").read_text()) or {}
-    return str((raw.get("method") or {}).get("name", DEFAULT_METHOD))
+    return str(method_section(config_dir, stem).get("name", DEFAULT_METHOD))
 
 
 def set_plan(aux_set: str, config_dir: Path, methods: Sequence[str] | None) -> SetPlan:
@@ -99,7 +96,7 @@ def set_plan(aux_set: str, config_dir: Path, methods: Sequence[str] | None) -> S
         method = SPECS.get(name)
         if method is None or not has_twin(method):
             continue
-        twin = fixed_twin(stem, method, TWIN_SUFFIX)
+        twin = fixed_twin(stem, method, TWIN_SUFFIX, config_init_weight(config_dir, stem))
         if twin.config not in known:
             raise UserError(f"{stem}'s fixed twin needs {twin.config}.yaml in {config_dir} (aux-task set {aux_set})")
         twins[stem] = twin
