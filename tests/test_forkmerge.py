@@ -3,6 +3,7 @@ search, a harmful auxiliary dropped on a small problem, exact resume, and bad se
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from torch import nn
 from auxray.config import config_from_dict
 from auxray.data import build_data
 from auxray.errors import UserError
-from auxray.train.forkmerge import branch_weights, combine, greedy_merge
+from auxray.train.forkmerge import branch_weights, combine, greedy_merge, outer_score
 from auxray.train.loop import BilevelTrainer
 from tests.conftest import tiny_cifar_raw
 from tests.test_cli import (
@@ -81,6 +82,23 @@ def test_greedy_merge_ranks_branches_and_keeps_a_share_only_when_it_scores_bette
     assert coeffs.tolist() == pytest.approx([0.1875, 0.5625, 0.25])
     assert best == score(coeffs) and len(calls) == 3 + 2 * 3 + 1
     assert float(coeffs.sum()) == pytest.approx(1.0) and bool((coeffs >= 0).all())
+
+
+def test_a_branch_that_diverged_is_left_out_of_the_merge() -> None:
+    """Branch 2's parameters are NaN (its outer loss is NaN) though its argmax accuracy looks best: any mix with it
+    scores below every finite candidate, so the merge gives it no share and the merged net stays a number."""
+
+    def result(c: torch.Tensor) -> dict[str, float]:
+        loss = math.nan if float(c[2]) > 0 else 1.0 - 0.5 * float(c[1])
+        return {"accuracy": 0.5 + 0.4 * float(c[2]) + 0.1 * float(c[1]), "loss": loss}
+
+    for metric in ("accuracy", "loss"):
+        coeffs, best = greedy_merge(3, lambda c, m=metric: outer_score(result(c), m), [0.25, 0.5, 0.75])
+        assert float(coeffs[2]) == 0.0 and float(coeffs[1]) > 0, (metric, coeffs)
+        assert all(math.isfinite(v) for v in best)
+    assert outer_score({"accuracy": 0.9, "loss": math.inf}, "accuracy") < outer_score(
+        {"accuracy": 0.1, "loss": 9.0}, "loss"
+    )
 
 
 def test_the_merge_drops_a_harmful_auxiliary_within_a_few_periods() -> None:

@@ -22,6 +22,7 @@ coefficients as the parameters; the learning-rate schedule is the same in every 
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
@@ -116,6 +117,17 @@ def combine(states: Sequence[Mapping[str, Any]], coeffs: Tensor) -> dict[str, An
     return mix(list(states))
 
 
+def outer_score(result: Mapping[str, float], metric: str) -> Score:
+    """A merge candidate's score on the outer set (higher is better): accuracy then loss, or the loss alone; a
+    candidate whose outer loss is not finite (a branch that diverged, or a mix with one) scores below every other,
+    so the merge leaves it out rather than stop the run."""
+    if not math.isfinite(result["loss"]):
+        return (-math.inf,)
+    if metric == "accuracy" and "accuracy" in result:
+        return (result["accuracy"], -result["loss"])
+    return (-result["loss"],)
+
+
 def greedy_merge(n: int, score: Callable[[Tensor], Score], grid: Sequence[float]) -> tuple[Tensor, Score]:
     """Convex coefficients over n branches and their score: rank the branches by their own score (ties keep the
     given order), start from the best, and offer each next one every share of `grid`, keeping a share only when
@@ -200,10 +212,7 @@ class ForkMerge:
 
         def score(coeffs: Tensor) -> Score:
             host.model.load_state_dict(combine(models, coeffs))
-            result = host.evaluate(host.data.outer)
-            if m.merge_metric == "accuracy" and "accuracy" in result:
-                return (result["accuracy"], -result["loss"])
-            return (-result["loss"],)
+            return outer_score(host.evaluate(host.data.outer), m.merge_metric)
 
         coeffs, _ = greedy_merge(len(states), score, m.merge_grid)
         merged = combine(states, coeffs)
