@@ -15,6 +15,8 @@ A learned weighting can be forked the same way (``forkmerge_arml``): any objecti
 Each period's branches are built around its weights at the period's start, each branch trains with the weights
 pinned (nothing learned), and the run's own branch keeps learning; the merge picks parameters, not weights.
 
+A branch that diverges (its outer loss not finite) gets no share of the merge, however its accuracy reads.
+
 BatchNorm running statistics and the inner optimizer's state (momentum, Adam moments) are merged with the same
 coefficients as the parameters; the learning-rate schedule is the same in every branch.
 """
