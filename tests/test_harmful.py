@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from auxray.bench.harmful import harmful_check, twin_of, variant_config, variants
+from auxray.bench.harmful import harmful_check, one_run_per_twin, twin_of, variant_config, variants
 from auxray.bench.harmful_page import render_harmful, summarise
 from tests.test_cli import assert_one_line_error, in_process
 
@@ -33,6 +33,17 @@ def test_each_variant_names_its_own_fixed_twin_the_same_start_with_nothing_learn
     assert auto is not None and (auto.name, auto.config) == ("autolambda_twin", "autolambda")
     frozen = variant_config(auto.config, 0, auto.overrides)
     assert not frozen.hypergrad.enabled and frozen.method.name == "autolambda"
+
+
+def test_frozen_twins_that_differ_only_in_outer_settings_are_one_run() -> None:
+    """Auto-lambda with and without its lower bound frozen are the same run (outer.* does nothing without outer
+    steps), so the check trains it once; the fixed twin equal stays one run shared by ARML and the combiner."""
+    names = ["autolambda", "autolambda_nonnegative", "arml", "combiner_full"]
+    twins = one_run_per_twin({v: t for v in names if (t := twin_of(v)) is not None})
+    assert twins["autolambda_nonnegative"] == twins["autolambda"] == twin_of("autolambda")
+    assert twins["arml"].name == TWIN
+    assert twins["combiner_full"] == twins["arml"]
+    assert len({t.name for t in twins.values()}) == len({twin_of(v).name for v in names}) - 1
 
 
 def test_the_summary_counts_seeds_and_compares_with_the_twin_on_the_same_seed() -> None:

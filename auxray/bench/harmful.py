@@ -99,13 +99,28 @@ def parse_variants(text: str | None) -> tuple[str, ...]:
     return names
 
 
+def one_run_per_twin(twins: dict[str, Twin]) -> dict[str, Twin]:
+    """Each variant's twin, where frozen twins whose run configs differ only in outer.* (which does nothing without
+    outer steps: Auto-lambda with and without its lower bound) are the first such twin, trained once."""
+    first: dict[str, Twin] = {}
+    out = {}
+    for variant, twin in twins.items():
+        key = (
+            variant_config(twin.config, 0, twin.overrides).model_dump_json(exclude={"outer"})
+            if twin.frozen
+            else twin.name
+        )
+        out[variant] = first.setdefault(key, twin)
+    return out
+
+
 def harmful_check(chosen: Sequence[str] | None = None, seeds: Sequence[int] = (0, 1, 2, 3, 4)) -> dict:
     """Every variant on every seed, then each one's fixed twin (added unasked, trained once where variants share
     it, for the MSE comparison): the rows, the seeds and each variant's twin."""
     if not seeds or len(set(seeds)) != len(seeds):
         raise UserError(f"--seeds must name distinct seeds, got {list(seeds)}")
     names = list(chosen or variants())
-    twins = {v: t for v in names if (t := twin_of(v)) is not None}
+    twins = one_run_per_twin({v: t for v in names if (t := twin_of(v)) is not None})
     shared = {t.name: t for t in twins.values()}
     runs: dict[str, Twin | None] = {**dict.fromkeys(twins), **dict.fromkeys(names), **shared}
     rows = []
