@@ -129,6 +129,21 @@ def test_a_resumed_forkmerge_run_matches_the_uninterrupted_one() -> None:
     assert resumed.fork is not None and resumed.fork.merges == sum(h["fork_merges"] for h in resumed.history)
 
 
+def test_a_period_longer_than_an_epoch_runs_across_epochs_and_resumes_inside_a_period() -> None:
+    """merge_every 20 on 9 steps an epoch, 6 epochs: merges after steps 20 and 40 and the last period's 14 steps
+    at the run's end; an epoch without a merge logs the last merge's weights, and a run stopped after epoch 3 (7
+    steps into its second period) resumes to the uninterrupted parameters."""
+    cfg = config_from_dict(forkmerge_raw(merge_every=20, aux_task="tests.helpers_user_models:helpful_and_misleading"))
+    resumed = assert_resume_matches(cfg, stop_after=3)
+    assert resumed.fork is not None and resumed.fork.merges == 3 and not resumed.fork.pending
+    merges = [h["fork_merges"] for h in resumed.history]
+    assert merges == [0, 0, 1, 0, 1, 1], merges
+    # main_only, drop_helper, drop_misleading beside the run's own branch, on every step of every period
+    assert resumed.fork.branch_steps == 3 * resumed.step == 3 * 54
+    weights = [h["task_weight/misleading"] for h in resumed.history]
+    assert weights[3] == weights[2] and weights[:2] == [1.0, 1.0], weights
+
+
 def forkmerge_arml_raw(**method: object) -> dict:
     """The harmful-auxiliary problem under ARML forked once an epoch (9 inner steps), alpha moving every 2 steps."""
     raw = forkmerge_raw(name="forkmerge_arml", aux_task="tests.helpers_user_models:helpful_and_misleading", **method)
@@ -246,8 +261,8 @@ def test_a_sweep_searches_one_task_weight_by_its_dotted_key(tmp_path) -> None:
 @pytest.mark.slow
 def test_a_killed_forkmerge_run_resumes_to_the_uninterrupted_result(tmp_path, cifar_zip, capsys, monkeypatch) -> None:
     """SIGKILL `auxray train` of a forkmerge run once a checkpoint exists, then `--resume`: the same net, inner
-    optimizer, schedule, effective weights and history as an uninterrupted run (periods end with epochs, so every
-    checkpoint falls between merges)."""
+    optimizer, schedule, effective weights and history as an uninterrupted run (periods of 4 steps run across
+    epochs, so a checkpoint may fall inside one: its start and batches are in the checkpoint)."""
     raw = tiny_cifar_raw(cifar_zip, tmp_path, name="forkmerge", aux_task="rotation", merge_every=4)
     raw["trainer"].update(epochs=6, checkpoint_every=2)
     path = write_config(tmp_path, raw)
@@ -268,7 +283,7 @@ def test_a_killed_forkmerge_run_resumes_to_the_uninterrupted_result(tmp_path, ci
         assert len(flat_a) == len(flat_b) > 0, key
         for x, y in zip(flat_a, flat_b, strict=True):
             assert torch.equal(x, y) if isinstance(x, torch.Tensor) else x == y, key
-    assert a["fork"]["merges"] == 6 * 2 and untimed(a["history"]) == untimed(b["history"])
+    assert a["fork"]["merges"] == math.ceil(a["step"] / 4) and untimed(a["history"]) == untimed(b["history"])
 
 
 @pytest.mark.slow
@@ -302,7 +317,8 @@ def test_branches_on_ray_actors_give_the_in_process_parameters(name: str) -> Non
         ray.shutdown()
     for a, b in zip(local.model.state_dict().values(), remote.model.state_dict().values(), strict=True):
         assert torch.equal(a, b)
-    assert local.fork.merges == remote.fork.merges == 3 * 3 and torch.equal(local.fork.weights, remote.fork.weights)
+    merges = math.ceil(local.step / 4)  # every 4 steps across epochs, and the run's last, shorter period
+    assert local.fork.merges == remote.fork.merges == merges and torch.equal(local.fork.weights, remote.fork.weights)
     assert [h["task_weight/misleading"] for h in local.history] == [h["task_weight/misleading"] for h in remote.history]
 
 

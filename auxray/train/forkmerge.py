@@ -1,11 +1,12 @@
 """Fork, train, merge (ForkMerge, Jiang et al., NeurIPS 2023): task weights judged by the outer set after many
 inner steps, not by the next step's loss, so a task that harms slowly is seen.
 
-Every `method.merge_every` inner steps (a period; an epoch's last period may be shorter, so that every checkpoint
-falls between periods) the primary net forks into branches with fixed task-weight vectors: the given weights (all
-1, the trainer's own run trains this branch), and per `method.fork_branches` main-only, each task dropped, each
-task raised. At the period's end each other branch restarts from the state at the period's start and trains on the
-very same batches (recorded as the period ran: memory grows with merge_every x the batch). The branches are then
+Every `method.merge_every` inner steps, counted across epochs (a period; the run's last period ends with its last
+epoch), the primary net forks into branches with fixed task-weight vectors: the given weights (all 1, the trainer's
+own run trains this branch), and per `method.fork_branches` main-only, each task dropped, each task raised. At the
+period's end each other branch restarts from the state at the period's start and trains on the very same batches
+(recorded as the period ran: memory grows with merge_every x the batch, and a checkpoint written inside a period
+holds its start and its batches so far, so a resumed run is exact). The branches are then
 merged into the convex combination of their parameters that scores best on the outer set, searched greedily (the
 branches ranked by their own score, best first, each next one offered the shares of `method.merge_grid`), and the
 next period forks from the merged net. As in the paper the branches' vectors stay fixed; the merge's coefficients
@@ -234,22 +235,40 @@ class ForkMerge:
 
     def epoch_metrics(self) -> dict[str, float]:
         """This epoch's merges, their seconds and extra branch steps, and the mean of its merges' effective task
-        weights; the counters restart."""
+        weights (the last merge's in an epoch without one); the counters restart."""
         out = {f"fork_{k}": float(v) for k, v in self._epoch.items()}
-        mean = self._epoch_weights / max(1, self._epoch["merges"])
+        merges = self._epoch["merges"]
+        mean = self._epoch_weights / merges if merges else self.weights
         out.update({f"task_weight/{n}": float(w) for n, w in zip(self.objective.aux_names, mean)})
         self._epoch = {"merges": 0, "seconds": 0.0, "branch_steps": 0}
         self._epoch_weights = torch.zeros_like(self.weights)
         return out
 
     def state_dict(self) -> dict[str, Any]:
-        """The effective weights and counters (periods end with epochs, so no period is in flight at a checkpoint)."""
-        return {"weights": self.weights.clone(), "merges": self.merges, "branch_steps": self.branch_steps}
+        """The effective weights and counters, and a period in flight: the state it started from, its branches and
+        its batches so far (None between periods)."""
+        period = None
+        if self._start is not None:
+            labels = [label for label, _ in self.branches]
+            vectors = torch.stack([w for _, w in self.branches])
+            period = {"start": self._start, "labels": labels, "weights": vectors, "batches": list(self.pending)}
+        return {
+            "weights": self.weights.clone(),
+            "merges": self.merges,
+            "branch_steps": self.branch_steps,
+            "period": period,
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore what state_dict wrote."""
         self.weights = state["weights"].clone()
         self.merges, self.branch_steps = int(state["merges"]), int(state["branch_steps"])
+        period = state.get("period")  # absent in checkpoints from before periods spanned epochs
+        self._start, self.pending = None, []
+        if period is not None:
+            self._start = copy.deepcopy(period["start"])
+            self.branches = [(str(label), w.clone()) for label, w in zip(period["labels"], period["weights"])]
+            self.pending = [dict(b) for b in period["batches"]]
 
 
 def snapshot(host: BranchHost) -> Snapshot:

@@ -317,8 +317,8 @@ class BilevelTrainer:
                 sums[k] = sums.get(k, 0.0) + v
             bar.update(loss=stats["loss"])
         bar.close()
-        if self.fork is not None and self.fork.pending:  # the epoch's last period ends with it
-            self.fork.merge(self)
+        if self.fork is not None and self.fork.pending and self.epoch + 1 >= self.cfg.trainer.epochs:
+            self.fork.merge(self)  # the run's last period ends with it; others run on across epochs
         n = max(1, min(i + 1, self.steps_per_epoch))
         metrics = {f"train_{k}" if "/" not in k else k: v / n for k, v in sums.items()}
         if norms:
