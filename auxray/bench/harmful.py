@@ -22,10 +22,10 @@ from typing import Any
 
 from auxray.bench.machine import log
 from auxray.bench.plan import config_entries
-from auxray.bench.twins import Twin, config_init_weight, fixed_twin, has_twin
-from auxray.bench.weighting_sets import TWIN_SUFFIX, method_name
+from auxray.bench.twins import Twin, fixed_twin, has_twin, method_section, section_init_weight
+from auxray.bench.weighting_sets import TWIN_SUFFIX
 from auxray.errors import UserError
-from auxray.method_specs import spec
+from auxray.method_specs import DEFAULT_METHOD, spec
 
 VARIANT_DIR = Path(__file__).resolve().parents[2] / "configs" / "synthetic_weightings"
 
@@ -38,10 +38,11 @@ def variants() -> tuple[str, ...]:
 def twin_of(variant: str) -> Twin | None:
     """A variant's fixed twin (None for a fixed variant): a fixed method's config of the folder, or the variant's
     own config frozen, keyed `<variant>_twin`; a twin config missing from the folder is a UserError."""
-    method = spec(method_name(VARIANT_DIR, variant))
+    section = method_section(VARIANT_DIR, variant)  # read once: the method's name and where its weights start
+    method = spec(str(section.get("name", DEFAULT_METHOD)))
     if not has_twin(method):
         return None
-    twin = fixed_twin(variant, method, TWIN_SUFFIX, config_init_weight(VARIANT_DIR, variant))
+    twin = fixed_twin(variant, method, TWIN_SUFFIX, section_init_weight(section))
     if twin.config not in variants():
         raise UserError(f"{variant}'s fixed twin {twin.config} has no config in {VARIANT_DIR}")
     return twin

@@ -62,9 +62,9 @@ def method_section(config_dir: Path, stem: str) -> dict[str, Any]:
     return dict(raw.get("method") or {})
 
 
-def config_init_weight(config_dir: Path, stem: str) -> float | None:
-    """A config file's method.init_weight (None when unset): where its learned weights start."""
-    value = method_section(config_dir, stem).get("init_weight")
+def section_init_weight(section: Mapping[str, Any]) -> float | None:
+    """A config's method.init_weight from its method: section (None when unset): where its learned weights start."""
+    value = section.get("init_weight")
     return None if value is None else float(value)
 
 

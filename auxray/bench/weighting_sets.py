@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from auxray.bench.plan import config_entries
-from auxray.bench.twins import Twin, config_init_weight, fixed_twin, has_twin, method_section
+from auxray.bench.twins import Twin, fixed_twin, has_twin, method_section, section_init_weight
 from auxray.errors import UserError
 from auxray.method_specs import DEFAULT_METHOD, EQUAL_WEIGHTS, SPECS
 
@@ -75,11 +75,6 @@ def parse_sets(names: Sequence[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
-def method_name(config_dir: Path, stem: str) -> str:
-    """The method.name of a config file (the default method when it names none)."""
-    return str(method_section(config_dir, stem).get("name", DEFAULT_METHOD))
-
-
 def set_plan(aux_set: str, config_dir: Path, methods: Sequence[str] | None) -> SetPlan:
     """The runs of one set: `methods` (config stems; None: every config of the folder) and their twins; a stem or
     a twin's config missing from the folder is a UserError naming the set."""
@@ -92,11 +87,12 @@ def set_plan(aux_set: str, config_dir: Path, methods: Sequence[str] | None) -> S
         )
     twins: dict[str, Twin] = {}
     for stem in chosen:
-        name = method_name(config_dir, stem)
+        section = method_section(config_dir, stem)  # read once: the method's name and where its weights start
+        name = str(section.get("name", DEFAULT_METHOD))
         method = SPECS.get(name)
         if method is None or not has_twin(method):
             continue
-        twin = fixed_twin(stem, method, TWIN_SUFFIX, config_init_weight(config_dir, stem))
+        twin = fixed_twin(stem, method, TWIN_SUFFIX, section_init_weight(section))
         if twin.config not in known:
             raise UserError(f"{stem}'s fixed twin needs {twin.config}.yaml in {config_dir} (aux-task set {aux_set})")
         twins[stem] = twin
