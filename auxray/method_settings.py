@@ -100,23 +100,35 @@ class Forking(_Part):
     weights (the current ones, plus fork_branches: main_only; drop_each, one branch per task with its weight 0;
     raise_each, one per task with its weight times fork_raise), trains each on the same batches, and merges them
     into the convex combination scored best on the outer set by merge_metric, searched greedily: the branches best
-    first, each next one taking a share from merge_grid (or none)."""
+    first, each next one taking a share from merge_grid (or none).
+
+    prune_steps > 0 makes the run's first period a task-ranking pass of that many steps (ForkMerge's pruning):
+    its branches are main-only and the main task with each auxiliary task alone, and a task whose branch scores
+    below main-only's on the outer set is dropped for the rest of the run (weight 0 in every later branch).
+    With no fork_branches the ranking pass is the run's only merge: fixed weights over the tasks it kept."""
 
     merge_every: int = Field(50, ge=1)
     fork_branches: list[ForkBranch] = Field(default_factory=lambda: list[ForkBranch](["main_only", "drop_each"]))
     fork_raise: float = Field(2.0, gt=1)
     merge_grid: list[float] = Field(default_factory=lambda: [0.2, 0.4, 0.6, 0.8])
     merge_metric: Literal["loss", "accuracy"] = "loss"
+    prune_steps: int = Field(0, ge=0)
 
     @field_validator("fork_branches")
     @classmethod
-    def _some_branches(cls, v: list[str]) -> list[str]:
-        if not v or len(set(v)) != len(v):
-            raise ValueError(
-                "fork_branches needs distinct kinds (main_only, drop_each, raise_each) beside the current weights: "
-                "a merge needs at least two branches"
-            )
+    def _distinct_branches(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"fork_branches needs distinct kinds (main_only, drop_each, raise_each), got {v}")
         return v
+
+    @model_validator(mode="after")
+    def _some_branches(self) -> Forking:
+        if not self.fork_branches and not self.prune_steps:
+            raise ValueError(
+                "fork_branches needs a kind (main_only, drop_each, raise_each) beside the current weights: a merge "
+                "needs at least two branches (none is allowed only with method.prune_steps, a ranking pass alone)"
+            )
+        return self
 
     @field_validator("merge_grid")
     @classmethod
@@ -257,3 +269,12 @@ class GradientMatchingSettings(GivenTasks, MethodSettings):
 class ForkedGradientMatchingSettings(Forking, GradientMatchingSettings):
     """ARML's weights as the starting point of every fork: the run's own branch moves alpha by gradient matching,
     and every merge_every inner steps the branches around alpha now (fork_branches) are trained and merged."""
+
+    @model_validator(mode="after")
+    def _no_ranking_pass(self) -> ForkedGradientMatchingSettings:
+        if self.prune_steps:
+            raise ValueError(
+                "prune_steps drops tasks by pinning the weights of the rest of the run, which a learned weighting "
+                "cannot keep; use it with method.name: forkmerge (fixed weights)"
+            )
+        return self

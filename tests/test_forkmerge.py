@@ -13,7 +13,7 @@ from torch import nn
 from auxray.config import config_from_dict
 from auxray.data import build_data
 from auxray.errors import UserError
-from auxray.train.forkmerge import branch_weights, combine, greedy_merge, outer_score
+from auxray.train.forkmerge import branch_weights, combine, greedy_merge, outer_score, ranking_verdict, ranking_weights
 from auxray.train.loop import BilevelTrainer
 from tests.conftest import tiny_cifar_raw
 from tests.test_cli import (
@@ -77,11 +77,72 @@ def test_greedy_merge_ranks_branches_and_keeps_a_share_only_when_it_scores_bette
         calls.append(c)
         return (-float((c - target).pow(2).sum()),)
 
-    coeffs, best = greedy_merge(3, score, [0.25, 0.5, 0.75])
+    coeffs, best, single = greedy_merge(3, score, [0.25, 0.5, 0.75])
     # Branch 1 scores best alone; branch 0 then takes the share 0.25, branch 2 a share of 0.25 of that mix.
     assert coeffs.tolist() == pytest.approx([0.1875, 0.5625, 0.25])
     assert best == score(coeffs) and len(calls) == 3 + 2 * 3 + 1
+    assert single == [score(torch.eye(3, dtype=torch.float64)[b]) for b in range(3)]
     assert float(coeffs.sum()) == pytest.approx(1.0) and bool((coeffs >= 0).all())
+
+
+def test_the_ranking_pass_pairs_each_task_alone_with_main_only_and_drops_those_below_it() -> None:
+    """Ranking branches: given, main-only, then each task alone at its given weight (none for a task at 0); a task
+    is dropped when its branch scores below main-only's, ties kept, the lead read from the first component."""
+    given = torch.tensor([1.0, 0.5, 0.0, 2.0], dtype=torch.float64)
+    branches = ranking_weights(given, ("a", "b", "c", "d"))
+    assert [label for label, _ in branches] == ["given", "main_only", "only_a", "only_b", "only_d"]
+    assert torch.equal(dict(branches)["only_b"], torch.tensor([0.0, 0.5, 0.0, 0.0], dtype=torch.float64))
+    single = [(0.9, -1.0), (0.5, -2.0), (0.6, -1.5), (0.5, -2.0), (0.5, -2.5)]
+    dropped, leads = ranking_verdict(branches, single)
+    assert dropped == [3] and leads == pytest.approx({0: 0.1, 1: 0.0, 3: 0.0})
+    # One task: its branch alone is the given one (kept once), still ranked against main-only.
+    one = ranking_weights(torch.ones(1, dtype=torch.float64), ("a",))
+    assert [label for label, _ in one] == ["given", "main_only"]
+    assert ranking_verdict(one, [(-3.0,), (-2.0,)]) == ([0], {0: -1.0})
+
+
+def test_a_ranking_pass_drops_the_harmful_task_and_the_run_trains_without_it() -> None:
+    """prune_steps 27 with no fork_branches: the first three epochs are the ranking pass (three branches beside the
+    run's own), it drops the misleading task and keeps the helper, no period follows, and every later epoch trains
+    at (1, 0): the run beats its fixed twin (equal weights, the same start). (Shorter passes rank this problem's
+    two tasks by noise on some seeds, as a short look-ahead does.)"""
+    raw = forkmerge_raw(aux_task="tests.helpers_user_models:helpful_and_misleading", prune_steps=27, fork_branches=[])
+    cfg = config_from_dict(raw)
+    data = build_data(cfg.data, cfg.method.aux_tasks)
+    trainer = BilevelTrainer(cfg, data, progress=False)
+    trained_at, step = [], trainer.inner_step
+
+    def spy_step(batch):
+        trained_at.append(tuple(trainer.objective.current_weights().tolist()))
+        return step(batch)
+
+    trainer.inner_step = spy_step
+    trainer.fit()
+    fork = trainer.fork
+    assert fork is not None and fork.keep.tolist() == [1.0, 0.0]
+    # 27 steps of the run's own at (1, 1), the three branches' 27 each, then every later step at (1, 0)
+    assert trained_at[:27] == [(1.0, 1.0)] * 27 and trained_at[4 * 27 :] == [(1.0, 0.0)] * (54 - 27)
+    assert fork.rank_leads["misleading"] < 0 <= fork.rank_leads["helper"], fork.rank_leads
+    assert [h["fork_merges"] for h in trainer.history] == [0, 0, 1, 0, 0, 0]
+    assert fork.branch_steps == 3 * 27 and not fork.pending  # main_only, only_helper, only_misleading
+    later = trainer.history[3:]
+    assert {(h["task_weight/helper"], h["task_weight/misleading"]) for h in later} == {(1.0, 0.0)}
+    assert all(h["fork_kept/misleading"] == 0.0 and h["fork_kept/helper"] == 1.0 for h in later)
+    raw["method"] = {"name": "equal", "aux_task": raw["method"]["aux_task"]}
+    twin = BilevelTrainer(config_from_dict(raw), data, progress=False)
+    twin.fit()
+    assert trainer.evaluate(data.val)["mse"] < twin.evaluate(data.val)["mse"]
+
+
+def test_after_a_ranking_pass_no_branch_trains_a_dropped_task_and_resume_inside_the_pass_is_exact() -> None:
+    """A ranking pass of 12 steps (across the first epoch's end), then a merge every 9: every later branch, and
+    so every later merge's weights, keeps the dropped task at 0; a run stopped inside the pass resumes exactly."""
+    raw = forkmerge_raw(aux_task="tests.helpers_user_models:helpful_and_misleading", prune_steps=12)
+    resumed = assert_resume_matches(config_from_dict(raw), stop_after=1)
+    fork = resumed.fork
+    assert fork is not None and fork.keep.tolist() == [1.0, 0.0] and fork.merges == 1 + 5
+    assert all(float(w[1]) == 0.0 for _, w in fork.branches)
+    assert [h["task_weight/misleading"] for h in resumed.history[2:]] == [0.0] * 4
 
 
 def test_a_branch_that_diverged_is_left_out_of_the_merge() -> None:
@@ -93,7 +154,7 @@ def test_a_branch_that_diverged_is_left_out_of_the_merge() -> None:
         return {"accuracy": 0.5 + 0.4 * float(c[2]) + 0.1 * float(c[1]), "loss": loss}
 
     for metric in ("accuracy", "loss"):
-        coeffs, best = greedy_merge(3, lambda c, m=metric: outer_score(result(c), m), [0.25, 0.5, 0.75])
+        coeffs, best, _ = greedy_merge(3, lambda c, m=metric: outer_score(result(c), m), [0.25, 0.5, 0.75])
         assert float(coeffs[2]) == 0.0 and float(coeffs[1]) > 0, (metric, coeffs)
         assert all(math.isfinite(v) for v in best)
     assert outer_score({"accuracy": 0.9, "loss": math.inf}, "accuracy") < outer_score(
@@ -199,6 +260,8 @@ def test_a_resumed_forkmerge_arml_run_matches_the_uninterrupted_one() -> None:
         ({"merge_every": 0}, {}, "method.merge_every: Input should be greater than or equal to 1"),
         ({"fork_branches": []}, {}, "a merge needs at least two branches"),
         ({"merge_grid": [0.5, 1.0]}, {}, "merge_grid takes distinct shares strictly between 0 and 1"),
+        ({"prune_steps": -1}, {}, "method.prune_steps: Input should be greater than or equal to 0"),
+        ({"name": "forkmerge_arml", "prune_steps": 5}, {}, "prune_steps drops tasks by pinning the weights"),
         ({"aux_task": "none"}, {}, "method 'forkmerge' needs an auxiliary task"),
         ({}, {"workers": 2}, "trains its branches in one process"),
     ],

@@ -259,7 +259,8 @@ class BilevelTrainer:
         self.step += 1
         if outer_batch is None and self.fork is not None:
             self.fork.record(self, batch)  # before the step: a period starts from the state before its first step
-            stats = self.inner_step(batch)
+            with self.fork.own_steps():
+                stats = self.inner_step(batch)
             if self.fork.due:
                 self.fork.merge(self)
             return stats, None
