@@ -354,14 +354,15 @@ def test_a_killed_forkmerge_run_resumes_to_the_uninterrupted_result(tmp_path, ci
 def test_branches_on_ray_actors_give_the_in_process_parameters(name: str) -> None:
     """scaling.branch_actors: 2 trains the branches on two Ray actors at once; the run ends bit for bit where the
     in-process one does (one torch thread each), merges and effective weights included, also when the branches fork
-    around a learned weighting (each actor's objective pinned at its branch's weights)."""
+    around a learned weighting (each actor's objective pinned at its branch's weights); forkmerge's run starts with
+    a 6-step ranking pass, whose branches the actors train too."""
     import ray
 
     from auxray.train.ray_branches import RayBranches
     from auxray.train.ray_cluster import ensure_ray
 
     if name == "forkmerge":
-        raw = forkmerge_raw(aux_task="tests.helpers_user_models:helpful_and_misleading", merge_every=4)
+        raw = forkmerge_raw(aux_task="tests.helpers_user_models:helpful_and_misleading", merge_every=4, prune_steps=6)
     else:
         raw = forkmerge_arml_raw(merge_every=4)
     raw["trainer"]["epochs"] = 3
@@ -380,8 +381,11 @@ def test_branches_on_ray_actors_give_the_in_process_parameters(name: str) -> Non
         ray.shutdown()
     for a, b in zip(local.model.state_dict().values(), remote.model.state_dict().values(), strict=True):
         assert torch.equal(a, b)
-    merges = math.ceil(local.step / 4)  # every 4 steps across epochs, and the run's last, shorter period
+    ranking = local_cfg.method.prune_steps
+    # every 4 steps across epochs after the ranking pass (if any), and the run's last, shorter period
+    merges = (ranking > 0) + math.ceil((local.step - ranking) / 4)
     assert local.fork.merges == remote.fork.merges == merges and torch.equal(local.fork.weights, remote.fork.weights)
+    assert torch.equal(local.fork.keep, remote.fork.keep) and local.fork.rank_leads == remote.fork.rank_leads
     assert [h["task_weight/misleading"] for h in local.history] == [h["task_weight/misleading"] for h in remote.history]
 
 
