@@ -297,7 +297,10 @@ def test_interrupted_table_resumes_and_later_seeds_extend_it(cifar_zip: Path, tm
     assert sorted(r["epochs"] for r in runs if r["method"] == "stl") == [1, 1, 2]
 
 
-def test_a_key_added_later_leaves_the_fingerprint_alone_at_its_default() -> None:
+@pytest.mark.parametrize(
+    ("config", "override"), [("autolambda", "outer.lower_bound=0"), ("forkmerge", "method.prune_steps=9")]
+)
+def test_a_key_added_later_leaves_the_fingerprint_alone_at_its_default(config: str, override: str) -> None:
     """A recorded run stays the wanted run when a config key is added (ADDED_KEYS) and left at its default: the hash
     is the one of the dump without that key; set to anything else, it is another run."""
     import hashlib
@@ -305,13 +308,28 @@ def test_a_key_added_later_leaves_the_fingerprint_alone_at_its_default() -> None
     from auxray.bench.plan import ADDED_KEYS, fingerprint
     from auxray.config import load_config
 
-    cfg = load_config(REPO / "configs" / "cifar10_5pct_semisup_noise" / "autolambda.yaml", [])
+    path = REPO / "configs" / "cifar10_5pct_semisup_noise" / f"{config}.yaml"
+    cfg = load_config(path, [])
     d = cfg.model_dump()
     d["trainer"].pop("checkpoint_dir", None)
     d.pop("tracking", None)
     for section, key in ADDED_KEYS:
-        del d[section][key]  # the dump before the key existed
+        d[section].pop(key, None)  # the dump before the key existed (a key of another method's is not there)
     before = hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
     assert fingerprint(cfg) == before
-    bounded = load_config(REPO / "configs" / "cifar10_5pct_semisup_noise" / "autolambda.yaml", ["outer.lower_bound=0"])
-    assert fingerprint(bounded) != before
+    assert fingerprint(load_config(path, [override])) != before
+
+
+def test_the_committed_forkmerge_runs_are_still_the_wanted_runs() -> None:
+    """The harmful set's recorded ForkMerge runs (trained before method.prune_steps existed) keep their fingerprint
+    under today's config: a new key at its default retrains nothing."""
+    from auxray.bench.plan import fingerprint
+    from auxray.config import load_config
+
+    runs = REPO / "benchmarks" / "results" / "weighting_cifar10_5pct_semisup.harmful.runs.jsonl"
+    recorded = [r for r in map(json.loads, runs.read_text().splitlines()) if r["method"] == "forkmerge"]
+    assert recorded
+    path = REPO / "configs" / "cifar10_5pct_semisup_noise" / "forkmerge.yaml"
+    for run in recorded:
+        cfg = load_config(path, [f"trainer.seed={run['seed']}", f"data.seed={run['seed']}"])
+        assert fingerprint(cfg) == run["fingerprint"], run["seed"]

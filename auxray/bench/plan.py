@@ -112,7 +112,7 @@ def method_settings(cfg: Any) -> dict[str, Any]:
 
 # Config keys added after tables were recorded, with their defaults: left out of the hash while at the default, so a
 # new key does not make every recorded run stale (at its default a run is the one trained before the key existed).
-ADDED_KEYS: dict[tuple[str, str], Any] = {("outer", "lower_bound"): None}
+ADDED_KEYS: dict[tuple[str, str], Any] = {("outer", "lower_bound"): None, ("method", "prune_steps"): 0}
 
 
 def fingerprint(cfg: Any) -> str:
