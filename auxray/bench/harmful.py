@@ -22,10 +22,10 @@ from typing import Any
 
 from auxray.bench.machine import log
 from auxray.bench.plan import config_entries
-from auxray.bench.twins import Twin, fixed_twin, has_twin, method_section, section_init_weight
+from auxray.bench.twins import Twin, fixed_twin, has_twin, method_section, section_init_weight, section_method_name
 from auxray.bench.weighting_sets import TWIN_SUFFIX
 from auxray.errors import UserError
-from auxray.method_specs import DEFAULT_METHOD, spec
+from auxray.method_specs import spec
 
 VARIANT_DIR = Path(__file__).resolve().parents[2] / "configs" / "synthetic_weightings"
 
@@ -39,7 +39,7 @@ def twin_of(variant: str) -> Twin | None:
     """A variant's fixed twin (None for a fixed variant): a fixed method's config of the folder, or the variant's
     own config frozen, keyed `<variant>_twin`; a twin config missing from the folder is a UserError."""
     section = method_section(VARIANT_DIR, variant)  # read once: the method's name and where its weights start
-    method = spec(str(section.get("name", DEFAULT_METHOD)))
+    method = spec(section_method_name(section))
     if not has_twin(method):
         return None
     twin = fixed_twin(variant, method, TWIN_SUFFIX, section_init_weight(section))

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from auxray.method_specs import MethodSpec
+from auxray.method_specs import DEFAULT_METHOD, MethodSpec
 
 FROZEN = ("hypergrad.enabled=false",)
 FIXED_START = 1.0  # every task's weight in the fixed method a spec names as twin (equal weights)
@@ -60,6 +60,11 @@ def method_section(config_dir: Path, stem: str) -> dict[str, Any]:
 
     raw = yaml.safe_load((config_dir / f"{stem}.yaml").read_text()) or {}
     return dict(raw.get("method") or {})
+
+
+def section_method_name(section: Mapping[str, Any]) -> str:
+    """A config's method.name from its method: section (the default method when it names none)."""
+    return str(section.get("name", DEFAULT_METHOD))
 
 
 def section_init_weight(section: Mapping[str, Any]) -> float | None:

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from auxray.bench.plan import config_entries
-from auxray.bench.twins import Twin, fixed_twin, has_twin, method_section, section_init_weight
+from auxray.bench.twins import Twin, fixed_twin, has_twin, method_section, section_init_weight, section_method_name
 from auxray.errors import UserError
-from auxray.method_specs import DEFAULT_METHOD, EQUAL_WEIGHTS, SPECS
+from auxray.method_specs import EQUAL_WEIGHTS, SPECS
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 AUX_SETS = {
@@ -88,7 +88,7 @@ def set_plan(aux_set: str, config_dir: Path, methods: Sequence[str] | None) -> S
     twins: dict[str, Twin] = {}
     for stem in chosen:
         section = method_section(config_dir, stem)  # read once: the method's name and where its weights start
-        name = str(section.get("name", DEFAULT_METHOD))
+        name = section_method_name(section)
         method = SPECS.get(name)
         if method is None or not has_twin(method):
             continue
