@@ -353,7 +353,7 @@ def cmd_bench_sweep(args: argparse.Namespace) -> int:
 def cmd_bench_trial_cost(args: argparse.Namespace) -> int:
     """`auxray bench trial-cost`: see auxray.bench.trial_cost; the JSON on stdout and in --out."""
     from auxray.bench.trial_cost import run_trial_cost_bench
-    from auxray.config import parse_value
+    from auxray.config_yaml import parse_value
 
     try:
         epochs = tuple(int(e) for e in args.epochs.split(",") if e.strip())

@@ -11,7 +11,8 @@ import torch
 import torchvision.datasets
 
 from auxray.auxnets import LabelGenerator
-from auxray.config import DATA_ENV, DataConfig, RunConfig, config_from_dict, load_config, read_yaml
+from auxray.config import DATA_ENV, DataConfig, RunConfig, config_from_dict, load_config
+from auxray.config_yaml import read_yaml
 from auxray.data import build_data
 from auxray.errors import UserError
 from auxray.method_specs import DEFAULT_METHOD, SPECS

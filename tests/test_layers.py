@@ -3,8 +3,8 @@ function, under TYPE_CHECKING).
 
 The layers, lowest first; a module may import its own package, any lower layer and the base:
 
-    base      auxray, auxray.config, auxray.errors, auxray.importpath, auxray.jsonout, auxray.method_settings,
-              auxray.method_specs, auxray.paths (usable by all; they import only each other)
+    base      auxray, auxray.config, auxray.config_yaml, auxray.errors, auxray.importpath, auxray.jsonout,
+              auxray.method_settings, auxray.method_specs, auxray.paths (usable by all; they import only each other)
     1         auxray.hypergrad
     2         auxray.models, auxray.auxnets (not each other)
     3         auxray.data
@@ -30,6 +30,7 @@ PACKAGE = REPO / "auxray"
 BASE = {
     "auxray",
     "auxray.config",
+    "auxray.config_yaml",
     "auxray.errors",
     "auxray.importpath",
     "auxray.jsonout",

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from auxray.bench.cost_page import render_overhead
 from auxray.bench.outer_breakdown import VARIANTS
 from auxray.bench.overhead import (
     TWINS,
@@ -20,7 +21,7 @@ from auxray.bench.overhead import (
     run_overhead,
 )
 from auxray.bench.plan import CONFIG_DIR
-from auxray.bench.report import render_overhead, update_page
+from auxray.bench.report import update_page
 from auxray.errors import UserError
 from tests.conftest import CACHE_DIR, REPO
 

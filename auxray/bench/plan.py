@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from auxray.config_yaml import parse_value, read_yaml, set_dotted
 from auxray.errors import UserError
 from auxray.method_specs import SPECS, spec
 
@@ -140,8 +141,6 @@ class Plan:
 
     def overrides(self) -> dict[str, Any]:
         """The shared overrides as dotted keys and values (a table's grid sweeps take them as `overrides`)."""
-        from auxray.config import parse_value  # pydantic: see the module docstring
-
         out: dict[str, Any] = {"model.backbone": self.backbone}
         if self.epochs is not None:
             out["trainer.epochs"] = self.epochs
@@ -164,7 +163,7 @@ class Plan:
 
     def config(self, method: str, seed: int) -> RunConfig:
         """The resolved config of one (method, seed); a bad option raises UserError."""
-        from auxray.config import config_from_dict, read_yaml, set_dotted
+        from auxray.config import config_from_dict
 
         path = self.config_dir / f"{method}.yaml"
         raw = read_yaml(path)

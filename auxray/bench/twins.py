@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from auxray.config_yaml import apply_overrides, read_yaml
 from auxray.method_specs import DEFAULT_METHOD, MethodSpec
 
 FROZEN = ("hypergrad.enabled=false",)
@@ -78,8 +79,6 @@ def write_run_configs(sources: Mapping[str, tuple[str, tuple[str, ...]]], config
     applied (sources: key -> (stem, overrides)). Data roots resolve against the working directory, so a copy
     elsewhere is the same run."""
     import yaml
-
-    from auxray.config import apply_overrides, read_yaml  # pydantic: only when configs are written
 
     target.mkdir(parents=True, exist_ok=True)
     for key, (stem, overrides) in sources.items():

@@ -16,8 +16,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
-from auxray.config import RunConfig, config_from_dict, format_validation_error, moved, read_yaml
-from auxray.config import set_dotted as set_config_key
+from auxray.config import RunConfig, config_from_dict, format_validation_error, moved
+from auxray.config_yaml import read_yaml
+from auxray.config_yaml import set_dotted as set_config_key
 from auxray.errors import UserError
 from auxray.paths import absolute_paths, output_path
 
