@@ -5,9 +5,9 @@ auxray/bench/weighting.py).
 
 The runs are the trials of Ray Tune grid sweeps under runs/weighting/<tag>/<set>/ (each an MLflow child run), so
 an interrupted job is resumed by running the same command again, and a later one with more methods or seeds adds
-only those (--fresh starts over); each set's finished runs go to
-benchmarks/results/weighting_<tag>.<set>.runs.jsonl, the table to benchmarks/results/weighting_<tag>.json and .md,
-and the JSON rows are printed on stdout.
+only those (--fresh starts over); every row with runs on record stays in the table, whichever methods are named.
+Each set's finished runs go to benchmarks/results/weighting_<tag>.<set>.runs.jsonl, the table to
+benchmarks/results/weighting_<tag>.json and .md, and the JSON rows are printed on stdout.
 
 The repository root is put first on sys.path, so the `auxray` package comes from this working tree.
 """

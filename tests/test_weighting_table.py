@@ -225,6 +225,25 @@ def test_the_table_shows_every_seed_on_record_not_only_the_invocations(tmp_path:
     assert "incomplete" not in capsys.readouterr().err
 
 
+def test_an_invocation_for_some_methods_keeps_the_rows_others_trained(tmp_path: Path, capsys) -> None:
+    """--methods chooses what trains, not what the table keeps: asking for STL alone (on record, nothing trains)
+    still writes the asked set's equal and ARML rows, after the asked method, in the folder's order; a config with
+    no runs (autolambda) has no row and is not reported missing."""
+    _record(tmp_path, "helpful", ["arml", "equal", "stl"], (0,), {"arml": 0.6, "equal": 0.62, "stl": 0.58})
+    common = {"seeds": (0,), "quick": True, "out_dir": tmp_path / "out", "runs_dir": tmp_path / "runs"}
+    rows = run_weighting(sets=("helpful",), methods=("stl",), **common)
+    assert [(r["method"], r["aux_set"]) for r in rows] == [
+        ("stl", "helpful"),
+        ("equal", "helpful"),
+        ("arml", "helpful"),
+    ]
+    written = json.loads((tmp_path / "out" / "weighting_quick.json").read_text())
+    assert [r["method"] for r in written] == ["stl", "equal", "arml"]
+    assert rows[2]["twin"] == "equal" and rows[2]["mean"] == pytest.approx(0.6)
+    err = capsys.readouterr().err
+    assert "[weighting] complete: arml (helpful)" in err and "autolambda" not in err and "incomplete" not in err
+
+
 def test_status_reports_what_is_finished_and_left_without_training_or_writing(tmp_path: Path, capsys) -> None:
     """--status: the rows of the finished runs (arml and equal on seed 0), and per set the runs still to train
     (seed 1 of both), with nothing trained and no table written (the record file as it was)."""

@@ -8,7 +8,8 @@ The run config files (a frozen twin's with ``hypergrad.enabled: false``) are wri
 ``<runs-dir>/<set>/configs``; each set's finished runs are kept in ``<out>/weighting_<tag>.<set>.runs.jsonl``.
 
 Rows (``bench.weighting_rows``) go to ``<out>/weighting_<tag>.json`` and ``.md`` with two pictures; a row is
-written only for a method with finished runs, and stderr lists the complete (method, aux_set) rows and the seeds
+written for every config of a shown set with finished runs (``--methods`` chooses what trains, not what the table
+keeps, so a partial invocation never drops rows), and stderr lists the complete (method, aux_set) rows and the seeds
 the others miss. The harmful set's ``equal_helpful_subset`` row is the helpful set's ``equal`` runs, and
 ``--search-result`` adds a set's ``weight_search`` row: a finished weight-search sweep's best weights trained on the
 table's seeds (``bench.weighting_search``).
@@ -23,7 +24,7 @@ import json
 import shutil
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,7 @@ from auxray.bench.weighting_sets import (
     SetPlan,
     parse_sets,
     set_plan,
+    table_plan,
 )
 from auxray.errors import UserError
 from auxray.method_specs import spec
@@ -158,7 +160,9 @@ def run_weighting(
             _search_file(out, tag, s).unlink(missing_ok=True)
     # A set's weight search: given now (then its row's runs train, and it is kept for later invocations) or kept.
     searches = {s: found for s in shown if (found := given.get(s) or SearchResult.load(_search_file(out, tag, s)))}
-    plans = {s: set_plan(s, AUX_SETS[s], methods if s in sets else None) for s in shown}
+    # --methods chooses what trains, never which rows the table keeps: a set's rows are every config with runs.
+    trains = {s: set_plan(s, AUX_SETS[s], methods) for s in sets}
+    plans = {s: table_plan(trains[s]) if s in trains else set_plan(s, AUX_SETS[s], None) for s in shown}
     for s, search in searches.items():
         plans[s] = replace(plans[s], extra={SEARCH_ROW: (SUBSET_METHOD, search.overrides())})
     if not status:
@@ -195,7 +199,7 @@ def run_weighting(
             gpus_per_trial=gpus_per_trial,
         )
         # The weight search's runs train when its result is given now; a kept one's row shows the runs it has.
-        keys = [k for k in plans[s].keys if k != SEARCH_ROW or s in given]
+        keys = [*trains[s].keys, *([SEARCH_ROW] if s in given else [])]
         todo = [wanted[s][k, seed] for seed in seeds for k in keys]
         # A run of the same method, seed and config in another set (STL, which has no auxiliary task) is this run.
         elsewhere = {} if fresh else _other_sets_runs(s, shown, known, out, tag, runs_root)
@@ -225,9 +229,8 @@ def run_weighting(
             subset = _subset_runs(
                 HELPFUL_SUBSET[s], grids[s], runs_root, out, tag, on_record[s][0], known.get(HELPFUL_SUBSET[s])
             )
-        mine, ok, missing, by_set[s] = _set_table(
-            plans[s], wanted[s], known[s], on_record[s][0], seeds, subset, s in carried
-        )
+        asked = _asked_keys(trains[s], s in given) if s in trains else ()
+        mine, ok, missing, by_set[s] = _set_table(plans[s], wanted[s], known[s], on_record[s][0], seeds, subset, asked)
         if s in searches:
             for row in mine:
                 if row["method"] == SEARCH_ROW:
@@ -306,20 +309,25 @@ def _set_table(
     shown: Sequence[int],
     seeds: Sequence[int],
     subset: list[dict[str, Any]] | None,
-    carried: bool,
+    asked: Collection[str],
 ) -> tuple[list[dict[str, Any]], list[str], list[str], list[dict[str, Any]]]:
     """One set's rows over the `shown` seeds, its complete and incomplete report lines against the invocation's
-    `seeds` (a carried set's only for rows it has) and its learned or forking methods' runs (for the weights plot).
-    subset: the equal_helpful_subset runs, if a row."""
+    `seeds` (for the `asked` rows and those with runs) and its learned or forking methods' runs (for the weights
+    plot). subset: the equal_helpful_subset runs, if a row."""
     runs = {k: [known[wanted[k, x].key] for x in shown if wanted[k, x].key in known] for k in sp.keys}
     twins = {m: t.name for m, t in sp.twins.items()}
     rows = set_rows(sp.aux_set, sp.keys, runs, twins, subset or (), SUBSET_ROW, SUBSET_METHOD)
     keys = [*sp.keys, SUBSET_ROW] if subset is not None else list(sp.keys)
     done = {k: [r["seed"] for r in rs] for k, rs in {**runs, SUBSET_ROW: subset or []}.items()}
-    if carried:
-        keys = [k for k in keys if done.get(k)]
+    keys = [k for k in keys if k in asked or done.get(k)]
     ok, missing = completeness(sp.aux_set, keys, seeds, done)
     return rows, ok, missing, [r for k in sp.twins for r in runs.get(k, [])]
+
+
+def _asked_keys(train: SetPlan, searched: bool) -> tuple[str, ...]:
+    """The rows an invocation asks of a set: what it trains, the helpful subset with equal, the search it was given."""
+    subset = (SUBSET_ROW,) if SUBSET_METHOD in train.keys else ()
+    return (*train.keys, *subset, *((SEARCH_ROW,) if searched else ()))
 
 
 def _subset_runs(

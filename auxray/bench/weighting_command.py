@@ -56,7 +56,10 @@ def add_arguments(p: Any) -> None:
         f"known: {', '.join(AUX_SETS)})",
     )
     p.add_argument(
-        "--methods", default=None, help="comma-separated config names, in every set's folder (default: all of each)"
+        "--methods",
+        default=None,
+        help="comma-separated config names to train, in every set's folder (default: all of each); "
+        "the table keeps every row on record either way",
     )
     p.add_argument("--seeds", default=None, help="comma-separated seeds (default 0,1,2; --quick: 0)")
     p.add_argument("--epochs", type=int, default=None, help="epoch budget of every run (default: the configs')")
