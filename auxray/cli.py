@@ -353,15 +353,13 @@ def cmd_bench_sweep(args: argparse.Namespace) -> int:
 def cmd_bench_trial_cost(args: argparse.Namespace) -> int:
     """`auxray bench trial-cost`: see auxray.bench.trial_cost; the JSON on stdout and in --out."""
     from auxray.bench.trial_cost import run_trial_cost_bench
-    from auxray.config_yaml import parse_value
+    from auxray.config_yaml import parse_overrides
 
     try:
         epochs = tuple(int(e) for e in args.epochs.split(",") if e.strip())
     except ValueError:
         raise UserError(f"--epochs takes comma-separated integers, got {args.epochs!r}") from None
-    if any("=" not in item for item in args.overrides):
-        raise UserError(f"--set expects key=value, got {args.overrides}")
-    flat = {k.strip(): parse_value(v) for k, v in (item.split("=", 1) for item in args.overrides)}
+    flat = parse_overrides(args.overrides)
     result = run_trial_cost_bench(
         args.config,
         trials=args.trials,

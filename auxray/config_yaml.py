@@ -3,6 +3,7 @@ pydantic validates it (`auxray.config`); light enough for code that only edits c
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +34,22 @@ def set_dotted(raw: dict[str, Any], key: str, value: Any, source: str = "--set")
     node[parts[-1]] = value
 
 
-def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``section.key=value`` overrides to a raw config mapping."""
-    for item in overrides:
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """``section.key=value`` items as dotted keys and typed values (a later item for a key wins); an item without
+    '=' is a UserError."""
+    out: dict[str, Any] = {}
+    for item in items:
         if "=" not in item:
             raise UserError(f"--set expects key=value, got {item!r}")
         key, value = item.split("=", 1)
-        set_dotted(raw, key, parse_value(value))
+        out[key.strip()] = parse_value(value)
+    return out
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` overrides to a raw config mapping."""
+    for key, value in parse_overrides(overrides).items():
+        set_dotted(raw, key, value)
     return raw
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from auxray.config_yaml import parse_value, read_yaml, set_dotted
+from auxray.config_yaml import parse_overrides, read_yaml, set_dotted
 from auxray.errors import UserError
 from auxray.method_specs import SPECS, spec
 
@@ -154,12 +154,7 @@ class Plan:
                     "data.test_limit": QUICK_TEST_LIMIT,
                 }
             )
-        for item in self.extra_overrides:
-            if "=" not in item:
-                raise UserError(f"--set expects key=value, got {item!r}")
-            key, value = item.split("=", 1)
-            out[key.strip()] = parse_value(value)
-        return out
+        return {**out, **parse_overrides(self.extra_overrides)}
 
     def config(self, method: str, seed: int) -> RunConfig:
         """The resolved config of one (method, seed); a bad option raises UserError."""
