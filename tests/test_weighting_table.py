@@ -282,10 +282,13 @@ def test_another_budget_is_a_table_of_its_own(tmp_path: Path) -> None:
 
 
 def test_the_side_label_set_plans_as_the_harmful_set_and_its_rows_name_the_table_tasks(tmp_path: Path) -> None:
-    """The side-label folder has the harmful folder's methods and twins; its rows carry a final weight per table task
-    (no equal_helpful_subset row: no other set is its helpful subset) and the page names the table's tasks."""
+    """The side-label folder has the harmful folder's methods and twins but those about pseudo-labels (a task it does
+    not have); its rows carry a final weight per table task (no equal_helpful_subset row: no other set is its helpful
+    subset) and the page names the table's tasks."""
     side, harmful = (set_plan(s, AUX_SETS[s], None) for s in ("side_labels", "harmful"))
-    assert side.keys == harmful.keys and side.twins == harmful.twins
+    pseudo_only = {"jtds_learned_confidence", "jtds_learned_confidence_twin"}
+    assert side.keys == tuple(k for k in harmful.keys if k not in pseudo_only)
+    assert side.twins == {m: t for m, t in harmful.twins.items() if m not in pseudo_only}
     tasks = ("animal", "flies", "road_vehicle", "brightness", "random")
     seeds = (0, 1)
     _record(tmp_path, "side_labels", ["arml", "equal"], seeds, {"arml": 0.6, "equal": 0.59}, tasks)
@@ -375,8 +378,8 @@ def test_a_set_without_its_config_folder_is_one_line_exit_2(tmp_path: Path, caps
         (["--sets", "helpful,unlabelled"], "unknown aux-task set(s) ['unlabelled']; choose from helpful, harmful"),
         (["--methods", "stl,nope"], "unknown method(s) ['nope'] for aux-task set helpful; choose from stl, equal"),
         (
-            ["--methods", "jtds_learned_confidence"],
-            "unknown method(s) ['jtds_learned_confidence'] for aux-task set harmful",
+            ["--sets", "side_labels", "--methods", "jtds_learned_confidence"],
+            "unknown method(s) ['jtds_learned_confidence'] for aux-task set side_labels",
         ),
         (["--search-result", "harmful=/nonexistent"], "--search-result /nonexistent: no such file or folder"),
         (["--seeds", "0,x"], "--seeds expects comma-separated integers"),
