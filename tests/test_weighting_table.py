@@ -119,18 +119,18 @@ def test_rows_from_finished_runs_with_twins_and_the_helpful_subset(tmp_path: Pat
         ("stl", "helpful"),
         ("equal", "helpful"),
         ("arml", "helpful"),  # on record: read, in the folder's order
-        ("arml", "harmful"),
         ("equal", "harmful"),
         ("equal_helpful_subset", "harmful"),
+        ("arml", "harmful"),  # asked for, yet in the folder's order too
     ]
-    arml, equal, subset = rows[3:]
+    equal, subset, arml = rows[3:]
     assert arml["twin"] == "equal" and "twin" not in equal
     assert arml["final_weights"] == {"noise_labels": pytest.approx(1.0), "rotation": pytest.approx(1.0)}
     assert equal["final_weights"] == {} and arml["compute"] == pytest.approx(201.0)
     assert subset["accuracies"] == pytest.approx([0.62, 0.63]) and subset["compute"] == pytest.approx(201.0)
     assert equal["mean"] == pytest.approx(0.555) and equal["final_mean"] == pytest.approx(0.54)
 
-    # The helpful set asked for: its methods in the order asked, the shared twin once; the harmful rows stay.
+    # The helpful set asked for: its rows in the folder's order, the shared twin once; the harmful rows stay.
     # A finished weight search given as the helpful set's: its best weights (rotation 2) run on the table's seeds
     # (here on record already), a row after the set's, with the search's compute added to its runs'.
     _trial(
@@ -150,13 +150,13 @@ def test_rows_from_finished_runs_with_twins_and_the_helpful_subset(tmp_path: Pat
         sets=("helpful",), methods=("arml", "stl"), search_results=(f"helpful={tmp_path / 'search'}",), **common
     )
     assert [(r["method"], r["aux_set"]) for r in rows] == [
-        ("arml", "helpful"),
-        ("equal", "helpful"),
         ("stl", "helpful"),
+        ("equal", "helpful"),
+        ("arml", "helpful"),
         ("weight_search", "helpful"),
         ("equal", "harmful"),
         ("equal_helpful_subset", "harmful"),
-        ("arml", "harmful"),  # read: the folder's order
+        ("arml", "harmful"),
     ]
     search = rows[3]
     assert search["accuracies"] == pytest.approx([0.65, 0.66]) and search["final_mean"] == pytest.approx(0.64)
@@ -215,23 +215,24 @@ def test_the_table_shows_every_seed_on_record_not_only_the_invocations(tmp_path:
     common = {"quick": True, "out_dir": tmp_path / "out", "runs_dir": tmp_path / "runs"}
     rows = run_weighting(sets=("helpful",), methods=("arml",), seeds=(0,), **common)
     assert [(r["method"], r["aux_set"], r["seeds"]) for r in rows] == [
-        ("arml", "helpful", [0, 1, 2, 3]),
         ("equal", "helpful", [0, 1, 2]),
+        ("arml", "helpful", [0, 1, 2, 3]),
         ("equal", "harmful", [0]),
         ("equal_helpful_subset", "harmful", [0]),
         ("arml", "harmful", [0]),
     ]
-    assert rows[0]["accuracies"] == pytest.approx([0.6, 0.61, 0.62, 0.63])
+    assert rows[1]["accuracies"] == pytest.approx([0.6, 0.61, 0.62, 0.63])
     assert "incomplete" not in capsys.readouterr().err
 
 
 def test_an_invocation_for_some_methods_keeps_the_rows_others_trained(tmp_path: Path, capsys) -> None:
-    """--methods chooses what trains, not what the table keeps: asking for STL alone (on record, nothing trains)
-    still writes the asked set's equal and ARML rows, after the asked method, in the folder's order; a config with
-    no runs (autolambda) has no row and is not reported missing."""
+    """--methods chooses what trains, not what the table keeps: asking for ARML alone (on record, nothing trains)
+    still writes the asked set's STL and equal rows, every row in the folder's order whichever method was asked, so
+    rows keep their place from one invocation to the next; a config with no runs (autolambda) has no row and is not
+    reported missing."""
     _record(tmp_path, "helpful", ["arml", "equal", "stl"], (0,), {"arml": 0.6, "equal": 0.62, "stl": 0.58})
     common = {"seeds": (0,), "quick": True, "out_dir": tmp_path / "out", "runs_dir": tmp_path / "runs"}
-    rows = run_weighting(sets=("helpful",), methods=("stl",), **common)
+    rows = run_weighting(sets=("helpful",), methods=("arml",), **common)
     assert [(r["method"], r["aux_set"]) for r in rows] == [
         ("stl", "helpful"),
         ("equal", "helpful"),
@@ -254,7 +255,7 @@ def test_status_reports_what_is_finished_and_left_without_training_or_writing(tm
         sets=("helpful",), methods=("arml",), seeds=(0, 1), quick=True, status=True,
         out_dir=tmp_path / "out", runs_dir=tmp_path / "runs",
     )  # fmt: skip
-    assert [(r["method"], r["seeds"]) for r in rows] == [("arml", [0]), ("equal", [0])]
+    assert [(r["method"], r["seeds"]) for r in rows] == [("equal", [0]), ("arml", [0])]
     err = capsys.readouterr().err
     assert "[weighting] helpful: 2 of 4 runs finished; to train: arml seed 1, equal seed 1" in err
     assert "[weighting] incomplete: arml (helpful): missing seed(s) 1" in err
@@ -300,8 +301,8 @@ def test_the_side_label_set_plans_as_the_harmful_set_and_its_rows_name_the_table
         out_dir=tmp_path / "out",
         runs_dir=tmp_path / "runs",
     )
-    assert [(r["method"], r["aux_set"]) for r in rows] == [("arml", "side_labels"), ("equal", "side_labels")]
-    assert rows[0]["final_weights"] == {t: pytest.approx(1.0) for t in tasks}
+    assert [(r["method"], r["aux_set"]) for r in rows] == [("equal", "side_labels"), ("arml", "side_labels")]
+    assert rows[1]["final_weights"] == {t: pytest.approx(1.0) for t in tasks}
     page = (tmp_path / "out" / "weighting_quick.md").read_text()
     assert f"## Aux set: side_labels (table ({', '.join(tasks)}))" in page
 

@@ -24,6 +24,7 @@ from auxray.bench.cost_page import (
 )
 from auxray.bench.harmful_page import render_harmful
 from auxray.bench.sweep_page import render_sweep
+from auxray.bench.weighting_page import render_summary
 
 RESULTS = Path("benchmarks/results")
 
@@ -39,6 +40,7 @@ RENDERERS: dict[str, tuple[str, Callable[..., str]]] = {
     "semisup_noise": ("reproduce_cifar10_5pct_semisup_noise_convnet4.json", render_semisup),
     "overhead": ("bench_overhead_cpu.json", render_overhead),
     "harmful": ("bench_harmful_cpu.json", render_harmful),
+    "weighting": ("weighting_cifar10_5pct_semisup.json", render_summary),
 }
 # A second JSON a section's renderer takes when it exists (passed as its second argument).
 COMPANIONS: dict[str, str] = {"overhead": "bench_overhead_cpu_breakdown.json"}

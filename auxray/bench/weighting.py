@@ -63,7 +63,6 @@ from auxray.bench.weighting_sets import (
     SetPlan,
     parse_sets,
     set_plan,
-    table_plan,
 )
 from auxray.errors import UserError
 from auxray.method_specs import spec
@@ -160,9 +159,10 @@ def run_weighting(
             _search_file(out, tag, s).unlink(missing_ok=True)
     # A set's weight search: given now (then its row's runs train, and it is kept for later invocations) or kept.
     searches = {s: found for s in shown if (found := given.get(s) or SearchResult.load(_search_file(out, tag, s)))}
-    # --methods chooses what trains, never which rows the table keeps: a set's rows are every config with runs.
+    # --methods chooses what trains, never which rows the table keeps: a set's rows are every config with runs, in
+    # its folder's order whichever methods an invocation names.
     trains = {s: set_plan(s, AUX_SETS[s], methods) for s in sets}
-    plans = {s: table_plan(trains[s]) if s in trains else set_plan(s, AUX_SETS[s], None) for s in shown}
+    plans = {s: set_plan(s, AUX_SETS[s], None) for s in shown}
     for s, search in searches.items():
         plans[s] = replace(plans[s], extra={SEARCH_ROW: (SUBSET_METHOD, search.overrides())})
     if not status:

@@ -4,6 +4,7 @@ weights, the commands and settings; the learned weights over training and test a
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,8 +22,63 @@ def _diff(a: float | None, b: float | None) -> str:
     return "–" if a is None or b is None else f"{100 * (a - b):+.1f}"
 
 
+def _margin(row: dict[str, Any], twin: dict[str, Any], key: str) -> str:
+    """row − twin in points over the seeds both have (paired: a seed is the same start and data order for both), for
+    key "accuracies" (best-on-validation) or "final_accuracies" (last epoch); "–" without a shared seed."""
+    theirs = dict(zip(twin["seeds"], twin[key]))
+    pairs = [(a, theirs[s]) for s, a in zip(row["seeds"], row[key]) if s in theirs]
+    return _diff(sum(a for a, _ in pairs) / len(pairs), sum(b for _, b in pairs) / len(pairs)) if pairs else "–"
+
+
 def _weights(w: dict[str, float]) -> str:
     return ", ".join(f"{k} {v:.3g}" for k, v in w.items()) or "–"
+
+
+def _method_order(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Every method once, each set's rows keeping their order: a method first seen in a later set goes right after the
+    row it follows there (equal_helpful_subset after equal)."""
+    order: list[str] = []
+    for aux_set in dict.fromkeys(r["aux_set"] for r in rows):
+        previous = None
+        for method in (r["method"] for r in rows if r["aux_set"] == aux_set):
+            if method not in order:
+                order.insert(order.index(previous) + 1 if previous is not None else 0, method)
+            previous = method
+    return order
+
+
+def render_summary(rows: Sequence[dict[str, Any]]) -> str:
+    """The README's view of the table: a row per method, a column per auxiliary set; each cell best-on-validation /
+    last-epoch accuracy (mean ± std) and, for a learned or forking method, its margin over its fixed twin on both
+    selections, with the seed count where a row has another than most of its set's."""
+    sets = list(dict.fromkeys(r["aux_set"] for r in rows))
+    by_key = {(r["aux_set"], r["method"]): r for r in rows}
+    usual = {s: Counter(len(r["seeds"]) for r in rows if r["aux_set"] == s).most_common(1)[0][0] for s in sets}
+    twins = {r["method"]: r["twin"] for r in rows if r.get("twin")}
+    lines = [
+        "Test accuracy (%), best-on-validation / last epoch, mean ± std over seeds; Δ twin: the method's margin over "
+        "its fixed twin (the same start, nothing learned) on the seeds both have, best-on-validation / last epoch, in "
+        "points.",
+        "",
+        f"| method | fixed twin | {' | '.join(sets)} |",
+        f"|---|---|{'---|' * len(sets)}",
+    ]
+    for method in _method_order(rows):
+        cells = []
+        for aux_set in sets:
+            r = by_key.get((aux_set, method))
+            if r is None:
+                cells.append("–")
+                continue
+            cell = f"{_acc(r['mean'], r['std'])} / {_acc(r['final_mean'], r['final_std'])}"
+            twin = by_key.get((aux_set, r.get("twin", "")))
+            if twin is not None:
+                cell += f"; Δ twin {_margin(r, twin, 'accuracies')} / {_margin(r, twin, 'final_accuracies')}"
+            if len(r["seeds"]) != usual[aux_set]:
+                cell += f" ({len(r['seeds'])} seeds)"
+            cells.append(cell)
+        lines.append(f"| {method} | {twins.get(method, '')} | {' | '.join(cells)} |")
+    return "\n".join(lines)
 
 
 def render_markdown(rows: Sequence[dict[str, Any]], meta: dict[str, Any]) -> str:
@@ -58,15 +114,16 @@ def render_markdown(rows: Sequence[dict[str, Any]], meta: dict[str, Any]) -> str
         if pairs:
             lines += [
                 "",
-                "Each learned (or forking) method beside its fixed twin (the same inner work, nothing learned):",
+                "Each learned (or forking) method beside its fixed twin (the same inner work, nothing learned): the "
+                "margins over the seeds both have, the time of a run against the twin's (mean seconds per run):",
                 "",
-                "| method | twin | best-on-val: method − twin | last epoch: method − twin | compute × twin |",
+                "| method | twin | best-on-val: method − twin | last epoch: method − twin | time × twin |",
                 "|---|---|---|---|---|",
             ]
             for r, t in pairs:
-                ratio = f"{r['compute'] / t['compute']:.2f}" if t and t["compute"] > 0 else "–"
-                best = _diff(r["mean"], t["mean"]) if t else "–"
-                last = _diff(r["final_mean"], t["final_mean"]) if t else "–"
+                ratio = f"{r['seconds'] / t['seconds']:.2f}" if t and t["seconds"] > 0 else "–"
+                best = _margin(r, t, "accuracies") if t else "–"
+                last = _margin(r, t, "final_accuracies") if t else "–"
                 lines.append(f"| {r['method']} | {r['twin']} | {best} | {last} | {ratio} |")
         lines.append("")
     for key, title in (

@@ -63,13 +63,6 @@ class SetPlan:
         return {k: given.get(k, (k, ())) for k in self.keys}
 
 
-def table_plan(sp: SetPlan) -> SetPlan:
-    """What a set's table shows: the methods asked for first, then every other config of its folder, so that an
-    invocation for some methods keeps the rows that others trained (a config without runs has no row)."""
-    rest = [m for m in config_entries(sp.config_dir) if m not in sp.methods]
-    return set_plan(sp.aux_set, sp.config_dir, (*sp.methods, *rest))
-
-
 def parse_sets(names: Sequence[str]) -> tuple[str, ...]:
     """The sets asked for, in order, each once; an unknown name or a set without a config folder is a UserError."""
     unknown = [n for n in names if n not in AUX_SETS]
