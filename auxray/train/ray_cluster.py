@@ -23,6 +23,9 @@ def ensure_ray(address: str | None = None, *, num_cpus: int | None = None, log_t
             ray.init(address=target, log_to_driver=log_to_driver)
         else:
             ray.init(
+                # "local": a new instance even when `ray start` left one on this machine, which Ray would join
+                # otherwise (and refuse num_cpus for); joining a cluster is what an address is for.
+                address="local",
                 num_cpus=num_cpus or os.cpu_count() or 1,
                 object_store_memory=LOCAL_OBJECT_STORE_BYTES,
                 include_dashboard=True,
