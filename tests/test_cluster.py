@@ -12,6 +12,7 @@ import shlex
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -35,8 +36,7 @@ def free_port() -> int:
 
 
 def ray_cli() -> str:
-    found = shutil.which("ray")
-    return found or str(REPO / ".venv" / "bin" / "ray")
+    return shutil.which("ray") or str(Path(sys.executable).with_name("ray"))  # the CLI beside this Python
 
 
 class ClusterAddress(str):

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
+from tests.test_cluster import ray_cli
 
 PROBE = (
     "import ray\n"
@@ -23,10 +24,6 @@ PROBE = (
     "started = ensure_ray(None, num_cpus=1)\n"
     "print('AUXRAY_GCS', started, ray.get_runtime_context().gcs_address)\n"
 )
-
-
-def _ray_cli() -> str:
-    return shutil.which("ray") or str(Path(sys.executable).with_name("ray"))
 
 
 @pytest.mark.slow
@@ -37,7 +34,7 @@ def test_a_run_without_an_address_starts_its_own_instance_beside_a_ray_start_clu
     env = {**os.environ, "RAY_TMPDIR": tmp, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}
     env.pop("RAY_ADDRESS", None)
     head = subprocess.Popen(
-        [_ray_cli(), "start", "--head", "--block", "--port", "0", "--num-cpus", "1",
+        [ray_cli(), "start", "--head", "--block", "--port", "0", "--num-cpus", "1",
          "--object-store-memory", str(80 * 1024 * 1024), "--include-dashboard", "false",
          "--node-ip-address", "127.0.0.2", "--disable-usage-stats"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from statistics import fmean
 from typing import Any
 
 
@@ -18,16 +19,12 @@ def _acc(mean: float | None, std: float | None) -> str:
     return "–" if mean is None else f"{_pct(mean)} ± {_pct(std)}"
 
 
-def _diff(a: float | None, b: float | None) -> str:
-    return "–" if a is None or b is None else f"{100 * (a - b):+.1f}"
-
-
 def _margin(row: dict[str, Any], twin: dict[str, Any], key: str) -> str:
     """row − twin in points over the seeds both have (paired: a seed is the same start and data order for both), for
     key "accuracies" (best-on-validation) or "final_accuracies" (last epoch); "–" without a shared seed."""
     theirs = dict(zip(twin["seeds"], twin[key]))
     pairs = [(a, theirs[s]) for s, a in zip(row["seeds"], row[key]) if s in theirs]
-    return _diff(sum(a for a, _ in pairs) / len(pairs), sum(b for _, b in pairs) / len(pairs)) if pairs else "–"
+    return f"{100 * fmean(a - b for a, b in pairs):+.1f}" if pairs else "–"
 
 
 def _weights(w: dict[str, float]) -> str:
